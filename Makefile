@@ -1,0 +1,30 @@
+# Two entry points for a fresh machine: `make demo` (set up + main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= data/movielens
+REPORT ?= reports/quick
+
+.PHONY: setup demo test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/duet prepare --source movielens-small --out $(DATA) --overwrite
+	$(BIN)/duet compare --data $(DATA) --backbones sasrec --seeds 1 --quick --out $(REPORT) --overwrite
+
+test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest -q
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) data reports runs

@@ -1,0 +1,362 @@
+"""Benchmark of the DUET parameter service and the device runtime (loopback only).
+
+    python benchmarks/serve.py --run RUN --out benchmarks/results/serve.json
+
+Without --run it trains a throwaway default-architecture DUET run (SASRec, embed
+32, head 32x32x2, GRU generator with SWA N_p=3) on a synthetic dataset first:
+timings depend on the architecture, not on the weights.
+
+Measures, each bounded in requests and seconds:
+  * HTTP: throughput and p50/p99 latency of POST /v1/parameters at concurrency
+    1, 8 and 64, with micro-batching on (max_batch 64) and off (max_batch 1),
+    using an aiohttp load generator against `duet serve` started as a subprocess;
+  * bytes per answer, fp32 and fp16;
+  * batched generation alone (devices/s, one torch thread, batch 1024);
+  * device side: onnxruntime scoring latency for 100 candidates, and the RSS of a
+    process that imports only duet.device (torch blocked) and scores;
+  * end-to-end adaptation (DeviceRuntime.refresh: request sent -> parameters
+    applied) vs the time to fine-tune one device copy for k steps.
+
+The load generator shares the machine with the service: on a 2-core machine the
+numbers are for service + client together. The load average before each phase
+is recorded, since anything else running skews them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+
+TARGETS = {
+    "throughput_c64_per_s": 1500,
+    "p99_c64_ms": 50,
+    "generation_devices_per_s": 50_000,
+    "fp16_answer_bytes": 5 * 1024,
+    "adaptation_p50_ms": 5,
+}
+
+
+# ---------------------------------------------------------------- a run to serve
+
+def make_run(workdir: Path) -> Path:
+    """A default-architecture DUET run on a synthetic dataset (1 epoch each stage)."""
+    from duet.config import GeneratorConfig, ModelConfig, TrainConfig
+    from duet.data.store import Split, write_dataset
+    from duet.training.loop import run_config_for, train
+
+    rng = np.random.default_rng(0)
+    num_items, users, L, W = 2000, 500, 50, 10
+
+    def split(events: int) -> Split:
+        history = rng.integers(1, num_items, (events, L))
+        lengths = rng.integers(5, L + 1, events)
+        history[np.arange(L)[None, :] >= lengths[:, None]] = 0
+        window = np.zeros((events, W), dtype=np.int64)
+        for e, n in enumerate(lengths):
+            last = history[e, max(0, n - W) : n]
+            window[e, : len(last)] = last
+        event = np.repeat(np.arange(events), 5)
+        item = rng.integers(1, num_items, events * 5)
+        label = np.zeros(events * 5, np.float32)
+        label[::5] = 1
+        return Split(user=(event % users).astype(np.int32), item=item, label=label, event=event,
+                     line=np.arange(events * 5), history=history, window=window)
+
+    data = workdir / "data"
+    data.mkdir(parents=True)
+    write_dataset(data, {"train": split(4000), "valid": split(500), "test": split(500)},
+                  np.arange(num_items), np.arange(users), {"kind": "synthetic-benchmark"}, {})
+    config = run_config_for(data, model=ModelConfig(), generator=GeneratorConfig(),
+                            train=TrainConfig(method="duet", epochs=1))
+    train(config, workdir / "run", progress=False)
+    return workdir / "run"
+
+
+# ---------------------------------------------------------------- HTTP load
+
+async def _load(url: str, concurrency: int, body: bytes, max_requests: int, seconds: float,
+                warmup: float) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker(deadline: float, budget: list[int], record: bool) -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline and budget[0] > 0:
+                budget[0] -= 1
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    ok = response.status == 200
+                if record:
+                    latencies.append(time.perf_counter() - started)
+                    errors += not ok
+
+        await asyncio.gather(*(worker(time.perf_counter() + warmup, [10**9], False) for _ in range(concurrency)))
+        budget = [max_requests]
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(started + seconds, budget, True) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1e3
+    return {"concurrency": concurrency, "requests": len(ms), "errors": errors, "seconds": elapsed,
+            "throughput_per_s": len(ms) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean())}
+
+
+def _batch_stats(url: str) -> tuple[float, float]:
+    """(sum, count) of the service's batch-size histogram."""
+    import urllib.request
+
+    text = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("duet_generation_batch_size_sum") or line.startswith("duet_generation_batch_size_count"):
+            name, value = line.split()
+            values[name.rsplit("_", 1)[1]] = float(value)
+    return values.get("sum", 0.0), values.get("count", 0.0)
+
+
+def bench_http(run: Path, levels: list[int], batching: dict[str, int], seconds: float, max_requests: int,
+               window_len: int, workers: int, executor: str, max_wait_ms: float) -> list[dict]:
+    from duet.simulate import ServiceProcess
+
+    window = list(range(1, window_len + 1))
+    body = json.dumps({"device_id": "bench", "window": window, "dtype": "fp16"}).encode()
+    rows = []
+    for label, max_batch in batching.items():
+        with ServiceProcess(run, max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,
+                            executor=executor) as service:
+            for concurrency in levels:
+                load = os.getloadavg()[0]
+                before = _batch_stats(service.url)
+                result = asyncio.run(_load(service.url + "/v1/parameters", concurrency, body, max_requests,
+                                           seconds, warmup=min(1.0, seconds / 4)))
+                after = _batch_stats(service.url)
+                batches = after[1] - before[1]
+                result.update(batching=label, max_batch=max_batch, workers=workers, executor=executor,
+                              max_wait_ms=max_wait_ms, loadavg_before=load,
+                              mean_batch=(after[0] - before[0]) / batches if batches and workers == 1 else None)
+                rows.append(result)
+                print(f"  {label:<12} c={concurrency:<3} {result['throughput_per_s']:8,.0f} answers/s  "
+                      f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
+                      f"batch {result['mean_batch'] or 0:5.1f}  (load {load:.2f})", flush=True)
+    return rows
+
+
+def answer_sizes(run: Path) -> dict:
+    from duet.cloud.generation import GeneratorService
+
+    service = GeneratorService(run)
+    return {dtype: codec.size for dtype, codec in service.codecs.items()}
+
+
+# ---------------------------------------------------------------- generation alone
+
+def bench_generation(run: Path, batch: int, seconds: float) -> dict:
+    import torch
+
+    from duet.cloud.generation import GeneratorService
+
+    torch.set_num_threads(1)
+    service = GeneratorService(run)
+    rng = np.random.default_rng(0)
+    windows = rng.integers(1, service.num_items, (batch, service.window_len)).astype(np.int64)
+    windows[::4, service.window_len // 2 :] = 0  # some short windows
+    for _ in range(3):
+        service.generate(windows)
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 5:
+        started = time.perf_counter()
+        service.generate(windows)
+        times.append(time.perf_counter() - started)
+    best, median = min(times), float(np.median(times))
+    cfg = service.config
+    return {"batch": batch, "threads": 1, "forwards": len(times), "median_ms": median * 1e3,
+            "devices_per_s_median": batch / median, "devices_per_s_best": batch / best,
+            "head": service.spec.to_json(), "generator": cfg.generator.model_dump(),
+            "backbone": cfg.model.backbone, "embed_dim": cfg.model.embed_dim}
+
+
+# ---------------------------------------------------------------- device side
+
+DEVICE_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    sys.modules["torch"] = None  # the device must not need torch
+    import numpy as np
+    from duet.device import Bundle
+    bundle = Bundle(sys.argv[1])
+    rng = np.random.default_rng(0)
+    history = rng.integers(1, bundle.num_items, bundle.history_len)
+    items = rng.integers(1, bundle.num_items, 100)
+    for _ in range(50):
+        bundle.score(history, items, bundle.theta_g)
+    times = []
+    for _ in range(int(sys.argv[2])):
+        started = time.perf_counter()
+        bundle.score(history, items, bundle.theta_g)
+        times.append(time.perf_counter() - started)
+    status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+    kb = lambda key: int(status[key].split()[0])
+    ms = np.array(times) * 1e3
+    print(json.dumps({"candidates": 100, "runs": len(ms), "p50_ms": float(np.percentile(ms, 50)),
+                      "p99_ms": float(np.percentile(ms, 99)), "rss_mb": kb("VmRSS") / 1024,
+                      "peak_rss_mb": kb("VmHWM") / 1024,
+                      "torch_loaded": any(m.startswith("torch") and sys.modules[m] is not None for m in sys.modules)}))
+""")
+
+
+def bench_device(bundle: Path, runs: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", DEVICE_SCRIPT, str(bundle), str(runs)], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_adaptation(run: Path, bundle: Path, requests: int, max_wait_ms: float, executor: str) -> dict:
+    """DeviceRuntime.refresh() one at a time: request sent -> parameters applied (and then a score)."""
+    from duet.device import Bundle, DeviceRuntime
+    from duet.simulate import ServiceProcess
+
+    device_bundle = Bundle(bundle)
+    rng = np.random.default_rng(1)
+    results = {}
+    with ServiceProcess(run, max_batch=64, max_wait_ms=max_wait_ms, executor=executor) as service:
+        for dtype in ("fp32", "fp16"):
+            runtime = DeviceRuntime(device_bundle, service.url, "bench-device", dtype=dtype)
+            times = []
+            for i in range(requests + 20):
+                window = rng.integers(1, device_bundle.num_items, device_bundle.window_len)
+                if runtime.refresh(window) != "service":
+                    raise RuntimeError(f"refresh failed: {runtime.last_error}")
+                if i >= 20:
+                    times.append(runtime.adaptation_seconds)
+            ms = np.array(times) * 1e3
+            results[dtype] = {"requests": len(ms), "p50_ms": float(np.percentile(ms, 50)),
+                              "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
+                              "answer_bytes": runtime.last_answer_bytes}
+    results["max_wait_ms"] = max_wait_ms
+    return results
+
+
+def bench_finetune(run: Path, steps: int, finetune_json: Path | None) -> dict:
+    """Time to adapt one device by fine-tuning a copy of the model for `steps` Adam steps on its own records."""
+    if finetune_json is not None:
+        data = json.loads(finetune_json.read_text())
+        return {"source": str(finetune_json), **data}
+    import torch
+    import torch.nn.functional as F
+
+    from duet.checkpoint import load_run
+    from duet.data.store import load_dataset
+    from duet.training.batches import EventBatcher
+
+    torch.set_num_threads(1)
+    config, model, _ = load_run(run)
+    recommender = model.recommender if config.train.method == "duet" else model
+    train = load_dataset(config.data, splits=("train",))["train"]
+    user = int(np.bincount(train.user).argmax())
+    mine = train.select(train.user == user)
+    batch = next(EventBatcher(mine, 256).batches())
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        device = copy.deepcopy(recommender).train()
+        optimizer = torch.optim.Adam(device.parameters(), lr=1e-3)
+        for _ in range(steps):
+            loss = F.binary_cross_entropy_with_logits(device(batch.history, batch.item, batch.inverse), batch.label)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        times.append(time.perf_counter() - started)
+    return {"source": "measured", "steps": steps, "records": len(batch), "threads": 1,
+            "median_ms": float(np.median(times) * 1e3), "note": "full copy of the model, one torch thread"}
+
+
+# ---------------------------------------------------------------- main
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, help="DUET run to serve (default: train a throwaway one)")
+    parser.add_argument("--bundle", type=Path, help="its device bundle (default: exported into a temp dir)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve.json"))
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per HTTP level")
+    parser.add_argument("--max-requests", type=int, default=30_000, help="request cap per HTTP level")
+    parser.add_argument("--levels", default="1,8,64", help="client concurrency levels")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--executor", default="inline", choices=["inline", "thread"])
+    parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--adaptation-requests", type=int, default=500)
+    parser.add_argument("--finetune-steps", type=int, default=10)
+    parser.add_argument("--finetune-json", type=Path, help="fine-tune timing from `duet finetune` to report instead")
+    parser.add_argument("--only", default="http,generation,device,adaptation",
+                        help="comma-separated subset of http,generation,device,adaptation")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+
+    with tempfile.TemporaryDirectory(prefix="duet-bench-") as tmp:
+        tmp = Path(tmp)
+        run = args.run
+        if run is None:
+            print("training a throwaway default-architecture DUET run ...", flush=True)
+            run = make_run(tmp)
+        bundle = args.bundle
+        if bundle is None and only & {"device", "adaptation"}:
+            from duet.export import export_bundle
+
+            bundle = tmp / "bundle"
+            export_bundle(run, bundle)
+        from duet.checkpoint import load_config
+
+        config = load_config(run)
+        results: dict = {"run": str(run), "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
+                         "targets": TARGETS}
+        results["answer_bytes"] = answer_sizes(run)
+        print(f"answer bytes: {results['answer_bytes']}", flush=True)
+        if "generation" in only:
+            results["generation"] = bench_generation(run, 1024, seconds=3.0)
+            g = results["generation"]
+            print(f"generation alone: {g['devices_per_s_median']:,.0f} devices/s (batch 1024, 1 thread, "
+                  f"median {g['median_ms']:.2f} ms)", flush=True)
+        if "http" in only:
+            levels = [int(x) for x in args.levels.split(",")]
+            print("HTTP POST /v1/parameters (fp16 answers):", flush=True)
+            results["http"] = bench_http(run, levels, {"batching": 64, "no-batching": 1}, args.seconds,
+                                         args.max_requests, config.window_len, args.workers, args.executor,
+                                         args.max_wait_ms)
+        if "device" in only:
+            results["device"] = bench_device(bundle, 2000)
+            d = results["device"]
+            print(f"device scoring, 100 candidates: p50 {d['p50_ms']:.3f} ms, p99 {d['p99_ms']:.3f} ms; "
+                  f"RSS {d['rss_mb']:.0f} MB (peak {d['peak_rss_mb']:.0f} MB), torch loaded: {d['torch_loaded']}",
+                  flush=True)
+        if "adaptation" in only:
+            results["adaptation"] = bench_adaptation(run, bundle, args.adaptation_requests, args.max_wait_ms,
+                                                     args.executor)
+            results["finetune"] = bench_finetune(run, args.finetune_steps, args.finetune_json)
+            a, f = results["adaptation"], results["finetune"]
+            print(f"end-to-end adaptation: fp32 p50 {a['fp32']['p50_ms']:.2f} ms (p99 {a['fp32']['p99_ms']:.2f}), "
+                  f"fp16 p50 {a['fp16']['p50_ms']:.2f} ms; fine-tune {f.get('median_ms', float('nan')):.1f} ms",
+                  flush=True)
+        results["machine"]["loadavg_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,5 @@
+"""`python -m duet` (and `torchrun -m duet`) run the CLI."""
+
+from duet.cli import main
+
+main()

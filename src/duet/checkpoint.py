@@ -1,0 +1,118 @@
+"""Run directories: safetensors weights + JSON config/manifest, verified on load.
+
+A run folder describes itself:
+
+    config.json        RunConfig (rebuilds the modules)
+    param_spec.json    the dynamic head's ParamSpec (+ its hash)
+    model.safetensors  the selected (best-on-validation) weights
+    history.json       per-epoch loss and validation metrics
+    manifest.json      kind, method, best epoch, sha256 of every file above
+
+Nothing is ever unpickled: weights are safetensors, everything else JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from duet.atomic import atomic_path, sha256_file, write_json
+from duet.config import RunConfig
+from duet.errors import ArtifactError
+
+RUN_FORMAT = "duet-run/1"
+WEIGHTS = "model.safetensors"
+
+
+def build_model(config: RunConfig) -> nn.Module:
+    """Popularity for pop runs, Recommender for base runs, DuetModel for DUET runs."""
+    from duet.models.recommender import Recommender
+
+    if config.train.method == "pop":
+        from duet.models.popularity import Popularity
+
+        return Popularity(config.num_items)
+    recommender = Recommender(config.num_items, config.history_len, config.model)
+    if config.train.method != "duet":
+        return recommender
+    from duet.duet_model import DuetModel
+
+    if config.generator is None:
+        raise ArtifactError("a DUET run config needs a `generator` section")
+    return DuetModel(recommender, config.window_len, config.generator)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise ArtifactError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def write_manifest(run: Path, extra: dict) -> dict:
+    files = sorted(p.name for p in run.iterdir() if p.is_file() and p.name != "manifest.json" and not p.name.startswith("."))
+    manifest = {"format": RUN_FORMAT, **extra, "files": {name: sha256_file(run / name) for name in files}}
+    write_json(run / "manifest.json", manifest)
+    return manifest
+
+
+def read_run_manifest(run: str | Path) -> dict:
+    run = Path(run)
+    file = run / "manifest.json"
+    if not file.is_file():
+        raise ArtifactError(f"{run}: not a finished duet run (no manifest.json)")
+    try:
+        manifest = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if manifest.get("format") != RUN_FORMAT:
+        raise ArtifactError(f"{file}: format {manifest.get('format')!r}, expected {RUN_FORMAT!r}")
+    return manifest
+
+
+def verify_run(run: str | Path) -> dict:
+    """Check every file listed in the manifest against its sha256; return the manifest."""
+    run = Path(run)
+    manifest = read_run_manifest(run)
+    for name, digest in manifest["files"].items():
+        file = run / name
+        if not file.is_file():
+            raise ArtifactError(f"{file}: missing (listed in manifest.json)")
+        if sha256_file(file) != digest:
+            raise ArtifactError(f"{file}: sha256 does not match manifest.json (modified or truncated)")
+    return manifest
+
+
+def load_config(run: str | Path) -> RunConfig:
+    file = Path(run) / "config.json"
+    try:
+        return RunConfig.model_validate_json(file.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{file}: missing") from None
+    except ValueError as exc:
+        first = str(exc).splitlines()
+        raise ArtifactError(f"{file}: invalid run config ({'; '.join(first[:3])})") from None
+
+
+def load_run(run: str | Path) -> tuple[RunConfig, nn.Module, dict]:
+    """Verify, rebuild and load a run's selected model (eval mode)."""
+    run = Path(run)
+    manifest = verify_run(run)
+    config = load_config(run)
+    model = build_model(config)
+    state = load_tensors(run / WEIGHTS)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{run / WEIGHTS}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
+    model.eval()
+    return config, model, manifest

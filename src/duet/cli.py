@@ -1,0 +1,430 @@
+"""The `duet` command line. Each command parses its options, calls one library
+function (imported lazily so `duet --help` is instant) and prints the result.
+
+User mistakes (`DuetError`) print one line to stderr and exit with code 2: no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="duet: device-cloud collaborative parameter generation (DUET) for on-device recommendation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect prepared datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a DuetError (or a missing file) into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from duet.errors import DuetError
+
+        try:
+            return fn(*args, **kwargs)
+        except (DuetError, FileExistsError, FileNotFoundError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _setup_logging(verbose: bool = True) -> None:
+    import logging
+
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(show_path=False, show_time=False)], force=True)
+
+
+@app.command()
+@user_errors
+def train(
+    data: Annotated[Path, typer.Option(help="prepared dataset directory (duet prepare)")],
+    out: Annotated[Path, typer.Option(help="run directory to create")],
+    backbone: Annotated[str, typer.Option(help="sasrec | gru4rec | din")] = "sasrec",
+    method: Annotated[str, typer.Option(help="pop | base | duet")] = "base",
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run in --out")] = False,
+    epochs: Annotated[int, typer.Option(help="maximum epochs")] = 30,
+    batch_size: Annotated[int, typer.Option(help="records per mini-batch")] = 1024,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="Adam weight decay")] = 0.0,
+    clip_norm: Annotated[float, typer.Option(help="gradient-norm clipping")] = 5.0,
+    patience: Annotated[int, typer.Option(help="early-stopping patience (epochs) on valid uauc")] = 3,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
+    embed_dim: Annotated[int, typer.Option(help="item embedding size")] = 32,
+    num_blocks: Annotated[int, typer.Option(help="SASRec blocks / GRU layers")] = 2,
+    num_heads: Annotated[int, typer.Option(help="SASRec attention heads")] = 1,
+    dropout: Annotated[float, typer.Option(help="dropout rate")] = 0.2,
+    head_hidden: Annotated[str | None, typer.Option(help="dynamic head hidden widths, e.g. 32 or 64,32")] = None,
+    activation: Annotated[str, typer.Option(help="head activation: tanh | relu")] = "tanh",
+    encoder: Annotated[str, typer.Option(help="DUET window encoder: gru | attention")] = "gru",
+    gen_hidden: Annotated[int, typer.Option(help="DUET window-encoder width")] = 32,
+    layer_embed_dim: Annotated[int, typer.Option(help="DUET per-layer embedding size")] = 16,
+    decoder_hidden: Annotated[int, typer.Option(help="DUET decoder hidden width")] = 32,
+    rank: Annotated[int | None, typer.Option(help="DUET low-rank weights of this rank")] = None,
+    mode: Annotated[str, typer.Option(help="DUET generation: residual | paper")] = "residual",
+    num_generators: Annotated[int, typer.Option(help="SWA generators N_p (1 = no SWA)")] = 3,
+    temperature: Annotated[float, typer.Option(help="SWA softmax temperature")] = 1.0,
+    freeze_static: Annotated[bool, typer.Option(help="DUET: keep the static part = the global model")] = False,
+    init: Annotated[Path | None, typer.Option(help="DUET: take stage 1 from this base run")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Train a popularity, base (global UMN) or DUET run; select on validation uauc."""
+    options = {k: v for k, v in locals().items() if k not in ("resume", "progress", "out")}
+    from duet.cli_config import train_config
+
+    config = train_config(**options)
+    _setup_logging()
+    from duet.training.loop import train as run_training
+
+    summary = run_training(config, out, resume=resume, progress=progress)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        _print_metrics(f"{out} (best epoch {summary['best_epoch']}, valid)", summary["valid"])
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run: Annotated[Path, typer.Option(help="run directory (duet train)")],
+    split: Annotated[str, typer.Option(help="valid | test")] = "test",
+    data: Annotated[Path | None, typer.Option(help="dataset (default: the run's own)")] = None,
+) -> None:
+    """Evaluate a trained run on a split: prints a table and writes RUN/metrics_<split>.json."""
+    if split not in ("valid", "test"):
+        raise typer.BadParameter(f"--split must be valid or test, got {split!r}")
+    from duet.training.evaluate import evaluate_run
+
+    metrics = evaluate_run(run, split, data)
+    _print_metrics(f"{run} ({split})", metrics)
+
+
+@app.command()
+@user_errors
+def finetune(
+    data: Annotated[Path, typer.Option(help="prepared dataset directory")],
+    base: Annotated[Path, typer.Option(help="base run to copy for every device")],
+    out: Annotated[Path | None, typer.Option(help="directory for metrics and per-device costs")] = None,
+    split: Annotated[str, typer.Option(help="valid (tune on train) | test (tune on train+valid)")] = "test",
+    steps: Annotated[int, typer.Option(help="Adam steps per device")] = 10,
+    lr: Annotated[float, typer.Option(help="fine-tuning learning rate")] = 1e-3,
+    scope: Annotated[str, typer.Option(help="all (whole model) | head (dynamic head only)")] = "all",
+    batch_size: Annotated[int, typer.Option(help="records per step")] = 256,
+    max_devices: Annotated[int | None, typer.Option(help="only the first N devices")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Per-device fine-tuning baseline: copy, train k steps on the device's own data, score, discard."""
+    from pydantic import ValidationError
+
+    from duet.errors import DuetError
+    from duet.training.finetune import FinetuneConfig
+    from duet.training.finetune import finetune as run_finetune
+
+    try:
+        cfg = FinetuneConfig(base_run=str(base), data=str(data), split=split, steps=steps, lr=lr, scope=scope,
+                             batch_size=batch_size, max_devices=max_devices, seed=seed)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise DuetError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    summary = run_finetune(cfg, out, progress=progress)
+    _print_metrics(f"fine-tune {base} ({split})", summary["metrics"])
+    if summary["devices"]:
+        typer.echo(f"{summary['devices']} devices: {summary['seconds_per_device']['p50'] * 1e3:.1f} ms "
+                   f"per device (p50), peak +{summary['peak_bytes_per_device']['max'] / 2**20:.1f} MiB")
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+_PROTOCOL_HELP = "protocol (raw sources only; default: ProtocolConfig's)"
+
+
+@app.command()
+@user_errors
+def prepare(
+    out: Annotated[Path, typer.Option(help="dataset directory to create")],
+    source: Annotated[str, typer.Option(help="movielens-small | csv | recbole | duet-text")] = "movielens-small",
+    path: Annotated[Path | None, typer.Option(help="input file for --source csv / recbole")] = None,
+    train: Annotated[Path | None, typer.Option(help="duet-text: train records file")] = None,
+    test: Annotated[Path | None, typer.Option(help="duet-text: test records file")] = None,
+    user_col: Annotated[str | None, typer.Option(help="user id column (csv: user, recbole: user_id)")] = None,
+    item_col: Annotated[str | None, typer.Option(help="item id column (csv: item, recbole: item_id)")] = None,
+    rating_col: Annotated[str | None, typer.Option(help="rating column, checked if present, required if named")] = None,
+    timestamp_col: Annotated[str | None, typer.Option(help="timestamp column (default: timestamp)")] = None,
+    sep: Annotated[str, typer.Option(help="csv field separator")] = ",",
+    max_users: Annotated[int | None, typer.Option(help="keep only the first N users of the source")] = None,
+    min_user_interactions: Annotated[int | None, typer.Option(help=f"k-core minimum per user; {_PROTOCOL_HELP}")] = None,
+    min_item_interactions: Annotated[int | None, typer.Option(help=f"k-core minimum per item; {_PROTOCOL_HELP}")] = None,
+    history_len: Annotated[int | None, typer.Option(help=f"click-history length L; {_PROTOCOL_HELP}")] = None,
+    window_len: Annotated[int | None, typer.Option(help=f"real-time window length W; {_PROTOCOL_HELP}")] = None,
+    train_negatives: Annotated[int | None, typer.Option(help=f"negatives per train positive; {_PROTOCOL_HELP}")] = None,
+    eval_negatives: Annotated[int | None, typer.Option(help="negatives per valid/test positive (default 4, loo: 99)")] = None,
+    split: Annotated[str | None, typer.Option(help=f"ratio | loo; {_PROTOCOL_HELP}")] = None,
+    ratios: Annotated[str | None, typer.Option(help="train,valid,test ratios of each user's targets, e.g. 0.8,0.1,0.1")] = None,
+    seed: Annotated[int | None, typer.Option(help=f"negative-sampling seed; {_PROTOCOL_HELP}")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
+) -> None:
+    """Build a dataset directory (train/valid/test records + manifest) from a raw source."""
+    import time
+
+    from rich.console import Console
+
+    from duet.data.prepare import prepare_dataset
+
+    options = {
+        "min_user_interactions": min_user_interactions, "min_item_interactions": min_item_interactions,
+        "history_len": history_len, "window_len": window_len, "train_negatives": train_negatives,
+        "eval_negatives": eval_negatives, "split": split, "ratios": _ratios(ratios), "seed": seed,
+    }
+    protocol = _protocol({k: v for k, v in options.items() if v is not None})
+    console = Console()
+    started = time.perf_counter()
+    with console.status("preparing") as status:
+        manifest = prepare_dataset(
+            out, source, path=path, train=train, test=test, user_col=user_col, item_col=item_col,
+            rating_col=rating_col, timestamp_col=timestamp_col, sep=sep, protocol=protocol,
+            max_users=max_users, overwrite=overwrite, progress=status.update,
+        )
+    _print_counts(console, f"prepared in {time.perf_counter() - started:.1f} s", manifest)
+    typer.echo(f"wrote {out}")
+
+
+def _ratios(text: str | None) -> tuple[float, ...] | None:
+    from duet.errors import DuetError
+
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise DuetError(f"--ratios: expected three numbers like 0.8,0.1,0.1, got {text!r}") from None
+
+
+def _protocol(options: dict[str, Any]) -> Any:
+    """A ProtocolConfig from the options given, or None when none was."""
+    from pydantic import ValidationError
+
+    from duet.config import ProtocolConfig
+    from duet.errors import DuetError
+
+    if not options:
+        return None
+    try:
+        return ProtocolConfig(**options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = f"--{str(err['loc'][0]).replace('_', '-')}: " if err["loc"] else ""
+        raise DuetError(f"{name}{err['msg']}") from None
+
+
+def _print_counts(console: Any, title: str, manifest: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("split", "records", "positives", "events", "users", "items"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for name, c in manifest["counts"].items():
+        table.add_row(name, *(f"{c[k]:,}" for k in ("records", "positives", "events", "users", "items")))
+    table.caption = (f"{manifest['num_users']:,} users, {manifest['num_items'] - 1:,} items, "
+                     f"L={manifest['history_len']}, W={manifest['window_len']}")
+    console.print(table)
+
+
+@app.command("export-text")
+@user_errors
+def export_text(
+    data: Annotated[Path, typer.Argument(help="prepared dataset directory")],
+    train: Annotated[Path, typer.Option(help="train records file to write (train + valid)")],
+    test: Annotated[Path, typer.Option(help="test records file to write")],
+    overwrite: Annotated[bool, typer.Option(help="replace existing files")] = False,
+) -> None:
+    """Write a dataset in the reference text format user_id;item_id;trigger_seq;click_seq;label."""
+    from duet.data.textformat import export_text as run_export
+
+    for file, records in run_export(data, train, test, overwrite=overwrite).items():
+        typer.echo(f"wrote {records:,} records to {file}")
+
+
+@data_app.command("info")
+@user_errors
+def data_info(
+    data: Annotated[Path, typer.Argument(help="prepared dataset directory")],
+    plot: Annotated[Path | None, typer.Option(help="also write a PNG: history lengths + item popularity")] = None,
+    top: Annotated[int, typer.Option(help="most popular items to list")] = 10,
+) -> None:
+    """Counts per split, sequence lengths and item popularity of a prepared dataset."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from duet.data.info import plot as write_plot
+    from duet.data.info import summarize
+
+    info = summarize(data, top=top)
+    console = Console()
+    console.print(f"[bold]{info['path']}[/bold]  source: {json.dumps(info['source'])}")
+    console.print(f"protocol: {json.dumps(info['protocol'])}")
+    table = Table(title=f"{info['num_users']:,} users, {info['num_items'] - 1:,} items, "
+                        f"L={info['history_len']}, W={info['window_len']}")
+    table.add_column("split")
+    for column in ("records", "positives", "events", "users", "items"):
+        table.add_column(column, justify="right")
+    lengths = Table(title="non-padding sequence lengths of the positives")
+    lengths.add_column("split")
+    lengths.add_column("sequence")
+    for stat in ("min", "median", "mean", "max"):
+        lengths.add_column(stat, justify="right")
+    for name, s in info["splits"].items():
+        table.add_row(name, *(f"{s[k]:,}" for k in ("records", "positives", "events", "users", "items")))
+        for key in ("history", "window"):
+            lengths.add_row(name, key, *(f"{s[key][stat]:.4g}" for stat in ("min", "median", "mean", "max")))
+    console.print(table)
+    console.print(lengths)
+    pop = info["popularity"]
+    console.print(f"item popularity over {pop['positives']:,} positives: "
+                  f"{pop['items_with_positives']:,} items with positives, gini {pop['gini']:.3f}, "
+                  f"top 10% of items hold {pop['top10pct_share']:.1%}")
+    items = Table(title=f"top {len(pop['top'])} items")
+    for column in ("item", "raw id", "positives", "share"):
+        items.add_column(column, justify="right")
+    for row in pop["top"]:
+        items.add_row(str(row["item"]), str(row["raw"]), f"{row['positives']:,}", f"{row['share']:.2%}")
+    console.print(items)
+    if plot is not None:
+        write_plot(data, plot)
+        console.print(f"wrote {plot}")
+
+
+@app.command()
+@user_errors
+def serve(
+    run: Annotated[Path, typer.Option(help="DUET run directory (duet train --method duet)")],
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes (each loads the model)")] = 1,
+    max_batch: Annotated[int, typer.Option(help="most windows sharing one generator forward (1 = no batching)")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(help="longest a request waits for others to share its forward")] = 2.0,
+    threads: Annotated[int, typer.Option(help="torch threads per worker")] = 1,
+    executor: Annotated[str, typer.Option(help="where the forward runs: inline (event loop) | thread")] = "inline",
+    log_level: Annotated[str, typer.Option(help="critical | error | warning | info | debug")] = "warning",
+) -> None:
+    """Serve POST /v1/parameters (plus /healthz, /readyz, /v1/models, /metrics) for a DUET run."""
+    from pydantic import ValidationError
+
+    from duet.cloud.settings import Settings
+    from duet.errors import DuetError
+
+    try:
+        settings = Settings(run=run, host=host, port=port, workers=workers, max_batch=max_batch,
+                            max_wait_ms=max_wait_ms, threads=threads, executor=executor, log_level=log_level)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise DuetError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']} (got {err.get('input')!r})") from None
+    from duet.checkpoint import read_run_manifest
+
+    read_run_manifest(run)  # a missing or unfinished run fails here, in one line, not in a worker
+    from duet.cloud.server import serve as run_server
+
+    run_server(settings)
+
+
+@app.command()
+@user_errors
+def export(
+    run: Annotated[Path, typer.Option(help="base or DUET run directory")],
+    out: Annotated[Path, typer.Option(help="bundle directory to create")],
+    data: Annotated[Path | None, typer.Option(help="dataset for the item vocabulary (default: the run's own)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
+) -> None:
+    """Export the device bundle: ONNX (static part + head, head params as inputs), theta_g, vocab, manifest."""
+    from duet.export import export_bundle
+
+    manifest = export_bundle(run, out, data=data, overwrite=overwrite)
+    typer.echo(f"{out}: version {manifest['model_version']}, spec {manifest['spec_hash']}, "
+               f"max |onnx - torch| {manifest['verified_max_abs_diff']:.1e}")
+
+
+@app.command()
+@user_errors
+def simulate(
+    run: Annotated[Path, typer.Option(help="DUET run directory")],
+    data: Annotated[Path | None, typer.Option(help="dataset (default: the run's own)")] = None,
+    devices: Annotated[int, typer.Option(help="devices to replay (the first N users of the test split)")] = 100,
+    dtype: Annotated[str, typer.Option(help="parameter precision on the wire: fp32 | fp16")] = "fp32",
+    bundle: Annotated[Path | None, typer.Option(help="bundle to use, exported there if missing (default: a temp dir)")] = None,
+    concurrency: Annotated[int, typer.Option(help="devices replaying at once (threads)")] = 16,
+    max_batch: Annotated[int, typer.Option(help="the service's --max-batch")] = 64,
+    out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
+) -> None:
+    """Replay the test period through the real service and device runtimes; compare with offline DUET."""
+    _setup_logging()
+    from duet.simulate import simulate as run_simulation
+
+    results = run_simulation(run, data=data, devices=devices, dtype=dtype, bundle=bundle,
+                             concurrency=concurrency, max_batch=max_batch)
+    if out is not None:
+        from duet.atomic import write_json
+
+        write_json(out, results)
+    _print_simulation(results)
+    if results["agree"] is False:
+        typer.echo(f"error: device logits differ from the offline evaluation by {results['max_abs_logit_diff']:.2e} "
+                   f"(> {results['tolerance']:.0e})", err=True)
+        raise typer.Exit(1)
+
+
+def _print_simulation(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    m = results["metrics"]
+    table = Table(title=f"{results['devices']} devices, {results['events']:,} events, {results['records']:,} records "
+                        f"({results['dtype']}, {results['model_version']})")
+    for column in ("metric", "device (service + onnxruntime)", "offline (torch)", "difference"):
+        table.add_column(column, justify="right")
+    for name, diff in m["diff"].items():
+        table.add_row(name, f"{m['device'][name]:.6f}", f"{m['offline'][name]:.6f}", f"{diff:+.2e}")
+    console = Console()
+    console.print(table)
+    adaptation = results["adaptation_ms"]
+    p50 = "n/a" if adaptation["p50"] is None else f"{adaptation['p50']:.2f} ms"
+    p99 = "n/a" if adaptation["p99"] is None else f"{adaptation['p99']:.2f} ms"
+    verdict = {True: "agree", False: "DISAGREE", None: "reported only"}[results["agree"]]
+    console.print(f"max |logit diff| {results['max_abs_logit_diff']:.2e} ({verdict}); parameters from "
+                  f"{results['sources']}; answer {results['answer_bytes']:,} B; adaptation p50 {p50}, p99 {p99}; "
+                  f"{results['events_per_second']:,.0f} events/s over {results['wall_seconds']:.1f} s")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Turn CLI options into one validated RunConfig (every flag lands in the config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from duet.config import BACKBONE_NAMES, GeneratorConfig, ModelConfig, RunConfig, TrainConfig
+from duet.errors import DuetError
+
+
+def _ints(text: str | None) -> tuple[int, ...] | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise DuetError(f"--head-hidden: expected comma-separated integers, got {text!r}") from None
+
+
+def train_config(
+    data: Path, backbone: str, method: str, epochs: int, batch_size: int, lr: float, weight_decay: float,
+    clip_norm: float, patience: int, seed: int, threads: int | None, embed_dim: int, num_blocks: int,
+    num_heads: int, dropout: float, head_hidden: str | None, activation: str, encoder: str, gen_hidden: int,
+    layer_embed_dim: int, decoder_hidden: int, rank: int | None, mode: str, num_generators: int,
+    temperature: float, freeze_static: bool, init: Path | None,
+) -> RunConfig:
+    """Validate every option; a bad value is a one-line DuetError naming the option."""
+    from duet.training.loop import run_config_for
+
+    if backbone not in BACKBONE_NAMES:
+        raise DuetError(f"--backbone: unknown {backbone!r}; choose one of {', '.join(BACKBONE_NAMES)}")
+    try:
+        model = ModelConfig(backbone=backbone, embed_dim=embed_dim, num_blocks=num_blocks, num_heads=num_heads,
+                            dropout=dropout, head_hidden=_ints(head_hidden), activation=activation)
+        generator = GeneratorConfig(encoder=encoder, hidden_dim=gen_hidden, layer_embed_dim=layer_embed_dim,
+                                    decoder_hidden=decoder_hidden, rank=rank, mode=mode,
+                                    num_generators=num_generators, temperature=temperature)
+        train = TrainConfig(method=method, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                            clip_norm=clip_norm, patience=patience, seed=seed, threads=threads,
+                            freeze_static=freeze_static, init_run=str(init) if init else None)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "option"
+        raise DuetError(f"{field}: {err['msg']} (got {err.get('input')!r})") from None
+    return run_config_for(data, model=model, train=train, generator=generator if method == "duet" else None)

@@ -1,0 +1,113 @@
+"""In-process micro-batching: concurrent requests share one generator forward.
+
+A request's window joins the pending list; a forward starts when `max_batch`
+windows are pending or the oldest has waited `max_wait` seconds, whichever is
+first, and never while another forward is running (those requests simply
+form the next batch). The decision is taken one event-loop iteration after a
+submit, so requests that arrived together batch together even with
+`max_wait = 0`. Each forward is padded to `min_rows` rows so that an answer
+does not depend on how many others shared its forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+
+class MicroBatcher:
+    def __init__(self, forward: Callable[[np.ndarray], np.ndarray], max_batch: int, max_wait: float,
+                 min_rows: int = 1, threaded: bool = False,
+                 on_batch: Callable[[int, float], None] | None = None):
+        """forward: (E, W) -> (E, ...), row i answers window i. on_batch(size, seconds) after each forward."""
+        self.forward, self.max_batch, self.max_wait, self.min_rows = forward, max_batch, max_wait, min_rows
+        self.on_batch = on_batch
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="duet-generate") if threaded else None
+        self._pending: list[tuple[np.ndarray, asyncio.Future, float]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._busy = False
+        self._tick_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def submit(self, window: np.ndarray) -> np.ndarray:
+        """window (W,) -> this window's row of the forward's output."""
+        loop = self._loop = self._loop or asyncio.get_running_loop()
+        future = loop.create_future()
+        self._pending.append((window, future, loop.time()))
+        if not self._tick_scheduled:
+            # After the requests already scheduled in this loop iteration have submitted too.
+            self._tick_scheduled = True
+            loop.call_soon(self._tick)
+        return await future
+
+    def _tick(self) -> None:
+        self._tick_scheduled = False
+        self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        if self._busy or not self._pending:
+            return
+        due = self._pending[0][2] + self.max_wait
+        if len(self._pending) >= self.max_batch or self._loop.time() >= due:
+            self._start()
+        elif self._timer is None:
+            self._timer = self._loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._maybe_start()
+
+    def _start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+        batch = [item for item in batch if not item[1].cancelled()]  # clients that went away
+        if not batch:
+            self._maybe_start()
+            return
+        rows = np.stack([window for window, _, _ in batch])  # (E, W)
+        if len(rows) < self.min_rows:
+            rows = np.concatenate([rows, np.zeros((self.min_rows - len(rows), rows.shape[1]), rows.dtype)])
+        self._busy = True
+        started = time.perf_counter()
+        if self._executor is None:
+            try:
+                out = self.forward(rows)
+            except Exception as exc:  # every waiting request gets the error, the service goes on
+                self._finish(batch, None, exc, started)
+            else:
+                self._finish(batch, out, None, started)
+            return
+        task = self._loop.run_in_executor(self._executor, self.forward, rows)
+        task.add_done_callback(lambda done: self._finish(batch, None if done.exception() else done.result(),
+                                                         done.exception(), started))
+
+    def _finish(self, batch: list, out: np.ndarray | None, error: BaseException | None, started: float) -> None:
+        self._busy = False
+        if self.on_batch is not None:
+            self.on_batch(len(batch), time.perf_counter() - started)
+        for i, (_, future, _) in enumerate(batch):
+            if future.cancelled():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(out[i])
+        # Let requests parsed meanwhile join before deciding on the next forward.
+        self._loop.call_soon(self._maybe_start)
+
+    async def close(self) -> None:
+        """Answer what is pending, then stop the executor."""
+        while self._pending or self._busy:
+            if not self._busy:
+                self._start()
+            await asyncio.sleep(0.001)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)

@@ -1,0 +1,141 @@
+"""The generator service: a loaded DUET run that turns windows into head parameters,
+and the codecs that turn one device's parameters into an answer body.
+
+Framework-free (no FastAPI here), so the benchmark can time generation alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.numpy import save as save_safetensors
+from torch import Tensor, nn
+
+from duet.errors import ArtifactError
+from duet.spec import ParamSpec
+
+DTYPES = {"fp32": np.float32, "fp16": np.float16}
+OCTET_STREAM = "application/octet-stream"
+
+
+class AnswerCodec:
+    """One device's flat parameters (numel,) -> a safetensors blob, without per-answer header work.
+
+    Every answer of a model and dtype has the same header (names, shapes, offsets,
+    metadata), so it is built once from `safetensors.numpy.save`; an answer is that
+    prefix plus the parameters' bytes in the header's offset order.
+    """
+
+    def __init__(self, spec: ParamSpec, dtype: str, metadata: dict[str, str]):
+        self.spec, self.dtype, self.np_dtype = spec, dtype, DTYPES[dtype]
+        zeros = {name: np.zeros(shape, self.np_dtype) for name, shape in spec.entries}
+        template = save_safetensors(zeros, metadata=metadata)
+        (length,) = struct.unpack("<Q", template[:8])
+        header = json.loads(template[8 : 8 + length])
+        self.prefix = template[: 8 + length]
+        starts = np.concatenate([[0], np.cumsum(spec.sizes)[:-1]])
+        where = {name: (int(start), size) for name, start, size in zip(spec.names, starts, spec.sizes, strict=True)}
+        order = sorted(spec.names, key=lambda name: header[name]["data_offsets"][0])
+        self.perm = np.concatenate([np.arange(where[n][0], where[n][0] + where[n][1]) for n in order])
+        self.size = len(template)
+        if self.size != len(self.prefix) + spec.numel * np.dtype(self.np_dtype).itemsize:
+            raise AssertionError("safetensors layout changed: the answer template has padding between tensors")
+
+    def encode(self, flat: np.ndarray) -> bytes:
+        """flat (numel,) float32 in spec order -> safetensors bytes."""
+        return self.prefix + flat[self.perm].astype(self.np_dtype).tobytes()
+
+
+class FrozenDecoder(nn.Module):
+    """An SWA decoder with its mixture computed once: serving never changes the weights.
+
+    Same two `F.linear` calls on the same mixed weights as `SWADecoder.forward`, so
+    the output is bitwise identical, minus the per-forward softmax and einsums.
+    """
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        with torch.no_grad():
+            alpha = decoder.weights()  # (N_p,)
+            self.w1 = torch.einsum("p,pij->ij", alpha, decoder.w1)
+            self.b1 = alpha @ decoder.b1
+            self.w2 = torch.einsum("p,pij->ij", alpha, decoder.w2)
+            self.b2 = alpha @ decoder.b2
+
+    def forward(self, e: Tensor) -> Tensor:
+        return F.linear(F.linear(e, self.w1, self.b1), self.w2, self.b2)
+
+
+class GeneratorService:
+    """A DUET run loaded for serving: `generate(windows (E, W)) -> (E, numel)` float32."""
+
+    def __init__(self, run: str | Path):
+        from duet.checkpoint import load_run
+        from duet.export import model_version
+
+        self.run = Path(run)
+        config, model, _ = load_run(self.run)
+        if config.train.method != "duet":
+            raise ArtifactError(f"{self.run}: `duet serve` needs a DUET run (method duet), got {config.train.method!r}")
+        generator = model.generator
+        for i, decoder in enumerate(generator.decoders):
+            generator.decoders[i] = FrozenDecoder(decoder)
+        self.config, self.model = config, model
+        self.spec: ParamSpec = model.recommender.param_spec
+        self.spec_hash = self.spec.hash  # a property that hashes JSON: not per request
+        self.version = model_version(self.run)
+        self.window_len, self.num_items = config.window_len, config.num_items
+        metadata = {"model_version": self.version, "spec_hash": self.spec_hash}
+        self.codecs = {dtype: AnswerCodec(self.spec, dtype, metadata) for dtype in DTYPES}
+        self._offsets = np.concatenate([[0], np.cumsum(self.spec.sizes)])
+
+    def window_row(self, items: list[int]) -> np.ndarray:
+        """Item ids oldest first -> the last W, left-aligned and 0-padded (W,) int64."""
+        row = np.zeros(self.window_len, dtype=np.int64)
+        last = items[-self.window_len :]
+        row[: len(last)] = last
+        return row
+
+    def generate(self, windows: np.ndarray) -> np.ndarray:
+        """windows (E, W) int64 -> flat parameters (E, numel) float32 in spec order."""
+        with torch.inference_mode():
+            params = self.model.generate(torch.from_numpy(windows))
+            rows = windows.shape[0]
+            return torch.cat([params[name].reshape(rows, -1) for name in self.spec.names], dim=1).numpy()
+
+    def json_answer(self, flat: np.ndarray, dtype: str) -> bytes:
+        """The JSON form of one answer: params as nested lists in `dtype`'s precision."""
+        values = flat.astype(DTYPES[dtype])
+        params = {
+            name: values[start:end].reshape(shape).tolist()
+            for (name, shape), start, end in zip(self.spec.entries, self._offsets[:-1], self._offsets[1:], strict=True)
+        }
+        return json.dumps({"model_version": self.version, "spec_hash": self.spec_hash, "dtype": dtype,
+                           "params": params}, separators=(",", ":")).encode()
+
+    def info(self) -> dict:
+        cfg = self.config
+        return {
+            "version": self.version,
+            "run": self.run.name,
+            "method": cfg.train.method,
+            "backbone": cfg.model.backbone,
+            "spec_hash": self.spec_hash,
+            "params": self.spec.to_json(),
+            "numel": self.spec.numel,
+            "dtypes": list(DTYPES),
+            "answer_bytes": {dtype: codec.size for dtype, codec in self.codecs.items()},
+            "window_len": cfg.window_len,
+            "history_len": cfg.history_len,
+            "num_items": cfg.num_items,
+        }
+
+
+def sha256_hex(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()

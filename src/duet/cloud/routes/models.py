@@ -1,0 +1,16 @@
+"""What the service serves: versions, head layout, dtypes, window length."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from duet.cloud.deps import ReadyDep
+from duet.cloud.schemas import ErrorResponse, ModelsResponse
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/v1/models", response_model=ModelsResponse, summary="Served model versions and their head layout",
+            responses={503: {"model": ErrorResponse, "description": "model not loaded yet"}})
+async def models(state: ReadyDep) -> ModelsResponse:
+    return ModelsResponse.model_validate({"models": [state.service.info()]})

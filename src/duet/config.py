@@ -1,0 +1,105 @@
+"""Typed configuration objects. One `RunConfig` per run, saved beside its results.
+
+Unknown keys are an error (`extra="forbid"`), so a typo in a saved or hand-written
+config fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+BackboneName = Literal["sasrec", "gru4rec", "din"]
+BACKBONE_NAMES: tuple[str, ...] = ("sasrec", "gru4rec", "din")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProtocolConfig(Strict):
+    """How raw interactions become train/valid/test records."""
+
+    min_user_interactions: int = Field(5, ge=1, description="k-core: users with fewer are dropped")
+    min_item_interactions: int = Field(5, ge=1, description="k-core: items with fewer are dropped")
+    history_len: int = Field(50, ge=1, description="click-history length L given to the backbone")
+    window_len: int = Field(10, ge=1, description="real-time window length W given to the generator")
+    train_negatives: int = Field(4, ge=0, description="negatives per train positive")
+    # None = 4 for the ratio split, 99 for leave-one-out (the usual LOO protocol).
+    eval_negatives: int | None = Field(None, ge=1, description="negatives per valid/test positive")
+    split: Literal["ratio", "loo"] = "ratio"
+    # Chronological per-user ratio of each user's targets: the cloud trains on the
+    # first 80%, the device period is the last 10% (test) after 10% validation.
+    ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _check_ratios(self) -> ProtocolConfig:
+        if abs(sum(self.ratios) - 1.0) > 1e-6 or min(self.ratios) <= 0:
+            raise ValueError(f"ratios must be positive and sum to 1, got {self.ratios}")
+        return self
+
+    @property
+    def eval_negatives_resolved(self) -> int:
+        if self.eval_negatives is not None:
+            return self.eval_negatives
+        return 99 if self.split == "loo" else 4
+
+
+class ModelConfig(Strict):
+    """Static part (backbone) and dynamic head of the device model."""
+
+    backbone: BackboneName = "sasrec"
+    embed_dim: int = Field(32, ge=2)
+    num_blocks: int = Field(2, ge=1, description="SASRec blocks / GRU layers")
+    num_heads: int = Field(1, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # Hidden widths of the dynamic head; None = backbone default: (embed_dim,) for
+    # SASRec/GRU4Rec (two embed_dim x embed_dim layers, ~4 KB in fp16) and (32,)
+    # for DIN's classifier (3*embed_dim -> 32 -> 1).
+    head_hidden: tuple[int, ...] | None = None
+    activation: Literal["tanh", "relu"] = "tanh"
+
+
+class GeneratorConfig(Strict):
+    """PPG (hypernetwork) and SWA (ensemble of decoders)."""
+
+    encoder: Literal["gru", "attention"] = "gru"
+    hidden_dim: int = Field(32, ge=1, description="window encoder width (vector c)")
+    layer_embed_dim: int = Field(16, ge=1, description="per-layer embedding e_n")
+    decoder_hidden: int = Field(32, ge=1, description="decoder hidden width")
+    rank: int | None = Field(None, ge=1, description="low-rank weights U V^T of this rank")
+    # residual: theta_d = theta_g + delta (starts exactly at the global model);
+    # paper: the generator produces the whole head.
+    mode: Literal["residual", "paper"] = "residual"
+    num_generators: int = Field(3, ge=1, description="SWA N_p; 1 turns SWA off")
+    temperature: float = Field(1.0, gt=0.0, description="SWA softmax temperature tau")
+
+
+class TrainConfig(Strict):
+    method: Literal["pop", "base", "duet"] = "base"
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    eval_batch_size: int = Field(8192, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    clip_norm: float = Field(5.0, gt=0, description="gradient-norm clipping, always applied")
+    patience: int = Field(3, ge=1, description="epochs without valid uauc gain before stopping")
+    seed: int = 0
+    freeze_static: bool = False
+    init_run: str | None = Field(None, description="DUET stage 1 from this base run")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (None = default)")
+
+
+class RunConfig(Strict):
+    """Everything needed to reproduce and rebuild a run."""
+
+    data: str
+    data_hash: str = Field(description="sha256 of the dataset manifest, checked on load")
+    num_items: int
+    history_len: int
+    window_len: int
+    model: ModelConfig = ModelConfig()
+    generator: GeneratorConfig | None = None
+    train: TrainConfig = TrainConfig()

@@ -1,0 +1,1 @@
+"""Data: preparation from raw sources, the on-disk dataset format, and batching."""

@@ -1,0 +1,302 @@
+"""Raw interactions -> train/valid/test records on disk (`duet prepare`).
+
+The protocol (see `ProtocolConfig`), for raw sources:
+
+1. Optionally keep only the first `max_users` users (order of first appearance).
+2. k-core: drop users and items with fewer interactions than the minimum, repeated
+   until nothing changes.
+3. Internal ids in sorted raw-id order: items 1..n (0 = padding), users 0..m-1.
+4. Each user's interactions sorted by (timestamp, source row) with a stable sort.
+   Every position t >= 1 of that sequence is a target; its history is the L items
+   before t and its window the W items before t (most recent, oldest first,
+   left-aligned, 0-padded at the end).
+5. Each user's targets split chronologically: `ratio` (counts per user rounded,
+   at least one valid and one test target for users with >= 3 targets, at least
+   one train target always) or `loo` (last = test, second-last = valid, rest =
+   train; users with 2 targets get no valid, users with 1 no test either).
+6. Negatives per positive drawn uniformly, without replacement, from the items the
+   user never interacted with, by one numpy Generator seeded from the protocol seed.
+   A positive and its negatives share one event (history/window row); the positive
+   comes first.
+
+Records are numbered (`line`) over the whole dataset in (user, target position,
+candidate) order, so train+valid+test merged by `line` is each user's timeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from duet.atomic import atomic_dir
+from duet.config import ProtocolConfig
+from duet.data import importers
+from duet.data.importers import Interactions
+from duet.data.store import PAD, SPLITS, Split, write_dataset
+from duet.errors import DuetError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("movielens-small", "csv", "recbole", "duet-text")
+Progress = Callable[[str], None]
+_CHUNK = 1 << 16  # targets per block when gathering sequences, to bound memory
+
+
+@dataclass
+class Prepared:
+    splits: dict[str, Split]
+    item_raw: np.ndarray  # (num_items,) int64, item_raw[0] = -1 (padding)
+    user_raw: np.ndarray  # (num_users,) int64
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+def kcore(user: np.ndarray, item: np.ndarray, min_user: int, min_item: int) -> np.ndarray:
+    """Mask of interactions kept by iterated k-core filtering (codes must be 0..n-1)."""
+    keep = np.ones(len(user), bool)
+    while True:
+        users = np.bincount(user[keep], minlength=user.max(initial=-1) + 1)
+        items = np.bincount(item[keep], minlength=item.max(initial=-1) + 1)
+        new = keep & (users[user] >= min_user) & (items[item] >= min_item)
+        if new.sum() == keep.sum():
+            return keep
+        keep = new
+
+
+def context(items: np.ndarray, index: np.ndarray, position: np.ndarray, length: int) -> np.ndarray:
+    """For targets at global `index` (position `position` in their user's sequence),
+    the `length` items before them: oldest first, left-aligned, 0-padded."""
+    out = np.zeros((len(index), length), np.int32)  # (T, length)
+    offsets = np.arange(length)
+    for lo in range(0, len(index), _CHUNK):
+        g, t = index[lo:lo + _CHUNK], position[lo:lo + _CHUNK]
+        have = np.minimum(t, length)
+        idx = (g - have)[:, None] + offsets  # (chunk, length)
+        valid = offsets < have[:, None]
+        out[lo:lo + _CHUNK] = np.where(valid, items[np.where(valid, idx, 0)], PAD)
+    return out
+
+
+def split_counts(targets: np.ndarray, protocol: ProtocolConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Valid and test targets per user, given each user's number of targets."""
+    if protocol.split == "loo":
+        test = (targets >= 2).astype(np.int64)
+        valid = (targets >= 3).astype(np.int64)
+        return valid, test
+    _, r_valid, r_test = protocol.ratios
+    # Round half up; at least one of each once the user has >= 3 targets; never
+    # take the last train target away.
+    test = np.where(targets >= 2, np.maximum(1, np.floor(targets * r_test + 0.5)), 0).astype(np.int64)
+    valid = np.where(targets >= 3, np.maximum(1, np.floor(targets * r_valid + 0.5)), 0).astype(np.int64)
+    test = np.minimum(test, np.maximum(targets - 1, 0))
+    valid = np.minimum(valid, np.maximum(targets - 1 - test, 0))
+    return valid, test
+
+
+class NegativeSampler:
+    """Uniform negatives from the items (1..num_items-1) a user never interacted with.
+
+    The r-th non-interacted item of a user is found by binary search over the user's
+    sorted interacted items, so nothing of size users x items is ever built.
+    """
+
+    def __init__(self, user: np.ndarray, item: np.ndarray, num_users: int, num_items: int):
+        self.n = num_items - 1  # real items 1..n
+        pairs = np.unique(user.astype(np.int64) * (self.n + 1) + item)  # sorted by user, item
+        p_user, p_item = pairs // (self.n + 1), pairs % (self.n + 1)
+        count = np.bincount(p_user, minlength=num_users)
+        start = np.cumsum(count) - count
+        # c_j = items not interacted with that come before the j-th interacted item
+        below = p_item - 1 - (np.arange(len(pairs)) - start[p_user])
+        self.keys = p_user * (self.n + 1) + below
+        self.start = start
+        self.free = self.n - count  # (num_users,) items available as negatives
+
+    def to_items(self, user: np.ndarray, rank: np.ndarray) -> np.ndarray:
+        """The rank-th (0-based) non-interacted item of each user; rank is (P, k)."""
+        user = user.astype(np.int64)
+        query = user[:, None] * (self.n + 1) + rank
+        before = np.searchsorted(self.keys, query, side="right") - self.start[user][:, None]
+        return rank + 1 + before
+
+    def sample(self, user: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        """(P, k) negatives, distinct within a row when the user has >= k free items."""
+        if k == 0 or len(user) == 0:
+            return np.zeros((len(user), k), np.int64)
+        free = self.free[user]
+        if (free == 0).any():
+            raise DuetError("a user interacted with every item: no negatives can be drawn")
+        rank = rng.integers(0, free[:, None], size=(len(user), k))
+        distinct = free >= k
+        # Redraw repeated values until each row is distinct; the result is uniform over
+        # k-subsets because the procedure treats all items alike.
+        rank.sort(axis=1)
+        rows = np.flatnonzero(distinct)
+        while len(rows):
+            sub = rank[rows]
+            dup = np.zeros(sub.shape, bool)
+            dup[:, 1:] = sub[:, 1:] == sub[:, :-1]
+            has = dup.any(axis=1)
+            rows, sub, dup = rows[has], sub[has], dup[has]
+            if not len(rows):
+                break
+            r, c = np.nonzero(dup)
+            sub[r, c] = rng.integers(0, free[rows[r]])
+            sub.sort(axis=1)
+            rank[rows] = sub
+        return self.to_items(user, rank)
+
+
+def build(inter: Interactions, protocol: ProtocolConfig, progress: Progress = _noop) -> Prepared:
+    """Apply the protocol (module docstring) to raw interactions."""
+    progress(f"k-core filtering {len(inter):,} interactions")
+    u_raw, u_code = np.unique(inter.user, return_inverse=True)
+    i_raw, i_code = np.unique(inter.item, return_inverse=True)
+    keep = kcore(u_code, i_code, protocol.min_user_interactions, protocol.min_item_interactions)
+    if not keep.any():
+        raise DuetError(
+            f"no interactions left after k-core filtering (min {protocol.min_user_interactions} "
+            f"per user, {protocol.min_item_interactions} per item)"
+        )
+    rows = np.flatnonzero(keep)
+    kept_users, user = np.unique(u_code[rows], return_inverse=True)
+    kept_items, item = np.unique(i_code[rows], return_inverse=True)
+    item = item + 1  # 0 = padding
+    user_raw = u_raw[kept_users].astype(np.int64)
+    item_raw = np.concatenate([[-1], i_raw[kept_items]]).astype(np.int64)
+    num_users, num_items = len(user_raw), len(item_raw)
+    log.info("k-core kept %d of %d interactions, %d users, %d items",
+             len(rows), len(inter), num_users, num_items - 1)
+
+    progress(f"building sequences of {num_users:,} users")
+    order = np.lexsort((rows, inter.timestamp[rows], user))  # user, then time, then source row
+    user, item = user[order], item[order]
+    count = np.bincount(user, minlength=num_users)
+    start = np.cumsum(count) - count
+    position = np.arange(len(user)) - start[user]
+    target = np.flatnonzero(position >= 1)  # global indices of targets
+    t_user, t_pos = user[target], position[target]
+    history = context(item, target, t_pos, protocol.history_len)
+    window = context(item, target, t_pos, protocol.window_len)
+
+    targets = np.maximum(count - 1, 0)
+    valid, test = split_counts(targets, protocol)
+    first_valid = (targets - valid - test)[t_user]  # index among the user's targets
+    k = t_pos - 1
+    split_of = (k >= first_valid).astype(np.int64) + (k >= first_valid + valid[t_user])
+
+    progress("sampling negatives")
+    negatives = (protocol.train_negatives, protocol.eval_negatives_resolved, protocol.eval_negatives_resolved)
+    per_target = 1 + np.asarray(negatives)[split_of]
+    first_line = np.cumsum(per_target) - per_target
+    sampler = NegativeSampler(user, item, num_users, num_items)
+    rng = np.random.default_rng(protocol.seed)
+    splits = {}
+    for s, name in enumerate(SPLITS):
+        sel = np.flatnonzero(split_of == s)
+        k_neg = negatives[s]
+        candidates = np.concatenate(
+            [item[target[sel]][:, None], sampler.sample(t_user[sel], k_neg, rng)], axis=1,
+        )  # (P, 1 + k): positive first
+        label = np.zeros(candidates.shape, np.float32)
+        label[:, 0] = 1.0
+        splits[name] = Split(
+            user=np.repeat(t_user[sel], 1 + k_neg),
+            item=candidates.ravel(),
+            label=label.ravel(),
+            event=np.repeat(np.arange(len(sel)), 1 + k_neg),
+            line=(first_line[sel][:, None] + np.arange(1 + k_neg)).ravel(),
+            history=history[sel],
+            window=window[sel],
+        )
+    return Prepared(splits=splits, item_raw=item_raw, user_raw=user_raw)
+
+
+def read_source(
+    source: str,
+    path: str | Path | None = None,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    rating_col: str | None = None,
+    timestamp_col: str | None = None,
+    sep: str = ",",
+) -> tuple[Interactions, dict]:
+    if source == "movielens-small":
+        return importers.read_movielens_small()
+    if path is None:
+        raise DuetError(f"--source {source} needs --path")
+    columns = {"user_col": user_col, "item_col": item_col, "rating_col": rating_col,
+               "timestamp_col": timestamp_col}
+    if source == "csv":
+        return importers.read_csv(path, sep=sep, **columns)
+    if source == "recbole":
+        return importers.read_recbole(path, **columns)
+    raise DuetError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
+
+
+def prepare_dataset(
+    out: str | Path,
+    source: str = "movielens-small",
+    *,
+    path: str | Path | None = None,
+    train: str | Path | None = None,
+    test: str | Path | None = None,
+    user_col: str | None = None,
+    item_col: str | None = None,
+    rating_col: str | None = None,
+    timestamp_col: str | None = None,
+    sep: str = ",",
+    protocol: ProtocolConfig | None = None,
+    max_users: int | None = None,
+    overwrite: bool = False,
+    progress: Progress = _noop,
+) -> dict:
+    """Build the dataset directory `out` (atomically) and return its manifest.
+
+    `protocol` applies to raw sources (None = defaults); the duet-text source takes
+    its records as they are and accepts neither a protocol nor `max_users`.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    started = time.perf_counter()
+    if source == "duet-text":
+        if protocol is not None or max_users is not None or path is not None:
+            raise DuetError("--source duet-text takes --train and --test only: its records are "
+                            "used as they are (no protocol options, --max-users or --path)")
+        if train is None or test is None:
+            raise DuetError("--source duet-text needs --train and --test")
+        from duet.data.textformat import VALID_FRACTION, import_text
+
+        progress(f"reading {train} and {test}")
+        splits, item_raw, user_raw, source_info = import_text(train, test)
+        protocol_info = {"kind": "duet-text", "valid_fraction": VALID_FRACTION}
+    else:
+        if source not in SOURCES:
+            raise DuetError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
+        if train is not None or test is not None:
+            raise DuetError("--train/--test are for --source duet-text; use --path")
+        if max_users is not None and max_users < 1:
+            raise DuetError(f"--max-users must be >= 1, got {max_users}")
+        protocol = protocol or ProtocolConfig()
+        progress(f"reading {source}")
+        inter, source_info = read_source(source, path, user_col, item_col, rating_col,
+                                         timestamp_col, sep)
+        if max_users is not None:
+            inter = inter.first_users(max_users)
+            source_info["max_users"] = max_users
+        built = build(inter, protocol, progress)
+        splits, item_raw, user_raw = built.splits, built.item_raw, built.user_raw
+        protocol_info = protocol.model_dump(mode="json")
+    progress(f"writing {out}")
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        manifest = write_dataset(tmp, splits, item_raw, user_raw, source_info, protocol_info)
+    log.info("prepared %s in %.2f s", out, time.perf_counter() - started)
+    return manifest

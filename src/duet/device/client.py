@@ -1,0 +1,96 @@
+"""HTTP client for `POST /v1/parameters` (stdlib urllib: nothing to install on a device)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import numpy as np
+from safetensors.numpy import load as load_safetensors
+
+from duet.errors import DuetError
+
+log = logging.getLogger("duet.device")
+
+
+class ServiceError(DuetError):
+    """The parameter service did not give a usable answer (after retries where retrying helps)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Answer:
+    params: dict[str, np.ndarray]  # {name: shape}, as sent (float32 or float16)
+    version: str
+    spec_hash: str
+    content_sha256: str
+    size: int  # bytes on the wire (body)
+
+
+def safetensors_metadata(body: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors blob (the library's numpy loader drops it)."""
+    if len(body) < 8:
+        raise ValueError("body shorter than a safetensors header")
+    (length,) = struct.unpack("<Q", body[:8])
+    if length > len(body) - 8:
+        raise ValueError("safetensors header longer than the body")
+    return json.loads(body[8 : 8 + length]).get("__metadata__", {})
+
+
+class ParameterClient:
+    """Fetches one device's parameters; retries timeouts, refused connections and 5xx with backoff."""
+
+    def __init__(self, url: str, timeout: float = 2.0, retries: int = 2, backoff: float = 0.05):
+        self.url = url.rstrip("/") + "/v1/parameters"
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+
+    def fetch(self, device_id: str, window: list[int], dtype: str = "fp32", version: str | None = None) -> Answer:
+        body = {"device_id": device_id, "window": window, "dtype": dtype}
+        if version is not None:
+            body["version"] = version
+        data = json.dumps(body, separators=(",", ":")).encode()
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                return self._once(data)
+            except ServiceError as exc:
+                last = exc
+                if exc.status is not None and exc.status < 500:  # our request is wrong: retrying won't help
+                    raise
+            except (urllib.error.URLError, OSError, TimeoutError) as exc:
+                last = exc
+            log.debug("parameter request attempt %d failed: %s", attempt + 1, last)
+        raise ServiceError(f"{self.url}: no answer after {self.retries + 1} attempts ({last})")
+
+    def _once(self, data: bytes) -> Answer:
+        request = urllib.request.Request(
+            self.url, data=data, method="POST",
+            headers={"Content-Type": "application/json", "Accept": "application/octet-stream"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                body, headers = response.read(), response.headers
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:300].decode(errors="replace")
+            raise ServiceError(f"{self.url}: HTTP {exc.code}: {detail}", status=exc.code) from None
+        digest = hashlib.sha256(body).hexdigest()
+        if headers.get("X-Duet-Content-SHA256") != digest:
+            raise ServiceError(f"{self.url}: body does not match its X-Duet-Content-SHA256 (corrupted answer)")
+        try:
+            metadata = safetensors_metadata(body)
+            params = load_safetensors(body)
+        except Exception as exc:  # any malformed blob is the service's fault, not ours
+            raise ServiceError(f"{self.url}: unreadable safetensors answer ({exc})", status=502) from None
+        return Answer(params=params, version=metadata.get("model_version", headers.get("X-Duet-Model-Version", "")),
+                      spec_hash=metadata.get("spec_hash", ""), content_sha256=digest, size=len(body))

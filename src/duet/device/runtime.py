@@ -1,0 +1,88 @@
+"""DeviceRuntime: one device's loop of observe -> refresh (cloud-generated head) -> score (local).
+
+No gradient is ever computed here: the device uploads its recent window, the
+service answers with its head parameters, and onnxruntime scores candidates.
+When the service cannot be reached (or answers parameters made for another
+head), the device keeps the last parameters it received, or uses the bundle's
+global head theta_g if it has none yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from duet.device.bundle import PAD, Bundle, left_aligned
+from duet.device.client import ParameterClient, ServiceError
+
+log = logging.getLogger("duet.device")
+
+SERVICE, LAST, GLOBAL = "service", "last", "global"
+DTYPES = ("fp32", "fp16")
+
+
+class DeviceRuntime:
+    """A device: its bundle, its real-time window, the head it currently scores with.
+
+    `source` says where the head came from (`service`: the latest refresh
+    succeeded; `last`: it failed and the previous answer is kept; `global`: no
+    answer yet, theta_g) and `version` which model version produced it.
+    """
+
+    def __init__(self, bundle: str | Path | Bundle, service_url: str, device_id: str, *,
+                 timeout: float = 2.0, retries: int = 2, backoff: float = 0.05, dtype: str = "fp32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
+        self.client = ParameterClient(service_url, timeout=timeout, retries=retries, backoff=backoff)
+        self.device_id, self.dtype = device_id, dtype
+        self.recent: deque[int] = deque(maxlen=self.bundle.window_len)
+        self.params = self.bundle.theta_g
+        self.source, self.version = GLOBAL, self.bundle.version
+        self.last_error: str | None = None
+        self.adaptation_seconds: float | None = None  # request sent -> parameters applied, last success
+        self.last_answer_bytes = 0
+        self._have_service_params = False
+
+    def observe(self, item_id: int) -> None:
+        """Record an interaction (internal item id) in the real-time window."""
+        if int(item_id) != PAD:
+            self.recent.append(int(item_id))
+
+    @property
+    def window(self) -> list[int]:
+        return list(self.recent)
+
+    def refresh(self, window: object | None = None) -> str:
+        """Ask the service for parameters for `window` (default: the observed one); return `source`."""
+        ids = left_aligned(self.window if window is None else window, self.bundle.window_len)
+        started = time.perf_counter()
+        try:
+            answer = self.client.fetch(self.device_id, ids[ids != PAD].tolist(), self.dtype, self.bundle.version)
+            if answer.spec_hash != self.bundle.spec.hash:
+                raise ServiceError(f"parameters for spec {answer.spec_hash!r}, the bundle's is {self.bundle.spec.hash!r}")
+            self.bundle.spec.check(answer.params, batched=False)
+        except (ServiceError, ValueError) as exc:  # ValueError: shapes that do not fit the bundle's head
+            return self._fall_back(str(exc))
+        self.params = {name: np.asarray(answer.params[name], dtype=np.float32)[None] for name in self.bundle.spec.names}
+        self.adaptation_seconds = time.perf_counter() - started
+        self.last_answer_bytes = answer.size
+        self.source, self.version, self.last_error = SERVICE, answer.version, None
+        self._have_service_params = True
+        return self.source
+
+    def _fall_back(self, error: str) -> str:
+        self.last_error = error
+        self.source = LAST if self._have_service_params else GLOBAL
+        if self.source == GLOBAL:
+            self.params, self.version = self.bundle.theta_g, self.bundle.version
+        log.warning("device %s: refresh failed (%s); using %s parameters", self.device_id, error, self.source)
+        return self.source
+
+    def score(self, history: object, candidates: object) -> np.ndarray:
+        """history: item ids oldest first (padding ignored); candidates (C,) -> logits (C,) float32."""
+        return self.bundle.score(history, candidates, self.params)

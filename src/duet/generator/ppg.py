@@ -1,0 +1,122 @@
+"""PPG: window -> shared encoder -> per-layer embedding -> per-layer SWA decoder -> head params.
+
+Built from the head's ParamSpec (names `layers.{i}.weight` (out, in) and
+`layers.{i}.bias` (out,)), never from dimensions copied by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from duet.config import GeneratorConfig
+from duet.generator.swa import SWADecoder
+from duet.spec import ParamSpec
+
+# Var of a LayerNorm-ed encoder output through a default nn.Linear: fan_in * (1/fan_in)/3.
+_EMBED_VAR = 1.0 / 3.0
+# Residual mode starts near theta_g: the generated delta is this fraction of a Xavier-like scale.
+_RESIDUAL_SCALE = 0.1
+
+
+def head_layers(spec: ParamSpec) -> list[tuple[int, int]]:
+    """(out, in) of each layer of a head spec, checking the expected naming."""
+    shapes = spec.shapes
+    layers, i = [], 0
+    while f"layers.{i}.weight" in shapes:
+        out_dim, in_dim = shapes[f"layers.{i}.weight"]
+        if shapes.get(f"layers.{i}.bias") != (out_dim,):
+            raise ValueError(f"head spec lacks a bias of shape ({out_dim},) for layer {i}")
+        layers.append((out_dim, in_dim))
+        i += 1
+    if 2 * len(layers) != len(spec.entries):
+        raise ValueError(f"head spec {spec.names} is not a stack of layers.N.weight/bias")
+    return layers
+
+
+class WindowEncoder(nn.Module):
+    """Window embeddings (E, W, D) with a prefix mask -> c (E, H). Padding never changes c."""
+
+    def __init__(self, embed_dim: int, cfg: GeneratorConfig, window_len: int):
+        super().__init__()
+        self.kind = cfg.encoder
+        if cfg.encoder == "gru":
+            self.gru = nn.GRU(embed_dim, cfg.hidden_dim, batch_first=True)
+        else:
+            from duet.models.backbones import SelfAttentionBlock
+
+            self.proj = nn.Linear(embed_dim, cfg.hidden_dim)
+            self.positions = nn.Embedding(window_len, cfg.hidden_dim)
+            self.block = SelfAttentionBlock(cfg.hidden_dim, 1, 0.0)
+        self.norm = nn.LayerNorm(cfg.hidden_dim)
+
+    def forward(self, emb: Tensor, mask: Tensor) -> Tensor:
+        from duet.models.backbones import last_valid
+
+        if self.kind == "gru":
+            states, _ = self.gru(emb)  # (E, W, H); left-aligned, so index len-1 saw only valid items
+        else:
+            W = emb.shape[1]
+            x = self.proj(emb) + self.positions(torch.arange(W, device=emb.device))
+            causal = torch.ones(W, W, dtype=torch.bool, device=emb.device).tril()
+            attn = ((causal & mask.unsqueeze(1)) | torch.eye(W, dtype=torch.bool, device=emb.device)).unsqueeze(1)
+            states = self.block(x, attn)
+        return self.norm(last_valid(states, mask))  # (E, H)
+
+
+class ParamGenerator(nn.Module):
+    """PPG + SWA. `forward(window_emb, mask)` -> {name: (E, *shape)} (raw, before residual)."""
+
+    def __init__(self, spec: ParamSpec, embed_dim: int, window_len: int, cfg: GeneratorConfig):
+        super().__init__()
+        self.spec, self.cfg = spec, cfg
+        self.layers = head_layers(spec)
+        self.encoder = WindowEncoder(embed_dim, cfg, window_len)
+        self.layer_embeddings = nn.ModuleList(nn.Linear(cfg.hidden_dim, cfg.layer_embed_dim) for _ in self.layers)
+        self.decoders = nn.ModuleList(
+            SWADecoder(
+                cfg.layer_embed_dim, cfg.decoder_hidden, self._output_std(out_dim, in_dim),
+                # Paper mode: the constant part B2 starts as a random Xavier-like head;
+                # residual mode: the delta starts input-dependent and small (theta_d ~ theta_g).
+                self._output_std(out_dim, in_dim) * (cfg.mode == "paper"),
+                cfg.num_generators, cfg.temperature, _EMBED_VAR,
+            )
+            for out_dim, in_dim in self.layers
+        )
+
+    def _chunks(self, out_dim: int, in_dim: int) -> list[tuple[str, int, float]]:
+        """(kind, size, target std) of a layer's flat output."""
+        weight_std = 1.0 / math.sqrt(in_dim)
+        scale = _RESIDUAL_SCALE if self.cfg.mode == "residual" else math.sqrt(0.5)
+        rank = self.cfg.rank
+        if rank is None or rank >= min(out_dim, in_dim):
+            weight = [("weight", out_dim * in_dim, weight_std * scale)]
+        else:  # weight = U V^T: Var = rank * Var(U) * Var(V)
+            factor_std = (weight_std * scale) ** 0.5 / rank**0.25
+            weight = [("u", out_dim * rank, factor_std), ("v", in_dim * rank, factor_std)]
+        return [*weight, ("bias", out_dim, weight_std * scale)]
+
+    def _output_std(self, out_dim: int, in_dim: int) -> Tensor:
+        return torch.cat([torch.full((size,), std) for _, size, std in self._chunks(out_dim, in_dim)])
+
+    def forward(self, window_emb: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """window_emb (E, W, D), mask (E, W) -> {name: (E, *shape)}."""
+        c = self.encoder(window_emb, mask)  # (E, H)
+        E = c.shape[0]
+        params = {}
+        for i, ((out_dim, in_dim), embed, decoder) in enumerate(
+            zip(self.layers, self.layer_embeddings, self.decoders, strict=True)
+        ):
+            flat = decoder(embed(c))  # (E, size)
+            parts = dict(zip([k for k, _, _ in self._chunks(out_dim, in_dim)],
+                             flat.split([s for _, s, _ in self._chunks(out_dim, in_dim)], dim=1), strict=True))
+            if "weight" in parts:
+                weight = parts["weight"].view(E, out_dim, in_dim)
+            else:
+                rank = self.cfg.rank
+                weight = parts["u"].view(E, out_dim, rank) @ parts["v"].view(E, in_dim, rank).transpose(1, 2)
+            params[f"layers.{i}.weight"] = weight
+            params[f"layers.{i}.bias"] = parts["bias"]
+        return params

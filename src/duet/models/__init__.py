@@ -1,0 +1,1 @@
+"""Device model: backbones (static part) and the functional dynamic head."""

@@ -1,0 +1,62 @@
+"""The dynamic head: an MLP whose weights are an input, not module attributes.
+
+The same forward runs with the global parameters theta_g (each tensor of shape
+`shape`) or with a batch of per-device parameters (each of shape `(B, *shape)`,
+row b of the input uses row b of the parameters). Weights use `nn.Linear`'s
+`[out, in]` layout so a static `nn.Linear` stack and this head agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from duet.spec import ParamSpec
+
+Params = dict[str, Tensor]
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+class DynamicHead(nn.Module):
+    """MLP `widths[0] -> ... -> widths[-1]` with an activation between layers (none after the last)."""
+
+    def __init__(self, widths: tuple[int, ...], activation: str = "tanh"):
+        super().__init__()
+        if len(widths) < 2:
+            raise ValueError(f"a head needs at least an input and an output width, got {widths}")
+        self.widths = tuple(int(w) for w in widths)
+        self.activation_name = activation
+        self.activation = ACTIVATIONS[activation]
+        self.param_spec = ParamSpec.from_pairs(
+            pair
+            for i, (fan_in, fan_out) in enumerate(zip(self.widths[:-1], self.widths[1:], strict=True))
+            for pair in ((f"layers.{i}.weight", (fan_out, fan_in)), (f"layers.{i}.bias", (fan_out,)))
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.widths) - 1
+
+    def forward(self, x: Tensor, params: Params) -> Tensor:
+        """x: (B, in). params[name]: `shape` (shared) or `(B, *shape)` (one head per row)."""
+        for i in range(self.num_layers):
+            weight, bias = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
+            if weight.dim() == 2:
+                x = F.linear(x, weight, bias)
+            else:  # (B, out, in): row b of x through its own layer
+                x = torch.baddbmm(bias.unsqueeze(1), x.unsqueeze(1), weight.transpose(1, 2)).squeeze(1)
+            if i < self.num_layers - 1:
+                x = self.activation(x)
+        return x  # (B, out)
+
+    def init_params(self, generator: torch.Generator | None = None) -> Params:
+        """Global parameters with nn.Linear's default scale (uniform +-1/sqrt(fan_in))."""
+        params = {}
+        for name, shape in self.param_spec.entries:
+            fan_in = self.widths[int(name.split(".")[1])]
+            bound = 1.0 / math.sqrt(fan_in)
+            params[name] = (torch.rand(shape, generator=generator) * 2 - 1) * bound
+        return params

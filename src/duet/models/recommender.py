@@ -1,0 +1,69 @@
+"""Recommender = static part (backbone) + dynamic head with global parameters theta_g."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from duet.config import ModelConfig
+from duet.models.backbones import BACKBONES
+from duet.models.head import DynamicHead, Params
+
+
+def head_widths(cfg: ModelConfig) -> tuple[int, ...]:
+    if cfg.backbone == "din":
+        hidden = cfg.head_hidden if cfg.head_hidden is not None else (32,)
+        return (3 * cfg.embed_dim, *hidden, 1)
+    hidden = cfg.head_hidden if cfg.head_hidden is not None else (cfg.embed_dim,)
+    return (cfg.embed_dim, *hidden, cfg.embed_dim)
+
+
+class Recommender(nn.Module):
+    """Scores (history, candidate item) pairs. `params=None` uses theta_g.
+
+    Inputs are grouped by event: `history` (E, L) once per event, `item` (B,)
+    per record and `inverse` (B,) the event of each record, so a positive and its
+    negatives share one encoder pass. Per-device params are `(E, *shape)`.
+    """
+
+    def __init__(self, num_items: int, history_len: int, cfg: ModelConfig):
+        super().__init__()
+        if cfg.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {sorted(BACKBONES)}")
+        self.cfg = cfg
+        self.num_items, self.history_len = num_items, history_len
+        self.backbone = BACKBONES[cfg.backbone](num_items, history_len, cfg)
+        self.head = DynamicHead(head_widths(cfg), cfg.activation)
+        self.global_params = nn.ParameterDict(
+            {name.replace(".", "_"): nn.Parameter(t) for name, t in self.head.init_params().items()}
+        )
+
+    @property
+    def param_spec(self):
+        return self.head.param_spec
+
+    @property
+    def item_embedding(self) -> nn.Embedding:
+        return self.backbone.items.embedding
+
+    def theta_g(self) -> Params:
+        """The global head parameters under their spec names."""
+        return {name: self.global_params[name.replace(".", "_")] for name in self.param_spec.names}
+
+    def static_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.parameters())
+
+    def forward(
+        self, history: Tensor, item: Tensor, inverse: Tensor | None = None, params: Params | None = None
+    ) -> Tensor:
+        """history (E, L), item (B,), inverse (B,) -> logits (B,)."""
+        if inverse is None:
+            inverse = torch.arange(item.shape[0], device=item.device)
+        params = self.theta_g() if params is None else params
+        target = self.backbone.items(item)  # (B, D)
+        if self.backbone.head_on == "event":
+            user = self.head(self.backbone(history), params)  # (E, D)
+            return (user[inverse] * target).sum(-1)
+        if next(iter(params.values())).dim() > len(self.param_spec.entries[0][1]):
+            params = {k: v[inverse] for k, v in params.items()}  # (B, *shape)
+        return self.head(self.backbone(history[inverse], target), params).squeeze(-1)

@@ -1,0 +1,1 @@
+"""Training loops (base, DUET, fine-tuning), evaluation and popularity baseline."""

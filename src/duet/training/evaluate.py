@@ -1,0 +1,62 @@
+"""Scoring a split with any duet model and computing its metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from duet.data.store import Split
+from duet.metrics import compute_metrics
+from duet.training.batches import Batch, EventBatcher
+
+METRIC_KS = (10,)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def score_batch(model: nn.Module, batch: Batch) -> Tensor:
+    """Logits (B,) of any duet model: DUET models also take the real-time window."""
+    from duet.duet_model import DuetModel
+
+    if isinstance(unwrap(model), DuetModel):
+        return model(batch.history, batch.window, batch.item, batch.inverse)
+    return model(batch.history, batch.item, batch.inverse)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, batch_size: int = 8192) -> np.ndarray:
+    """Logits for every record of `split`, in record order."""
+    was_training = model.training
+    model.eval()
+    logits = np.empty(len(split), dtype=np.float32)
+    for batch in EventBatcher(split, batch_size).batches():
+        logits[batch.records] = score_batch(model, batch).numpy()
+    model.train(was_training)
+    return logits
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int = 8192) -> dict[str, float]:
+    """All metrics of a split; ranking metrics are over each user's candidate list."""
+    logits = predict(model, split, batch_size)
+    return compute_metrics(split.label, logits, split.user, ks=METRIC_KS)
+
+
+def evaluate_run(run: str | Path, split: str, data: str | Path | None = None) -> dict[str, float]:
+    """Evaluate a finished run on `split` and write RUN/metrics_<split>.json."""
+    from duet.atomic import write_json
+    from duet.checkpoint import load_run
+    from duet.data.store import load_dataset
+    from duet.errors import ArtifactError
+
+    config, model, _ = load_run(run)
+    dataset = load_dataset(data or config.data, splits=(split,))
+    if dataset.hash != config.data_hash:
+        raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
+    metrics = evaluate(model, dataset[split], config.train.eval_batch_size)
+    write_json(Path(run) / f"metrics_{split}.json", metrics)
+    return metrics

@@ -1,0 +1,218 @@
+"""`duet train`: the base model (UMN), the popularity baseline and DUET stage 2.
+
+Model selection and early stopping use the validation `uauc` only; the test
+split is never loaded here. A run can be resumed after a crash: its state is
+saved atomically at every epoch end and every epoch's randomness is derived
+from (seed, epoch), so a resumed run ends exactly where an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from duet.atomic import write_json
+from duet.checkpoint import (
+    WEIGHTS,
+    build_model,
+    load_run,
+    load_tensors,
+    save_tensors,
+    write_manifest,
+)
+from duet.config import RunConfig
+from duet.data.store import Dataset, load_dataset, manifest_hash
+from duet.errors import ArtifactError, DuetError
+from duet.models.popularity import Popularity
+from duet.training.batches import EventBatcher
+from duet.training.distributed import World, close_world, init_world
+from duet.training.evaluate import evaluate, score_batch
+
+log = logging.getLogger("duet.train")
+SELECT_METRIC = "uauc"
+STATE_DIR = "state"
+
+
+def run_config_for(data: str | Path, **sections: object) -> RunConfig:
+    """A RunConfig whose dataset facts (vocabulary, L, W, hash) come from the dataset manifest."""
+    from duet.data.store import read_manifest
+
+    manifest = read_manifest(data)
+    return RunConfig(
+        data=str(Path(data).resolve()), data_hash=manifest_hash(data), num_items=manifest["num_items"],
+        history_len=manifest["history_len"], window_len=manifest["window_len"], **sections,
+    )
+
+
+def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train one run into `out`; return its summary (best epoch and validation metrics)."""
+    world = init_world()
+    try:
+        return _train(config, Path(out), resume, progress, world)
+    finally:
+        close_world(world)
+
+
+def _train(config: RunConfig, out: Path, resume: bool, progress: bool, world: World) -> dict:
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    _prepare_out(config, out, resume, world)
+    data = load_dataset(config.data, splits=("train", "valid"))  # never the test split
+    if data.hash != config.data_hash:
+        raise ArtifactError(f"{config.data}: dataset changed since this run was configured (manifest hash differs)")
+    torch.manual_seed(config.train.seed)
+    if config.train.method == "pop":
+        model: nn.Module = Popularity.fit(data.num_items, data["train"].item, data["train"].label)
+        summary = {"best_epoch": 0, "valid": evaluate(model, data["valid"], config.train.eval_batch_size)}
+        history: list[dict] = []
+    else:
+        model = build_model(config)
+        if config.train.method == "duet":
+            _init_stage1(model, config, out, resume, progress, world)
+        summary, history = fit(model, data, config, out, resume, progress, world)
+    if world.is_main:
+        if config.train.method == "pop":
+            save_tensors(out / WEIGHTS, model.state_dict())
+        write_json(out / "history.json", history)
+        write_json(out / "metrics_valid.json", summary["valid"])
+        write_manifest(out, {"method": config.train.method, "backbone": config.model.backbone,
+                             "best_epoch": summary["best_epoch"], "data_hash": config.data_hash})
+    world.barrier()
+    return summary
+
+
+def _prepare_out(config: RunConfig, out: Path, resume: bool, world: World) -> None:
+    config_file = out / "config.json"
+    if (out / "manifest.json").exists():
+        raise DuetError(f"{out}: a finished run is already there; choose another --out")
+    if config_file.exists():
+        if not resume:
+            raise DuetError(f"{out}: an unfinished run is there; pass --resume to continue it")
+        saved = RunConfig.model_validate_json(config_file.read_text())
+        if saved != config:
+            raise DuetError(f"{config_file}: --resume with a different configuration than the saved one")
+    elif resume and (out / STATE_DIR).exists():
+        raise DuetError(f"{out}: no config.json to resume from")
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(config_file, json.loads(config.model_dump_json()))
+        from duet.models.recommender import Recommender
+
+        spec = Recommender(config.num_items, config.history_len, config.model).param_spec
+        write_json(out / "param_spec.json", {"hash": spec.hash, "params": spec.to_json()})
+    world.barrier()
+
+
+def _init_stage1(model: nn.Module, config: RunConfig, out: Path, resume: bool, progress: bool, world: World) -> None:
+    """DUET stage 1: the global model, from `--init RUN` or trained here into out/stage1."""
+    if config.train.init_run is None:
+        stage1 = out / "stage1"
+        if not (stage1 / "manifest.json").exists():
+            base = config.model_copy(update={"generator": None, "train": config.train.model_copy(update={"method": "base"})})
+            log.info("DUET stage 1: training the global model into %s", stage1)
+            _train(base, stage1, resume and (stage1 / "config.json").exists(), progress, world)
+        init_run = stage1
+    else:
+        init_run = Path(config.train.init_run)
+    base_config, base_model, _ = load_run(init_run)
+    if base_config.train.method != "base" or base_config.model != config.model or base_config.data_hash != config.data_hash:
+        raise DuetError(f"{init_run}: --init needs a base run of the same model config on the same dataset")
+    model.recommender.load_state_dict(base_model.state_dict())
+    if config.train.freeze_static:
+        # The shipped static part (and theta_g) stay exactly the global model's.
+        model.recommender.requires_grad_(False)
+
+
+def fit(model: nn.Module, data: Dataset, config: RunConfig, out: Path, resume: bool, progress: bool,
+        world: World) -> tuple[dict, list[dict]]:
+    """Mini-batch Adam with gradient clipping; early stopping on valid uauc."""
+    tc = config.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    state = {"epoch": -1, "best": float("-inf"), "best_epoch": -1, "bad_epochs": 0, "history": []}
+    if resume and (out / STATE_DIR / "state.json").exists():
+        state = _load_state(out / STATE_DIR, model, optimizer)
+        log.info("resuming %s after epoch %d", out, state["epoch"])
+    trainer = nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
+    batcher = EventBatcher(data["train"], tc.batch_size)
+    for epoch in range(state["epoch"] + 1, tc.epochs):
+        if state["bad_epochs"] >= tc.patience:
+            break
+        torch.manual_seed(tc.seed * 1_000_003 + epoch)  # dropout: identical after a restart
+        model.train()
+        started, seen, total_loss = time.perf_counter(), 0, 0.0
+        n_batches = batcher.num_batches() // world.size
+        with _progress(progress and world.is_main) as bar:
+            task = bar.add_task(f"epoch {epoch}", total=n_batches, loss=float("nan"), speed=0.0)
+            for batch in batcher.shuffled(tc.seed, epoch, world.rank, world.size):
+                loss = F.binary_cross_entropy_with_logits(score_batch(trainer, batch), batch.label)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, tc.clip_norm)
+                optimizer.step()
+                seen += len(batch)
+                total_loss += loss.item() * len(batch)
+                bar.update(task, advance=1, loss=total_loss / seen, speed=seen / (time.perf_counter() - started))
+        train_seconds = time.perf_counter() - started
+        metrics = evaluate(model, data["valid"], tc.eval_batch_size) if world.is_main else None
+        metrics = world.broadcast(metrics)
+        improved = metrics[SELECT_METRIC] > state["best"]
+        if improved:
+            state.update(best=metrics[SELECT_METRIC], best_epoch=epoch, bad_epochs=0)
+            if world.is_main:
+                save_tensors(out / WEIGHTS, model.state_dict())
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        state["history"].append({
+            "epoch": epoch, "loss": total_loss / max(seen, 1), "records_per_s": seen * world.size / train_seconds,
+            "seconds": train_seconds, **{f"valid_{k}": v for k, v in metrics.items()},
+        })
+        log.info("epoch %d  loss %.4f  valid uauc %.4f  auc %.4f  %s", epoch, total_loss / max(seen, 1),
+                 metrics["uauc"], metrics["auc"], "*" if improved else "")
+        if world.is_main:
+            _save_state(out / STATE_DIR, model, optimizer, state)
+        world.barrier()
+    if state["best_epoch"] < 0:
+        raise DuetError("no epoch was completed; increase --epochs")
+    model.load_state_dict(load_tensors(out / WEIGHTS))
+    best = state["history"][[h["epoch"] for h in state["history"]].index(state["best_epoch"])]
+    valid = {k.removeprefix("valid_"): v for k, v in best.items() if k.startswith("valid_")}
+    return {"best_epoch": state["best_epoch"], "valid": valid}, state["history"]
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[speed]:,.0f} rec/s"),
+        TimeRemainingColumn(), disable=not enabled, transient=True,
+    )
+
+
+def _save_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Weights + optimizer moments as safetensors, counters as JSON (state.json last: it commits)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    for index, moments in optimizer.state_dict()["state"].items():
+        tensors.update({f"optim.{index}.{k}": torch.as_tensor(v) for k, v in moments.items()})
+    save_tensors(folder / "state.safetensors", tensors)
+    write_json(folder / "state.json", state)
+
+
+def _load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    tensors = load_tensors(folder / "state.safetensors")
+    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    moments: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            moments.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": moments, "param_groups": optimizer.state_dict()["param_groups"]})
+    return json.loads((folder / "state.json").read_text())

@@ -1,0 +1,151 @@
+"""Backbones, masks and the functional dynamic head."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from duet.config import ModelConfig
+from duet.data.store import PAD
+from duet.models.backbones import GRU4Rec, SASRec
+from duet.models.head import DynamicHead
+from duet.models.recommender import Recommender
+
+BACKBONES = ["sasrec", "gru4rec", "din"]
+NUM_ITEMS, L = 50, 8
+
+
+def make(backbone: str, **kw) -> Recommender:
+    torch.manual_seed(0)
+    return Recommender(NUM_ITEMS, L, ModelConfig(backbone=backbone, embed_dim=16, **kw)).eval()
+
+
+def histories(n: int = 6, length: int = L) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    h = torch.randint(1, NUM_ITEMS, (n, length), generator=g)
+    lengths = torch.tensor([length, 1, 3, 5, length - 1, 2])[:n]
+    return h * (torch.arange(length) < lengths.unsqueeze(1))  # left-aligned, 0-padded
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_padding_never_changes_the_output(backbone):
+    model = make(backbone)
+    h = histories()
+    short = h[:, :5]  # same histories where they fit in 5 positions, fewer pads
+    keep = (h[:, 5:] == PAD).all(1)
+    items = torch.randint(1, NUM_ITEMS, (int(keep.sum()),))
+    with torch.no_grad():
+        long_out = model(h[keep], items)
+        short_out = model(short[keep], items)
+    torch.testing.assert_close(long_out, short_out, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_pad_embedding_stays_zero(backbone):
+    model = make(backbone)
+    assert torch.count_nonzero(model.item_embedding.weight[PAD]) == 0
+
+
+def test_sasrec_step_t_never_depends_on_later_items():
+    torch.manual_seed(0)
+    sasrec = SASRec(NUM_ITEMS, L, ModelConfig(embed_dim=16)).eval()
+    h = torch.randint(1, NUM_ITEMS, (4, L))
+    changed = h.clone()
+    t = 3
+    changed[:, t + 1 :] = torch.randint(1, NUM_ITEMS, (4, L - t - 1))
+    with torch.no_grad():
+        a, b = sasrec.encode(h), sasrec.encode(changed)
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
+
+
+def test_sasrec_padded_query_rows_are_zero_and_finite():
+    sasrec = SASRec(NUM_ITEMS, L, ModelConfig(embed_dim=16)).eval()
+    h = histories()
+    h[0] = PAD  # an empty history must not produce NaN
+    with torch.no_grad():
+        states = sasrec.encode(h)
+        user = sasrec(h)
+    assert torch.isfinite(states).all()
+    assert torch.all(states[h == PAD] == 0)
+    assert torch.all(user[0] == 0)
+
+
+def test_gru4rec_uses_last_valid_state():
+    gru = GRU4Rec(NUM_ITEMS, L, ModelConfig(embed_dim=16, num_blocks=1)).eval()
+    h = histories()
+    with torch.no_grad():
+        states, _ = gru.gru(gru.items(h))
+        user = gru(h)
+    lengths = (h != PAD).sum(1)
+    for row, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(user[row], states[row, n - 1])
+
+
+@pytest.mark.parametrize("widths", [(16, 16, 16), (48, 32, 1), (8, 4, 6, 2)])
+def test_functional_head_equals_linear_stack(widths):
+    torch.manual_seed(0)
+    head = DynamicHead(widths, "tanh")
+    linears = [nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    reference = nn.Sequential(*[m for lin in linears for m in (lin, nn.Tanh())][:-1])
+    params = {f"layers.{i}.{k}": getattr(lin, k) for i, lin in enumerate(linears) for k in ("weight", "bias")}
+    x = torch.randn(5, widths[0])
+    torch.testing.assert_close(head(x, params), reference(x))
+    batched = {k: v.detach().unsqueeze(0).expand(5, *v.shape).clone() for k, v in params.items()}
+    torch.testing.assert_close(head(x, batched), reference(x))
+
+
+def test_batched_head_uses_each_rows_own_params():
+    head = DynamicHead((4, 3, 2))
+    params = {k: torch.randn(3, *s) for k, s in head.param_spec.entries}
+    x = torch.randn(3, 4)
+    out = head(x, params)
+    for b in range(3):
+        row = head(x[b : b + 1], {k: v[b] for k, v in params.items()})
+        torch.testing.assert_close(out[b : b + 1], row)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_theta_g_for_every_device_equals_global_path(backbone):
+    model = make(backbone)
+    h = histories()
+    inverse = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 5, 5])
+    items = torch.randint(1, NUM_ITEMS, (len(inverse),))
+    per_device = {k: v.detach().unsqueeze(0).repeat(len(h), *[1] * v.dim()) for k, v in model.theta_g().items()}
+    with torch.no_grad():
+        torch.testing.assert_close(model(h, items, inverse), model(h, items, inverse, per_device))
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_trainable_tensor_is_registered(backbone):
+    model = make(backbone)
+    names = {n for n, _ in model.named_parameters()}
+    state = set(model.state_dict())
+    assert names <= state
+    assert {f"global_params.{n.replace('.', '_')}" for n in model.param_spec.names} <= names
+
+
+def test_head_spec_matches_config():
+    model = make("sasrec", head_hidden=(24, 8))
+    assert model.param_spec.shapes == {
+        "layers.0.weight": (24, 16), "layers.0.bias": (24,), "layers.1.weight": (8, 24), "layers.1.bias": (8,),
+        "layers.2.weight": (16, 8), "layers.2.bias": (16,),
+    }
+    din = make("din")
+    assert din.param_spec.shapes["layers.0.weight"] == (32, 48)
+    assert din.param_spec.shapes["layers.1.weight"] == (1, 32)
+
+
+def test_unknown_backbone_lists_valid_ones():
+    cfg = ModelConfig.model_construct(backbone="bert4rec", embed_dim=16)
+    with pytest.raises(ValueError, match="sasrec"):
+        Recommender(NUM_ITEMS, L, cfg)
+
+
+def test_deepcopy_is_independent():
+    model = make("sasrec")
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        next(clone.parameters()).add_(1.0)
+    assert not torch.equal(next(clone.parameters()), next(model.parameters()))
