@@ -150,6 +150,74 @@ def finetune(
                    f"per device (p50), peak +{summary['peak_bytes_per_device']['max'] / 2**20:.1f} MiB")
 
 
+@app.command()
+@user_errors
+def compare(
+    data: Annotated[Path, typer.Option(help="prepared dataset directory")],
+    out: Annotated[Path, typer.Option(help="report directory (results.md, results.json, plots, runs/)")],
+    backbones: Annotated[str, typer.Option(help="comma-separated: sasrec,gru4rec,din")] = "sasrec,gru4rec,din",
+    seeds: Annotated[int, typer.Option(help="number of seeds (mean +- std)")] = 3,
+    quick: Annotated[bool, typer.Option(help="few epochs, for the README demo")] = False,
+    epochs: Annotated[int | None, typer.Option(help="max epochs for base runs")] = None,
+    duet_epochs: Annotated[int | None, typer.Option(help="max epochs for DUET stage 2")] = None,
+    freeze_static: Annotated[bool, typer.Option(help="DUET keeps the global static part")] = False,
+    finetune_steps: Annotated[int | None, typer.Option(help="fine-tuning steps per device")] = None,
+    finetune_scope: Annotated[str | None, typer.Option(help="fine-tune all | head")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
+    overwrite: Annotated[bool, typer.Option(help="reuse an existing report directory")] = False,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Pop, base, fine-tune and DUET with/without SWA on the same splits -> OUT/results.md and plots."""
+    from duet.errors import DuetError
+    from duet.report.compare import CompareConfig, quick_config
+    from duet.report.compare import compare as run_compare
+
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DuetError(f"{out} already exists; pass --overwrite to resume or extend it")
+    base = quick_config(str(data)) if quick else CompareConfig(data=str(data))
+    update = {"backbones": tuple(b.strip() for b in backbones.split(",") if b.strip()), "seeds": seeds,
+              "freeze_static": freeze_static, "threads": threads}
+    if quick and backbones == "sasrec,gru4rec,din":
+        update.pop("backbones")
+    if quick and seeds == 3:
+        update.pop("seeds")
+    for key, value in (("epochs", epochs), ("duet_epochs", duet_epochs), ("finetune_steps", finetune_steps),
+                       ("finetune_scope", finetune_scope)):
+        if value is not None:
+            update[key] = value
+    cfg = CompareConfig.model_validate({**base.model_dump(), **update})
+    _setup_logging()
+    results = run_compare(cfg, out, progress=progress)
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console().print(Markdown((out / "results.md").read_text().split("![")[0]))
+    typer.echo(f"report: {out / 'results.md'} (plots: uauc.png, adaptation.png, curves.png)")
+    del results
+
+
+@app.command()
+@user_errors
+def generate(
+    run: Annotated[Path, typer.Option(help="DUET run directory")],
+    window: Annotated[str, typer.Option(help="comma-separated item ids, oldest first (internal ids)")],
+) -> None:
+    """Generate one device's head parameters from a window and print their shapes and norms."""
+    from duet.training.evaluate import generate_for_window
+
+    params, spec_hash = generate_for_window(run, window)
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"generated parameters (spec {spec_hash})")
+    for column in ("name", "shape", "norm", "mean", "std"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    for name, value in params.items():
+        table.add_row(name, str(tuple(value.shape)), f"{float(np.linalg.norm(value)):.4f}", f"{value.mean():.4f}", f"{value.std():.4f}")
+    Console().print(table)
+
+
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -115,6 +115,8 @@ def _quiet_exporter() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # deprecations inside torch's exporter
+            # nn.GRU re-assigns its flat weight list while being traced; harmless here.
+            warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
             yield
     finally:
         for logger, level in zip(loggers, levels, strict=True):

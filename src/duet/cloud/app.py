@@ -52,6 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             state.stopping = True
             await state.batcher.close()
+            gc.unfreeze()
 
     app = FastAPI(
         title="duet parameter service",

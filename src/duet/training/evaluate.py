@@ -60,3 +60,30 @@ def evaluate_run(run: str | Path, split: str, data: str | Path | None = None) ->
     metrics = evaluate(model, dataset[split], config.train.eval_batch_size)
     write_json(Path(run) / f"metrics_{split}.json", metrics)
     return metrics
+
+
+def generate_for_window(run: str | Path, window: str) -> tuple[dict[str, np.ndarray], str]:
+    """`duet generate`: parse a window of item ids and run the run's generator on it."""
+    from duet.checkpoint import load_run
+    from duet.data.store import PAD
+    from duet.duet_model import DuetModel
+    from duet.errors import DuetError
+
+    config, model, _ = load_run(run)
+    if not isinstance(model, DuetModel):
+        raise DuetError(f"{run}: a {config.train.method} run has no generator; train with --method duet")
+    try:
+        items = [int(x) for x in window.split(",") if x.strip()]
+    except ValueError:
+        raise DuetError(f"--window: expected comma-separated item ids, got {window!r}") from None
+    if not items:
+        raise DuetError("--window: at least one item id is needed")
+    bad = [i for i in items if not 0 < i < config.num_items]
+    if bad:
+        raise DuetError(f"--window: item ids must be in 1..{config.num_items - 1}, got {bad[:5]}")
+    items = items[-config.window_len :]
+    padded = torch.full((1, config.window_len), PAD, dtype=torch.long)
+    padded[0, : len(items)] = torch.tensor(items)
+    with torch.inference_mode():
+        params = model.generate(padded)
+    return {k: v[0].numpy() for k, v in params.items()}, model.recommender.param_spec.hash

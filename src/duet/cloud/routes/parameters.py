@@ -57,7 +57,7 @@ async def parameters(request: Request) -> Response:
     try:
         body = ParametersRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        return JSONResponse({"detail": exc.errors(include_url=False, include_context=False)}, status_code=422)
+        return JSONResponse({"detail": exc.errors(include_url=False, include_context=False, include_input=False)}, status_code=422)
     service = state.service
     if body.version is not None and body.version != service.version:
         raise HTTPException(409, f"version {body.version!r} is not served; this service serves {service.version!r}")

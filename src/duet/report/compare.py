@@ -1,0 +1,168 @@
+"""Run every method on the same dataset and seeds, then write the report.
+
+Each run lands in REPORT/runs/<backbone>/seed<k>/<method>; a finished run is
+reused when the comparison is started again, so an interrupted comparison
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from duet.atomic import write_json
+from duet.checkpoint import load_run, read_run_manifest
+from duet.config import BACKBONE_NAMES, GeneratorConfig, ModelConfig, Strict, TrainConfig
+from duet.errors import DuetError
+from duet.training.evaluate import evaluate_run
+
+log = logging.getLogger("duet.compare")
+
+METHODS = ("pop", "base", "finetune", "duet-noswa", "duet")
+REPORTED = ("auc", "uauc", "ndcg@10", "hit@10", "logloss")
+
+
+class CompareConfig(Strict):
+    data: str
+    backbones: tuple[str, ...] = ("sasrec", "gru4rec", "din")
+    seeds: int = Field(3, ge=1)
+    epochs: int = Field(30, ge=1)
+    duet_epochs: int = Field(30, ge=1)
+    patience: int = Field(3, ge=1)
+    lr: float = 1e-3
+    duet_lr: float = 1e-3
+    num_generators: int = Field(3, ge=2, description="N_p of the SWA variant")
+    temperature: float = 1.0
+    freeze_static: bool = False
+    finetune_steps: int = 10
+    finetune_lr: float = 1e-3
+    finetune_scope: str = "all"
+    threads: int | None = None
+
+
+def quick_config(data: str) -> CompareConfig:
+    """The README's main job: one seed, SASRec, a few epochs (minutes on 2 cores)."""
+    return CompareConfig(data=data, backbones=("sasrec",), seeds=1, epochs=6, duet_epochs=4, patience=2, lr=3e-3)
+
+
+def _run_dir(report: Path, backbone: str, seed: int, method: str) -> Path:
+    return report / "runs" / backbone / f"seed{seed}" / method
+
+
+def _finished(run: Path) -> bool:
+    try:
+        read_run_manifest(run)
+        return True
+    except DuetError:
+        return False
+
+
+def _train(cfg: CompareConfig, out: Path, backbone: str, seed: int, method: str, progress: bool,
+           init: Path | None = None, num_generators: int = 1) -> None:
+    from duet.training.loop import run_config_for, train
+
+    if _finished(out):
+        log.info("reusing %s", out)
+        return
+    duet = method == "duet"
+    train_cfg = TrainConfig(
+        method=method, seed=seed, epochs=cfg.duet_epochs if duet else cfg.epochs, patience=cfg.patience,
+        lr=cfg.duet_lr if duet else cfg.lr, threads=cfg.threads, freeze_static=cfg.freeze_static,
+        init_run=str(init) if init else None,
+    )
+    generator = GeneratorConfig(num_generators=num_generators, temperature=cfg.temperature) if duet else None
+    config = run_config_for(cfg.data, model=ModelConfig(backbone=backbone), train=train_cfg, generator=generator)
+    log.info("training %s", out)
+    train(config, out, resume=(out / "config.json").exists(), progress=progress)
+
+
+def _generation_ms_per_device(run: Path, windows: np.ndarray, repeats: int = 200) -> float:
+    """Median time of one device's generation (batch of 1, one thread), in ms."""
+    _, model, _ = load_run(run)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats):
+            window = torch.from_numpy(windows[i % len(windows)][None].astype(np.int64))
+            started = time.perf_counter()
+            model.generate(window)
+            times.append(time.perf_counter() - started)
+    torch.set_num_threads(threads)
+    return float(np.median(times[10:]) * 1e3)
+
+
+def compare(cfg: CompareConfig, report: str | Path, progress: bool = True) -> dict:
+    from duet.data.store import load_dataset
+    from duet.training.finetune import FinetuneConfig, finetune
+
+    for backbone in cfg.backbones:
+        if backbone not in BACKBONE_NAMES:
+            raise DuetError(f"--backbones: unknown {backbone!r}; choose from {', '.join(BACKBONE_NAMES)}")
+    report = Path(report)
+    report.mkdir(parents=True, exist_ok=True)
+    write_json(report / "compare_config.json", cfg.model_dump(mode="json"))
+    windows = load_dataset(cfg.data, splits=("test",))["test"].window
+    results: dict = {"config": cfg.model_dump(mode="json"), "runs": {}}
+    for backbone in cfg.backbones:
+        for seed in range(cfg.seeds):
+            runs = {m: _run_dir(report, backbone, seed, m) for m in METHODS}
+            _train(cfg, runs["pop"], backbone, seed, "pop", progress)
+            _train(cfg, runs["base"], backbone, seed, "base", progress)
+            _train(cfg, runs["duet-noswa"], backbone, seed, "duet", progress, init=runs["base"], num_generators=1)
+            _train(cfg, runs["duet"], backbone, seed, "duet", progress, init=runs["base"],
+                   num_generators=cfg.num_generators)
+            ft_file = runs["finetune"] / "finetune.json"
+            if not ft_file.exists():
+                finetune(FinetuneConfig(base_run=str(runs["base"]), data=cfg.data, split="test",
+                                        steps=cfg.finetune_steps, lr=cfg.finetune_lr, scope=cfg.finetune_scope,
+                                        seed=seed), runs["finetune"], progress=progress)
+            entry = {}
+            for method, run in runs.items():
+                if method == "finetune":
+                    import json
+
+                    summary = json.loads(ft_file.read_text())
+                    entry[method] = {"test": summary["metrics"],
+                                     "adapt_ms_per_device": summary["seconds_per_device"]["p50"] * 1e3,
+                                     "peak_bytes_per_device": summary["peak_bytes_per_device"]["max"]}
+                    continue
+                entry[method] = {"test": evaluate_run(run, "test")}
+                if method.startswith("duet"):
+                    import json
+
+                    entry[method]["history"] = json.loads((run / "history.json").read_text())
+                    entry[method]["adapt_ms_per_device"] = _generation_ms_per_device(run, windows)
+            results["runs"].setdefault(backbone, {})[f"seed{seed}"] = entry
+    results["summary"] = summarize(results)
+    write_json(report / "results.json", results)
+    from duet.report.render import write_markdown, write_plots
+
+    write_plots(results, report)
+    write_markdown(results, report)
+    return results
+
+
+def summarize(results: dict) -> dict:
+    """mean and std over seeds of each reported metric and of adaptation time."""
+    out: dict = {}
+    for backbone, seeds in results["runs"].items():
+        for method in METHODS:
+            entries = [seed[method] for seed in seeds.values() if method in seed]
+            if not entries:
+                continue
+            stats = {}
+            for metric in REPORTED:
+                values = np.array([e["test"][metric] for e in entries], dtype=float)
+                stats[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+            if "adapt_ms_per_device" in entries[0]:
+                times = np.array([e["adapt_ms_per_device"] for e in entries])
+                stats["adapt_ms_per_device"] = {"mean": float(times.mean()),
+                                                "std": float(times.std(ddof=1)) if len(times) > 1 else 0.0}
+            out.setdefault(backbone, {})[method] = stats
+    return out

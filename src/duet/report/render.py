@@ -1,0 +1,105 @@
+"""results.json -> results.md and the plots (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from duet.atomic import atomic_path, write_bytes
+
+LABELS = {"pop": "popularity", "base": "base (global)", "finetune": "fine-tune", "duet-noswa": "DUET w/o SWA",
+          "duet": "DUET (PPG+SWA)"}
+
+
+def _fmt(stat: dict) -> str:
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def write_markdown(results: dict, report: Path) -> None:
+    from duet.report.compare import METHODS, REPORTED
+
+    cfg = results["config"]
+    seeds = cfg["seeds"]
+    lines = [
+        "# duet comparison", "",
+        f"Dataset `{cfg['data']}`; test split; mean ± std over {seeds} seed(s). "
+        "Models selected on validation uauc only.", "",
+    ]
+    for backbone, methods in results["summary"].items():
+        lines += [f"## {backbone}", "", "| method | " + " | ".join(REPORTED) + " | adaptation ms/device |",
+                  "|---|" + "---|" * (len(REPORTED) + 1)]
+        for method in METHODS:
+            if method not in methods:
+                continue
+            stats = methods[method]
+            adapt = stats.get("adapt_ms_per_device")
+            cells = [_fmt(stats[m]) for m in REPORTED] + [f"{adapt['mean']:.3f}" if adapt else "–"]
+            lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+        ft, gen = methods.get("finetune", {}).get("adapt_ms_per_device"), methods.get("duet", {}).get("adapt_ms_per_device")
+        if ft and gen:
+            lines += ["", f"Per-device adaptation: generation {gen['mean']:.3f} ms vs fine-tuning "
+                      f"{ft['mean']:.1f} ms (**{ft['mean'] / gen['mean']:,.0f}x** faster)."]
+        lines.append("")
+    lines += ["![uauc](uauc.png)", "", "![adaptation time](adaptation.png)", "", "![validation curves](curves.png)", ""]
+    write_bytes(report / "results.md", "\n".join(lines).encode())
+
+
+def write_plots(results: dict, report: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from duet.report.compare import METHODS
+
+    summary = results["summary"]
+    backbones = list(summary)
+    # uauc per backbone and method, with error bars
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    width = 0.8 / len(METHODS)
+    for i, method in enumerate(METHODS):
+        means = [summary[b].get(method, {}).get("uauc", {}).get("mean", np.nan) for b in backbones]
+        stds = [summary[b].get(method, {}).get("uauc", {}).get("std", 0.0) for b in backbones]
+        ax.bar(np.arange(len(backbones)) + i * width, means, width, yerr=stds, label=LABELS[method], capsize=3)
+    lows = [summary[b][m]["uauc"]["mean"] for b in backbones for m in summary[b]]
+    ax.set_ylim(max(0.0, min(lows) - 0.02), min(1.0, max(lows) + 0.02))
+    ax.set_xticks(np.arange(len(backbones)) + 0.4 - width / 2, backbones)
+    ax.set_ylabel("test uauc")
+    ax.legend(fontsize=7, ncols=3)
+    _save(fig, report / "uauc.png")
+    # adaptation time per device, log scale
+    fig, ax = plt.subplots(figsize=(6, 3))
+    names, values = [], []
+    for b in backbones:
+        for method in ("finetune", "duet"):
+            stat = summary[b].get(method, {}).get("adapt_ms_per_device")
+            if stat:
+                names.append(f"{b}\n{LABELS[method]}")
+                values.append(stat["mean"])
+    ax.bar(names, values, color=["tab:orange" if "fine" in n else "tab:green" for n in names])
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per device (log)")
+    ax.tick_params(axis="x", labelsize=7)
+    _save(fig, report / "adaptation.png")
+    # validation uauc per epoch with and without SWA
+    fig, axes = plt.subplots(1, len(backbones), figsize=(4 * len(backbones), 3), squeeze=False)
+    for ax, backbone in zip(axes[0], backbones, strict=True):
+        for seed, runs in results["runs"][backbone].items():
+            for method, style in (("duet-noswa", "--"), ("duet", "-")):
+                history = runs.get(method, {}).get("history", [])
+                ax.plot([h["epoch"] for h in history], [h["valid_uauc"] for h in history], style,
+                        label=f"{LABELS[method]} {seed}")
+        ax.set_title(backbone)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("valid uauc")
+        ax.legend(fontsize=6)
+    _save(fig, report / "curves.png")
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -1,0 +1,286 @@
+"""The parameter service: the real server over HTTP, plus in-process units (codec, batcher, settings)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+from test_cloud_fixtures import NUM_ITEMS, W, duet_run  # noqa: F401 - session fixture
+
+from duet.device.client import safetensors_metadata
+from duet.simulate import ServiceProcess
+
+
+@pytest.fixture(scope="module")
+def service(duet_run: Path):  # noqa: F811 - the fixture
+    # A generous wait so that concurrent requests surely share forwards.
+    with ServiceProcess(duet_run, max_wait_ms=20) as running:
+        yield running
+
+
+def post(url: str, body: object, accept: str | None = None, raw: bytes | None = None) -> tuple[int, dict, bytes]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **({"Accept": accept} if accept else {})}
+    request = urllib.request.Request(url + "/v1/parameters", data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def offline_params(run: Path, window: list[int]) -> dict[str, np.ndarray]:
+    from duet.checkpoint import load_run
+
+    config, model, _ = load_run(run)
+    row = torch.zeros(1, config.window_len, dtype=torch.long)
+    last = window[-config.window_len :]
+    row[0, : len(last)] = torch.tensor(last)
+    with torch.inference_mode():
+        return {k: v[0].numpy() for k, v in model.generate(row).items()}
+
+
+# ---------------------------------------------------------------- the real service over HTTP
+
+def test_parameters_as_safetensors(service: ServiceProcess, duet_run: Path) -> None:  # noqa: F811
+    status, headers, body = post(service.url, {"device_id": "d1", "window": [3, 1, 4]})
+    assert status == 200
+    assert headers["content-type"] == "application/octet-stream"
+    assert headers["x-duet-content-sha256"] == hashlib.sha256(body).hexdigest()
+    spec = json.loads((duet_run / "param_spec.json").read_text())
+    assert headers["x-duet-spec-hash"] == spec["hash"]
+    metadata = safetensors_metadata(body)
+    assert metadata == {"spec_hash": spec["hash"], "model_version": headers["x-duet-model-version"]}
+    params = load_safetensors(body)
+    assert {n: list(a.shape) for n, a in params.items()} == {p["name"]: p["shape"] for p in spec["params"]}
+    assert all(a.dtype == np.float32 for a in params.values())
+    expected = offline_params(duet_run, [3, 1, 4])
+    for name, value in params.items():
+        np.testing.assert_allclose(value, expected[name], rtol=0, atol=1e-6)
+
+
+def test_json_form_and_fp16(service: ServiceProcess) -> None:
+    body = {"device_id": "d2", "window": [5, 9, 2, 6, 5]}
+    _, _, fp32 = post(service.url, body)
+    status, headers, text = post(service.url, body, accept="application/json")
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert headers["x-duet-content-sha256"] == hashlib.sha256(text).hexdigest()
+    answer = json.loads(text)
+    assert answer["dtype"] == "fp32" and answer["model_version"] == headers["x-duet-model-version"]
+    binary = load_safetensors(fp32)
+    for name, value in answer["params"].items():
+        np.testing.assert_array_equal(np.array(value, dtype=np.float32), binary[name])
+
+    _, _, fp16 = post(service.url, {**body, "dtype": "fp16"})
+    _, _, fp16_text = post(service.url, {**body, "dtype": "fp16"}, accept="application/json")
+    assert len(fp16) < len(fp32)
+    half = load_safetensors(fp16)
+    for name, value in binary.items():
+        assert half[name].dtype == np.float16
+        np.testing.assert_array_equal(half[name], value.astype(np.float16))
+        np.testing.assert_array_equal(np.array(json.loads(fp16_text)["params"][name], dtype=np.float16), half[name])
+
+
+def test_window_is_cut_to_the_last_w_items(service: ServiceProcess) -> None:
+    long = [7, 8, 9, 10, 11, 12, 13]
+    _, _, cut = post(service.url, {"device_id": "d3", "window": long})
+    _, _, last = post(service.url, {"device_id": "d3", "window": long[-W:]})
+    assert cut == last
+    _, _, other = post(service.url, {"device_id": "d3", "window": long[-W - 1 : -1]})
+    assert other != last
+
+
+def test_probes_models_metrics(service: ServiceProcess, duet_run: Path) -> None:  # noqa: F811
+    from duet.export import model_version
+
+    assert get(service.url + "/healthz") == (200, b'{"status":"ok"}')
+    assert get(service.url + "/readyz") == (200, b'{"status":"ok"}')
+    status, body = get(service.url + "/v1/models")
+    assert status == 200
+    (model,) = json.loads(body)["models"]
+    spec = json.loads((duet_run / "param_spec.json").read_text())
+    assert model["version"] == model_version(duet_run)
+    assert model["spec_hash"] == spec["hash"] and model["params"] == spec["params"]
+    assert model["window_len"] == W and model["num_items"] == NUM_ITEMS
+    assert model["dtypes"] == ["fp32", "fp16"] and model["answer_bytes"]["fp16"] < model["answer_bytes"]["fp32"]
+
+    post(service.url, {"device_id": "m", "window": [1]})
+    post(service.url, {"device_id": "m"})
+    status, body = get(service.url + "/metrics")
+    text = body.decode()
+    assert status == 200
+    assert 'duet_http_requests_total{method="POST",route="/v1/parameters",status="200"}' in text
+    assert 'duet_http_requests_total{method="POST",route="/v1/parameters",status="422"}' in text
+    assert 'duet_http_request_seconds_bucket{le="0.005",route="/v1/parameters"}' in text
+    assert "duet_generation_batch_size_count" in text
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({"window": [1]}, 422),  # no device_id
+    ({"device_id": "x", "window": [0, 1]}, 422),  # 0 is padding, not an item
+    ({"device_id": "x", "window": [NUM_ITEMS]}, 422),  # beyond the vocabulary
+    ({"device_id": "x", "window": [1], "colour": "red"}, 422),  # unknown field
+    ({"device_id": "x"}, 422),  # neither window nor embedding
+    ({"device_id": "x", "window": [1], "embedding": [0.5]}, 422),  # both
+    ({"device_id": "x", "window": [1], "dtype": "bf16"}, 422),
+    ({"device_id": "x", "window": ["a"]}, 422),
+    ({"device_id": "x", "embedding": [0.1, 0.2]}, 501),  # privacy mode: not yet
+    ({"device_id": "x", "window": [1], "version": "some-other-model"}, 409),
+])
+def test_bad_requests(service: ServiceProcess, body: dict, status: int) -> None:
+    got, headers, text = post(service.url, body)
+    assert got == status, text
+    assert headers["content-type"] == "application/json" and "detail" in json.loads(text)
+
+
+def test_not_json_is_422(service: ServiceProcess) -> None:
+    status, _, _ = post(service.url, None, raw=b"window=1,2,3")
+    assert status == 422
+
+
+def _batch_counter(url: str) -> tuple[float, float]:
+    text = get(url + "/metrics")[1].decode()
+    values = dict(line.split() for line in text.splitlines() if line.startswith("duet_generation_batch_size_"))
+    return values["duet_generation_batch_size_sum"], values["duet_generation_batch_size_count"]
+
+
+def test_micro_batched_answers_equal_one_at_a_time(service: ServiceProcess) -> None:
+    rng = np.random.default_rng(0)
+    bodies = [{"device_id": f"b{i}", "window": rng.integers(1, NUM_ITEMS, rng.integers(1, W + 1)).tolist(),
+               "dtype": "fp32"} for i in range(48)]
+    before = _batch_counter(service.url)
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        together = list(pool.map(lambda b: post(service.url, b)[2], bodies))
+    after = _batch_counter(service.url)
+    sizes, batches = float(after[0]) - float(before[0]), float(after[1]) - float(before[1])
+    assert sizes == len(bodies) and batches < len(bodies), "the concurrent requests never shared a forward"
+    alone = [post(service.url, b)[2] for b in bodies]
+    assert together == alone  # bitwise
+
+
+def test_openapi_is_complete(service: ServiceProcess) -> None:
+    status, body = get(service.url + "/openapi.json")
+    assert status == 200
+    schema = json.loads(body)
+    operation = schema["paths"]["/v1/parameters"]["post"]
+    ok = operation["responses"]["200"]
+    assert set(ok["content"]) == {"application/octet-stream", "application/json"}
+    assert ok["content"]["application/octet-stream"]["schema"]["format"] == "binary"
+    assert {"X-Duet-Model-Version", "X-Duet-Content-SHA256", "X-Duet-Spec-Hash"} <= set(ok["headers"])
+    assert {"200", "409", "422", "501", "503"} <= set(operation["responses"])
+    request = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert {"device_id", "window", "embedding", "dtype", "version"} <= set(request["properties"])
+    assert "501" in request["properties"]["embedding"]["description"]
+    for path in ("/healthz", "/readyz", "/v1/models", "/metrics"):
+        assert "200" in schema["paths"][path]["get"]["responses"]
+
+
+# ---------------------------------------------------------------- in process
+
+def test_app_in_process_and_readiness(duet_run: Path) -> None:  # noqa: F811
+    from fastapi.testclient import TestClient
+
+    from duet.cloud import Settings, create_app
+
+    app = create_app(Settings(run=duet_run))
+    idle = TestClient(app)  # no lifespan: the model is not loaded
+    assert idle.get("/healthz").status_code == 200
+    assert idle.get("/readyz").json() == {"status": "loading"}
+    assert idle.post("/v1/parameters", json={"device_id": "a", "window": [1]}).status_code == 503
+    with TestClient(app) as client:
+        assert client.get("/readyz").status_code == 200
+        answer = client.post("/v1/parameters", json={"device_id": "a", "window": [1, 2]})
+        assert answer.status_code == 200 and answer.headers["content-type"] == "application/octet-stream"
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, duet_run: Path) -> None:  # noqa: F811
+    from pydantic import ValidationError
+
+    from duet.cloud import Settings
+
+    monkeypatch.setenv("DUET_RUN", str(duet_run))
+    monkeypatch.setenv("DUET_MAX_BATCH", "7")
+    settings = Settings()
+    assert settings.run == duet_run and settings.max_batch == 7
+    assert Settings(**{k: v for k, v in settings.model_dump().items()}) == settings
+    monkeypatch.setenv("DUET_MAX_BATCH", "0")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_serving_needs_a_duet_run(duet_run: Path) -> None:  # noqa: F811
+    from duet.cloud.generation import GeneratorService
+    from duet.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match="needs a DUET run"):
+        GeneratorService(duet_run / "stage1")  # the base run trained as stage 1
+
+
+def test_codec_equals_safetensors_save() -> None:
+    from duet.cloud.generation import AnswerCodec
+    from duet.spec import ParamSpec
+
+    spec = ParamSpec.from_pairs([("layers.0.weight", (3, 2)), ("layers.0.bias", (3,)), ("layers.1.weight", (1, 3)),
+                                 ("layers.1.bias", (1,))])
+    flat = np.random.default_rng(0).normal(size=spec.numel).astype(np.float32)
+    metadata = {"model_version": "v", "spec_hash": spec.hash}
+    for dtype, np_dtype in (("fp32", np.float32), ("fp16", np.float16)):
+        params = {k: v[0].astype(np_dtype) for k, v in spec.unflatten(flat[None]).items()}
+        assert AnswerCodec(spec, dtype, metadata).encode(flat) == save_safetensors(params, metadata=metadata)
+
+
+def test_frozen_generator_is_bitwise_the_model(duet_run: Path) -> None:  # noqa: F811
+    from duet.checkpoint import load_run
+    from duet.cloud.generation import GeneratorService
+
+    _, model, _ = load_run(duet_run)
+    service = GeneratorService(duet_run)
+    windows = np.random.default_rng(1).integers(0, NUM_ITEMS, (16, W))
+    windows[:, 0] = np.maximum(windows[:, 0], 1)
+    windows[::2, 2:] = 0
+    with torch.inference_mode():
+        params = model.generate(torch.from_numpy(windows))
+    expected = torch.cat([params[n].reshape(16, -1) for n in service.spec.names], 1).numpy()
+    np.testing.assert_array_equal(service.generate(windows), expected)
+
+
+def test_batcher_groups_and_propagates_errors() -> None:
+    from duet.cloud.batcher import MicroBatcher
+
+    sizes: list[int] = []
+
+    def forward(rows: np.ndarray) -> np.ndarray:
+        if (rows == -1).any():
+            raise RuntimeError("bad row")
+        return rows * 2
+
+    async def main() -> tuple[list, BaseException]:
+        batcher = MicroBatcher(forward, max_batch=4, max_wait=0.01, min_rows=3,
+                               on_batch=lambda size, _: sizes.append(size))
+        rows = [np.array([i, i + 1]) for i in range(10)]
+        outs = await asyncio.gather(*(batcher.submit(r) for r in rows))
+        failed = await asyncio.gather(batcher.submit(np.array([-1, -1])), return_exceptions=True)
+        await batcher.close()
+        return [o.tolist() for o in outs], failed[0]
+
+    outs, error = asyncio.run(main())
+    assert outs == [[2 * i, 2 * i + 2] for i in range(10)]
+    assert sizes[:3] == [4, 4, 2] and isinstance(error, RuntimeError)

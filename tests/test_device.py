@@ -1,0 +1,185 @@
+"""The device runtime: torch-free import, bundle verification, fallbacks, retries."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save as save_safetensors
+from test_cloud_fixtures import NUM_ITEMS, W, bundle_dir  # noqa: F401 - session fixture
+
+from duet.device import GLOBAL, LAST, SERVICE, Bundle, DeviceRuntime, left_aligned
+from duet.errors import ArtifactError
+from duet.simulate import free_port
+
+
+def test_device_package_imports_and_scores_without_torch(bundle_dir: Path) -> None:  # noqa: F811
+    script = textwrap.dedent(f"""
+        import sys
+
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is not available on a device")
+
+        sys.meta_path.insert(0, NoTorch())
+        import numpy as np
+        from duet.device import Bundle, DeviceRuntime
+        runtime = DeviceRuntime({str(bundle_dir)!r}, "http://127.0.0.1:9", "d", retries=0)
+        logits = runtime.score([1, 2, 3], np.arange(1, 6))
+        assert logits.shape == (5,), logits.shape
+        assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch got imported"
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_bundle_refuses_tampered_files(bundle_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    Bundle(copy)
+    with open(copy / "theta_g.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x00\x80\x7f")
+    with pytest.raises(ArtifactError, match="sha256"):
+        Bundle(copy)
+    with pytest.raises(ArtifactError, match="not a duet bundle"):
+        Bundle(tmp_path)
+
+
+def test_left_aligned_window() -> None:
+    np.testing.assert_array_equal(left_aligned([5, 0, 6, 7, 8, 9], 4), [6, 7, 8, 9])
+    np.testing.assert_array_equal(left_aligned([5, 6, 0, 0], 4), [5, 6, 0, 0])
+    np.testing.assert_array_equal(left_aligned([], 3), [0, 0, 0])
+
+
+def test_observe_keeps_the_last_w_items(bundle_dir: Path) -> None:  # noqa: F811
+    runtime = DeviceRuntime(bundle_dir, "http://127.0.0.1:9", "d")
+    for item in [1, 0, 2, 3, 4, 5, 6]:
+        runtime.observe(item)
+    assert runtime.window == [2, 3, 4, 5, 6][-W:]
+
+
+# ---------------------------------------------------------------- a scripted fake service
+
+class FakeService:
+    """Answers POST /v1/parameters from a script: 'ok', 'ok-other-spec', 'corrupt' or an HTTP status."""
+
+    def __init__(self, bundle: Bundle, script: list[str | int]):
+        self.bundle, self.script, self.requests = bundle, list(script), []
+        rng = np.random.default_rng(0)
+        self.params = {n: rng.normal(size=s).astype(np.float32) for n, s in bundle.spec.entries}
+
+    def answer(self, spec_hash: str) -> bytes:
+        return save_safetensors(self.params, metadata={"spec_hash": spec_hash, "model_version": "fake-v1"})
+
+    @contextmanager
+    def running(self) -> Iterator[str]:
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *_: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                fake.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                step = fake.script.pop(0) if fake.script else "ok"
+                if isinstance(step, int):
+                    self.send_response(step)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"detail": "scripted failure"}')
+                    return
+                body = fake.answer(fake.bundle.spec.hash if step != "ok-other-spec" else "0123456789abcdef")
+                digest = hashlib.sha256(body).hexdigest()
+                if step == "corrupt":
+                    body = body[:-1] + bytes([body[-1] ^ 1])
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("X-Duet-Content-SHA256", digest)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture(scope="module")
+def bundle(bundle_dir: Path) -> Bundle:  # noqa: F811
+    return Bundle(bundle_dir)
+
+
+def test_global_head_when_the_service_is_down(bundle: Bundle) -> None:
+    runtime = DeviceRuntime(bundle, f"http://127.0.0.1:{free_port()}", "d", retries=1, backoff=0.001, timeout=1)
+    assert runtime.refresh([1, 2, 3]) == GLOBAL
+    assert runtime.source == GLOBAL and runtime.version == bundle.version
+    assert "2 attempts" in runtime.last_error
+    candidates = np.arange(1, 8)
+    np.testing.assert_array_equal(runtime.score([4, 5], candidates), bundle.score([4, 5], candidates, bundle.theta_g))
+
+
+def test_keeps_the_last_parameters_after_a_failure(bundle: Bundle) -> None:
+    fake = FakeService(bundle, ["ok"])
+    runtime = DeviceRuntime(bundle, "unused", "d", retries=0)
+    with fake.running() as url:
+        runtime.client.url = url + "/v1/parameters"
+        for item in [3, 4, 5]:
+            runtime.observe(item)
+        assert runtime.refresh() == SERVICE
+    assert fake.requests == [{"device_id": "d", "window": [3, 4, 5], "dtype": "fp32", "version": bundle.version}]
+    assert runtime.version == "fake-v1" and runtime.adaptation_seconds > 0
+    received = {n: p.copy() for n, p in runtime.params.items()}
+    for name, value in fake.params.items():
+        np.testing.assert_array_equal(received[name][0], value)
+    # The service is gone now: the device keeps what it had.
+    assert runtime.refresh() == LAST
+    assert runtime.version == "fake-v1" and runtime.last_error
+    for name, value in received.items():
+        np.testing.assert_array_equal(runtime.params[name], value)
+    candidates = np.arange(1, NUM_ITEMS)
+    np.testing.assert_array_equal(runtime.score([7], candidates), bundle.score([7], candidates, received))
+
+
+@pytest.mark.parametrize("failure", ["ok-other-spec", "corrupt", 500, 409])
+def test_unusable_answers_fall_back(bundle: Bundle, failure: str | int) -> None:
+    fake = FakeService(bundle, [failure])
+    with fake.running() as url:
+        runtime = DeviceRuntime(bundle, url, "d", retries=0)
+        assert runtime.refresh([1]) == GLOBAL
+        assert runtime.params is bundle.theta_g and runtime.last_error
+
+
+def test_retries_with_backoff_then_succeeds(bundle: Bundle) -> None:
+    fake = FakeService(bundle, [503, "corrupt", "ok"])
+    with fake.running() as url:
+        runtime = DeviceRuntime(bundle, url, "d", retries=2, backoff=0.001)
+        assert runtime.refresh([2]) == SERVICE
+    assert len(fake.requests) == 3
+
+
+def test_client_errors_are_not_retried(bundle: Bundle) -> None:
+    fake = FakeService(bundle, [422, "ok"])
+    with fake.running() as url:
+        runtime = DeviceRuntime(bundle, url, "d", retries=3, backoff=0.001)
+        assert runtime.refresh([2]) == GLOBAL
+    assert len(fake.requests) == 1 and "HTTP 422" in runtime.last_error

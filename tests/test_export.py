@@ -1,0 +1,93 @@
+"""The device bundle: layout and hashes, and onnxruntime == torch for any head parameters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from safetensors.numpy import load_file
+from test_cloud_fixtures import NUM_ITEMS, L, bundle_dir, duet_run, tiny_data  # noqa: F401 - session fixtures
+from typer.testing import CliRunner
+
+from duet.atomic import sha256_file
+from duet.checkpoint import load_run
+from duet.config import ModelConfig
+from duet.export import (
+    DeviceGraph,
+    export_bundle,
+    export_onnx,
+    input_name,
+    model_version,
+    verify_onnx,
+)
+from duet.models.recommender import Recommender
+
+
+def test_bundle_layout(bundle_dir: Path, duet_run: Path, tiny_data: Path) -> None:  # noqa: F811
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest["format"] == "duet-bundle/1"
+    assert manifest["model_version"] == model_version(duet_run)
+    assert set(manifest["files"]) == {"model.onnx", "theta_g.safetensors", "vocab.safetensors", "param_spec.json"}
+    for name, digest in manifest["files"].items():
+        assert sha256_file(bundle_dir / name) == digest
+    _, model, _ = load_run(duet_run)
+    recommender = model.recommender
+    spec = recommender.param_spec
+    assert json.loads((bundle_dir / "param_spec.json").read_text()) == {"hash": spec.hash, "params": spec.to_json()}
+    assert manifest["spec_hash"] == spec.hash
+    assert manifest["inputs"]["params"] == {n: n.replace(".", "_") for n in spec.names}
+    assert (manifest["history_len"], manifest["num_items"]) == (L, NUM_ITEMS)
+    theta_g = load_file(str(bundle_dir / "theta_g.safetensors"))
+    for name, value in recommender.theta_g().items():
+        np.testing.assert_array_equal(theta_g[name], value.detach().numpy())
+    vocab = load_file(str(bundle_dir / "vocab.safetensors"))
+    assert list(vocab) == ["item_raw"]  # user ids stay in the cloud
+    np.testing.assert_array_equal(vocab["item_raw"], load_file(str(tiny_data / "vocab.safetensors"))["item_raw"])
+    assert manifest["verified_max_abs_diff"] <= 1e-5
+
+
+def test_onnx_equals_torch_for_random_parameters(bundle_dir: Path, duet_run: Path) -> None:  # noqa: F811
+    _, model, _ = load_run(duet_run)
+    graph = DeviceGraph(model.recommender).eval()
+    session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in session.get_inputs()}
+    assert inputs["history"].shape == [1, L] and inputs["items"].shape == ["candidates"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    gen = torch.Generator().manual_seed(0)
+    for length, candidates in ((0, 1), (3, 5), (L, 64)):
+        history = torch.zeros(1, L, dtype=torch.long)
+        history[0, :length] = torch.randint(1, NUM_ITEMS, (length,), generator=gen)
+        items = torch.randint(1, NUM_ITEMS, (candidates,), generator=gen)
+        params = {input_name(n): torch.randn(1, *shape, generator=gen) for n, shape in graph.recommender.param_spec.entries}
+        with torch.no_grad():
+            expected = graph(history, items, params).numpy()
+        (got,) = session.run(None, {"history": history.numpy(), "items": items.numpy(),
+                                    **{k: v.numpy() for k, v in params.items()}})
+        assert got.shape == (candidates,)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["gru4rec", "din"])
+def test_other_backbones_export(backbone: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    recommender = Recommender(NUM_ITEMS, L, ModelConfig(backbone=backbone, embed_dim=8, num_blocks=1)).eval()
+    export_onnx(recommender, tmp_path / "model.onnx")
+    assert verify_onnx(recommender, tmp_path / "model.onnx") <= 1e-5
+
+
+def test_cli_exports_a_base_run_and_refuses_to_overwrite(duet_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    from duet.cli import app
+
+    base = duet_run / "stage1"  # a DUET run trains its global model as a base run here
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "--run", str(base), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["method"] == "base"
+    result = runner.invoke(app, ["export", "--run", str(base), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 2 and "already exists" in result.output
+    with pytest.raises(FileExistsError):
+        export_bundle(base, tmp_path / "b")

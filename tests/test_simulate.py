@@ -1,0 +1,35 @@
+"""`duet simulate`: the real service and device runtimes reproduce the offline evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from test_cloud_fixtures import USERS, bundle_dir, duet_run  # noqa: F401 - session fixtures
+from typer.testing import CliRunner
+
+from duet.simulate import simulate
+
+
+def test_simulate_fp32_agrees_with_offline(duet_run: Path, bundle_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    from duet.cli import app
+
+    out = tmp_path / "sim.json"
+    result = CliRunner().invoke(app, ["simulate", "--run", str(duet_run), "--devices", str(USERS + 5),
+                                      "--bundle", str(bundle_dir), "--concurrency", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads(out.read_text())
+    assert results["devices"] == USERS  # every user of the test split, no more
+    assert results["sources"] == {"service": results["events"]}
+    assert results["agree"] is True and results["max_abs_logit_diff"] <= 1e-4
+    assert all(abs(d) <= 1e-6 for d in results["metrics"]["diff"].values())
+    assert results["metrics"]["device"]["n_records"] == results["records"]
+    assert "max |logit diff|" in result.output
+
+
+def test_simulate_fp16_reports_the_difference(duet_run: Path, bundle_dir: Path) -> None:  # noqa: F811
+    results = simulate(duet_run, devices=3, dtype="fp16", bundle=bundle_dir, concurrency=3)
+    assert results["devices"] == 3 and results["agree"] is None and results["tolerance"] is None
+    assert 0 < results["max_abs_logit_diff"] < 0.05
+    assert results["sources"] == {"service": results["events"]}
+    assert results["adaptation_ms"]["p50"] > 0
