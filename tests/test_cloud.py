@@ -234,17 +234,30 @@ def test_serving_needs_a_duet_run(duet_run: Path) -> None:  # noqa: F811
         GeneratorService(duet_run / "stage1")  # the base run trained as stage 1
 
 
-def test_codec_equals_safetensors_save() -> None:
+def test_codec_writes_what_safetensors_reads() -> None:
+    from safetensors import deserialize
+
     from duet.cloud.generation import AnswerCodec
     from duet.spec import ParamSpec
 
     spec = ParamSpec.from_pairs([("layers.0.weight", (3, 2)), ("layers.0.bias", (3,)), ("layers.1.weight", (1, 3)),
                                  ("layers.1.bias", (1,))])
     flat = np.random.default_rng(0).normal(size=spec.numel).astype(np.float32)
-    metadata = {"model_version": "v", "spec_hash": spec.hash}
+    metadata = {"spec_hash": spec.hash, "model_version": "v"}
     for dtype, np_dtype in (("fp32", np.float32), ("fp16", np.float16)):
-        params = {k: v[0].astype(np_dtype) for k, v in spec.unflatten(flat[None]).items()}
-        assert AnswerCodec(spec, dtype, metadata).encode(flat) == save_safetensors(params, metadata=metadata)
+        codec = AnswerCodec(spec, dtype, metadata)
+        blob = codec.encode(flat)
+        assert len(blob) == codec.size and len(codec.prefix) % 8 == 0
+        assert safetensors_metadata(blob) == metadata
+        params = load_safetensors(blob)
+        assert set(params) == set(spec.names)
+        for name, value in spec.unflatten(flat[None]).items():
+            np.testing.assert_array_equal(params[name], value[0].astype(np_dtype))
+        # The same bytes as the library writes, up to the order of the header's keys.
+        reference = save_safetensors({k: v[0].astype(np_dtype) for k, v in spec.unflatten(flat[None]).items()},
+                                     metadata=metadata)
+        assert [(n, t["shape"], bytes(t["data"])) for n, t in sorted(deserialize(blob))] == \
+               [(n, t["shape"], bytes(t["data"])) for n, t in sorted(deserialize(reference))]
 
 
 def test_frozen_generator_is_bitwise_the_model(duet_run: Path) -> None:  # noqa: F811

@@ -14,42 +14,43 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.numpy import save as save_safetensors
 from torch import Tensor, nn
 
 from duet.errors import ArtifactError
 from duet.spec import ParamSpec
 
 DTYPES = {"fp32": np.float32, "fp16": np.float16}
+SAFETENSORS_DTYPES = {"fp32": "F32", "fp16": "F16"}
 OCTET_STREAM = "application/octet-stream"
 
 
 class AnswerCodec:
-    """One device's flat parameters (numel,) -> a safetensors blob, without per-answer header work.
+    """One device's flat parameters (numel,) -> a safetensors blob, with no per-answer header work.
 
     Every answer of a model and dtype has the same header (names, shapes, offsets,
-    metadata), so it is built once from `safetensors.numpy.save`; an answer is that
-    prefix plus the parameters' bytes in the header's offset order.
+    metadata), so it is written once, here, with sorted keys: the bytes of an
+    answer depend only on the parameters (`safetensors.numpy.save` orders the
+    metadata differently from call to call). Tensors are laid out in spec order,
+    so an answer is that prefix plus the flat parameters' bytes.
     """
 
     def __init__(self, spec: ParamSpec, dtype: str, metadata: dict[str, str]):
         self.spec, self.dtype, self.np_dtype = spec, dtype, DTYPES[dtype]
-        zeros = {name: np.zeros(shape, self.np_dtype) for name, shape in spec.entries}
-        template = save_safetensors(zeros, metadata=metadata)
-        (length,) = struct.unpack("<Q", template[:8])
-        header = json.loads(template[8 : 8 + length])
-        self.prefix = template[: 8 + length]
-        starts = np.concatenate([[0], np.cumsum(spec.sizes)[:-1]])
-        where = {name: (int(start), size) for name, start, size in zip(spec.names, starts, spec.sizes, strict=True)}
-        order = sorted(spec.names, key=lambda name: header[name]["data_offsets"][0])
-        self.perm = np.concatenate([np.arange(where[n][0], where[n][0] + where[n][1]) for n in order])
-        self.size = len(template)
-        if self.size != len(self.prefix) + spec.numel * np.dtype(self.np_dtype).itemsize:
-            raise AssertionError("safetensors layout changed: the answer template has padding between tensors")
+        itemsize = np.dtype(self.np_dtype).itemsize
+        header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+        offset = 0
+        for (name, shape), size in zip(spec.entries, spec.sizes, strict=True):
+            header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                            "data_offsets": [offset, offset + size * itemsize]}
+            offset += size * itemsize
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        self.prefix = struct.pack("<Q", len(text)) + text
+        self.size = len(self.prefix) + offset
 
     def encode(self, flat: np.ndarray) -> bytes:
         """flat (numel,) float32 in spec order -> safetensors bytes."""
-        return self.prefix + flat[self.perm].astype(self.np_dtype).tobytes()
+        return self.prefix + flat.astype(self.np_dtype).tobytes()
 
 
 class FrozenDecoder(nn.Module):

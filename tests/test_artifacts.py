@@ -1,0 +1,67 @@
+"""Safe artifacts: nothing is ever unpickled; datasets and runs verify their hashes."""
+
+from __future__ import annotations
+
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+
+import duet
+
+SOURCE = Path(duet.__file__).parent
+UNPICKLING = re.compile(r"\btorch\.load\b|\bimport pickle\b|\bfrom pickle\b|\bpickle\.loads?\b|allow_pickle\s*=\s*True|\bjoblib\b|\bdill\b")
+
+
+def test_no_unpickling_anywhere_in_the_package():
+    offenders = [f"{path.relative_to(SOURCE)}:{n}" for path in SOURCE.rglob("*.py")
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if UNPICKLING.search(line)]
+    assert offenders == []
+
+
+@pytest.fixture
+def no_pickle(monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("something tried to unpickle")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    import torch
+
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+def test_loading_datasets_and_runs_never_unpickles(tiny_dir, tmp_path, no_pickle):
+    del no_pickle
+    from duet.checkpoint import load_run
+    from duet.config import ModelConfig, TrainConfig
+    from duet.data.store import load_dataset
+    from duet.training.loop import run_config_for, train
+
+    load_dataset(tiny_dir)
+    config = run_config_for(tiny_dir, model=ModelConfig(embed_dim=8, num_blocks=1),
+                            train=TrainConfig(epochs=1, threads=1))
+    train(config, tmp_path / "run", progress=False)
+    load_run(tmp_path / "run")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damaged_dataset_file_is_refused(tiny_dir, tmp_path, damage):
+    import shutil
+
+    from duet.data.store import load_dataset
+    from duet.errors import ArtifactError
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dir, data)
+    target = data / "train.safetensors"
+    raw = target.read_bytes()
+    if damage == "truncate":
+        target.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flip":
+        target.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
+    else:
+        target.unlink()
+    with pytest.raises(ArtifactError, match="train.safetensors"):
+        load_dataset(data)
