@@ -299,10 +299,11 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8,64", help="client concurrency levels")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--executor", default="inline", choices=["inline", "thread"])
-    parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--max-wait-ms", type=float, default=0.0)
     parser.add_argument("--adaptation-requests", type=int, default=500)
     parser.add_argument("--finetune-steps", type=int, default=10)
     parser.add_argument("--finetune-json", type=Path, help="fine-tune timing from `duet finetune` to report instead")
+    parser.add_argument("--modes", default="batching,no-batching", help="HTTP service modes to measure")
     parser.add_argument("--only", default="http,generation,device,adaptation",
                         help="comma-separated subset of http,generation,device,adaptation")
     args = parser.parse_args()
@@ -335,7 +336,8 @@ def main() -> None:
         if "http" in only:
             levels = [int(x) for x in args.levels.split(",")]
             print("HTTP POST /v1/parameters (fp16 answers):", flush=True)
-            results["http"] = bench_http(run, levels, {"batching": 64, "no-batching": 1}, args.seconds,
+            modes = {m: {"batching": 64, "no-batching": 1}[m] for m in args.modes.split(",")}
+            results["http"] = bench_http(run, levels, modes, args.seconds,
                                          args.max_requests, config.window_len, args.workers, args.executor,
                                          args.max_wait_ms)
         if "device" in only:

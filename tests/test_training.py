@@ -173,3 +173,18 @@ def test_torchrun_two_processes_match_single_process_quality(tiny_dir, tmp_path)
     assert abs(ddp["uauc"] - single["uauc"]) < 0.03, (ddp["uauc"], single["uauc"])
     history = json.loads((tmp_path / "ddp" / "history.json").read_text())
     assert all(h["records_per_s"] > 0 for h in history)
+
+
+def test_training_end_to_end_on_the_reference_text_format(tiny_dir, tmp_path):
+    from duet.data.prepare import prepare_dataset
+    from duet.data.textformat import export_text
+
+    export_text(tiny_dir, tmp_path / "train.txt", tmp_path / "test.txt")
+    imported = tmp_path / "imported"
+    prepare_dataset(imported, "duet-text", train=tmp_path / "train.txt", test=tmp_path / "test.txt")
+    for backbone in ("sasrec", "din"):
+        summary = _train(imported, tmp_path / backbone, backbone=backbone, epochs=2)
+        assert 0.5 < summary["valid"]["uauc"] <= 1.0
+    assert 0.5 < evaluate_run(tmp_path / "sasrec", "test")["uauc"] <= 1.0
+    _train(imported, tmp_path / "duet", method="duet", epochs=1, init_run=str(tmp_path / "sasrec"))
+    assert 0.5 < evaluate_run(tmp_path / "duet", "test")["uauc"] <= 1.0

@@ -398,7 +398,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes (each loads the model)")] = 1,
     max_batch: Annotated[int, typer.Option(help="most windows sharing one generator forward (1 = no batching)")] = 64,
-    max_wait_ms: Annotated[float, typer.Option(help="longest a request waits for others to share its forward")] = 2.0,
+    max_wait_ms: Annotated[float, typer.Option(help="extra wait for others to share a forward (0 = take what arrived)")] = 0.0,
     threads: Annotated[int, typer.Option(help="torch threads per worker")] = 1,
     executor: Annotated[str, typer.Option(help="where the forward runs: inline (event loop) | thread")] = "inline",
     log_level: Annotated[str, typer.Option(help="critical | error | warning | info | debug")] = "warning",

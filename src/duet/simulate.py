@@ -47,7 +47,7 @@ class ServiceProcess:
     service down on exit (SIGINT, as Ctrl-C would; SIGKILL if it hangs).
     """
 
-    def __init__(self, run: str | Path, port: int | None = None, max_batch: int = 64, max_wait_ms: float = 2.0,
+    def __init__(self, run: str | Path, port: int | None = None, max_batch: int = 64, max_wait_ms: float = 0.0,
                  workers: int = 1, executor: str = "inline", threads: int = 1, log_file: str | Path | None = None,
                  ready_timeout: float = 120.0, env: dict[str, str] | None = None):
         self.port = port or free_port()
@@ -134,7 +134,7 @@ def replay_device(runtime: object, split: object, events: np.ndarray, records_of
 
 def simulate(run: str | Path, data: str | Path | None = None, devices: int = 100, dtype: str = "fp32",
              bundle: str | Path | None = None, concurrency: int = 16, max_batch: int = 64,
-             max_wait_ms: float = 2.0) -> dict:
+             max_wait_ms: float = 0.0) -> dict:
     """Replay `devices` devices' test events through service + runtime; compare with offline torch."""
     from duet.checkpoint import load_run
     from duet.data.store import load_dataset

@@ -42,6 +42,8 @@ class FinetuneConfig(Strict):
     batch_size: int = Field(256, ge=1, description="records per step (cycled over the device's records)")
     max_devices: int | None = Field(None, ge=1, description="only the first N devices (for timing)")
     seed: int = 0
+    # One thread: a phone fine-tunes on one core, and DUET's generation is timed on one too.
+    threads: int = Field(1, ge=1)
 
 
 @dataclass
@@ -93,6 +95,16 @@ def finetune(cfg: FinetuneConfig, out: str | Path | None = None, progress: bool 
     if data.hash != config.data_hash:
         raise DuetError(f"{cfg.data}: not the dataset the base run was trained on")
     torch.manual_seed(cfg.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _finetune_all(cfg, config, model, data, own, out, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _finetune_all(cfg: FinetuneConfig, config, model: Recommender, data, own: tuple[str, ...],
+                  out: str | Path | None, progress: bool) -> dict:
     evaluated = data[cfg.split]
     users = np.unique(evaluated.user)[: cfg.max_devices]
     owned = {name: data[name] for name in own}
