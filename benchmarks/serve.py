@@ -18,15 +18,15 @@ Measures, each bounded in requests and seconds:
     applied) vs the time to fine-tune one device copy for k steps.
 
 The load generator shares the machine with the service: on a 2-core machine the
-numbers are for service + client together. The load average before each phase
-is recorded, since anything else running skews them.
+numbers are for service + client together. Other processes are not under our
+control: each level records how many cores they kept busy meanwhile
+(`other_cpu_cores`), since anything else running skews the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import os
 import subprocess
@@ -131,6 +131,53 @@ def _batch_stats(url: str) -> tuple[float, float]:
     return values.get("sum", 0.0), values.get("count", 0.0)
 
 
+def _busy_jiffies() -> int:
+    """CPU time the whole machine spent busy (all processes), in clock ticks."""
+    fields = [int(x) for x in open("/proc/stat").readline().split()[1:9]]  # guest time is inside user already
+    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+
+
+def _process_jiffies(pid: int) -> int:
+    """utime + stime of `pid` and its direct children (uvicorn workers)."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def _own_jiffies() -> float:
+    """This process and its finished children."""
+    times = os.times()
+    return (times.user + times.system + times.children_user + times.children_system) * os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """Cores kept busy by processes other than ours (and `pid`'s) during a `with` block."""
+
+    def __init__(self, pid: int | None = None):
+        self.pid, self.cores = pid, 0.0
+
+    def _sample(self) -> tuple[int, float, int, float]:
+        return (_busy_jiffies(), _own_jiffies(), _process_jiffies(self.pid) if self.pid else 0, time.perf_counter())
+
+    def __enter__(self) -> OtherLoad:
+        self.start = self._sample()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        end = self._sample()
+        busy, own, other_pid, wall = (b - a for a, b in zip(self.start, end, strict=True))
+        self.cores = max(0.0, (busy - own - other_pid) / os.sysconf("SC_CLK_TCK") / wall)
+
+
 def bench_http(run: Path, levels: list[int], batching: dict[str, int], seconds: float, max_requests: int,
                window_len: int, workers: int, executor: str, max_wait_ms: float) -> list[dict]:
     from duet.simulate import ServiceProcess
@@ -141,20 +188,31 @@ def bench_http(run: Path, levels: list[int], batching: dict[str, int], seconds: 
     for label, max_batch in batching.items():
         with ServiceProcess(run, max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,
                             executor=executor) as service:
+            pid, tick = service.process.pid, os.sysconf("SC_CLK_TCK")
             for concurrency in levels:
-                load = os.getloadavg()[0]
                 before = _batch_stats(service.url)
+                cpu = (_busy_jiffies(), _process_jiffies(pid), _own_jiffies(), time.perf_counter())
                 result = asyncio.run(_load(service.url + "/v1/parameters", concurrency, body, max_requests,
                                            seconds, warmup=min(1.0, seconds / 4)))
+                busy, server, client = (_busy_jiffies() - cpu[0], _process_jiffies(pid) - cpu[1],
+                                        _own_jiffies() - cpu[2])
+                wall = time.perf_counter() - cpu[3]
                 after = _batch_stats(service.url)
                 batches = after[1] - before[1]
-                result.update(batching=label, max_batch=max_batch, workers=workers, executor=executor,
-                              max_wait_ms=max_wait_ms, loadavg_before=load,
-                              mean_batch=(after[0] - before[0]) / batches if batches and workers == 1 else None)
+                answers = after[0] - before[0]  # warm-up included, like the CPU times
+                result.update(
+                    batching=label, max_batch=max_batch, workers=workers, executor=executor, max_wait_ms=max_wait_ms,
+                    mean_batch=answers / batches if batches and workers == 1 else None,
+                    server_cpu_us_per_answer=server / tick / answers * 1e6 if workers == 1 and answers else None,
+                    client_cpu_us_per_answer=client / tick / answers * 1e6 if workers == 1 and answers else None,
+                    # Cores that other processes kept busy meanwhile: nonzero means the numbers are pessimistic.
+                    other_cpu_cores=max(0.0, (busy - server - client) / tick / wall),
+                )
                 rows.append(result)
                 print(f"  {label:<12} c={concurrency:<3} {result['throughput_per_s']:8,.0f} answers/s  "
                       f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
-                      f"batch {result['mean_batch'] or 0:5.1f}  (load {load:.2f})", flush=True)
+                      f"batch {result['mean_batch'] or 0:5.1f}  server {result['server_cpu_us_per_answer'] or 0:4.0f} "
+                      f"us/answer  (others used {result['other_cpu_cores']:.2f} cores)", flush=True)
     return rows
 
 
@@ -181,16 +239,17 @@ def bench_generation(run: Path, batch: int, seconds: float) -> dict:
         service.generate(windows)
     times = []
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times) < 5:
-        started = time.perf_counter()
-        service.generate(windows)
-        times.append(time.perf_counter() - started)
+    with OtherLoad() as others:
+        while time.perf_counter() < deadline or len(times) < 5:
+            started = time.perf_counter()
+            service.generate(windows)
+            times.append(time.perf_counter() - started)
     best, median = min(times), float(np.median(times))
     cfg = service.config
     return {"batch": batch, "threads": 1, "forwards": len(times), "median_ms": median * 1e3,
             "devices_per_s_median": batch / median, "devices_per_s_best": batch / best,
             "head": service.spec.to_json(), "generator": cfg.generator.model_dump(),
-            "backbone": cfg.model.backbone, "embed_dim": cfg.model.embed_dim}
+            "backbone": cfg.model.backbone, "embed_dim": cfg.model.embed_dim, "other_cpu_cores": others.cores}
 
 
 # ---------------------------------------------------------------- device side
@@ -235,7 +294,8 @@ def bench_adaptation(run: Path, bundle: Path, requests: int, max_wait_ms: float,
     device_bundle = Bundle(bundle)
     rng = np.random.default_rng(1)
     results = {}
-    with ServiceProcess(run, max_batch=64, max_wait_ms=max_wait_ms, executor=executor) as service:
+    with ServiceProcess(run, max_batch=64, max_wait_ms=max_wait_ms, executor=executor) as service, \
+            OtherLoad(service.process.pid) as others:
         for dtype in ("fp32", "fp16"):
             runtime = DeviceRuntime(device_bundle, service.url, "bench-device", dtype=dtype)
             times = []
@@ -249,21 +309,26 @@ def bench_adaptation(run: Path, bundle: Path, requests: int, max_wait_ms: float,
             results[dtype] = {"requests": len(ms), "p50_ms": float(np.percentile(ms, 50)),
                               "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()),
                               "answer_bytes": runtime.last_answer_bytes}
-    results["max_wait_ms"] = max_wait_ms
+    results.update(max_wait_ms=max_wait_ms, other_cpu_cores=others.cores)
     return results
 
 
 def bench_finetune(run: Path, steps: int, finetune_json: Path | None) -> dict:
-    """Time to adapt one device by fine-tuning a copy of the model for `steps` Adam steps on its own records."""
+    """Adapting one device by fine-tuning instead: a copy of the global model, `steps` Adam steps on its records.
+
+    With --finetune-json (the `finetune.json` that `duet finetune --out DIR` writes) its
+    per-device p50 is reported; otherwise `finetune_device` is timed here on the device with
+    the most train records, for the head only (the brief's figure) and for the whole model.
+    """
     if finetune_json is not None:
-        data = json.loads(finetune_json.read_text())
-        return {"source": str(finetune_json), **data}
+        summary = json.loads(finetune_json.read_text())
+        return {"source": str(finetune_json), "median_ms": summary["seconds_per_device"]["p50"] * 1e3,
+                "devices": summary["devices"], "config": summary.get("config")}
     import torch
-    import torch.nn.functional as F
 
     from duet.checkpoint import load_run
     from duet.data.store import load_dataset
-    from duet.training.batches import EventBatcher
+    from duet.training.finetune import FinetuneConfig, finetune_device
 
     torch.set_num_threads(1)
     config, model, _ = load_run(run)
@@ -271,20 +336,17 @@ def bench_finetune(run: Path, steps: int, finetune_json: Path | None) -> dict:
     train = load_dataset(config.data, splits=("train",))["train"]
     user = int(np.bincount(train.user).argmax())
     mine = train.select(train.user == user)
-    batch = next(EventBatcher(mine, 256).batches())
-    times = []
-    for _ in range(5):
-        started = time.perf_counter()
-        device = copy.deepcopy(recommender).train()
-        optimizer = torch.optim.Adam(device.parameters(), lr=1e-3)
-        for _ in range(steps):
-            loss = F.binary_cross_entropy_with_logits(device(batch.history, batch.item, batch.inverse), batch.label)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        times.append(time.perf_counter() - started)
-    return {"source": "measured", "steps": steps, "records": len(batch), "threads": 1,
-            "median_ms": float(np.median(times) * 1e3), "note": "full copy of the model, one torch thread"}
+    results = {"source": "measured", "steps": steps, "device_records": len(mine), "threads": 1}
+    for scope in ("head", "all"):
+        cfg = FinetuneConfig(base_run=str(run), data=config.data, steps=steps, scope=scope)
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            finetune_device(recommender, mine, cfg)
+            times.append(time.perf_counter() - started)
+        results[f"{scope}_median_ms"] = float(np.median(times) * 1e3)
+    results["median_ms"] = results["head_median_ms"]
+    return results
 
 
 # ---------------------------------------------------------------- main
@@ -332,7 +394,7 @@ def main() -> None:
             results["generation"] = bench_generation(run, 1024, seconds=3.0)
             g = results["generation"]
             print(f"generation alone: {g['devices_per_s_median']:,.0f} devices/s (batch 1024, 1 thread, "
-                  f"median {g['median_ms']:.2f} ms)", flush=True)
+                  f"median {g['median_ms']:.2f} ms; others used {g['other_cpu_cores']:.2f} cores)", flush=True)
         if "http" in only:
             levels = [int(x) for x in args.levels.split(",")]
             print("HTTP POST /v1/parameters (fp16 answers):", flush=True)
@@ -352,7 +414,9 @@ def main() -> None:
             results["finetune"] = bench_finetune(run, args.finetune_steps, args.finetune_json)
             a, f = results["adaptation"], results["finetune"]
             print(f"end-to-end adaptation: fp32 p50 {a['fp32']['p50_ms']:.2f} ms (p99 {a['fp32']['p99_ms']:.2f}), "
-                  f"fp16 p50 {a['fp16']['p50_ms']:.2f} ms; fine-tune {f.get('median_ms', float('nan')):.1f} ms",
+                  f"fp16 p50 {a['fp16']['p50_ms']:.2f} ms (others used {a['other_cpu_cores']:.2f} cores); "
+                  f"fine-tune {f['median_ms']:.1f} ms"
+                  + (f" (head; whole model {f['all_median_ms']:.1f} ms)" if "all_median_ms" in f else ""),
                   flush=True)
         results["machine"]["loadavg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,7 @@ def test_json_form_and_fp16(service: ServiceProcess) -> None:
     answer = json.loads(text)
     assert answer["dtype"] == "fp32" and answer["model_version"] == headers["x-duet-model-version"]
     binary = load_safetensors(fp32)
+    assert answer["params_sha256"] == hashlib.sha256(fp32[8 + int.from_bytes(fp32[:8], "little") :]).hexdigest()
     for name, value in answer["params"].items():
         np.testing.assert_array_equal(np.array(value, dtype=np.float32), binary[name])
 
@@ -140,6 +141,7 @@ def test_probes_models_metrics(service: ServiceProcess, duet_run: Path) -> None:
     ({"device_id": "x", "window": [1], "colour": "red"}, 422),  # unknown field
     ({"device_id": "x"}, 422),  # neither window nor embedding
     ({"device_id": "x", "window": [1], "embedding": [0.5]}, 422),  # both
+    ({"device_id": "x", "window": None}, 422),  # not nullable
     ({"device_id": "x", "window": [1], "dtype": "bf16"}, 422),
     ({"device_id": "x", "window": ["a"]}, 422),
     ({"device_id": "x", "embedding": [0.1, 0.2]}, 501),  # privacy mode: not yet
@@ -188,6 +190,9 @@ def test_openapi_is_complete(service: ServiceProcess) -> None:
     assert {"200", "409", "422", "501", "503"} <= set(operation["responses"])
     request = operation["requestBody"]["content"]["application/json"]["schema"]
     assert {"device_id", "window", "embedding", "dtype", "version"} <= set(request["properties"])
+    assert request["properties"]["window"]["items"] == {**request["properties"]["window"]["items"],
+                                                         "minimum": 1, "maximum": NUM_ITEMS - 1}
+    assert len(request["oneOf"]) == 2
     assert "501" in request["properties"]["embedding"]["description"]
     for path in ("/healthz", "/readyz", "/v1/models", "/metrics"):
         assert "200" in schema["paths"][path]["get"]["responses"]
@@ -297,3 +302,26 @@ def test_batcher_groups_and_propagates_errors() -> None:
     outs, error = asyncio.run(main())
     assert outs == [[2 * i, 2 * i + 2] for i in range(10)]
     assert sizes[:3] == [4, 4, 2] and isinstance(error, RuntimeError)
+
+
+# ---------------------------------------------------------------- the schema, checked by schemathesis
+
+def test_service_conforms_to_its_schema(service: ServiceProcess) -> None:
+    """Generated requests for every operation: no 5xx, and every answer matches the documented schema."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(service.url + "/openapi.json")
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def conforms(case: schemathesis.Case) -> None:
+            response = case.call(base_url=service.url)
+            if response.status_code == 501:  # documented: privacy mode is not implemented yet
+                assert isinstance(case.body, dict) and "embedding" in case.body
+                return
+            case.validate_response(response)
+
+        conforms()

@@ -45,11 +45,10 @@ def test_every_generator_tensor_is_trained(gen):
 def test_generator_survives_save_and_load(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    model = make()
+    model = make().eval()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "m.safetensors"))
-    other = make(num_generators=3)
     torch.manual_seed(99)
-    other = DuetModel(Recommender(NUM_ITEMS, L, ModelConfig(embed_dim=16)), W, GeneratorConfig())
+    other = DuetModel(Recommender(NUM_ITEMS, L, ModelConfig(embed_dim=16)), W, GeneratorConfig()).eval()
     other.load_state_dict(load_file(str(tmp_path / "m.safetensors")))
     w = windows()
     with torch.no_grad():

@@ -22,6 +22,7 @@ def test_simulate_fp32_agrees_with_offline(duet_run: Path, bundle_dir: Path, tmp
     assert results["devices"] == USERS  # every user of the test split, no more
     assert results["sources"] == {"service": results["events"]}
     assert results["agree"] is True and results["max_abs_logit_diff"] <= 1e-4
+    assert results["service_exit_code"] == 0
     assert all(abs(d) <= 1e-6 for d in results["metrics"]["diff"].values())
     assert results["metrics"]["device"]["n_records"] == results["records"]
     assert "max |logit diff|" in result.output

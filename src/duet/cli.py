@@ -80,6 +80,7 @@ def train(
     decoder_hidden: Annotated[int, typer.Option(help="DUET decoder hidden width")] = 32,
     rank: Annotated[int | None, typer.Option(help="DUET low-rank weights of this rank")] = None,
     mode: Annotated[str, typer.Option(help="DUET generation: residual | paper")] = "residual",
+    gen_dropout: Annotated[float, typer.Option(help="DUET window-encoder dropout")] = 0.3,
     num_generators: Annotated[int, typer.Option(help="SWA generators N_p (1 = no SWA)")] = 3,
     temperature: Annotated[float, typer.Option(help="SWA softmax temperature")] = 1.0,
     freeze_static: Annotated[bool, typer.Option(help="DUET: keep the static part = the global model")] = False,
@@ -415,11 +416,15 @@ def serve(
     except ValidationError as exc:
         err = exc.errors()[0]
         raise DuetError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']} (got {err.get('input')!r})") from None
-    from duet.checkpoint import read_run_manifest
+    from duet.checkpoint import load_config, read_run_manifest
 
-    read_run_manifest(run)  # a missing or unfinished run fails here, in one line, not in a worker
+    read_run_manifest(run)  # a missing, unfinished or wrong run fails here, in one line, not in a worker
+    if load_config(run).train.method != "duet":
+        raise DuetError(f"{run}: `duet serve` needs a DUET run (duet train --method duet)")
     from duet.cloud.server import serve as run_server
 
+    typer.echo(f"serving {run} on http://{host}:{port} ({workers} worker{'s' * (workers > 1)}, "
+               f"max batch {max_batch}); Ctrl-C stops", err=True)
     run_server(settings)
 
 

@@ -23,7 +23,7 @@ def train_config(
     data: Path, backbone: str, method: str, epochs: int, batch_size: int, lr: float, weight_decay: float,
     clip_norm: float, patience: int, seed: int, threads: int | None, embed_dim: int, num_blocks: int,
     num_heads: int, dropout: float, head_hidden: str | None, activation: str, encoder: str, gen_hidden: int,
-    layer_embed_dim: int, decoder_hidden: int, rank: int | None, mode: str, num_generators: int,
+    layer_embed_dim: int, decoder_hidden: int, rank: int | None, mode: str, gen_dropout: float, num_generators: int,
     temperature: float, freeze_static: bool, init: Path | None,
 ) -> RunConfig:
     """Validate every option; a bad value is a one-line DuetError naming the option."""
@@ -35,7 +35,7 @@ def train_config(
         model = ModelConfig(backbone=backbone, embed_dim=embed_dim, num_blocks=num_blocks, num_heads=num_heads,
                             dropout=dropout, head_hidden=_ints(head_hidden), activation=activation)
         generator = GeneratorConfig(encoder=encoder, hidden_dim=gen_hidden, layer_embed_dim=layer_embed_dim,
-                                    decoder_hidden=decoder_hidden, rank=rank, mode=mode,
+                                    decoder_hidden=decoder_hidden, rank=rank, mode=mode, dropout=gen_dropout,
                                     num_generators=num_generators, temperature=temperature)
         train = TrainConfig(method=method, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                             clip_norm=clip_norm, patience=patience, seed=seed, threads=threads,

@@ -73,6 +73,9 @@ class GeneratorConfig(Strict):
     # residual: theta_d = theta_g + delta (starts exactly at the global model);
     # paper: the generator produces the whole head.
     mode: Literal["residual", "paper"] = "residual"
+    # Dropout on the window embeddings and on c: without it the generator memorises
+    # each training window (a window nearly identifies its user) and overfits at once.
+    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout in the window encoder")
     num_generators: int = Field(3, ge=1, description="SWA N_p; 1 turns SWA off")
     temperature: float = Field(1.0, gt=0.0, description="SWA softmax temperature tau")
 

@@ -62,6 +62,7 @@ class ServiceProcess:
         self.log_file = Path(log_file) if log_file else None
         self.process: subprocess.Popen | None = None
         self._log_handle = None
+        self.final_log = ""
 
     def __enter__(self) -> ServiceProcess:
         if self.log_file is None:
@@ -93,13 +94,13 @@ class ServiceProcess:
 
     def log_tail(self, chars: int = 2000) -> str:
         if self._log_handle is None or self._log_handle.closed:
-            return ""
+            return self.final_log[-chars:]
         self._log_handle.flush()
         self._log_handle.seek(0)
         return self._log_handle.read().decode(errors="replace")[-chars:].strip()
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """Graceful shutdown; returns the exit code."""
+        """Graceful shutdown (idempotent); returns the exit code."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -107,7 +108,8 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self._log_handle is not None:
+        if self._log_handle is not None and not self._log_handle.closed:
+            self.final_log = self.log_tail()
             self._log_handle.close()
         return None if self.process is None else self.process.returncode
 
@@ -192,6 +194,9 @@ def simulate(run: str | Path, data: str | Path | None = None, devices: int = 100
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             outcomes = list(pool.map(one, sorted(events_of)))
         wall = time.perf_counter() - started
+        exit_code = service.stop()
+        if exit_code != 0:
+            raise DuetError(f"`duet serve` did not shut down cleanly (exit code {exit_code}): {service.log_tail()}")
 
     sources = Counter(s for o in outcomes for s in o[0])
     adaptation = np.array([a for o in outcomes for a in o[1]]) * 1e3
@@ -209,6 +214,7 @@ def simulate(run: str | Path, data: str | Path | None = None, devices: int = 100
         "events_per_second": subset.num_events / wall,
         "concurrency": concurrency,
         "max_batch": max_batch,
+        "service_exit_code": exit_code,
         "sources": dict(sources),
         "answer_bytes": max((o[2] for o in outcomes), default=0),
         "adaptation_ms": {"p50": _pct(adaptation, 50), "p99": _pct(adaptation, 99), "mean": _mean(adaptation)},

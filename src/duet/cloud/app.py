@@ -7,12 +7,14 @@ their own app (and `duet --help` stays instant).
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from duet.cloud.deps import AppState
 from duet.cloud.settings import Settings
@@ -60,12 +62,26 @@ def create_app(settings: Settings) -> FastAPI:
         version=__import__("duet").__version__,
         lifespan=lifespan,
         # Our own Prometheus metrics cover requests; FastAPI's native OpenTelemetry
-        # hooks cost about a fifth of this service's per-request time (profiled).
+        # hooks added ~8 us (10%) to the app's time per request (measured in process).
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.duet = state
     for module in (parameters, models, health, metrics):
         app.include_router(module.router)
+
+    def openapi() -> dict:
+        """The generated schema, plus the loaded vocabulary's size as the item ids' maximum."""
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = copy.deepcopy(get_openapi(title=app.title, version=app.version, summary=app.summary,
+                                           routes=app.routes))
+        if state.service is not None:
+            body = schema["paths"]["/v1/parameters"]["post"]["requestBody"]["content"]["application/json"]
+            body["schema"]["properties"]["window"]["items"]["maximum"] = state.service.num_items - 1
+            app.openapi_schema = schema  # final once the model is loaded
+        return schema
+
+    app.openapi = openapi
     routes = {route.path for module in (parameters, models, health, metrics) for route in module.router.routes}
     routes |= {app.openapi_url, app.docs_url, app.redoc_url}
     app.add_middleware(MetricsMiddleware, telemetry=state.telemetry, routes=routes)

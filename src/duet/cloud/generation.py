@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from duet.errors import ArtifactError
 from duet.spec import ParamSpec
 
-DTYPES = {"fp32": np.float32, "fp16": np.float16}
+DTYPES = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2")}  # safetensors is little-endian
 SAFETENSORS_DTYPES = {"fp32": "F32", "fp16": "F16"}
 OCTET_STREAM = "application/octet-stream"
 
@@ -36,7 +36,7 @@ class AnswerCodec:
 
     def __init__(self, spec: ParamSpec, dtype: str, metadata: dict[str, str]):
         self.spec, self.dtype, self.np_dtype = spec, dtype, DTYPES[dtype]
-        itemsize = np.dtype(self.np_dtype).itemsize
+        itemsize = self.np_dtype.itemsize
         header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
         offset = 0
         for (name, shape), size in zip(spec.entries, spec.sizes, strict=True):
@@ -111,14 +111,19 @@ class GeneratorService:
             return torch.cat([params[name].reshape(rows, -1) for name in self.spec.names], dim=1).numpy()
 
     def json_answer(self, flat: np.ndarray, dtype: str) -> bytes:
-        """The JSON form of one answer: params as nested lists in `dtype`'s precision."""
+        """The JSON form of one answer: params as nested lists in `dtype`'s precision.
+
+        `params_sha256` is the sha256 of the parameters' little-endian bytes in spec
+        order, the data section of the safetensors form of the same answer.
+        """
         values = flat.astype(DTYPES[dtype])
         params = {
             name: values[start:end].reshape(shape).tolist()
             for (name, shape), start, end in zip(self.spec.entries, self._offsets[:-1], self._offsets[1:], strict=True)
         }
         return json.dumps({"model_version": self.version, "spec_hash": self.spec_hash, "dtype": dtype,
-                           "params": params}, separators=(",", ":")).encode()
+                           "params_sha256": sha256_hex(values.tobytes()), "params": params},
+                          separators=(",", ":")).encode()
 
     def info(self) -> dict:
         cfg = self.config

@@ -14,14 +14,16 @@ class ParametersRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"device_id": "phone-42", "window": [17, 5, 230], "dtype": "fp16"}],
+        "oneOf": [{"required": ["window"]}, {"required": ["embedding"]}],
     })
 
+    # Not nullable: a request names exactly one of the two (the schema's oneOf).
     device_id: str = Field(min_length=1, max_length=128, description="opaque device id (logged, never stored)")
-    window: list[ItemId] | None = Field(
+    window: list[ItemId] = Field(
         None, max_length=10_000,
         description="recent interactions, oldest first; cut to the last W items (W = the run's window_len)",
     )
-    embedding: list[float] | None = Field(
+    embedding: list[float] = Field(
         None, max_length=65_536,
         description="privacy mode (planned): pooled embeddings of the window instead of item ids. "
                     "Not implemented yet: a request with `embedding` is answered 501.",
@@ -45,6 +47,8 @@ class ParametersJSON(BaseModel):
     model_version: str
     spec_hash: str = Field(description="hash of the head's ParamSpec; a device checks it against its bundle")
     dtype: Literal["fp32", "fp16"]
+    params_sha256: str = Field(description="sha256 of the parameters' little-endian bytes in spec order "
+                                           "(the data section of the safetensors form)")
     params: dict[str, list] = Field(description="parameter name -> nested lists of the parameter's shape")
 
 

@@ -51,10 +51,12 @@ class WindowEncoder(nn.Module):
             self.positions = nn.Embedding(window_len, cfg.hidden_dim)
             self.block = SelfAttentionBlock(cfg.hidden_dim, 1, 0.0)
         self.norm = nn.LayerNorm(cfg.hidden_dim)
+        self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, emb: Tensor, mask: Tensor) -> Tensor:
         from duet.models.backbones import last_valid
 
+        emb = self.drop(emb)
         if self.kind == "gru":
             states, _ = self.gru(emb)  # (E, W, H); left-aligned, so index len-1 saw only valid items
         else:
@@ -63,7 +65,7 @@ class WindowEncoder(nn.Module):
             causal = torch.ones(W, W, dtype=torch.bool, device=emb.device).tril()
             attn = ((causal & mask.unsqueeze(1)) | torch.eye(W, dtype=torch.bool, device=emb.device)).unsqueeze(1)
             states = self.block(x, attn)
-        return self.norm(last_valid(states, mask))  # (E, H)
+        return self.drop(self.norm(last_valid(states, mask)))  # (E, H)
 
 
 class ParamGenerator(nn.Module):

