@@ -200,6 +200,7 @@ def test_openapi_is_complete(service: ServiceProcess) -> None:
 
 # ---------------------------------------------------------------- in process
 
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 def test_app_in_process_and_readiness(duet_run: Path) -> None:  # noqa: F811
     from fastapi.testclient import TestClient
 
@@ -225,7 +226,10 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, duet_run: Pa
     monkeypatch.setenv("DUET_MAX_BATCH", "7")
     settings = Settings()
     assert settings.run == duet_run and settings.max_batch == 7
-    assert Settings(**{k: v for k, v in settings.model_dump().items()}) == settings
+    worker = Settings(run=duet_run, max_batch=3, max_wait_ms=1.5, executor="thread", workers=2)
+    for key, value in worker.to_env().items():  # what a uvicorn worker process rebuilds its settings from
+        monkeypatch.setenv(key, value)
+    assert Settings() == worker
     monkeypatch.setenv("DUET_MAX_BATCH", "0")
     with pytest.raises(ValidationError):
         Settings()
@@ -325,3 +329,23 @@ def test_service_conforms_to_its_schema(service: ServiceProcess) -> None:
             case.validate_response(response)
 
         conforms()
+
+
+def test_every_serve_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch, duet_run: Path) -> None:  # noqa: F811
+    from typer.testing import CliRunner
+
+    import duet.cloud.server
+    from duet.cli import app
+
+    captured = []
+    monkeypatch.setattr(duet.cloud.server, "serve", captured.append)
+    flags = {"--host": "0.0.0.0", "--port": "1234", "--workers": "2", "--max-batch": "7", "--max-wait-ms": "3.5",
+             "--threads": "2", "--executor": "thread", "--log-level": "info"}
+    result = CliRunner().invoke(app, ["serve", "--run", str(duet_run), *[x for kv in flags.items() for x in kv]])
+    assert result.exit_code == 0, result.output
+    (settings,) = captured
+    assert settings.model_dump() == {"run": duet_run, "host": "0.0.0.0", "port": 1234, "workers": 2, "max_batch": 7,
+                                     "max_wait_ms": 3.5, "min_rows": 8, "threads": 2, "executor": "thread",
+                                     "log_level": "info"}
+    result = CliRunner().invoke(app, ["serve", "--run", str(duet_run / "stage1")])
+    assert result.exit_code == 2 and "needs a DUET run" in result.output

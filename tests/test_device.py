@@ -60,6 +60,12 @@ def test_bundle_refuses_tampered_files(bundle_dir: Path, tmp_path: Path) -> None
         Bundle(tmp_path)
 
 
+def test_raw_item_ids_map_to_internal_ids(bundle_dir: Path) -> None:  # noqa: F811
+    bundle = Bundle(bundle_dir)
+    raw = bundle.item_raw[[3, 1, 7]]
+    np.testing.assert_array_equal(bundle.internal_ids([*raw, 123_456]), [3, 1, 7, 0])  # unknown -> padding
+
+
 def test_left_aligned_window() -> None:
     np.testing.assert_array_equal(left_aligned([5, 0, 6, 7, 8, 9], 4), [6, 7, 8, 9])
     np.testing.assert_array_equal(left_aligned([5, 6, 0, 0], 4), [5, 6, 0, 0])

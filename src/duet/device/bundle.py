@@ -49,7 +49,8 @@ class Bundle:
         self.manifest = self._verified_manifest()
         spec_json = json.loads((self.path / "param_spec.json").read_text())
         self.spec = ParamSpec.from_json(spec_json["params"])
-        if self.spec.hash != self.manifest["spec_hash"] or spec_json["hash"] != self.spec.hash:
+        self.spec_hash = self.spec.hash  # a property that hashes JSON: computed once
+        if self.spec_hash != self.manifest["spec_hash"] or spec_json["hash"] != self.spec_hash:
             raise ArtifactError(f"{self.path}: param_spec.json does not match the manifest's spec hash")
         theta_g = load_file(str(self.path / "theta_g.safetensors"))
         self.spec.check(theta_g, batched=False)

@@ -63,8 +63,8 @@ class DeviceRuntime:
         started = time.perf_counter()
         try:
             answer = self.client.fetch(self.device_id, ids[ids != PAD].tolist(), self.dtype, self.bundle.version)
-            if answer.spec_hash != self.bundle.spec.hash:
-                raise ServiceError(f"parameters for spec {answer.spec_hash!r}, the bundle's is {self.bundle.spec.hash!r}")
+            if answer.spec_hash != self.bundle.spec_hash:
+                raise ServiceError(f"parameters for spec {answer.spec_hash!r}, the bundle's is {self.bundle.spec_hash!r}")
             self.bundle.spec.check(answer.params, batched=False)
         except (ServiceError, ValueError) as exc:  # ValueError: shapes that do not fit the bundle's head
             return self._fall_back(str(exc))
