@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from math import prod
 
 import numpy as np
@@ -53,7 +54,7 @@ class ParamSpec:
     def from_json(cls, data: list[dict]) -> ParamSpec:
         return cls.from_pairs((d["name"], d["shape"]) for d in data)
 
-    @property
+    @cached_property
     def hash(self) -> str:
         """Short content hash: a device refuses parameters made for another head."""
         text = json.dumps(self.to_json(), separators=(",", ":"))

@@ -63,11 +63,7 @@ class FrozenDecoder(nn.Module):
     def __init__(self, decoder: nn.Module):
         super().__init__()
         with torch.no_grad():
-            alpha = decoder.weights()  # (N_p,)
-            self.w1 = torch.einsum("p,pij->ij", alpha, decoder.w1)
-            self.b1 = alpha @ decoder.b1
-            self.w2 = torch.einsum("p,pij->ij", alpha, decoder.w2)
-            self.b2 = alpha @ decoder.b2
+            self.w1, self.b1, self.w2, self.b2 = decoder.mixed()
 
     def forward(self, e: Tensor) -> Tensor:
         return F.linear(F.linear(e, self.w1, self.b1), self.w2, self.b2)

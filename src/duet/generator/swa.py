@@ -53,11 +53,15 @@ class SWADecoder(nn.Module):
     def weights(self) -> Tensor:
         return swa_weights(self.w1, self.temperature)
 
+    def mixed(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The decoder actually used: (W1, B1, W2, B2), the alpha-weighted sums.
+
+        Input-independent, so a server can compute it once after loading."""
+        alpha = self.weights()  # (N_p,)
+        return (torch.einsum("p,pij->ij", alpha, self.w1), alpha @ self.b1,
+                torch.einsum("p,pij->ij", alpha, self.w2), alpha @ self.b2)
+
     def forward(self, e: Tensor) -> Tensor:
         """e (E, in_dim) -> (E, out_dim)."""
-        alpha = self.weights()  # (N_p,)
-        w1 = torch.einsum("p,pij->ij", alpha, self.w1)
-        b1 = alpha @ self.b1
-        w2 = torch.einsum("p,pij->ij", alpha, self.w2)
-        b2 = alpha @ self.b2
+        w1, b1, w2, b2 = self.mixed()
         return torch.nn.functional.linear(torch.nn.functional.linear(e, w1, b1), w2, b2)
