@@ -1,9 +1,16 @@
-"""Shared fixtures. The prepared datasets are built once per test session."""
+"""Shared fixtures. The prepared datasets are built once per test session.
+
+The serving tests (cloud, device, export, simulate, reliability) share a tiny
+synthetic dataset, one DUET run trained on it (stage 1 included, one epoch
+each) and its device bundle, built on first use; they import the sizes
+(`from conftest import NUM_ITEMS, W`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from duet.config import ProtocolConfig
@@ -31,3 +38,79 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data") / "tiny"
     prepare_dataset(out, "movielens-small", protocol=TINY_PROTOCOL, max_users=TINY_USERS)
     return out
+
+
+# ---------------------------------------------------------------- serving: tiny dataset, DUET run, bundle
+
+NUM_ITEMS, USERS, L, W = 60, 12, 8, 4
+_BUILT: dict[str, Path] = {}
+
+
+def write_tiny_dataset(out: Path, seed: int = 0) -> Path:
+    """Per-user chronological events; the positive is the item after the history (learnable)."""
+    from duet.data.store import Split, write_dataset
+
+    rng = np.random.default_rng(seed)
+
+    def split(events: int, first_line: int) -> Split:
+        lengths = rng.integers(1, L + 1, events)
+        history = rng.integers(1, NUM_ITEMS, (events, L))
+        history[np.arange(L)[None, :] >= lengths[:, None]] = 0
+        window = np.zeros((events, W), dtype=np.int64)
+        for e, n in enumerate(lengths):
+            last = history[e, max(0, n - W) : n]
+            window[e, : len(last)] = last
+        event = np.repeat(np.arange(events), 3)
+        item = rng.integers(1, NUM_ITEMS, events * 3)
+        item[::3] = (history[np.arange(events), lengths - 1] % (NUM_ITEMS - 1)) + 1
+        label = np.zeros(events * 3, np.float32)
+        label[::3] = 1
+        return Split(user=(event % USERS).astype(np.int32), item=item, label=label, event=event,
+                     line=first_line + np.arange(events * 3), history=history, window=window)
+
+    out.mkdir(parents=True)
+    write_dataset(out, {"train": split(240, 0), "valid": split(36, 10_000), "test": split(48, 20_000)},
+                  np.arange(NUM_ITEMS) * 10 - 10, np.arange(USERS), {"kind": "synthetic-test"}, {})
+    return out
+
+
+def train_tiny_run(data: Path, out: Path, method: str = "duet", backbone: str = "sasrec", seed: int = 0) -> Path:
+    from duet.config import GeneratorConfig, ModelConfig, TrainConfig
+    from duet.training.loop import run_config_for, train
+
+    config = run_config_for(
+        data,
+        model=ModelConfig(backbone=backbone, embed_dim=8, num_blocks=1, dropout=0.0),
+        generator=GeneratorConfig(hidden_dim=8, layer_embed_dim=4, decoder_hidden=8) if method == "duet" else None,
+        train=TrainConfig(method=method, epochs=1, batch_size=256, threads=1, seed=seed),
+    )
+    train(config, out, progress=False)
+    return out
+
+
+def built(factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Dataset, DUET run and bundle, made on first use and shared by every module that imports these."""
+    if not _BUILT:
+        from duet.export import export_bundle
+
+        root = factory.mktemp("serving")
+        data = write_tiny_dataset(root / "data")
+        run = train_tiny_run(data, root / "duet-run")
+        export_bundle(run, root / "bundle")
+        _BUILT.update(data=data, run=run, bundle=root / "bundle")
+    return _BUILT
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return built(tmp_path_factory)["data"]
+
+
+@pytest.fixture(scope="session")
+def duet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return built(tmp_path_factory)["run"]
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return built(tmp_path_factory)["bundle"]

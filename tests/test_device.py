@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import save as save_safetensors
-from test_cloud_fixtures import NUM_ITEMS, W, bundle_dir  # noqa: F401 - session fixture
+from conftest import NUM_ITEMS, W
 
 from duet.device import GLOBAL, LAST, SERVICE, Bundle, DeviceRuntime, left_aligned
 from duet.errors import ArtifactError
 from duet.simulate import free_port
 
 
-def test_device_package_imports_and_scores_without_torch(bundle_dir: Path) -> None:  # noqa: F811
+def test_device_package_imports_and_scores_without_torch(bundle_dir: Path) -> None:
     script = textwrap.dedent(f"""
         import sys
 
@@ -47,7 +47,7 @@ def test_device_package_imports_and_scores_without_torch(bundle_dir: Path) -> No
     assert out.stdout.strip() == "ok"
 
 
-def test_bundle_refuses_tampered_files(bundle_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_bundle_refuses_tampered_files(bundle_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / "bundle"
     shutil.copytree(bundle_dir, copy)
     Bundle(copy)
@@ -60,7 +60,7 @@ def test_bundle_refuses_tampered_files(bundle_dir: Path, tmp_path: Path) -> None
         Bundle(tmp_path)
 
 
-def test_raw_item_ids_map_to_internal_ids(bundle_dir: Path) -> None:  # noqa: F811
+def test_raw_item_ids_map_to_internal_ids(bundle_dir: Path) -> None:
     bundle = Bundle(bundle_dir)
     raw = bundle.item_raw[[3, 1, 7]]
     np.testing.assert_array_equal(bundle.internal_ids([*raw, 123_456]), [3, 1, 7, 0])  # unknown -> padding
@@ -72,7 +72,7 @@ def test_left_aligned_window() -> None:
     np.testing.assert_array_equal(left_aligned([], 3), [0, 0, 0])
 
 
-def test_observe_keeps_the_last_w_items(bundle_dir: Path) -> None:  # noqa: F811
+def test_observe_keeps_the_last_w_items(bundle_dir: Path) -> None:
     runtime = DeviceRuntime(bundle_dir, "http://127.0.0.1:9", "d")
     for item in [1, 0, 2, 3, 4, 5, 6]:
         runtime.observe(item)
@@ -131,7 +131,7 @@ class FakeService:
 
 
 @pytest.fixture(scope="module")
-def bundle(bundle_dir: Path) -> Bundle:  # noqa: F811
+def bundle(bundle_dir: Path) -> Bundle:
     return Bundle(bundle_dir)
 
 

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from safetensors.numpy import load_file
-from test_cloud_fixtures import NUM_ITEMS, L, bundle_dir, duet_run, tiny_data  # noqa: F401 - session fixtures
+from conftest import NUM_ITEMS, L
 from typer.testing import CliRunner
 
 from duet.atomic import sha256_file
@@ -27,7 +27,7 @@ from duet.export import (
 from duet.models.recommender import Recommender
 
 
-def test_bundle_layout(bundle_dir: Path, duet_run: Path, tiny_data: Path) -> None:  # noqa: F811
+def test_bundle_layout(bundle_dir: Path, duet_run: Path, tiny_data: Path) -> None:
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert manifest["format"] == "duet-bundle/1"
     assert manifest["model_version"] == model_version(duet_run)
@@ -50,7 +50,7 @@ def test_bundle_layout(bundle_dir: Path, duet_run: Path, tiny_data: Path) -> Non
     assert manifest["verified_max_abs_diff"] <= 1e-5
 
 
-def test_onnx_equals_torch_for_random_parameters(bundle_dir: Path, duet_run: Path) -> None:  # noqa: F811
+def test_onnx_equals_torch_for_random_parameters(bundle_dir: Path, duet_run: Path) -> None:
     _, model, _ = load_run(duet_run)
     graph = DeviceGraph(model.recommender).eval()
     session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -79,7 +79,7 @@ def test_other_backbones_export(backbone: str, tmp_path: Path) -> None:
     assert verify_onnx(recommender, tmp_path / "model.onnx") <= 1e-5
 
 
-def test_cli_exports_a_base_run_and_refuses_to_overwrite(duet_run: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_cli_exports_a_base_run_and_refuses_to_overwrite(duet_run: Path, tmp_path: Path) -> None:
     from duet.cli import app
 
     base = duet_run / "stage1"  # a DUET run trains its global model as a base run here

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_cloud_fixtures import USERS, bundle_dir, duet_run  # noqa: F401 - session fixtures
+from conftest import USERS
 from typer.testing import CliRunner
 
 from duet.simulate import simulate
 
 
-def test_simulate_fp32_agrees_with_offline(duet_run: Path, bundle_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_simulate_fp32_agrees_with_offline(duet_run: Path, bundle_dir: Path, tmp_path: Path) -> None:
     from duet.cli import app
 
     out = tmp_path / "sim.json"
@@ -28,7 +28,7 @@ def test_simulate_fp32_agrees_with_offline(duet_run: Path, bundle_dir: Path, tmp
     assert "max |logit diff|" in result.output
 
 
-def test_simulate_fp16_reports_the_difference(duet_run: Path, bundle_dir: Path) -> None:  # noqa: F811
+def test_simulate_fp16_reports_the_difference(duet_run: Path, bundle_dir: Path) -> None:
     results = simulate(duet_run, devices=3, dtype="fp16", bundle=bundle_dir, concurrency=3)
     assert results["devices"] == 3 and results["agree"] is None and results["tolerance"] is None
     assert 0 < results["max_abs_logit_diff"] < 0.05

@@ -13,7 +13,6 @@ Nothing is ever unpickled: weights are safetensors, everything else JSON.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 from duet.atomic import atomic_path, sha256_file, write_json
 from duet.config import RunConfig
 from duet.errors import ArtifactError
+from duet.manifest import read_manifest, verify_all
 
 RUN_FORMAT = "duet-run/1"
 WEIGHTS = "model.safetensors"
@@ -66,29 +66,13 @@ def write_manifest(run: Path, extra: dict) -> dict:
 
 
 def read_run_manifest(run: str | Path) -> dict:
-    run = Path(run)
-    file = run / "manifest.json"
-    if not file.is_file():
-        raise ArtifactError(f"{run}: not a finished duet run (no manifest.json)")
-    try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    if manifest.get("format") != RUN_FORMAT:
-        raise ArtifactError(f"{file}: format {manifest.get('format')!r}, expected {RUN_FORMAT!r}")
-    return manifest
+    return read_manifest(run, RUN_FORMAT, "finished duet run")
 
 
 def verify_run(run: str | Path) -> dict:
     """Check every file listed in the manifest against its sha256; return the manifest."""
-    run = Path(run)
     manifest = read_run_manifest(run)
-    for name, digest in manifest["files"].items():
-        file = run / name
-        if not file.is_file():
-            raise ArtifactError(f"{file}: missing (listed in manifest.json)")
-        if sha256_file(file) != digest:
-            raise ArtifactError(f"{file}: sha256 does not match manifest.json (modified or truncated)")
+    verify_all(run, manifest)
     return manifest
 
 

@@ -394,7 +394,8 @@ def data_info(
 @app.command()
 @user_errors
 def serve(
-    run: Annotated[Path, typer.Option(help="DUET run directory (duet train --method duet)")],
+    run: Annotated[Path, typer.Option(help="DUET run directory (duet train --method duet), or a symlink to one: "
+                                           "re-point it to hot-reload a new version")],
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes (each loads the model)")] = 1,
@@ -403,6 +404,20 @@ def serve(
     threads: Annotated[int, typer.Option(help="torch threads per worker")] = 1,
     executor: Annotated[str, typer.Option(help="where the forward runs: inline (event loop) | thread")] = "inline",
     log_level: Annotated[str, typer.Option(help="critical | error | warning | info | debug")] = "warning",
+    tokens_file: Annotated[Path | None, typer.Option(help="bearer tokens, one per line: turns auth on "
+                                                          "(also DUET_TOKENS=a,b)")] = None,
+    max_body_bytes: Annotated[int, typer.Option(help="larger request bodies get 413, unread")] = 65_536,
+    max_window: Annotated[int | None, typer.Option(help="longest window accepted, longer gets 422 "
+                                                        "(default 10 x the run's W)")] = None,
+    request_timeout: Annotated[float, typer.Option(help="seconds a request may take: body (408), "
+                                                        "queue + generation (504)")] = 10.0,
+    max_queue: Annotated[int, typer.Option(help="windows waiting for generation; beyond it 503 + Retry-After")] = 4096,
+    rate_limit: Annotated[float, typer.Option(help="requests/s per token (per client IP without auth), "
+                                                   "429 beyond; 0 = off")] = 0.0,
+    rate_burst: Annotated[float, typer.Option(help="requests a token may send at once (bucket size)")] = 50.0,
+    watch_interval: Annotated[float, typer.Option(help="seconds between checks of --run for a new version; "
+                                                       "0 = no hot reload")] = 1.0,
+    graceful_timeout: Annotated[float, typer.Option(help="on SIGTERM, seconds in-flight requests may take")] = 10.0,
 ) -> None:
     """Serve POST /v1/parameters (plus /healthz, /readyz, /v1/models, /metrics) for a DUET run."""
     from pydantic import ValidationError
@@ -410,21 +425,36 @@ def serve(
     from duet.cloud.settings import Settings
     from duet.errors import DuetError
 
+    options = dict(run=run, host=host, port=port, workers=workers, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                   threads=threads, executor=executor, log_level=log_level, max_body_bytes=max_body_bytes,
+                   request_timeout_s=request_timeout, max_queue=max_queue, rate_limit=rate_limit,
+                   rate_burst=rate_burst, watch_interval_s=watch_interval, graceful_timeout_s=graceful_timeout)
+    if tokens_file is not None:
+        options["tokens_file"] = tokens_file
+    if max_window is not None:
+        options["max_window"] = max_window
     try:
-        settings = Settings(run=run, host=host, port=port, workers=workers, max_batch=max_batch,
-                            max_wait_ms=max_wait_ms, threads=threads, executor=executor, log_level=log_level)
+        settings = Settings(**options)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise DuetError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']} (got {err.get('input')!r})") from None
-    from duet.checkpoint import load_config, read_run_manifest
+        if not err["loc"]:  # a check of several settings (the tokens file): its message says it all
+            raise DuetError(err["msg"].removeprefix("Value error, ")) from None
+        name = str(err["loc"][0])
+        flag = {"request_timeout_s": "--request-timeout", "watch_interval_s": "--watch-interval",
+                "graceful_timeout_s": "--graceful-timeout", "tokens": "DUET_TOKENS"}.get(name, f"--{name.replace('_', '-')}")
+        # Inputs are never echoed for tokens (a token must not reach a terminal or a log).
+        got = "" if name == "tokens" or "input" not in err else f" (got {err['input']!r})"
+        raise DuetError(f"{flag}: {err['msg'].removeprefix('Value error, ')}{got}") from None
+    from duet.cloud.generation import GeneratorService
 
-    read_run_manifest(run)  # a missing, unfinished or wrong run fails here, in one line, not in a worker
-    if load_config(run).train.method != "duet":
-        raise DuetError(f"{run}: `duet serve` needs a DUET run (duet train --method duet)")
+    # Verify and load the run here: a missing, tampered or wrong run fails in one line,
+    # not with a traceback in a worker. (The workers load their own copies.)
+    GeneratorService(run)
     from duet.cloud.server import serve as run_server
 
+    auth = f"auth on ({len(settings.auth_tokens())} tokens)" if settings.auth_tokens() else "auth off"
     typer.echo(f"serving {run} on http://{host}:{port} ({workers} worker{'s' * (workers > 1)}, "
-               f"max batch {max_batch}); Ctrl-C stops", err=True)
+               f"max batch {max_batch}, {auth}); Ctrl-C stops", err=True)
     run_server(settings)
 
 

@@ -49,13 +49,14 @@ class ServiceProcess:
 
     def __init__(self, run: str | Path, port: int | None = None, max_batch: int = 64, max_wait_ms: float = 0.0,
                  workers: int = 1, executor: str = "inline", threads: int = 1, log_file: str | Path | None = None,
-                 ready_timeout: float = 120.0, env: dict[str, str] | None = None):
+                 ready_timeout: float = 120.0, env: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [
             sys.executable, "-m", "duet", "serve", "--run", str(run), "--host", "127.0.0.1", "--port", str(self.port),
             "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--workers", str(workers),
-            "--executor", executor, "--threads", str(threads),
+            "--executor", executor, "--threads", str(threads), *(extra_args or []),
         ]
         self.ready_timeout = ready_timeout
         self.env = {**os.environ, **(env or {})}
@@ -99,10 +100,14 @@ class ServiceProcess:
         self._log_handle.seek(0)
         return self._log_handle.read().decode(errors="replace")[-chars:].strip()
 
-    def stop(self, timeout: float = 15.0) -> int | None:
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self, timeout: float = 15.0, sig: int = signal.SIGINT) -> int | None:
         """Graceful shutdown (idempotent); returns the exit code."""
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(sig)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -7,6 +7,12 @@ form the next batch). The decision is taken one event-loop iteration after a
 submit, so requests that arrived together batch together even with
 `max_wait = 0`. Each forward is padded to `min_rows` rows so that an answer
 does not depend on how many others shared its forward.
+
+The queue in front of the forward is bounded: with `max_queue` windows already
+waiting, `submit` raises `QueueFull` at once (the service answers 503 with
+Retry-After) instead of letting latency grow without limit. A waiting request
+that is cancelled (its deadline passed, its client went away) leaves the queue
+and never reaches a forward.
 """
 
 from __future__ import annotations
@@ -19,13 +25,22 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 
+class QueueFull(Exception):
+    """`max_queue` windows are already waiting for a forward."""
+
+
 class MicroBatcher:
     def __init__(self, forward: Callable[[np.ndarray], np.ndarray], max_batch: int, max_wait: float,
                  min_rows: int = 1, threaded: bool = False,
-                 on_batch: Callable[[int, float], None] | None = None):
-        """forward: (E, W) -> (E, ...), row i answers window i. on_batch(size, seconds) after each forward."""
+                 on_batch: Callable[[int, float], None] | None = None,
+                 max_queue: int | None = None, delay: float = 0.0):
+        """forward: (E, W) -> (E, ...), row i answers window i. on_batch(size, seconds) after each forward.
+
+        delay: seconds every forward's answers are held back (without blocking the
+        loop), for tests that need requests to stay in flight; 0 in production.
+        """
         self.forward, self.max_batch, self.max_wait, self.min_rows = forward, max_batch, max_wait, min_rows
-        self.on_batch = on_batch
+        self.on_batch, self.max_queue, self.delay = on_batch, max_queue, delay
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="duet-generate") if threaded else None
         self._pending: list[tuple[np.ndarray, asyncio.Future, float]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -35,6 +50,11 @@ class MicroBatcher:
 
     async def submit(self, window: np.ndarray) -> np.ndarray:
         """window (W,) -> this window's row of the forward's output."""
+        if self.max_queue is not None and len(self._pending) >= self.max_queue:
+            # Requests that gave up (deadline, disconnect) do not hold places in the queue.
+            self._pending = [item for item in self._pending if not item[1].cancelled()]
+            if len(self._pending) >= self.max_queue:
+                raise QueueFull(f"{len(self._pending)} windows already waiting")
         loop = self._loop = self._loop or asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((window, future, loop.time()))
@@ -88,6 +108,12 @@ class MicroBatcher:
                                                          done.exception(), started))
 
     def _finish(self, batch: list, out: np.ndarray | None, error: BaseException | None, started: float) -> None:
+        if self.delay > 0:  # still busy meanwhile: later requests queue up, as behind a slow forward
+            self._loop.call_later(self.delay, self._answer, batch, out, error, started)
+        else:
+            self._answer(batch, out, error, started)
+
+    def _answer(self, batch: list, out: np.ndarray | None, error: BaseException | None, started: float) -> None:
         self._busy = False
         if self.on_batch is not None:
             self.on_batch(len(batch), time.perf_counter() - started)
@@ -100,6 +126,11 @@ class MicroBatcher:
                 future.set_result(out[i])
         # Let requests parsed meanwhile join before deciding on the next forward.
         self._loop.call_soon(self._maybe_start)
+
+    @property
+    def pending(self) -> int:
+        """Windows waiting for a forward."""
+        return len(self._pending)
 
     async def close(self) -> None:
         """Answer what is pending, then stop the executor."""

@@ -5,25 +5,46 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 
 from duet.cloud.batcher import MicroBatcher
+from duet.cloud.errors import ServiceError
 from duet.cloud.generation import GeneratorService
 from duet.cloud.settings import Settings
 from duet.cloud.telemetry import Telemetry
+
+
+@dataclass(frozen=True)
+class Served:
+    """One loaded model version with its own micro-batcher, swapped as one on a reload.
+
+    A request takes `state.model` once and uses that object to the end, so its
+    answer always comes from the version its header names, even across a swap.
+    """
+
+    service: GeneratorService
+    batcher: MicroBatcher
+    max_window: int  # longest window accepted (settings.max_window, default 10 x W)
+    signature: tuple  # what the run path looked like when this was loaded (see lifecycle.run_signature)
 
 
 @dataclass
 class AppState:
     settings: Settings
     telemetry: Telemetry = field(default_factory=Telemetry)
-    service: GeneratorService | None = None
-    batcher: MicroBatcher | None = None
+    model: Served | None = None
     stopping: bool = False
 
     @property
     def ready(self) -> bool:
-        return self.service is not None and not self.stopping
+        return self.model is not None and not self.stopping
+
+    @property
+    def service(self) -> GeneratorService | None:
+        return None if self.model is None else self.model.service
+
+
+NOT_READY = ServiceError(503, "not_ready", "model not loaded yet, or shutting down", headers={"Retry-After": "1"})
 
 
 async def get_state(request: Request) -> AppState:
@@ -33,7 +54,7 @@ async def get_state(request: Request) -> AppState:
 async def get_ready_state(request: Request) -> AppState:
     state: AppState = request.app.state.duet
     if not state.ready:
-        raise HTTPException(503, "model not loaded", headers={"Retry-After": "1"})
+        raise NOT_READY
     return state
 
 

@@ -20,8 +20,9 @@ class ParametersRequest(BaseModel):
     # Not nullable: a request names exactly one of the two (the schema's oneOf).
     device_id: str = Field(min_length=1, max_length=128, description="opaque device id (logged, never stored)")
     window: list[ItemId] = Field(
-        None, max_length=10_000,
-        description="recent interactions, oldest first; cut to the last W items (W = the run's window_len)",
+        None, min_length=1, max_length=10_000,
+        description="recent interactions, oldest first, at least one; cut to the last W items (W = the run's "
+                    "window_len). Longer than `max_window` (GET /v1/models; default 10 x W) is refused with 422.",
     )
     embedding: list[float] = Field(
         None, max_length=65_536,
@@ -68,6 +69,7 @@ class ModelInfo(BaseModel):
     dtypes: list[str]
     answer_bytes: dict[str, int] = Field(description="size of a safetensors answer per dtype")
     window_len: int
+    max_window: int = Field(description="longest window accepted; longer ones get 422")
     history_len: int
     num_items: int
 
@@ -80,5 +82,24 @@ class Health(BaseModel):
     status: Literal["ok", "loading", "stopping"]
 
 
+class FieldError(BaseModel):
+    field: str | None = Field(description="the request field at fault: `window[3]`, `dtype`, `body` for the "
+                                          "body as a whole; null when the error is not about a field")
+    message: str
+
+
+class ErrorDetail(FieldError):
+    code: str = Field(description="machine-readable kind: invalid_request, invalid_json, unauthorized, "
+                                  "rate_limited, body_too_large, request_timeout, version_not_served, "
+                                  "not_implemented, not_ready, overloaded, timeout, not_found, ...")
+    errors: list[FieldError] = Field(description="every field error (the first one is also in field/message)")
+
+
 class ErrorResponse(BaseModel):
-    detail: str | list = Field(description="what was wrong (a list of field errors for 422)")
+    """The one shape of every error answer of the service."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
+        "code": "invalid_request", "message": "item id 9999 is not below num_items = 3707", "field": "window[3]",
+        "errors": [{"field": "window[3]", "message": "item id 9999 is not below num_items = 3707"}]}}]})
+
+    error: ErrorDetail

@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from duet.cloud.settings import Settings
 
 
+def configure_logging(level: str) -> None:
+    """The service's own log lines (`duet.*`) to stderr, beside uvicorn's. Never a header or a token."""
+    logger = logging.getLogger("duet")
+    if not any(getattr(h, "_duet", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     [%(process)d] %(name)s: %(message)s"))
+        handler._duet = True
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    configure_logging(settings.log_level)
+    # On SIGTERM/SIGINT uvicorn stops accepting, lets in-flight requests finish for up to
+    # graceful_timeout_s, then runs the lifespan shutdown (which drains the batcher).
     options = dict(host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-                   loop="auto", http="auto", timeout_graceful_shutdown=5)
+                   loop="auto", http="auto", timeout_graceful_shutdown=settings.graceful_timeout_s)
     if settings.workers == 1:
         from duet.cloud.app import create_app
 
         uvicorn.run(create_app(settings), **options)
         return
-    # Worker processes rebuild the app from the environment (each loads its own model copy).
+    # Worker processes rebuild the app from the environment (each loads its own model copy);
+    # uvicorn's supervisor restarts a worker that dies.
     os.environ.update(settings.to_env())
     uvicorn.run("duet.cloud.app:app_from_env", factory=True, workers=settings.workers, **options)

@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# RFC 6750 b64token characters; at least 16 of them, so a token cannot be guessed.
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9\-._~+/]{16,}=*")
+
+
+def _parse_tokens(value: object) -> object:
+    """`a,b,c` (DUET_TOKENS) -> ["a", "b", "c"]; lists pass through."""
+    if isinstance(value, str):
+        return [token.strip() for token in value.split(",") if token.strip()]
+    return value
+
+
+def _checked_tokens(tokens: list[str], where: str) -> list[str]:
+    for n, token in enumerate(tokens, 1):
+        if not TOKEN_PATTERN.fullmatch(token):
+            # Never echo the token itself: the message names its position only.
+            raise ValueError(f"{where}: token {n} is not a bearer token of at least 16 characters "
+                             "from A-Z a-z 0-9 - . _ ~ + / (then optional '=')")
+    return tokens
 
 
 class Settings(BaseSettings):
     """Every knob of `duet serve`; `DUET_RUN=... DUET_MAX_BATCH=...` in the environment work too."""
 
-    model_config = SettingsConfigDict(env_prefix="DUET_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a validation error must never print a token.
+    model_config = SettingsConfigDict(env_prefix="DUET_", extra="forbid", frozen=True, hide_input_in_errors=True)
 
-    run: Path = Field(description="a finished DUET run directory (duet train --method duet)")
+    run: Path = Field(description="a finished DUET run directory (duet train --method duet), or a symlink to one")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes, each with its own model copy")
@@ -35,6 +56,71 @@ class Settings(BaseSettings):
     executor: Literal["inline", "thread"] = "inline"
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
 
+    # ---- auth (docs/RELIABILITY.md). No tokens at all = auth off.
+    tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="bearer tokens, comma-separated in DUET_TOKENS")
+    tokens_file: Path | None = Field(None, description="file with one bearer token per line (# comments allowed)")
+
+    # ---- limits
+    # A window of ~10,000 ids is ~60 KB of JSON; 64 KiB leaves room for the other fields.
+    max_body_bytes: int = Field(65_536, ge=256, le=64 * 2**20, description="larger bodies get 413, unread")
+    # None: 10 x the run's window length W. Longer windows are cut to their last W items;
+    # beyond this they are refused (422), not silently cut.
+    max_window: int | None = Field(None, ge=1, le=10_000, description="longest window accepted (default 10 x W)")
+    request_timeout_s: float = Field(10.0, gt=0.0, le=600.0,
+                                     description="deadline of a request: body read (408), queue + generation (504)")
+    max_queue: int = Field(4096, ge=1, description="windows waiting for a forward; beyond it 503 + Retry-After")
+    rate_limit: float = Field(0.0, ge=0.0, description="requests/s per token (per client IP without auth); 0 = off")
+    rate_burst: float = Field(50.0, ge=1.0, description="token-bucket size: requests allowed at once")
+
+    # ---- model lifecycle
+    watch_interval_s: float = Field(1.0, ge=0.0, description="how often the run path is checked for a new "
+                                                             "model (hot reload); 0 = never")
+    graceful_timeout_s: float = Field(10.0, ge=0.0, description="on SIGTERM/SIGINT, how long in-flight "
+                                                                "requests may take to finish")
+    # Tests only (DUET_DEBUG_DELAY_MS; no CLI flag): every forward holds its answers this
+    # much longer, without blocking the event loop, to make in-flight requests observable.
+    debug_delay_ms: float = Field(0.0, ge=0.0, le=60_000.0)
+
+    _file_tokens: list[str] = PrivateAttr(default_factory=list)
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        return _parse_tokens(value)
+
+    @field_validator("tokens")
+    @classmethod
+    def _check_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
+        _checked_tokens([t.get_secret_value() for t in value], "DUET_TOKENS")
+        return value
+
+    @model_validator(mode="after")
+    def _read_tokens_file(self) -> Settings:
+        if self.tokens_file is not None:
+            try:
+                text = self.tokens_file.read_text()
+            except OSError as exc:
+                raise ValueError(f"cannot read the tokens file {self.tokens_file}: {exc.strerror}") from None
+            tokens = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            if not tokens:
+                raise ValueError(f"{self.tokens_file}: no tokens in the file (auth would refuse everyone)")
+            self._file_tokens = _checked_tokens(tokens, str(self.tokens_file))
+        return self
+
+    def auth_tokens(self) -> list[str]:
+        """Every accepted token (DUET_TOKENS and the file), duplicates removed; empty = auth off."""
+        return list(dict.fromkeys([t.get_secret_value() for t in self.tokens] + self._file_tokens))
+
     def to_env(self) -> dict[str, str]:
         """The environment that rebuilds these settings in a uvicorn worker process."""
-        return {f"DUET_{name.upper()}": str(value) for name, value in self.model_dump().items()}
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if name == "tokens":
+                if value:  # explicit tokens only; a tokens file is re-read by each worker
+                    env["DUET_TOKENS"] = ",".join(t.get_secret_value() for t in value)
+                continue
+            env[f"DUET_{name.upper()}"] = str(value)
+        return env

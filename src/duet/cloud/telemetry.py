@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -27,6 +27,12 @@ class Telemetry:
                                     buckets=LATENCY_BUCKETS, registry=self.registry)
         self.answer_bytes = Counter("duet_answer_bytes", "Bytes of parameter answers sent, by dtype",
                                     ["dtype"], registry=self.registry)
+        self.reloads = Counter("duet_model_reloads", "Hot reloads of the served run, by outcome (ok, failed)",
+                               ["outcome"], registry=self.registry)
+        self.in_flight = Gauge("duet_http_requests_in_flight", "HTTP requests received and not yet answered "
+                               "(this scrape included)", registry=self.registry)
+        self.queue_depth = Gauge("duet_queue_depth", "Windows waiting for a generator forward",
+                                 registry=self.registry)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -48,7 +54,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500
+        status = 0  # stays 0 when nothing was sent (the client went away first): counted as "none"
+        in_flight = self.telemetry.in_flight
+        in_flight.inc()
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -59,12 +67,13 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            in_flight.dec()
             route = scope["path"] if scope["path"] in self.routes else "other"
             key = (route, scope["method"], status)
             children = self._children.get(key)
             if children is None:  # labels() costs a lock and a dict lookup: cache the children
                 children = self._children[key] = (
-                    self.telemetry.requests.labels(route, scope["method"], str(status)),
+                    self.telemetry.requests.labels(route, scope["method"], str(status) if status else "none"),
                     self.telemetry.latency.labels(route),
                 )
             children[0].inc()

@@ -26,6 +26,8 @@ from safetensors.numpy import load_file, save_file
 
 from duet.atomic import sha256_file, write_json
 from duet.errors import ArtifactError
+from duet.manifest import read_manifest as _read_manifest
+from duet.manifest import verify_file
 
 PAD = 0
 SPLITS = ("train", "valid", "test")
@@ -162,29 +164,12 @@ def write_dataset(
 
 
 def read_manifest(path: str | Path) -> dict:
-    path = Path(path)
-    file = path / "manifest.json"
-    if not file.is_file():
-        raise ArtifactError(f"{path}: not a duet dataset (no manifest.json); run `duet prepare` first")
     try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{file}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
-
-
-def _verified(path: Path, name: str, manifest: dict) -> Path:
-    file = path / name
-    want = manifest["files"].get(name)
-    if want is None:
-        raise ArtifactError(f"{path / 'manifest.json'}: no entry for {name}")
-    if not file.is_file():
-        raise ArtifactError(f"{file}: missing (listed in manifest.json)")
-    if sha256_file(file) != want:
-        raise ArtifactError(f"{file}: sha256 does not match manifest.json (modified or truncated)")
-    return file
+        return _read_manifest(path, FORMAT, "duet dataset")
+    except ArtifactError as exc:
+        if "no manifest.json" in str(exc):
+            raise ArtifactError(f"{exc}; run `duet prepare` first") from None
+        raise
 
 
 def load_dataset(path: str | Path, splits: tuple[str, ...] = SPLITS) -> Dataset:
@@ -193,7 +178,7 @@ def load_dataset(path: str | Path, splits: tuple[str, ...] = SPLITS) -> Dataset:
     manifest = read_manifest(path)
     loaded = {}
     for name in splits:
-        file = _verified(path, f"{name}.safetensors", manifest)
+        file = verify_file(path, f"{name}.safetensors", manifest)
         try:
             loaded[name] = Split.from_arrays(load_file(str(file)))
         except Exception as exc:  # a corrupt file that still matched its hash is a bug upstream
@@ -203,7 +188,7 @@ def load_dataset(path: str | Path, splits: tuple[str, ...] = SPLITS) -> Dataset:
 
 def load_vocab(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
-    return load_file(str(_verified(path, "vocab.safetensors", read_manifest(path))))
+    return load_file(str(verify_file(path, "vocab.safetensors", read_manifest(path))))
 
 
 def config_hash(obj: dict) -> str:

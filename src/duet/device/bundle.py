@@ -5,7 +5,6 @@ numpy + onnxruntime + safetensors only: no torch on the device.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -13,18 +12,11 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from duet.errors import ArtifactError
+from duet.manifest import read_manifest, verify_all
 from duet.spec import ParamSpec
 
 BUNDLE_FORMAT = "duet-bundle/1"
 PAD = 0
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def left_aligned(items: object, length: int) -> np.ndarray:
@@ -66,20 +58,13 @@ class Bundle:
         self._raw_to_internal: dict[int, int] | None = None
 
     def _verified_manifest(self) -> dict:
-        file = self.path / "manifest.json"
-        if not file.is_file():
-            raise ArtifactError(f"{self.path}: not a duet bundle (no manifest.json); run `duet export` first")
         try:
-            manifest = json.loads(file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-        if manifest.get("format") != BUNDLE_FORMAT:
-            raise ArtifactError(f"{file}: format {manifest.get('format')!r}, expected {BUNDLE_FORMAT!r}")
-        for name, digest in manifest["files"].items():
-            if not (self.path / name).is_file():
-                raise ArtifactError(f"{self.path / name}: missing (listed in manifest.json)")
-            if _sha256(self.path / name) != digest:
-                raise ArtifactError(f"{self.path / name}: sha256 does not match manifest.json (modified or truncated)")
+            manifest = read_manifest(self.path, BUNDLE_FORMAT, "duet bundle")
+        except ArtifactError as exc:
+            if "no manifest.json" in str(exc):
+                raise ArtifactError(f"{exc}; run `duet export` first") from None
+            raise
+        verify_all(self.path, manifest)
         return manifest
 
     @property

@@ -11,6 +11,7 @@ router = APIRouter(tags=["models"])
 
 
 @router.get("/v1/models", response_model=ModelsResponse, summary="Served model versions and their head layout",
-            responses={503: {"model": ErrorResponse, "description": "model not loaded yet"}})
+            responses={503: {"model": ErrorResponse, "description": "model not loaded yet, or shutting down"}})
 async def models(state: ReadyDep) -> ModelsResponse:
-    return ModelsResponse.model_validate({"models": [state.service.info()]})
+    served = state.model
+    return ModelsResponse.model_validate({"models": [{**served.service.info(), "max_window": served.max_window}]})

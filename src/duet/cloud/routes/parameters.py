@@ -1,16 +1,22 @@
 """`POST /v1/parameters`: a device's window in, its dynamic-head parameters out.
 
 Thin on purpose: validate, hand the window to the micro-batcher, serialise.
+Auth, rate limit and body size were checked before this runs (duet.cloud.guard).
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from pydantic import ValidationError
 
-from duet.cloud.deps import AppState
+from duet.cloud.batcher import QueueFull
+from duet.cloud.deps import NOT_READY, AppState
+from duet.cloud.errors import ServiceError, validation_response
 from duet.cloud.generation import OCTET_STREAM, sha256_hex
+from duet.cloud.guard import DEADLINE_KEY
 from duet.cloud.schemas import ErrorResponse, ParametersJSON, ParametersRequest
 
 router = APIRouter(tags=["parameters"])
@@ -22,6 +28,12 @@ ANSWER_HEADERS = {
                          "schema": {"type": "string"}},
     "X-Duet-Content-SHA256": {"description": "sha256 (hex) of this response body", "schema": {"type": "string"}},
 }
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+
+
+def error(description: str, headers: dict | None = None) -> dict:
+    return {"model": ErrorResponse, "description": description, **({"headers": headers} if headers else {})}
+
 
 RESPONSES = {
     200: {
@@ -32,11 +44,14 @@ RESPONSES = {
         "model": ParametersJSON,
         "headers": ANSWER_HEADERS,
     },
-    409: {"model": ErrorResponse, "description": "`version` names a model this service does not serve"},
-    422: {"model": ErrorResponse, "description": "malformed body: unknown field, item id out of range, "
-                                                 "both or neither of `window` and `embedding`"},
-    501: {"model": ErrorResponse, "description": "`embedding` (privacy mode) is not implemented yet"},
-    503: {"model": ErrorResponse, "description": "model not loaded yet, or shutting down"},
+    408: error("the body did not arrive before the request timeout"),
+    409: error("`version` names a model this service does not serve (field `version`)"),
+    413: error("body over the size limit (refused before it is read)"),
+    422: error("malformed body: invalid JSON, unknown field, wrong type, item id out of range, empty window or "
+               "longer than `max_window`, both or neither of `window` and `embedding`; `field` names it"),
+    501: error("`embedding` (privacy mode) is not implemented yet"),
+    503: error("model not loaded yet, shutting down, or the queue is full", RETRY_AFTER),
+    504: error("no answer within the request timeout (queue + generation)"),
 }
 
 
@@ -48,28 +63,50 @@ REQUEST_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": ParametersRequest.model_json_schema()},
 }}}
 
+# pydantic reports errors about the body as a whole at location (); name them.
+_ROOT_FIELDS = {"value_error": "window"}  # the model validator: neither or both of window/embedding
+
 
 @router.post("/v1/parameters", response_class=Response, responses=RESPONSES, openapi_extra=REQUEST_BODY,
              summary="Generate one device's dynamic-layer parameters from its real-time window")
 async def parameters(request: Request) -> Response:
     state: AppState = request.app.state.duet
-    if not state.ready:
-        raise HTTPException(503, "model not loaded", headers={"Retry-After": "1"})
+    served = state.model  # this version answers this request, even if a reload swaps it meanwhile
+    if served is None or state.stopping:
+        raise NOT_READY
     try:
         body = ParametersRequest.model_validate_json(await request.body())
     except ValidationError as exc:
-        detail = exc.errors(include_url=False, include_context=False, include_input=False)
-        return JSONResponse({"detail": detail}, status_code=422)
-    service = state.service
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        for e in errors:
+            if not e["loc"] and e["type"] in _ROOT_FIELDS:
+                e["loc"] = (_ROOT_FIELDS[e["type"]],)
+        return validation_response(errors, root="body")
+    service = served.service
     if body.version is not None and body.version != service.version:
-        raise HTTPException(409, f"version {body.version!r} is not served; this service serves {service.version!r}")
+        raise ServiceError(409, "version_not_served",
+                           f"version {body.version!r} is not served; this service serves {service.version!r}",
+                           "version")
     if body.embedding is not None:
-        raise HTTPException(501, "privacy mode (`embedding`) is not implemented yet; send `window`")
-    if body.window and max(body.window) >= service.num_items:
-        return JSONResponse({"detail": [{"type": "less_than", "loc": ["body", "window"],
-                                         "msg": f"item ids must be below num_items = {service.num_items}"}]},
-                            status_code=422)
-    flat = await state.batcher.submit(service.window_row(body.window))
+        raise ServiceError(501, "not_implemented", "privacy mode (`embedding`) is not implemented yet; send `window`",
+                           "embedding")
+    window = body.window
+    if len(window) > served.max_window:
+        raise ServiceError(422, "invalid_request", f"at most {served.max_window} item ids (the last "
+                           f"{service.window_len} are used); got {len(window)}", "window")
+    if max(window) >= service.num_items:
+        i = next(i for i, item in enumerate(window) if item >= service.num_items)
+        raise ServiceError(422, "invalid_request", f"unknown item id {window[i]} (item ids are 1 .. "
+                           f"{service.num_items - 1})", f"window[{i}]")
+    try:
+        async with asyncio.timeout_at(request.scope.get(DEADLINE_KEY)):
+            flat = await served.batcher.submit(service.window_row(window))
+    except QueueFull:
+        raise ServiceError(503, "overloaded", "too many requests waiting for generation; retry shortly",
+                           headers={"Retry-After": "1"}) from None
+    except TimeoutError:
+        raise ServiceError(504, "timeout", f"no answer within the request timeout of "
+                           f"{state.settings.request_timeout_s:g} s") from None
     accept = request.headers.get("accept")
     if accept is not None and "application/json" in accept and OCTET_STREAM not in accept:
         content, media_type = service.json_answer(flat, body.dtype), "application/json"

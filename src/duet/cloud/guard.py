@@ -1,0 +1,180 @@
+"""The service's front door, as one pure ASGI middleware (no per-request task overhead).
+
+Before routing and before any parsing, for every path except the open ones
+(probes and API docs):
+
+1. auth: with tokens configured, `Authorization: Bearer <token>` must name one
+   of them, else 401 with `WWW-Authenticate: Bearer`. The presented token is
+   hashed and compared with `hmac.compare_digest` against the hash of *every*
+   configured token (no early exit), so the time taken does not tell how much
+   of a token matched or which one did;
+2. rate limit: a token bucket per token (per client IP when auth is off);
+   an empty bucket answers 429 with `Retry-After`;
+3. body: `Content-Length` over the limit answers 413 before a byte is read;
+   a chunked body is read only up to the limit, then 413. The body must
+   arrive before the request's deadline (408). The route then reads the
+   buffered body as usual.
+
+Nothing here logs a header: tokens never reach a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import math
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from duet.cloud.errors import error_body
+
+DEADLINE_KEY = "duet.deadline"  # scope key: loop time by which the request must be answered
+CLIENT_KEY = "duet.client"  # scope key: the rate-limit identity ("token:<n>" or "ip:<addr>")
+_JSON = [(b"content-type", b"application/json")]
+
+
+class RateLimiter:
+    """Token buckets keyed by client: `rate` requests/s, at most `burst` at once.
+
+    At most `max_clients` buckets are kept (the least recently seen is dropped,
+    and starts full if that client comes back), so a flood of client IPs cannot
+    grow memory without bound.
+    """
+
+    def __init__(self, rate: float, burst: float, max_clients: int = 65_536):
+        self.rate, self.burst, self.max_clients = rate, burst, max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, time), least recent first
+
+    def acquire(self, key: str, now: float) -> float:
+        """Take one request from `key`'s bucket: 0.0 if allowed, else seconds until one would be."""
+        tokens, stamp = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self._buckets[key] = (tokens, now)  # re-inserted: now the most recent
+        if len(self._buckets) > self.max_clients:
+            del self._buckets[next(iter(self._buckets))]
+        return wait
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, tokens: list[str], open_paths: set[str], max_body_bytes: int,
+                 request_timeout: float, rate_limit: float, rate_burst: float):
+        self.app, self.open_paths = app, open_paths
+        self._digests = [hashlib.sha256(token.encode()).digest() for token in tokens]
+        self.max_body_bytes, self.request_timeout = max_body_bytes, request_timeout
+        self.limiter = RateLimiter(rate_limit, rate_burst) if rate_limit > 0 else None
+
+    @property
+    def auth(self) -> bool:
+        return bool(self._digests)
+
+    def _token_index(self, presented: bytes) -> int:
+        """Index of the configured token equal to `presented`, or -1; compares against every token."""
+        digest = hashlib.sha256(presented).digest()
+        found = -1
+        for i, known in enumerate(self._digests):
+            if hmac.compare_digest(digest, known):
+                found = i
+        return found
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        scope[DEADLINE_KEY] = started + self.request_timeout
+        authorization = content_length = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"content-length":
+                content_length = value
+
+        if self.auth:
+            scheme, _, presented = (authorization or b"").strip().partition(b" ")
+            if authorization is None or scheme.lower() != b"bearer" or not presented.strip():
+                await _answer(send, 401, "unauthorized", "missing bearer token (Authorization: Bearer <token>)",
+                              [(b"www-authenticate", b'Bearer realm="duet"')])
+                return
+            index = self._token_index(presented.strip())
+            if index < 0:
+                await _answer(send, 401, "unauthorized", "invalid bearer token",
+                              [(b"www-authenticate", b'Bearer realm="duet", error="invalid_token"')])
+                return
+            scope[CLIENT_KEY] = f"token:{index}"
+        else:
+            client = scope.get("client")
+            scope[CLIENT_KEY] = f"ip:{client[0] if client else '?'}"
+
+        if self.limiter is not None:
+            wait = self.limiter.acquire(scope[CLIENT_KEY], time.monotonic())
+            if wait > 0:
+                await _answer(send, 429, "rate_limited",
+                              f"rate limit of {self.limiter.rate:g} requests/s exceeded; retry later",
+                              [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
+                return
+
+        if content_length is not None:
+            try:
+                declared = int(content_length)
+            except ValueError:
+                declared = -1
+            if declared < 0:
+                await _answer(send, 400, "bad_request", "invalid Content-Length", close=True)
+                return
+            if declared > self.max_body_bytes:
+                await _answer(send, 413, "body_too_large", f"body of {declared} bytes is over the limit of "
+                              f"{self.max_body_bytes} bytes", close=True, field="body")
+                return
+
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout_at(scope[DEADLINE_KEY]):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return  # the client went away: nobody to answer
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        await _answer(send, 413, "body_too_large", f"body over the limit of "
+                                      f"{self.max_body_bytes} bytes", close=True, field="body")
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await _answer(send, 408, "request_timeout", f"body not received within {self.request_timeout:g} s",
+                          close=True, field="body")
+            return
+
+        replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def buffered() -> Message:
+            if replay:
+                return replay.pop()
+            return await receive()  # after the body: waits for http.disconnect, as uvicorn's would
+
+        await self.app(scope, buffered, send)
+
+
+async def _answer(send: Send, status: int, code: str, message: str,
+                  headers: list[tuple[bytes, bytes]] | None = None, close: bool = False,
+                  field: str | None = None) -> None:
+    body = json.dumps(error_body(code, message, field), separators=(",", ":")).encode()
+    extra = [(b"connection", b"close")] if close else []  # the unread rest of the body cannot be skipped
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*_JSON, (b"content-length", str(len(body)).encode()), *(headers or []), *extra]})
+    await send({"type": "http.response.body", "body": body})
