@@ -1,7 +1,10 @@
 """Crash-safe writes: build in a temporary place, then rename.
 
 A reader never sees a half-written file or directory, even if the writer is
-killed with SIGKILL.
+killed with SIGKILL. The data and the rename are fsynced, so a finished write
+also survives a power cut. Finished files get the modes a plain `open` would
+give them (0644 under umask 022), directories 0755, never the 0600/0700 of
+the temporary ones.
 """
 
 from __future__ import annotations
@@ -17,9 +20,35 @@ from pathlib import Path
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it where Linux allows.
+
+    `os.umask` can only be read by setting it: meanwhile another thread's new
+    file would get the temporary mask, so the fallback sets a strict one.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
     os.umask(mask)
     return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -43,6 +72,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets normal modes
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -70,6 +100,10 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    os.fsync(f.fileno())
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -79,5 +113,6 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -91,6 +91,9 @@ def load_run(run: str | Path) -> tuple[RunConfig, nn.Module, dict]:
     """Verify, rebuild and load a run's selected model (eval mode)."""
     run = Path(run)
     manifest = verify_run(run)
+    unlisted = [name for name in ("config.json", WEIGHTS) if name not in manifest.get("files", {})]
+    if unlisted:  # an unlisted file would be loaded unverified
+        raise ArtifactError(f"{run / 'manifest.json'}: does not list the sha256 of {', '.join(unlisted)}")
     config = load_config(run)
     model = build_model(config)
     state = load_tensors(run / WEIGHTS)

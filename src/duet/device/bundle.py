@@ -17,6 +17,8 @@ from duet.spec import ParamSpec
 
 BUNDLE_FORMAT = "duet-bundle/1"
 PAD = 0
+BUNDLE_FILES = ("model.onnx", "theta_g.safetensors", "vocab.safetensors", "param_spec.json")
+MANIFEST_KEYS = ("model_version", "num_items", "history_len", "window_len", "spec_hash", "inputs", "files")
 
 
 def left_aligned(items: object, length: int) -> np.ndarray:
@@ -39,23 +41,56 @@ class Bundle:
 
         self.path = Path(path)
         self.manifest = self._verified_manifest()
-        spec_json = json.loads((self.path / "param_spec.json").read_text())
-        self.spec = ParamSpec.from_json(spec_json["params"])
+        try:
+            spec_json = json.loads((self.path / "param_spec.json").read_text())
+            self.spec = ParamSpec.from_json(spec_json["params"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArtifactError(f"{self.path / 'param_spec.json'}: not a ParamSpec ({exc})") from None
         self.spec_hash = self.spec.hash  # a property that hashes JSON: computed once
-        if self.spec_hash != self.manifest["spec_hash"] or spec_json["hash"] != self.spec_hash:
+        if self.spec_hash != self.manifest["spec_hash"] or spec_json.get("hash") != self.spec_hash:
             raise ArtifactError(f"{self.path}: param_spec.json does not match the manifest's spec hash")
-        theta_g = load_file(str(self.path / "theta_g.safetensors"))
-        self.spec.check(theta_g, batched=False)
+        theta_g = self._tensors("theta_g.safetensors")
+        try:
+            self.spec.check(theta_g, batched=False)
+        except ValueError as exc:
+            raise ArtifactError(f"{self.path / 'theta_g.safetensors'}: does not fit param_spec.json ({exc})") from None
         # Graph inputs are (1, *shape) float32; keep the fallback ready to feed.
         self.theta_g = {name: np.ascontiguousarray(theta_g[name], dtype=np.float32)[None] for name in self.spec.names}
-        self.item_raw = load_file(str(self.path / "vocab.safetensors"))["item_raw"]
+        vocab = self._tensors("vocab.safetensors")
+        if "item_raw" not in vocab or vocab["item_raw"].shape != (self.num_items,):
+            raise ArtifactError(f"{self.path / 'vocab.safetensors'}: no item_raw of {self.num_items} ids")
+        self.item_raw = vocab["item_raw"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(self.path / "model.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(self.path / "model.onnx"), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types for unreadable graphs
+            raise ArtifactError(f"{self.path / 'model.onnx'}: not a loadable ONNX graph "
+                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         self.input_names = dict(self.manifest["inputs"]["params"])
+        self._check_graph()
         self._raw_to_internal: dict[int, int] | None = None
+
+    def _tensors(self, name: str) -> dict[str, np.ndarray]:
+        try:
+            return load_file(str(self.path / name))
+        except Exception as exc:  # safetensors raises its own error types for bad headers
+            raise ArtifactError(f"{self.path / name}: not a readable safetensors file ({exc})") from None
+
+    def _check_graph(self) -> None:
+        """The graph's inputs are the manifest's, with the spec's shapes: a head that fits the parameters."""
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        if set(self.input_names) != set(self.spec.names):
+            raise ArtifactError(f"{self.path / 'manifest.json'}: input names do not cover param_spec.json")
+        for name, shape in self.spec.entries:
+            got = inputs.get(self.input_names[name])
+            if got is None or list(got) != [1, *shape]:
+                raise ArtifactError(f"{self.path / 'model.onnx'}: input for {name!r} is {got}, the spec says "
+                                    f"{[1, *shape]} (graph and param_spec.json are from different heads)")
+        if "history" not in inputs or list(inputs["history"]) != [1, self.history_len] or "items" not in inputs:
+            raise ArtifactError(f"{self.path / 'model.onnx'}: history/items inputs do not match the manifest")
 
     def _verified_manifest(self) -> dict:
         try:
@@ -64,6 +99,14 @@ class Bundle:
             if "no manifest.json" in str(exc):
                 raise ArtifactError(f"{exc}; run `duet export` first") from None
             raise
+        file = self.path / "manifest.json"
+        missing = [key for key in MANIFEST_KEYS if key not in manifest]
+        if missing:
+            raise ArtifactError(f"{file}: missing {', '.join(missing)}")
+        files = manifest["files"]
+        unlisted = [name for name in BUNDLE_FILES if not isinstance(files, dict) or name not in files]
+        if unlisted:  # an unlisted file would be loaded unverified
+            raise ArtifactError(f"{file}: does not list the sha256 of {', '.join(unlisted)}")
         verify_all(self.path, manifest)
         return manifest
 

@@ -19,12 +19,16 @@ from duet.errors import DuetError
 log = logging.getLogger("duet.device")
 
 
+# Statuses worth retrying: the request was fine, the service was not ready for it.
+RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+
+
 class ServiceError(DuetError):
     """The parameter service did not give a usable answer (after retries where retrying helps)."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.retry_after = status, retry_after
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,23 @@ def safetensors_metadata(body: bytes) -> dict[str, str]:
 
 
 class ParameterClient:
-    """Fetches one device's parameters; retries timeouts, refused connections and 5xx with backoff."""
+    """Fetches one device's parameters; retries timeouts, refused connections, 5xx and 429 with backoff.
 
-    def __init__(self, url: str, timeout: float = 2.0, retries: int = 2, backoff: float = 0.05):
+    A `Retry-After` from the service (429 rate limited, 503 overloaded) stretches
+    the wait before the next attempt, up to `timeout`. `token`: the bearer token
+    when the service has auth on.
+    """
+
+    def __init__(self, url: str, timeout: float = 2.0, retries: int = 2, backoff: float = 0.05,
+                 token: str | None = None):
         self.url = url.rstrip("/") + "/v1/parameters"
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self._headers = {"Content-Type": "application/json", "Accept": "application/octet-stream"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"ParameterClient({self.url!r}, auth={'Authorization' in self._headers})"
 
     def fetch(self, device_id: str, window: list[int], dtype: str = "fp32", version: str | None = None) -> Answer:
         body = {"device_id": device_id, "window": window, "dtype": dtype}
@@ -61,12 +77,15 @@ class ParameterClient:
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                wait = self.backoff * 2 ** (attempt - 1)
+                if isinstance(last, ServiceError) and last.retry_after:
+                    wait = max(wait, min(last.retry_after, self.timeout))
+                time.sleep(wait)
             try:
                 return self._once(data)
             except ServiceError as exc:
                 last = exc
-                if exc.status is not None and exc.status < 500:  # our request is wrong: retrying won't help
+                if exc.status is not None and exc.status not in RETRYABLE:  # our request is wrong: final
                     raise
             except (urllib.error.URLError, OSError, TimeoutError) as exc:
                 last = exc
@@ -74,16 +93,18 @@ class ParameterClient:
         raise ServiceError(f"{self.url}: no answer after {self.retries + 1} attempts ({last})")
 
     def _once(self, data: bytes) -> Answer:
-        request = urllib.request.Request(
-            self.url, data=data, method="POST",
-            headers={"Content-Type": "application/json", "Accept": "application/octet-stream"},
-        )
+        request = urllib.request.Request(self.url, data=data, method="POST", headers=self._headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 body, headers = response.read(), response.headers
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode(errors="replace")
-            raise ServiceError(f"{self.url}: HTTP {exc.code}: {detail}", status=exc.code) from None
+            try:
+                retry_after = float(exc.headers.get("Retry-After", ""))
+            except ValueError:
+                retry_after = None
+            raise ServiceError(f"{self.url}: HTTP {exc.code}: {detail}", status=exc.code,
+                               retry_after=retry_after) from None
         digest = hashlib.sha256(body).hexdigest()
         if headers.get("X-Duet-Content-SHA256") != digest:
             raise ServiceError(f"{self.url}: body does not match its X-Duet-Content-SHA256 (corrupted answer)")

@@ -34,11 +34,12 @@ class DeviceRuntime:
     """
 
     def __init__(self, bundle: str | Path | Bundle, service_url: str, device_id: str, *,
-                 timeout: float = 2.0, retries: int = 2, backoff: float = 0.05, dtype: str = "fp32"):
+                 timeout: float = 2.0, retries: int = 2, backoff: float = 0.05, dtype: str = "fp32",
+                 token: str | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
-        self.client = ParameterClient(service_url, timeout=timeout, retries=retries, backoff=backoff)
+        self.client = ParameterClient(service_url, timeout=timeout, retries=retries, backoff=backoff, token=token)
         self.device_id, self.dtype = device_id, dtype
         self.recent: deque[int] = deque(maxlen=self.bundle.window_len)
         self.params = self.bundle.theta_g
@@ -60,6 +61,12 @@ class DeviceRuntime:
     def refresh(self, window: object | None = None) -> str:
         """Ask the service for parameters for `window` (default: the observed one); return `source`."""
         ids = left_aligned(self.window if window is None else window, self.bundle.window_len)
+        if not ids.any():
+            # Nothing observed yet: there is nothing to personalise from (the service refuses
+            # an empty window), so the device scores with the global head.
+            self.params, self.source, self.version, self.last_error = self.bundle.theta_g, GLOBAL, self.bundle.version, None
+            self._have_service_params = False
+            return self.source
         started = time.perf_counter()
         try:
             answer = self.client.fetch(self.device_id, ids[ids != PAD].tolist(), self.dtype, self.bundle.version)

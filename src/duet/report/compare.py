@@ -118,51 +118,67 @@ def generation_cost(run: Path, windows: np.ndarray, batch: int = 1024, repeats: 
 
 def compare(cfg: CompareConfig, report: str | Path, progress: bool = True) -> dict:
     from duet.data.store import load_dataset
-    from duet.training.finetune import FinetuneConfig, finetune
 
     for backbone in cfg.backbones:
         if backbone not in BACKBONE_NAMES:
             raise DuetError(f"--backbones: unknown {backbone!r}; choose from {', '.join(BACKBONE_NAMES)}")
     report = Path(report)
     report.mkdir(parents=True, exist_ok=True)
-    write_json(report / "compare_config.json", cfg.model_dump(mode="json"))
+    saved = report / "compare_config.json"
+    if saved.exists() and json.loads(saved.read_text()) != cfg.model_dump(mode="json"):
+        raise DuetError(f"{saved}: this report was started with another configuration; use a new --out")
+    write_json(saved, cfg.model_dump(mode="json"))
     windows = load_dataset(cfg.data, splits=("test",))["test"].window
     results: dict = {"config": cfg.model_dump(mode="json"), "runs": {}}
-    for backbone in cfg.backbones:
-        for seed in range(cfg.seeds):
-            runs = {m: _run_dir(report, backbone, seed, m) for m in METHODS}
-            _train(cfg, runs["pop"], backbone, seed, "pop", progress)
-            _train(cfg, runs["base"], backbone, seed, "base", progress)
-            _train(cfg, runs["duet-noswa"], backbone, seed, "duet", progress, init=runs["base"], num_generators=1)
-            _train(cfg, runs["duet"], backbone, seed, "duet", progress, init=runs["base"],
-                   num_generators=cfg.num_generators)
-            ft_file = runs["finetune"] / "finetune.json"
-            if not ft_file.exists():
-                finetune(FinetuneConfig(base_run=str(runs["base"]), data=cfg.data, split="test",
-                                        steps=cfg.finetune_steps, lr=cfg.finetune_lr, scope=cfg.finetune_scope,
-                                        seed=seed), runs["finetune"], progress=progress)
-            entry = {}
-            for method, run in runs.items():
-                if method == "finetune":
-                    summary = json.loads(ft_file.read_text())
-                    entry[method] = {"test": summary["metrics"],
-                                     "adapt_ms_per_device": summary["seconds_per_device"]["p50"] * 1e3,
-                                     "peak_bytes_per_device": summary["peak_bytes_per_device"]["max"]}
-                    continue
-                entry[method] = {"test": evaluate_run(run, "test")}
-                if method.startswith("duet"):
-                    entry[method]["history"] = json.loads((run / "history.json").read_text())
-                    cost = generation_cost(run, windows)
-                    entry[method]["adapt_ms_per_device"] = cost["batched_ms"]
-                    entry[method]["adapt_ms_single_device"] = cost["single_ms"]
+    # Seed-major, and the report is rewritten after every (seed, backbone): an
+    # interrupted comparison still leaves a complete report of what finished.
+    for seed in range(cfg.seeds):
+        for backbone in cfg.backbones:
+            entry = _run_all(cfg, report, backbone, seed, windows, progress)
             results["runs"].setdefault(backbone, {})[f"seed{seed}"] = entry
-    results["summary"] = summarize(results)
-    write_json(report / "results.json", results)
+            write_report(results, report)
+    return results
+
+
+def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, windows: np.ndarray,
+             progress: bool) -> dict:
+    """Train/fine-tune/evaluate every method for one (backbone, seed); test metrics per method."""
+    from duet.training.finetune import FinetuneConfig, finetune
+
+    runs = {m: _run_dir(report, backbone, seed, m) for m in METHODS}
+    _train(cfg, runs["pop"], backbone, seed, "pop", progress)
+    _train(cfg, runs["base"], backbone, seed, "base", progress)
+    _train(cfg, runs["duet-noswa"], backbone, seed, "duet", progress, init=runs["base"], num_generators=1)
+    _train(cfg, runs["duet"], backbone, seed, "duet", progress, init=runs["base"], num_generators=cfg.num_generators)
+    ft_file = runs["finetune"] / "finetune.json"
+    if not ft_file.exists():
+        finetune(FinetuneConfig(base_run=str(runs["base"]), data=cfg.data, split="test", steps=cfg.finetune_steps,
+                                lr=cfg.finetune_lr, scope=cfg.finetune_scope, seed=seed),
+                 runs["finetune"], progress=progress)
+    entry: dict = {}
+    for method, run in runs.items():
+        if method == "finetune":
+            summary = json.loads(ft_file.read_text())
+            entry[method] = {"test": summary["metrics"],
+                             "adapt_ms_per_device": summary["seconds_per_device"]["p50"] * 1e3,
+                             "peak_bytes_per_device": summary["peak_bytes_per_device"]["max"]}
+            continue
+        entry[method] = {"test": evaluate_run(run, "test")}
+        if method.startswith("duet"):
+            cost = generation_cost(run, windows)
+            entry[method]["history"] = json.loads((run / "history.json").read_text())
+            entry[method]["adapt_ms_per_device"] = cost["batched_ms"]
+            entry[method]["adapt_ms_single_device"] = cost["single_ms"]
+    return entry
+
+
+def write_report(results: dict, report: Path) -> None:
     from duet.report.render import write_markdown, write_plots
 
+    results["summary"] = summarize(results)
+    write_json(report / "results.json", results)
     write_plots(results, report)
     write_markdown(results, report)
-    return results
 
 
 def summarize(results: dict) -> dict:

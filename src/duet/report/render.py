@@ -18,14 +18,13 @@ def write_markdown(results: dict, report: Path) -> None:
     from duet.report.compare import METHODS, REPORTED
 
     cfg = results["config"]
-    seeds = cfg["seeds"]
     lines = [
         "# duet comparison", "",
-        f"Dataset `{cfg['data']}`; test split; mean ± std over {seeds} seed(s). "
-        "Models selected on validation uauc only.", "",
+        f"Dataset `{cfg['data']}`; test split; mean ± std over the seeds finished so far "
+        f"(of {cfg['seeds']} planned). Models selected on validation uauc only.", "",
     ]
     for backbone, methods in results["summary"].items():
-        lines += [f"## {backbone}", "", "| method | " + " | ".join(REPORTED) + " | adaptation ms/device (batched) |",
+        lines += [f"## {backbone} ({len(results['runs'][backbone])} seed(s))", "", "| method | " + " | ".join(REPORTED) + " | adaptation ms/device (batched) |",
                   "|---|" + "---|" * (len(REPORTED) + 1)]
         for method in METHODS:
             if method not in methods:
