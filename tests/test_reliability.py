@@ -1,0 +1,567 @@
+"""Reliability of the parameter service: auth, limits, faults (real `duet serve` processes on loopback).
+
+Every server here is bounded: a few dozen to a few hundred requests, seconds of load.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import NUM_ITEMS, W, train_tiny_run
+from safetensors.numpy import load as load_safetensors
+
+from duet.device.client import safetensors_metadata
+from duet.simulate import ServiceProcess
+
+TOKEN_A = "reliability-token-A-0123456789abcdef"
+TOKEN_B = "reliability-token-B-fedcba9876543210"
+WRONG = TOKEN_A[:-1] + "X"  # one character off
+
+
+def call(url: str, method: str, path: str, body: object = None, token: str | None = None,
+         headers: dict[str, str] | None = None, raw: bytes | None = None,
+         timeout: float = 30) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection -> (status, lower-cased headers, body)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    try:
+        connection.request(method, path, body=data, headers=headers)
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
+
+
+def error_of(body: bytes) -> dict:
+    error = json.loads(body)["error"]
+    assert set(error) == {"code", "message", "field", "errors"}
+    return error
+
+
+def window_body(window: list[int], device: str = "rel") -> dict:
+    return {"device_id": device, "window": window}
+
+
+def windows(count: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1, NUM_ITEMS) for _ in range(rng.randrange(1, W + 1))] for _ in range(count)]
+
+
+def references(url: str, wins: list[list[int]], token: str | None = None) -> tuple[str, dict[tuple, bytes]]:
+    """The service's answer for each window (all at once: one forward), and the version that made them."""
+    with ThreadPoolExecutor(len(wins)) as pool:
+        answers = list(pool.map(lambda w: call(url, "POST", "/v1/parameters", window_body(w), token), wins))
+    assert all(status == 200 for status, _, _ in answers)
+    versions = {headers["x-duet-model-version"] for _, headers, _ in answers}
+    assert len(versions) == 1, versions
+    return versions.pop(), {tuple(w): body for w, (_, _, body) in zip(wins, answers, strict=True)}
+
+
+# ---------------------------------------------------------------- processes and sockets (Linux /proc)
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def workers(pid: int) -> list[int]:
+    """uvicorn's worker processes under the `duet serve` process `pid`."""
+    out = []
+    for child in children(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    out.append(child)
+        except OSError:
+            continue
+    return out
+
+
+def tcp_table() -> list[tuple[int, int, str, int, int]]:
+    """(local port, remote port, state, rx queue, inode) of every IPv4 TCP socket."""
+    rows = []
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            parts = line.split()
+            rows.append((int(parts[1].split(":")[1], 16), int(parts[2].split(":")[1], 16), parts[3],
+                         int(parts[4].split(":")[1], 16), int(parts[9])))
+    return rows
+
+
+def established_connections(pid: int, port: int) -> int:
+    """Connections to `port` that process `pid` has accepted."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return sum(1 for local, _, state, _, inode in tcp_table() if local == port and state == "01" and inode in inodes)
+
+
+def send_raw_requests(port: int, bodies: list[dict]) -> list[socket.socket]:
+    """Send whole requests on raw sockets and wait until the server has read every one of them."""
+    sockets = []
+    for body in bodies:
+        data = json.dumps(body).encode()
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        sock.sendall(b"POST /v1/parameters HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+        sockets.append(sock)
+    ports = {sock.getsockname()[1] for sock in sockets}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # server side of each connection: established, nothing left unread
+        read = {remote for local, remote, state, rx, _ in tcp_table()
+                if local == port and remote in ports and state == "01" and rx == 0}
+        if read == ports:
+            return sockets
+        time.sleep(0.01)
+    raise AssertionError("the server did not read the requests")
+
+
+def read_raw_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    try:
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        sock.close()
+
+
+# ---------------------------------------------------------------- auth, rate limit, body limits
+
+@pytest.fixture(scope="module")
+def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    file = tmp_path_factory.mktemp("auth") / "tokens"
+    file.write_text(f"# tokens of the reliability tests\n{TOKEN_A}\n\n{TOKEN_B}\n")
+    return file
+
+
+@pytest.fixture(scope="module")
+def guarded(duet_run: Path, tokens_file: Path, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("logs") / "guarded.log"
+    args = ["--tokens-file", str(tokens_file), "--max-body-bytes", "2048", "--rate-limit", "100",
+            "--rate-burst", "100", "--request-timeout", "2", "--log-level", "debug"]
+    with ServiceProcess(duet_run, log_file=log, extra_args=args) as running:
+        running.log_path = log
+        yield running
+
+
+def test_auth_protects_everything_but_probes_and_docs(guarded: ServiceProcess) -> None:
+    url = guarded.url
+    for method, path, body in (("POST", "/v1/parameters", window_body([1, 2])), ("GET", "/v1/models", None),
+                               ("GET", "/metrics", None), ("GET", "/v1/no-such-path", None)):
+        status, headers, text = call(url, method, path, body)
+        assert status == 401 and headers["www-authenticate"] == 'Bearer realm="duet"', (path, status)
+        assert error_of(text)["code"] == "unauthorized"
+        for bad in (WRONG, TOKEN_A + "0", TOKEN_A[:20], "x"):
+            status, headers, text = call(url, method, path, body, token=bad)
+            assert status == 401 and 'error="invalid_token"' in headers["www-authenticate"], (path, bad)
+        status, _, _ = call(url, method, path, body, headers={"Authorization": f"Basic {TOKEN_A}"})
+        assert status == 401
+    # A header value that is not ASCII is refused like any wrong token, not a 500.
+    status, _, _ = call(url, "GET", "/v1/models", headers={"Authorization": "Bearer caf\u00e9-\u00e9\u00e9\u00e9\u00e9"})
+    assert status == 401
+    assert call(url, "POST", "/v1/parameters", window_body([1, 2]), token=TOKEN_A)[0] == 200
+    assert call(url, "POST", "/v1/parameters", window_body([1, 2]), token=TOKEN_B)[0] == 200
+    assert call(url, "GET", "/v1/models", token=TOKEN_A)[0] == 200
+    status, _, text = call(url, "GET", "/metrics", token=TOKEN_A)
+    assert status == 200 and b'status="401"' in text
+    for path in ("/healthz", "/readyz", "/openapi.json"):
+        assert call(url, "GET", path)[0] == 200, path
+
+
+def test_auth_is_in_the_schema_and_schemathesis_finds_no_hole(guarded: ServiceProcess) -> None:
+    from test_cloud import run_schemathesis
+
+    schema = json.loads(call(guarded.url, "GET", "/openapi.json")[2])
+    assert schema["components"]["securitySchemes"] == {"bearer": {
+        "type": "http", "scheme": "bearer", "description": schema["components"]["securitySchemes"]["bearer"]
+        ["description"]}}
+    for path, method in (("/v1/parameters", "post"), ("/v1/models", "get"), ("/metrics", "get")):
+        operation = schema["paths"][path][method]
+        assert operation["security"] == [{"bearer": []}] and {"401", "429"} <= set(operation["responses"])
+    for path in ("/healthz", "/readyz"):
+        assert "security" not in schema["paths"][path]["get"]
+    # With the token; schemathesis' ignored_auth check also sends requests without it.
+    failures, statuses = run_schemathesis(guarded.url, examples=15, headers={"Authorization": f"Bearer {TOKEN_A}"})
+    assert failures == []
+    assert statuses[("POST /v1/parameters", 200)] > 0 and statuses[("POST /v1/parameters", 401)] > 0, statuses
+
+
+def test_rate_limit_per_token(guarded: ServiceProcess) -> None:
+    host, port = guarded.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {"Authorization": f"Bearer {TOKEN_B}", "Content-Type": "application/json"}
+    statuses, retry_after = [], []
+    started = time.monotonic()
+    for _ in range(300):  # keep-alive, back to back: far faster than 100/s
+        connection.request("POST", "/v1/parameters", body=json.dumps(window_body([3, 4])), headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        statuses.append(response.status)
+        if response.status == 429:
+            assert error_of(body)["code"] == "rate_limited"
+            retry_after.append(int(response.getheader("Retry-After")))
+    elapsed = time.monotonic() - started
+    connection.close()
+    counts = Counter(statuses)
+    assert set(counts) == {200, 429}, counts
+    assert 90 <= counts[200] <= 100 + 100 * elapsed + 1, (counts, elapsed)  # burst, plus what refilled
+    assert all(wait >= 1 for wait in retry_after)
+    # Another token has its own bucket; this one refills.
+    assert call(guarded.url, "POST", "/v1/parameters", window_body([3, 4]), token=TOKEN_A)[0] == 200
+    time.sleep(0.1)
+    assert call(guarded.url, "POST", "/v1/parameters", window_body([3, 4]), token=TOKEN_B)[0] == 200
+
+
+def padded(size: int) -> bytes:
+    body = json.dumps(window_body([1, 2, 3])).encode()
+    return body[:-1] + b" " * (size - len(body)) + b"}"
+
+
+def test_body_limits(guarded: ServiceProcess) -> None:
+    url, port = guarded.url, int(guarded.url.rsplit(":", 1)[1])
+    assert call(url, "POST", "/v1/parameters", raw=padded(2048), token=TOKEN_A)[0] == 200
+    status, headers, text = call(url, "POST", "/v1/parameters", raw=padded(2049), token=TOKEN_A)
+    assert status == 413 and error_of(text) | {"errors": []} == {
+        "code": "body_too_large", "field": "body", "errors": [],
+        "message": "body of 2049 bytes is over the limit of 2048 bytes"}
+    assert headers["connection"] == "close"
+
+    # A huge Content-Length is refused at once, without waiting for (or reading) the body.
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(b"POST /v1/parameters HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN_A.encode() +
+                 b"\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n{")
+    assert read_raw_response(sock)[0] == 413
+
+    # Chunked (no Content-Length): read up to the limit, then refused.
+    def chunked(body: bytes) -> int:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"POST /v1/parameters HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN_A.encode() +
+                     b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for start in range(0, len(body), 500):
+            piece = body[start : start + 500]
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        sock.sendall(b"0\r\n\r\n")
+        return read_raw_response(sock)[0]
+
+    assert chunked(padded(1500)) == 200
+    assert chunked(padded(4096)) == 413
+
+    # A body that never finishes: 408 at the request timeout (2 s here), not a connection held forever.
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    started = time.monotonic()
+    sock.sendall(b"POST /v1/parameters HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN_A.encode() +
+                 b"\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"device")
+    status, _, text = read_raw_response(sock)
+    assert status == 408 and error_of(text)["code"] == "request_timeout"
+    assert 1.5 < time.monotonic() - started < 8
+
+
+def test_tokens_never_reach_the_logs(guarded: ServiceProcess) -> None:
+    """Last test of the guarded server: stop it and read everything it wrote (log level debug)."""
+    status, _, text = call(guarded.url, "GET", "/v1/models", token=WRONG)
+    assert status == 401 and WRONG.encode() not in text
+    call(guarded.url, "POST", "/v1/parameters", {"device_id": "x", "window": "not a list"}, token=TOKEN_A)
+    assert guarded.stop() == 0
+    log = guarded.log_path.read_text()
+    assert "Application startup complete" in log and "auth on (2 tokens)" in log  # the log was captured
+    for secret in (TOKEN_A, TOKEN_B, WRONG, TOKEN_A[:12]):
+        assert secret not in log
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_rate_limit_per_client_ip_without_auth(duet_run: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from duet.cloud import Settings, create_app
+
+    client = TestClient(create_app(Settings(run=duet_run, rate_limit=0.5, rate_burst=2)))  # no lifespan: no model
+    statuses = [client.get("/v1/models").status_code for _ in range(3)]
+    assert statuses == [503, 503, 429]  # the bucket is checked before anything else
+    answer = client.get("/v1/models")
+    assert answer.status_code == 429 and answer.headers["retry-after"] == "2"
+    assert client.get("/healthz").status_code == 200  # probes are never limited
+
+
+def test_rate_limiter_buckets() -> None:
+    from duet.cloud.guard import RateLimiter
+
+    limiter = RateLimiter(rate=2.0, burst=3.0, max_clients=2)
+    assert [limiter.acquire("a", 0.0) for _ in range(4)] == [0.0, 0.0, 0.0, 0.5]
+    assert limiter.acquire("a", 0.5) == 0.0 and limiter.acquire("a", 0.75) == 0.25  # 1 token per 0.5 s
+    assert limiter.acquire("b", 0.5) == 0.0  # its own bucket
+    limiter.acquire("c", 0.6)  # a third client evicts the least recently seen ("a")
+    assert len(limiter) == 2 and limiter.acquire("b", 0.6) == 0.0
+
+
+def test_bad_token_settings_fail_in_one_line_without_the_token(duet_run: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from duet.cli import app
+
+    monkeypatch.setenv("DUET_TOKENS", "tooshort-secret")
+    result = CliRunner().invoke(app, ["serve", "--run", str(duet_run)])
+    assert result.exit_code == 2 and "DUET_TOKENS: token 1 is not a bearer token" in result.output
+    assert "tooshort-secret" not in result.output and "Traceback" not in result.output
+    monkeypatch.delenv("DUET_TOKENS")
+    empty = tmp_path / "tokens"
+    empty.write_text("# nothing\n\n")
+    result = CliRunner().invoke(app, ["serve", "--run", str(duet_run), "--tokens-file", str(empty)])
+    assert result.exit_code == 2 and "no tokens in the file" in result.output
+    result = CliRunner().invoke(app, ["serve", "--run", str(duet_run), "--tokens-file", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "cannot read the tokens file" in result.output
+
+
+# ---------------------------------------------------------------- queue, timeout, graceful shutdown (one worker)
+
+@pytest.fixture(scope="module")
+def slow(duet_run: Path):
+    # Each forward holds its answers 0.5 s; 2 windows a forward, 4 may wait, 1.2 s per request.
+    with ServiceProcess(duet_run, max_batch=2, extra_args=["--max-queue", "4", "--request-timeout", "1.2"],
+                        env={"DUET_DEBUG_DELAY_MS": "500"}) as running:
+        yield running
+
+
+def test_bounded_queue_and_request_timeout(slow: ServiceProcess) -> None:
+    barrier = threading.Barrier(12)
+
+    def one(i: int) -> tuple[int, dict, bytes, float]:
+        barrier.wait()
+        started = time.monotonic()
+        status, headers, body = call(slow.url, "POST", "/v1/parameters", window_body([i + 1]))
+        return status, headers, body, time.monotonic() - started
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, range(12)))
+    counts = Counter(status for status, *_ in results)
+    # 1-2 windows in the first forward (answered at 0.5 s), 4 in the queue: 2 more answered at
+    # 1.0 s, the last 2 past their 1.2 s deadline; everyone else is turned away at once.
+    assert set(counts) == {200, 503, 504}, counts
+    assert counts[200] >= 2 and counts[504] >= 1 and counts[503] >= 5, counts
+    for status, headers, body, seconds in results:
+        if status == 503:
+            assert error_of(body)["code"] == "overloaded" and headers["retry-after"] == "1"
+            assert seconds < 0.45  # refused at once, not after waiting
+        elif status == 504:
+            assert error_of(body)["code"] == "timeout" and 1.1 < seconds < 1.45
+        else:
+            assert seconds < 1.2
+    time.sleep(0.5)  # the timed-out windows' forward ends; nothing is left waiting
+    metrics = call(slow.url, "GET", "/metrics")[2].decode()
+    assert "duet_queue_depth 0.0" in metrics
+
+
+def test_sigterm_finishes_in_flight_requests(slow: ServiceProcess) -> None:
+    """Last test of the slow server: requests in flight when SIGTERM arrives are all answered."""
+    wins = [[5], [6, 7]]
+    _, expected = references(slow.url, wins)
+    sockets = send_raw_requests(slow.port, [window_body(w) for w in wins])
+    stopper = threading.Thread(target=slow.stop, kwargs={"sig": signal.SIGTERM})
+    stopper.start()
+    answers = [read_raw_response(sock) for sock in sockets]
+    stopper.join()
+    assert [status for status, _, _ in answers] == [200, 200]
+    assert [body for _, _, body in answers] == [expected[tuple(w)] for w in wins]
+    # uvicorn re-raises the signal once shut down: "terminated by SIGTERM", after a clean shutdown.
+    assert slow.process.returncode in (0, -signal.SIGTERM) and "Traceback" not in slow.final_log, slow.final_log
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", slow.port), timeout=2)
+
+
+# ---------------------------------------------------------------- two workers: SIGKILL one under load, SIGTERM all
+
+@pytest.fixture(scope="module")
+def two_workers(duet_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("logs") / "workers.log"
+    with ServiceProcess(duet_run, workers=2, log_file=log, extra_args=["--log-level", "info"],
+                        env={"DUET_DEBUG_DELAY_MS": "300"}) as running:
+        running.log_path = log
+        deadline = time.monotonic() + 60
+        while running.log_path.read_text().count("Application startup complete") < 2:
+            assert time.monotonic() < deadline, running.log_tail()
+            time.sleep(0.05)
+        yield running
+
+
+RETRYABLE = (ConnectionError, http.client.RemoteDisconnected, http.client.IncompleteRead, TimeoutError)
+
+
+def test_killing_a_worker_under_load_loses_no_request(two_workers: ServiceProcess) -> None:
+    url, port = two_workers.url, two_workers.port
+    wins = windows(16, seed=1)
+    version, expected = references(url, wins)
+    stop = threading.Event()
+    answered, interrupted, wrong = Counter(), Counter(), []
+
+    def client(n: int) -> None:
+        rng = random.Random(n)
+        while not stop.is_set():
+            window = rng.choice(wins)
+            for _attempt in range(50):  # a device retries on connection errors
+                try:
+                    status, headers, body = call(url, "POST", "/v1/parameters", window_body(window))
+                    break
+                except RETRYABLE:
+                    interrupted[n] += 1
+                    time.sleep(0.05)
+            else:
+                wrong.append(("no answer after 50 attempts", window))
+                return
+            answered[n] += 1
+            if status != 200 or body != expected[tuple(window)] or headers["x-duet-model-version"] != version:
+                wrong.append((status, window, body[:200]))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.8)
+        before = workers(two_workers.pid)
+        assert len(before) == 2
+        deadline = time.monotonic() + 5
+        while True:  # the victim: a worker holding connections (requests in flight) right now
+            victim = max(before, key=lambda pid: established_connections(pid, port))
+            if established_connections(victim, port) > 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        os.kill(victim, signal.SIGKILL)
+        killed_at = sum(answered.values())
+        deadline = time.monotonic() + 60
+        while two_workers.log_path.read_text().count("Application startup complete") < 3:  # its replacement
+            assert time.monotonic() < deadline, two_workers.log_tail()
+            time.sleep(0.05)
+        time.sleep(1.0)  # load on both workers again
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    after = workers(two_workers.pid)
+    assert victim not in after and len(after) == 2
+    assert wrong == []
+    assert sum(interrupted.values()) >= 1, "the kill interrupted no request: the test did not test"
+    assert sum(answered.values()) > killed_at + 10  # the service went on answering
+
+
+def test_sigterm_with_two_workers_finishes_in_flight_requests(two_workers: ServiceProcess) -> None:
+    wins = windows(6, seed=2)
+    _, expected = references(two_workers.url, wins)
+    sockets = send_raw_requests(two_workers.port, [window_body(w) for w in wins])
+    stopper = threading.Thread(target=two_workers.stop, kwargs={"sig": signal.SIGTERM})
+    stopper.start()
+    answers = [read_raw_response(sock) for sock in sockets]
+    stopper.join()
+    assert [status for status, _, _ in answers] == [200] * len(wins)
+    assert [body for _, _, body in answers] == [expected[tuple(w)] for w in wins]
+    assert two_workers.process.returncode in (0, -signal.SIGTERM), two_workers.final_log
+    assert "Traceback" not in two_workers.log_path.read_text()
+
+
+# ---------------------------------------------------------------- hot reload under load
+
+def test_hot_reload_under_load_drops_nothing(duet_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    from duet.export import model_version
+
+    run_b = train_tiny_run(tiny_data, tmp_path / "run-b", seed=1)
+    link = tmp_path / "current"
+    link.symlink_to(duet_run)
+
+    def point(target: Path) -> None:  # atomic: a reader sees the old or the new target, never neither
+        tmp = tmp_path / "current.tmp"
+        tmp.symlink_to(target)
+        os.replace(tmp, link)
+
+    log = tmp_path / "service.log"
+    with ServiceProcess(link, log_file=log, extra_args=["--watch-interval", "0.2"]) as service:
+        wins = windows(12, seed=3)
+        version_a, expected_a = references(service.url, wins)
+        assert version_a == model_version(duet_run)
+        seen: dict[int, list[tuple[str, tuple, bytes, str]]] = {n: [] for n in range(6)}
+        failures = []
+        stop = threading.Event()
+
+        def client(n: int) -> None:
+            rng = random.Random(n)
+            while not stop.is_set():
+                window = rng.choice(wins)
+                try:
+                    status, headers, body = call(service.url, "POST", "/v1/parameters", window_body(window))
+                except OSError as exc:  # no retries here: a swap must not break a single request
+                    failures.append(repr(exc))
+                    continue
+                if status != 200:
+                    failures.append((status, body[:200]))
+                    continue
+                seen[n].append((headers["x-duet-model-version"], tuple(window), body,
+                                safetensors_metadata(body)["model_version"]))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(0.7)
+            point(run_b)
+            version_b = model_version(run_b)
+            deadline = time.monotonic() + 30
+            while not all(sum(v == version_b for v, *_ in answers) >= 5 for answers in seen.values()):
+                assert time.monotonic() < deadline, service.log_tail()
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+        _, expected_b = references(service.url, wins)
+        assert failures == []
+        expected = {version_a: expected_a, version_b: expected_b}
+        for answers in seen.values():
+            versions = [version for version, *_ in answers]
+            switched = versions.index(version_b)
+            assert switched > 0 and set(versions[:switched]) == {version_a} and set(versions[switched:]) == {version_b}
+            for version, window, body, claimed in answers:
+                assert claimed == version and body == expected[version][window]
+        assert json.loads(call(service.url, "GET", "/v1/models")[2])["models"][0]["version"] == version_b
+
+        # A damaged run is refused in one log line; the service keeps the version it has.
+        broken = tmp_path / "run-broken"
+        shutil.copytree(run_b, broken)
+        with open(broken / "model.safetensors", "r+b") as f:
+            f.truncate(100)
+        point(broken)
+        deadline = time.monotonic() + 10
+        while "reload of" not in service.log_tail():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        status, headers, _ = call(service.url, "POST", "/v1/parameters", window_body(wins[0]))
+        assert status == 200 and headers["x-duet-model-version"] == version_b
+        assert 'duet_model_reloads_total{outcome="failed"} 1.0' in call(service.url, "GET", "/metrics")[2].decode()
+    lines = [line for line in service.final_log.splitlines() if "reload of" in line]
+    assert len(lines) == 1 and "sha256 does not match" in lines[0] and "Traceback" not in service.final_log
