@@ -15,7 +15,6 @@ Measures, on the default MovieLens protocol, in one process:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time

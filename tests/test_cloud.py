@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import NUM_ITEMS, W
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
-from conftest import NUM_ITEMS, W
 
 from duet.device.client import safetensors_metadata
 from duet.simulate import ServiceProcess
@@ -259,19 +259,27 @@ def test_app_in_process_and_readiness(duet_run: Path) -> None:
         assert answer.status_code == 200 and answer.headers["content-type"] == "application/octet-stream"
 
 
-def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, duet_run: Path) -> None:
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, duet_run: Path, tmp_path: Path) -> None:
     from pydantic import ValidationError
 
     from duet.cloud import Settings
 
     monkeypatch.setenv("DUET_RUN", str(duet_run))
     monkeypatch.setenv("DUET_MAX_BATCH", "7")
+    monkeypatch.setenv("DUET_TOKENS", "env-token-0123456789, env-token-abcdefghij")
     settings = Settings()
     assert settings.run == duet_run and settings.max_batch == 7
-    worker = Settings(run=duet_run, max_batch=3, max_wait_ms=1.5, executor="thread", workers=2)
+    assert settings.auth_tokens() == ["env-token-0123456789", "env-token-abcdefghij"]
+    assert "env-token" not in repr(settings) and "env-token" not in str(settings)
+    monkeypatch.delenv("DUET_TOKENS")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("file-token-0123456789\n")
+    worker = Settings(run=duet_run, max_batch=3, max_wait_ms=1.5, executor="thread", workers=2,
+                      tokens=["init-token-0123456789"], tokens_file=tokens, rate_limit=5, max_window=12)
     for key, value in worker.to_env().items():  # what a uvicorn worker process rebuilds its settings from
         monkeypatch.setenv(key, value)
     assert Settings() == worker
+    assert Settings().auth_tokens() == ["init-token-0123456789", "file-token-0123456789"]
     monkeypatch.setenv("DUET_MAX_BATCH", "0")
     with pytest.raises(ValidationError):
         Settings()
@@ -379,6 +387,29 @@ def test_every_serve_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch, 
     assert result.exit_code == 2 and "needs a DUET run" in result.output
 
 
+def test_batcher_bounds_its_queue_and_forgets_cancelled_requests() -> None:
+    from duet.cloud.batcher import MicroBatcher, QueueFull
+
+    async def main() -> None:
+        batcher = MicroBatcher(lambda rows: rows * 2, max_batch=2, max_wait=0.0, max_queue=3, delay=0.2)
+        first = asyncio.ensure_future(batcher.submit(np.array([1])))
+        await asyncio.sleep(0.01)  # the first forward is running (held for 0.2 s)
+        waiting = [asyncio.ensure_future(batcher.submit(np.array([i]))) for i in (2, 3, 4)]
+        await asyncio.sleep(0)
+        assert batcher.pending == 3
+        with pytest.raises(QueueFull):
+            await batcher.submit(np.array([5]))
+        waiting[0].cancel()  # a request that gave up leaves its place
+        await asyncio.sleep(0)
+        sixth = asyncio.ensure_future(batcher.submit(np.array([6])))
+        assert (await first).tolist() == [2]
+        assert [(await w).tolist() for w in waiting[1:]] + [(await sixth).tolist()] == [[6], [8], [12]]
+        assert batcher.pending == 0
+        await batcher.close()
+
+    asyncio.run(main())
+
+
 # ---------------------------------------------------------------- fuzzing: schemathesis and hypothesis
 
 def run_schemathesis(url: str, examples: int, headers: dict[str, str] | None = None) -> tuple[list, Counter]:
@@ -456,6 +487,9 @@ def test_random_json_bodies_get_a_named_4xx_never_a_5xx(service: ServiceProcess)
                   st.sampled_from(["device_id", "window", "dtype", "version", "embedding", "extra"]), values),
         st.builds(lambda items: {**valid, "window": items}, st.lists(values | st.integers(-5, NUM_ITEMS + 5),
                                                                      max_size=12)),
+        # Mostly valid windows (every id in range, now and then one out): the success path, fuzzed.
+        st.builds(lambda items, dtype: {**valid, "window": items, "dtype": dtype},
+                  st.lists(st.integers(0, NUM_ITEMS), max_size=12), st.sampled_from(["fp32", "fp16"])),
     )
     address = urlparse(service.url)
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)

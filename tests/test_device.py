@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import save as save_safetensors
 from conftest import NUM_ITEMS, W
+from safetensors.numpy import save as save_safetensors
 
 from duet.device import GLOBAL, LAST, SERVICE, Bundle, DeviceRuntime, left_aligned
 from duet.errors import ArtifactError
@@ -84,8 +84,9 @@ def test_observe_keeps_the_last_w_items(bundle_dir: Path) -> None:
 class FakeService:
     """Answers POST /v1/parameters from a script: 'ok', 'ok-other-spec', 'corrupt' or an HTTP status."""
 
-    def __init__(self, bundle: Bundle, script: list[str | int]):
-        self.bundle, self.script, self.requests = bundle, list(script), []
+    def __init__(self, bundle: Bundle, script: list[str | int | tuple[int, str]]):
+        """A step is 'ok', 'ok-other-spec', 'corrupt', a status, or (status, Retry-After)."""
+        self.bundle, self.script, self.requests, self.headers = bundle, list(script), [], []
         rng = np.random.default_rng(0)
         self.params = {n: rng.normal(size=s).astype(np.float32) for n, s in bundle.spec.entries}
 
@@ -102,12 +103,17 @@ class FakeService:
 
             def do_POST(self) -> None:
                 fake.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                fake.headers.append(dict(self.headers))
                 step = fake.script.pop(0) if fake.script else "ok"
-                if isinstance(step, int):
-                    self.send_response(step)
+                if isinstance(step, int | tuple):
+                    status, retry_after = step if isinstance(step, tuple) else (step, None)
+                    self.send_response(status)
                     self.send_header("Content-Type", "application/json")
+                    if retry_after is not None:
+                        self.send_header("Retry-After", retry_after)
                     self.end_headers()
-                    self.wfile.write(b'{"detail": "scripted failure"}')
+                    self.wfile.write(b'{"error": {"code": "scripted", "message": "scripted failure", '
+                                     b'"field": null, "errors": []}}')
                     return
                 body = fake.answer(fake.bundle.spec.hash if step != "ok-other-spec" else "0123456789abcdef")
                 digest = hashlib.sha256(body).hexdigest()
@@ -121,7 +127,7 @@ class FakeService:
                 self.wfile.write(body)
 
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         thread.start()
         try:
             yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -189,3 +195,29 @@ def test_client_errors_are_not_retried(bundle: Bundle) -> None:
         runtime = DeviceRuntime(bundle, url, "d", retries=3, backoff=0.001)
         assert runtime.refresh([2]) == GLOBAL
     assert len(fake.requests) == 1 and "HTTP 422" in runtime.last_error
+
+
+def test_rate_limited_and_overloaded_answers_are_retried_after_retry_after(bundle: Bundle) -> None:
+    import time
+
+    fake = FakeService(bundle, [(429, "1"), (503, "1"), "ok"])
+    with fake.running() as url:
+        runtime = DeviceRuntime(bundle, url, "d", retries=2, backoff=0.001, timeout=0.3, token="device-token-0123456789")
+        started = time.monotonic()
+        assert runtime.refresh([2]) == SERVICE
+        elapsed = time.monotonic() - started
+    assert len(fake.requests) == 3
+    assert 0.55 < elapsed < 3  # each wait stretched to Retry-After, capped at the 0.3 s timeout
+    assert all(h["Authorization"] == "Bearer device-token-0123456789" for h in fake.headers)
+    assert "device-token" not in repr(runtime.client)
+
+
+def test_empty_window_uses_the_global_head_without_asking(bundle: Bundle) -> None:
+    fake = FakeService(bundle, ["ok"])
+    with fake.running() as url:
+        runtime = DeviceRuntime(bundle, url, "d", retries=0)
+        assert runtime.refresh([3]) == SERVICE
+        assert runtime.refresh([0, 0]) == GLOBAL  # nothing observed: the service would refuse it (422)
+    assert len(fake.requests) == 1
+    assert runtime.params is bundle.theta_g and runtime.last_error is None
+    assert runtime.refresh([4]) == GLOBAL  # the service is gone and there is no service head to keep

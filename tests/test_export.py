@@ -9,8 +9,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from safetensors.numpy import load_file
 from conftest import NUM_ITEMS, L
+from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from duet.atomic import sha256_file

@@ -10,10 +10,12 @@ the temporary ones.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,11 +89,26 @@ def write_json(path: str | Path, obj: object) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside `path`; on success it becomes `path`.
 
     On any error the temporary directory is removed, so no partial output is left.
+    Replacing an existing directory swaps the two atomically where Linux allows, so
+    a reader (or a crash) sees the old or the new directory, never none.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -106,11 +123,13 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
                     os.fsync(f.fileno())
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            if not _exchange(tmp, path):  # no atomic exchange here: two renames, a moment without `path`
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            # else: tmp now holds the old directory, removed below
         else:
             os.replace(tmp, path)
         _fsync_dir(path.parent)

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from duet.cloud.batcher import MicroBatcher
-from duet.cloud.errors import ServiceError
+from duet.cloud.errors import APIError
 from duet.cloud.generation import GeneratorService
 from duet.cloud.settings import Settings
 from duet.cloud.telemetry import Telemetry
@@ -44,7 +44,9 @@ class AppState:
         return None if self.model is None else self.model.service
 
 
-NOT_READY = ServiceError(503, "not_ready", "model not loaded yet, or shutting down", headers={"Retry-After": "1"})
+def not_ready() -> APIError:
+    """A fresh exception each time (a raised instance keeps growing its traceback)."""
+    return APIError(503, "not_ready", "model not loaded yet, or shutting down", headers={"Retry-After": "1"})
 
 
 async def get_state(request: Request) -> AppState:
@@ -54,7 +56,7 @@ async def get_state(request: Request) -> AppState:
 async def get_ready_state(request: Request) -> AppState:
     state: AppState = request.app.state.duet
     if not state.ready:
-        raise NOT_READY
+        raise not_ready()
     return state
 
 

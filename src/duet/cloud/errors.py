@@ -25,7 +25,7 @@ DEFAULT_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404:
                  500: "internal_error", 501: "not_implemented", 503: "unavailable", 504: "timeout"}
 
 
-class ServiceError(Exception):
+class APIError(Exception):
     """Raised by handlers: becomes an error answer of the one shape."""
 
     def __init__(self, status: int, code: str, message: str, field: str | None = None,
@@ -70,7 +70,7 @@ def validation_response(errors: list[dict], root: str | None = "body") -> JSONRe
 def install_handlers(app: FastAPI) -> None:
     """Every error, including routing's 404/405 and FastAPI's own validation, gets the one shape."""
 
-    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
         return error_response(exc.status, exc.code, exc.message, exc.field, exc.headers)
 
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -85,7 +85,7 @@ def install_handlers(app: FastAPI) -> None:
         # Starlette re-raises the exception after answering, so uvicorn still logs the traceback.
         return error_response(500, "internal_error", "internal error")
 
-    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, unexpected)

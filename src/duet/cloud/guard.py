@@ -11,9 +11,13 @@ Before routing and before any parsing, for every path except the open ones
 2. rate limit: a token bucket per token (per client IP when auth is off);
    an empty bucket answers 429 with `Retry-After`;
 3. body: `Content-Length` over the limit answers 413 before a byte is read;
-   a chunked body is read only up to the limit, then 413. The body must
-   arrive before the request's deadline (408). The route then reads the
-   buffered body as usual.
+   a chunked body is read only up to the limit, then 413. The route then
+   reads the buffered body as usual;
+4. deadline: a request still reading its body (408) or waiting for
+   generation (504) `request_timeout` seconds after it arrived is cancelled
+   and answered. One sweeper task checks every in-flight request each
+   SWEEP_SECONDS, instead of a timer per request (asyncio.timeout costs ~4 us
+   a request under uvloop, twice that for the two phases).
 
 Nothing here logs a header: tokens never reach a log.
 """
@@ -31,9 +35,22 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from duet.cloud.errors import error_body
 
-DEADLINE_KEY = "duet.deadline"  # scope key: loop time by which the request must be answered
 CLIENT_KEY = "duet.client"  # scope key: the rate-limit identity ("token:<n>" or "ip:<addr>")
+PHASE_KEY = "duet.phase"  # scope key: the request's Phase, which the route moves to WAITING and back
+SWEEP_SECONDS = 0.05  # deadlines are enforced to within this
 _JSON = [(b"content-type", b"application/json")]
+
+# What a request is doing; only READING and WAITING can be cut short by the deadline.
+READING, RUNNING, WAITING = "reading", "running", "waiting"
+
+
+class Phase:
+    """One request's deadline and phase; the sweeper marks `expired` (the phase it expired in)."""
+
+    __slots__ = ("deadline", "expired", "now")
+
+    def __init__(self, deadline: float):
+        self.deadline, self.now, self.expired = deadline, READING, None
 
 
 class RateLimiter:
@@ -73,6 +90,8 @@ class Guard:
         self._digests = [hashlib.sha256(token.encode()).digest() for token in tokens]
         self.max_body_bytes, self.request_timeout = max_body_bytes, request_timeout
         self.limiter = RateLimiter(rate_limit, rate_burst) if rate_limit > 0 else None
+        self._in_flight: dict[asyncio.Task, Phase] = {}
+        self._sweeper: asyncio.Task | None = None
 
     @property
     def auth(self) -> bool:
@@ -87,13 +106,31 @@ class Guard:
                 found = i
         return found
 
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = loop.time()
+            for task, phase in list(self._in_flight.items()):
+                if phase.expired is None and phase.now != RUNNING and now >= phase.deadline:
+                    phase.expired = phase.now
+                    task.cancel()
+
+    def _ensure_sweeper(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._sweeper is None or self._sweeper.done() or self._sweeper.get_loop() is not loop:
+            self._sweeper = loop.create_task(self._sweep())
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # the sweeper lives as long as the app
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                if self._sweeper is not None:
+                    self._sweeper.cancel()
+            return
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             await self.app(scope, receive, send)
             return
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        scope[DEADLINE_KEY] = started + self.request_timeout
         authorization = content_length = None
         for name, value in scope["headers"]:
             if name == b"authorization":
@@ -113,7 +150,7 @@ class Guard:
                               [(b"www-authenticate", b'Bearer realm="duet", error="invalid_token"')])
                 return
             scope[CLIENT_KEY] = f"token:{index}"
-        else:
+        elif self.limiter is not None:
             client = scope.get("client")
             scope[CLIENT_KEY] = f"ip:{client[0] if client else '?'}"
 
@@ -138,36 +175,53 @@ class Guard:
                               f"{self.max_body_bytes} bytes", close=True, field="body")
                 return
 
-        chunks: list[bytes] = []
-        size = 0
+        loop = asyncio.get_running_loop()
+        self._ensure_sweeper(loop)
+        task = asyncio.current_task()
+        phase = scope[PHASE_KEY] = Phase(loop.time() + self.request_timeout)
+        self._in_flight[task] = phase
         try:
-            async with asyncio.timeout_at(scope[DEADLINE_KEY]):
-                while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away: nobody to answer
+            if message.get("more_body", False):  # more than one piece: gather them, up to the limit
+                chunks, size = [message.get("body", b"")], len(message.get("body", b""))
+                while message.get("more_body", False):
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        return  # the client went away: nobody to answer
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > self.max_body_bytes:
-                        await _answer(send, 413, "body_too_large", f"body over the limit of "
-                                      f"{self.max_body_bytes} bytes", close=True, field="body")
                         return
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
+                    size += len(message.get("body", b""))
+                    if size > self.max_body_bytes:
                         break
-        except TimeoutError:
-            await _answer(send, 408, "request_timeout", f"body not received within {self.request_timeout:g} s",
-                          close=True, field="body")
-            return
+                    chunks.append(message.get("body", b""))
+                message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            else:
+                size = len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                await _answer(send, 413, "body_too_large", f"body over the limit of {self.max_body_bytes} bytes",
+                              close=True, field="body")
+                return
+            phase.now = RUNNING
+            replay = [message]
 
-        replay: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+            async def buffered() -> Message:
+                if replay:
+                    return replay.pop()
+                return await receive()  # after the body: waits for http.disconnect, as uvicorn's would
 
-        async def buffered() -> Message:
-            if replay:
-                return replay.pop()
-            return await receive()  # after the body: waits for http.disconnect, as uvicorn's would
-
-        await self.app(scope, buffered, send)
+            await self.app(scope, buffered, send)
+        except asyncio.CancelledError:
+            if phase.expired is None:
+                raise  # not ours (shutdown, client gone): let it through
+            task.uncancel()
+            if phase.expired == READING:
+                await _answer(send, 408, "request_timeout", f"body not received within {self.request_timeout:g} s",
+                              close=True, field="body")
+            else:  # WAITING: nothing was sent yet (the route sends only after generation)
+                await _answer(send, 504, "timeout", f"no answer within the request timeout of "
+                              f"{self.request_timeout:g} s")
+        finally:
+            del self._in_flight[task]
 
 
 async def _answer(send: Send, status: int, code: str, message: str,

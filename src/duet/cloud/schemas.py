@@ -99,7 +99,7 @@ class ErrorResponse(BaseModel):
     """The one shape of every error answer of the service."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
-        "code": "invalid_request", "message": "item id 9999 is not below num_items = 3707", "field": "window[3]",
-        "errors": [{"field": "window[3]", "message": "item id 9999 is not below num_items = 3707"}]}}]})
+        "code": "invalid_request", "message": "unknown item id 9999 (item ids are 1 .. 3706)", "field": "window[3]",
+        "errors": [{"field": "window[3]", "message": "unknown item id 9999 (item ids are 1 .. 3706)"}]}}]})
 
     error: ErrorDetail

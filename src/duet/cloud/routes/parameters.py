@@ -6,17 +6,15 @@ Auth, rate limit and body size were checked before this runs (duet.cloud.guard).
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
 from duet.cloud.batcher import QueueFull
-from duet.cloud.deps import NOT_READY, AppState
-from duet.cloud.errors import ServiceError, validation_response
+from duet.cloud.deps import AppState, not_ready
+from duet.cloud.errors import APIError, validation_response
 from duet.cloud.generation import OCTET_STREAM, sha256_hex
-from duet.cloud.guard import DEADLINE_KEY
+from duet.cloud.guard import PHASE_KEY, RUNNING, WAITING
 from duet.cloud.schemas import ErrorResponse, ParametersJSON, ParametersRequest
 
 router = APIRouter(tags=["parameters"])
@@ -73,7 +71,7 @@ async def parameters(request: Request) -> Response:
     state: AppState = request.app.state.duet
     served = state.model  # this version answers this request, even if a reload swaps it meanwhile
     if served is None or state.stopping:
-        raise NOT_READY
+        raise not_ready()
     try:
         body = ParametersRequest.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -84,29 +82,31 @@ async def parameters(request: Request) -> Response:
         return validation_response(errors, root="body")
     service = served.service
     if body.version is not None and body.version != service.version:
-        raise ServiceError(409, "version_not_served",
+        raise APIError(409, "version_not_served",
                            f"version {body.version!r} is not served; this service serves {service.version!r}",
                            "version")
     if body.embedding is not None:
-        raise ServiceError(501, "not_implemented", "privacy mode (`embedding`) is not implemented yet; send `window`",
+        raise APIError(501, "not_implemented", "privacy mode (`embedding`) is not implemented yet; send `window`",
                            "embedding")
     window = body.window
     if len(window) > served.max_window:
-        raise ServiceError(422, "invalid_request", f"at most {served.max_window} item ids (the last "
+        raise APIError(422, "invalid_request", f"at most {served.max_window} item ids (the last "
                            f"{service.window_len} are used); got {len(window)}", "window")
     if max(window) >= service.num_items:
         i = next(i for i, item in enumerate(window) if item >= service.num_items)
-        raise ServiceError(422, "invalid_request", f"unknown item id {window[i]} (item ids are 1 .. "
+        raise APIError(422, "invalid_request", f"unknown item id {window[i]} (item ids are 1 .. "
                            f"{service.num_items - 1})", f"window[{i}]")
+    # While waiting, the guard's deadline may cancel this request (it then answers 504).
+    phase = request.scope.get(PHASE_KEY)
+    if phase is not None:
+        phase.now = WAITING
     try:
-        async with asyncio.timeout_at(request.scope.get(DEADLINE_KEY)):
-            flat = await served.batcher.submit(service.window_row(window))
+        flat = await served.batcher.submit(service.window_row(window))
     except QueueFull:
-        raise ServiceError(503, "overloaded", "too many requests waiting for generation; retry shortly",
+        raise APIError(503, "overloaded", "too many requests waiting for generation; retry shortly",
                            headers={"Retry-After": "1"}) from None
-    except TimeoutError:
-        raise ServiceError(504, "timeout", f"no answer within the request timeout of "
-                           f"{state.settings.request_timeout_s:g} s") from None
+    if phase is not None:
+        phase.now = RUNNING
     accept = request.headers.get("accept")
     if accept is not None and "application/json" in accept and OCTET_STREAM not in accept:
         content, media_type = service.json_answer(flat, body.dtype), "application/json"
