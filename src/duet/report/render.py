@@ -57,17 +57,19 @@ def write_plots(results: dict, report: Path) -> None:
     summary = results["summary"]
     backbones = list(summary)
     # uauc per backbone and method, with error bars
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
     width = 0.8 / len(METHODS)
     for i, method in enumerate(METHODS):
         means = [summary[b].get(method, {}).get("uauc", {}).get("mean", np.nan) for b in backbones]
         stds = [summary[b].get(method, {}).get("uauc", {}).get("std", 0.0) for b in backbones]
-        ax.bar(np.arange(len(backbones)) + i * width, means, width, yerr=stds, label=LABELS[method], capsize=3)
+        bars = ax.bar(np.arange(len(backbones)) + i * width, means, width, yerr=stds, label=LABELS[method],
+                      capsize=3)
+        ax.bar_label(bars, fmt="%.4f", fontsize=6, padding=2)
     lows = [summary[b][m]["uauc"]["mean"] for b in backbones for m in summary[b]]
     ax.set_ylim(max(0.0, min(lows) - 0.02), min(1.0, max(lows) + 0.02))
     ax.set_xticks(np.arange(len(backbones)) + 0.4 - width / 2, backbones)
     ax.set_ylabel("test uauc")
-    ax.legend(fontsize=7, ncols=3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     _save(fig, report / "uauc.png")
     # adaptation time per device, log scale
     fig, ax = plt.subplots(figsize=(6, 3))
