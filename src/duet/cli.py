@@ -156,12 +156,12 @@ def finetune(
 def compare(
     data: Annotated[Path, typer.Option(help="prepared dataset directory")],
     out: Annotated[Path, typer.Option(help="report directory (results.md, results.json, plots, runs/)")],
-    backbones: Annotated[str, typer.Option(help="comma-separated: sasrec,gru4rec,din")] = "sasrec,gru4rec,din",
-    seeds: Annotated[int, typer.Option(help="number of seeds (mean +- std)")] = 3,
+    backbones: Annotated[str | None, typer.Option(help="comma-separated (default sasrec,gru4rec,din; quick: sasrec)")] = None,
+    seeds: Annotated[int | None, typer.Option(help="number of seeds for mean +- std (default 3; quick: 1)")] = None,
     quick: Annotated[bool, typer.Option(help="few epochs, for the README demo")] = False,
     epochs: Annotated[int | None, typer.Option(help="max epochs for base runs")] = None,
     duet_epochs: Annotated[int | None, typer.Option(help="max epochs for DUET stage 2")] = None,
-    freeze_static: Annotated[bool, typer.Option(help="DUET keeps the global static part")] = False,
+    freeze_static: Annotated[bool | None, typer.Option(help="DUET keeps the global static part (default on)")] = None,
     finetune_steps: Annotated[int | None, typer.Option(help="fine-tuning steps per device")] = None,
     finetune_scope: Annotated[str | None, typer.Option(help="fine-tune all | head")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
@@ -176,25 +176,17 @@ def compare(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DuetError(f"{out} already exists; pass --overwrite to resume or extend it")
     base = quick_config(str(data)) if quick else CompareConfig(data=str(data))
-    update = {"backbones": tuple(b.strip() for b in backbones.split(",") if b.strip()), "seeds": seeds,
-              "freeze_static": freeze_static, "threads": threads}
-    if quick and backbones == "sasrec,gru4rec,din":
-        update.pop("backbones")
-    if quick and seeds == 3:
-        update.pop("seeds")
-    for key, value in (("epochs", epochs), ("duet_epochs", duet_epochs), ("finetune_steps", finetune_steps),
-                       ("finetune_scope", finetune_scope)):
-        if value is not None:
-            update[key] = value
-    cfg = CompareConfig.model_validate({**base.model_dump(), **update})
+    chosen = {"backbones": tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else None,
+              "seeds": seeds, "epochs": epochs, "duet_epochs": duet_epochs, "freeze_static": freeze_static,
+              "finetune_steps": finetune_steps, "finetune_scope": finetune_scope, "threads": threads}
+    cfg = CompareConfig.model_validate({**base.model_dump(), **{k: v for k, v in chosen.items() if v is not None}})
     _setup_logging()
-    results = run_compare(cfg, out, progress=progress)
+    run_compare(cfg, out, progress=progress)
     from rich.console import Console
     from rich.markdown import Markdown
 
     Console().print(Markdown((out / "results.md").read_text().split("![")[0]))
     typer.echo(f"report: {out / 'results.md'} (plots: uauc.png, adaptation.png, curves.png)")
-    del results
 
 
 @app.command()
