@@ -70,3 +70,24 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
     result = runner.invoke(app, ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
     assert result.exit_code == 2
     assert "not a duet dataset" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_compare_options_left_out_keep_the_config_defaults(tiny_dir, tmp_path, monkeypatch):
+    import duet.report.compare as compare_module
+    from duet.report.compare import CompareConfig, quick_config
+
+    seen = []
+    monkeypatch.setattr(compare_module, "compare", lambda cfg, *_args, **_kwargs: seen.append(cfg) or {})
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "results.md").write_text("# report\n")
+    (tmp_path / "quick").mkdir()
+    (tmp_path / "quick" / "results.md").write_text("# report\n")
+    for out, extra in (("full", []), ("quick", ["--quick"])):
+        result = runner.invoke(app, ["compare", "--data", str(tiny_dir), "--out", str(tmp_path / out), "--overwrite",
+                                     "--no-progress", *extra])
+        assert result.exit_code == 0, result.output
+    assert seen[0] == CompareConfig(data=str(tiny_dir))
+    assert seen[1] == quick_config(str(tiny_dir))
+    runner.invoke(app, ["compare", "--data", str(tiny_dir), "--out", str(tmp_path / "full"), "--overwrite",
+                        "--freeze-static", "--seeds", "2", "--backbones", "din"])
+    assert (seen[2].freeze_static, seen[2].seeds, seen[2].backbones) == (True, 2, ("din",))
