@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import secrets
 import sys
@@ -39,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proctree import family  # noqa: E402 - needs the sys.path line above
 
 # kind -> (weight, expected status). "good" must answer 200; "hammer" 200 or 429.
 KINDS = {
@@ -58,14 +58,9 @@ KINDS = {
 def rss_bytes(pid: int) -> int:
     """Resident memory of `pid` and its direct children (uvicorn workers), from /proc."""
     total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for member, _ in family(pid):
         try:
-            stat = open(f"/proc/{entry}/stat").read()
-            if int(entry) != pid and int(stat[stat.rindex(")") + 2 :].split()[1]) != pid:
-                continue
-            for line in open(f"/proc/{entry}/status"):
+            for line in open(f"/proc/{member}/status"):
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024
         except (OSError, ValueError, IndexError):
