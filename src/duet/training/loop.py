@@ -103,9 +103,10 @@ def _prepare_out(config: RunConfig, out: Path, resume: bool, world: World) -> No
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(config_file, json.loads(config.model_dump_json()))
-        from duet.models.recommender import Recommender
+        from duet.models.head import DynamicHead
+        from duet.models.recommender import head_widths
 
-        spec = Recommender(config.num_items, config.history_len, config.model).param_spec
+        spec = DynamicHead(head_widths(config.model), config.model.activation).param_spec
         write_json(out / "param_spec.json", {"hash": spec.hash, "params": spec.to_json()})
     world.barrier()
 
