@@ -53,7 +53,7 @@ TARGETS = {
 def make_run(workdir: Path) -> Path:
     """A default-architecture DUET run on a synthetic dataset (1 epoch each stage)."""
     from duet.config import GeneratorConfig, ModelConfig, TrainConfig
-    from duet.data.store import Split, write_dataset
+    from duet.data.store import Split, tail_window, write_dataset
     from duet.training.loop import run_config_for, train
 
     rng = np.random.default_rng(0)
@@ -63,10 +63,7 @@ def make_run(workdir: Path) -> Path:
         history = rng.integers(1, num_items, (events, L))
         lengths = rng.integers(5, L + 1, events)
         history[np.arange(L)[None, :] >= lengths[:, None]] = 0
-        window = np.zeros((events, W), dtype=np.int64)
-        for e, n in enumerate(lengths):
-            last = history[e, max(0, n - W) : n]
-            window[e, : len(last)] = last
+        window = tail_window(history, W)
         event = np.repeat(np.arange(events), 5)
         item = rng.integers(1, num_items, events * 5)
         label = np.zeros(events * 5, np.float32)

@@ -48,7 +48,7 @@ _BUILT: dict[str, Path] = {}
 
 def write_tiny_dataset(out: Path, seed: int = 0) -> Path:
     """Per-user chronological events; the positive is the item after the history (learnable)."""
-    from duet.data.store import Split, write_dataset
+    from duet.data.store import Split, tail_window, write_dataset
 
     rng = np.random.default_rng(seed)
 
@@ -56,10 +56,7 @@ def write_tiny_dataset(out: Path, seed: int = 0) -> Path:
         lengths = rng.integers(1, L + 1, events)
         history = rng.integers(1, NUM_ITEMS, (events, L))
         history[np.arange(L)[None, :] >= lengths[:, None]] = 0
-        window = np.zeros((events, W), dtype=np.int64)
-        for e, n in enumerate(lengths):
-            last = history[e, max(0, n - W) : n]
-            window[e, : len(last)] = last
+        window = tail_window(history, W)
         event = np.repeat(np.arange(events), 3)
         item = rng.integers(1, NUM_ITEMS, events * 3)
         item[::3] = (history[np.arange(events), lengths - 1] % (NUM_ITEMS - 1)) + 1

@@ -112,6 +112,14 @@ class Dataset:
         return self.splits[split]
 
 
+def tail_window(history: np.ndarray, length: int) -> np.ndarray:
+    """The real-time window of each history: its last `length` items, left-aligned, 0-padded."""
+    count = (history != PAD).sum(1)  # (E,) histories are left-aligned
+    index = np.maximum(count - length, 0)[:, None] + np.arange(length)[None, :]  # (E, W)
+    items = np.take_along_axis(history, np.minimum(index, history.shape[1] - 1), axis=1)
+    return np.where(index < count[:, None], items, PAD)
+
+
 def manifest_hash(path: str | Path) -> str:
     return sha256_file(Path(path) / "manifest.json")
 
