@@ -29,7 +29,7 @@ from duet.data.store import load_dataset
 from duet.models.recommender import Recommender
 from duet.training.batches import Batch, EventBatcher
 from duet.training.evaluate import predict
-from duet.training.finetune import _reset_peak, _rss_bytes
+from duet.training.finetune import reset_peak_rss, rss_bytes
 
 
 def per_record(batch: Batch) -> Batch:
@@ -51,12 +51,12 @@ def measure_training(model: Recommender, batches: list[Batch], warmup: int = 5) 
 
     for batch in batches[:warmup]:
         step(batch)
-    _reset_peak()
+    reset_peak_rss()
     started = time.perf_counter()
     for batch in batches[warmup:]:
         step(batch)
     seconds = time.perf_counter() - started
-    return sum(len(b) for b in batches[warmup:]) / seconds, _rss_bytes("VmHWM")
+    return sum(len(b) for b in batches[warmup:]) / seconds, rss_bytes("VmHWM")
 
 
 def main() -> None:
@@ -83,11 +83,11 @@ def main() -> None:
         train_rps, train_peak = measure_training(model, [per_record(b) for b in timed] if flat else timed)
         entry = {"train_records_per_s": train_rps, "train_peak_rss_mib": train_peak / 2**20}
         if not flat:
-            _reset_peak()
+            reset_peak_rss()
             started = time.perf_counter()
             predict(model, data["valid"])
             seconds = time.perf_counter() - started
-            entry.update(infer_records_per_s=len(data["valid"]) / seconds, infer_peak_rss_mib=_rss_bytes("VmHWM") / 2**20)
+            entry.update(infer_records_per_s=len(data["valid"]) / seconds, infer_peak_rss_mib=rss_bytes("VmHWM") / 2**20)
         results["backbones"][name] = entry
         print(f"{name:18s} " + "  ".join(f"{k} {v:,.0f}" for k, v in entry.items()), flush=True)
     ours, published = results["backbones"]["sasrec"], results["backbones"]["sasrec-per-record"]

@@ -380,19 +380,24 @@ def test_bounded_queue_and_request_timeout(slow: ServiceProcess) -> None:
     assert "duet_queue_depth 0.0" in metrics
 
 
-def test_sigterm_finishes_in_flight_requests(slow: ServiceProcess) -> None:
-    """Last test of the slow server: requests in flight when SIGTERM arrives are all answered."""
-    wins = [[5], [6, 7]]
-    _, expected = references(slow.url, wins)
-    sockets = send_raw_requests(slow.port, [window_body(w) for w in wins])
-    stopper = threading.Thread(target=slow.stop, kwargs={"sig": signal.SIGTERM})
+def assert_sigterm_answers_in_flight(service: ServiceProcess, wins: list[list[int]]) -> None:
+    """Send `wins` raw, SIGTERM the service while they are in flight: every one gets its 200 answer."""
+    _, expected = references(service.url, wins)
+    sockets = send_raw_requests(service.port, [window_body(w) for w in wins])
+    stopper = threading.Thread(target=service.stop, kwargs={"sig": signal.SIGTERM})
     stopper.start()
     answers = [read_raw_response(sock) for sock in sockets]
     stopper.join()
-    assert [status for status, _, _ in answers] == [200, 200]
+    assert [status for status, _, _ in answers] == [200] * len(wins)
     assert [body for _, _, body in answers] == [expected[tuple(w)] for w in wins]
     # uvicorn re-raises the signal once shut down: "terminated by SIGTERM", after a clean shutdown.
-    assert slow.process.returncode in (0, -signal.SIGTERM) and "Traceback" not in slow.final_log, slow.final_log
+    assert service.process.returncode in (0, -signal.SIGTERM), service.final_log
+
+
+def test_sigterm_finishes_in_flight_requests(slow: ServiceProcess) -> None:
+    """Last test of the slow server: requests in flight when SIGTERM arrives are all answered."""
+    assert_sigterm_answers_in_flight(slow, [[5], [6, 7]])
+    assert "Traceback" not in slow.final_log, slow.final_log
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", slow.port), timeout=2)
 
@@ -474,16 +479,7 @@ def test_killing_a_worker_under_load_loses_no_request(two_workers: ServiceProces
 
 
 def test_sigterm_with_two_workers_finishes_in_flight_requests(two_workers: ServiceProcess) -> None:
-    wins = windows(6, seed=2)
-    _, expected = references(two_workers.url, wins)
-    sockets = send_raw_requests(two_workers.port, [window_body(w) for w in wins])
-    stopper = threading.Thread(target=two_workers.stop, kwargs={"sig": signal.SIGTERM})
-    stopper.start()
-    answers = [read_raw_response(sock) for sock in sockets]
-    stopper.join()
-    assert [status for status, _, _ in answers] == [200] * len(wins)
-    assert [body for _, _, body in answers] == [expected[tuple(w)] for w in wins]
-    assert two_workers.process.returncode in (0, -signal.SIGTERM), two_workers.final_log
+    assert_sigterm_answers_in_flight(two_workers, windows(6, seed=2))
     assert "Traceback" not in two_workers.log_path.read_text()
 
 

@@ -96,7 +96,9 @@ def train(
     from duet.training.loop import train as run_training
 
     summary = run_training(config, out, resume=resume, progress=progress)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 prints
         _print_metrics(f"{out} (best epoch {summary['best_epoch']}, valid)", summary["valid"])
 
 

@@ -52,7 +52,7 @@ class DeviceCost:
     peak_bytes: int
 
 
-def _rss_bytes(field: str) -> int:
+def rss_bytes(field: str) -> int:
     """VmRSS / VmHWM of this process in bytes (Linux)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -60,7 +60,7 @@ def _rss_bytes(field: str) -> int:
     return 0
 
 
-def _reset_peak() -> bool:
+def reset_peak_rss() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         return True
@@ -110,7 +110,7 @@ def _finetune_all(cfg: FinetuneConfig, config, model: Recommender, data, own: tu
     owned = {name: data[name] for name in own}
     logits = np.full(len(evaluated), np.nan, dtype=np.float32)
     costs: list[DeviceCost] = []
-    can_measure = _reset_peak()
+    can_measure = reset_peak_rss()
     for user in track(users, description="fine-tuning devices", disable=not progress):
         parts = [s.select(s.user == user) for s in owned.values()]
         parts = [p for p in parts if len(p)]
@@ -119,12 +119,12 @@ def _finetune_all(cfg: FinetuneConfig, config, model: Recommender, data, own: tu
             logits[mine] = predict(model, evaluated.select(mine))
             continue
         device_data = parts[0] if len(parts) == 1 else _concat(parts)
-        _reset_peak()
-        before = _rss_bytes("VmRSS")
+        reset_peak_rss()
+        before = rss_bytes("VmRSS")
         started = time.perf_counter()
         local = finetune_device(model, device_data, cfg)
         seconds = time.perf_counter() - started
-        peak = _rss_bytes("VmHWM") - before if can_measure else 0
+        peak = rss_bytes("VmHWM") - before if can_measure else 0
         costs.append(DeviceCost(seconds, max(peak, 0)))
         logits[mine] = predict(local, evaluated.select(mine))
         del local
