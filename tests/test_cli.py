@@ -74,7 +74,7 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
 
 def test_compare_options_left_out_keep_the_config_defaults(tiny_dir, tmp_path, monkeypatch):
     import duet.report.compare as compare_module
-    from duet.report.compare import CompareConfig, quick_config
+    from duet.report.compare import CompareConfig, DuetVariant, quick_config
 
     seen = []
     monkeypatch.setattr(compare_module, "compare", lambda cfg, *_args, **_kwargs: seen.append(cfg) or {})
@@ -89,5 +89,9 @@ def test_compare_options_left_out_keep_the_config_defaults(tiny_dir, tmp_path, m
     assert seen[0] == CompareConfig(data=str(tiny_dir))
     assert seen[1] == quick_config(str(tiny_dir))
     runner.invoke(app, ["compare", "--data", str(tiny_dir), "--out", str(tmp_path / "full"), "--overwrite",
-                        "--freeze-static", "--seeds", "2", "--backbones", "din"])
-    assert (seen[2].freeze_static, seen[2].seeds, seen[2].backbones) == (True, 2, ("din",))
+                        "--variants", "frozen-rank2-dropout0.1", "--seeds", "2", "--backbones", "din", "--epochs", "3"])
+    assert (seen[2].seeds, seen[2].backbones, seen[2].epochs, seen[2].backbone_epochs) == (2, ("din",), 3, {})
+    assert seen[2].duet_variants == (DuetVariant(freeze_static=True, rank=2, dropout=0.1),)
+    result = runner.invoke(app, ["compare", "--data", str(tiny_dir), "--out", str(tmp_path / "full"), "--overwrite",
+                                 "--variants", "frozen-rank-2"])
+    assert result.exit_code == 2 and "frozen-rank-2" in result.stderr and len(seen) == 3

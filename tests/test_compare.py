@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import json
 
-from duet.report.compare import METHODS, CompareConfig, compare
+import pytest
+
+from duet.errors import DuetError
+from duet.report.compare import METHODS, CompareConfig, DuetVariant, _select_variant, compare
+
+VARIANTS = (DuetVariant(rank=2, dropout=0.5), DuetVariant(freeze_static=True, rank=None, dropout=0.1))
 
 
 def test_compare_writes_a_complete_report(tiny_dir, tmp_path):
     cfg = CompareConfig(data=str(tiny_dir), backbones=("sasrec",), seeds=2, epochs=1, duet_epochs=1,
-                        patience=1, finetune_steps=2, threads=1, num_generators=2)
+                        patience=1, finetune_steps=2, threads=1, num_generators=2, duet_variants=VARIANTS)
     results = compare(cfg, tmp_path, progress=False)
+    for seed in ("seed0", "seed1"):
+        for method in ("duet-noswa", "duet"):
+            entry = results["runs"]["sasrec"][seed][method]
+            scores = entry["valid_uauc_per_variant"]
+            assert list(scores) == [v.name for v in VARIANTS]
+            assert scores[entry["variant"]] == max(scores.values())
+            run = tmp_path / "runs/sasrec" / seed / method / entry["variant"]
+            assert json.loads((run / "metrics_valid.json").read_text())["uauc"] == scores[entry["variant"]]
     summary = results["summary"]["sasrec"]
     assert set(summary) == set(METHODS)
     for method in METHODS:
@@ -22,9 +35,28 @@ def test_compare_writes_a_complete_report(tiny_dir, tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     markdown = (tmp_path / "results.md").read_text()
     assert "DUET (PPG+SWA)" in markdown and "fine-tune" in markdown and "±" in markdown
+    assert f"**{results['runs']['sasrec']['seed0']['duet']['variant']}**" in markdown
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["summary"]["sasrec"]["base"]["uauc"]["mean"] == summary["base"]["uauc"]["mean"]
     # a second call reuses the finished runs instead of training again
     before = (tmp_path / "runs/sasrec/seed0/base/model.safetensors").stat().st_mtime_ns
     compare(cfg, tmp_path, progress=False)
     assert (tmp_path / "runs/sasrec/seed0/base/model.safetensors").stat().st_mtime_ns == before
+
+
+def test_variant_names_round_trip_and_reject_typos():
+    for variant in (*VARIANTS, DuetVariant()):
+        assert DuetVariant.parse(variant.name) == variant
+    assert DuetVariant().name == "joint-rank4-dropout0.5"
+    with pytest.raises(DuetError, match="joint-rank4"):
+        DuetVariant.parse("frozen-rank-4")
+
+
+def test_variant_selection_uses_validation_and_keeps_the_first_on_ties(tmp_path):
+    variants = (DuetVariant(rank=1), DuetVariant(rank=2), DuetVariant(rank=3))
+    for variant, uauc in zip(variants, (0.70, 0.75, 0.75), strict=True):
+        (tmp_path / variant.name).mkdir()
+        (tmp_path / variant.name / "metrics_valid.json").write_text(json.dumps({"uauc": uauc, "auc": 1 - uauc}))
+    best, scores = _select_variant(tmp_path, variants)
+    assert best == tmp_path / variants[1].name
+    assert scores == {v.name: u for v, u in zip(variants, (0.70, 0.75, 0.75), strict=True)}

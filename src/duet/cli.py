@@ -161,9 +161,11 @@ def compare(
     backbones: Annotated[str | None, typer.Option(help="comma-separated (default sasrec,gru4rec,din; quick: sasrec)")] = None,
     seeds: Annotated[int | None, typer.Option(help="number of seeds for mean +- std (default 3; quick: 1)")] = None,
     quick: Annotated[bool, typer.Option(help="few epochs, for the README demo")] = False,
-    epochs: Annotated[int | None, typer.Option(help="max epochs for base runs")] = None,
+    epochs: Annotated[int | None, typer.Option(help="max epochs for every base run (default 12, GRU4Rec 24)")] = None,
     duet_epochs: Annotated[int | None, typer.Option(help="max epochs for DUET stage 2")] = None,
-    freeze_static: Annotated[bool | None, typer.Option(help="DUET keeps the global static part (default on)")] = None,
+    variants: Annotated[str | None, typer.Option(
+        help="comma-separated DUET stage-2 variants to try, the best on validation is reported "
+             "(default joint-rank4-dropout0.5,frozen-rankfull-dropout0.3)")] = None,
     finetune_steps: Annotated[int | None, typer.Option(help="fine-tuning steps per device")] = None,
     finetune_scope: Annotated[str | None, typer.Option(help="fine-tune all | head")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
@@ -172,14 +174,15 @@ def compare(
 ) -> None:
     """Pop, base, fine-tune and DUET with/without SWA on the same splits -> OUT/results.md and plots."""
     from duet.errors import DuetError
-    from duet.report.compare import CompareConfig, quick_config
+    from duet.report.compare import CompareConfig, DuetVariant, quick_config
     from duet.report.compare import compare as run_compare
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DuetError(f"{out} already exists; pass --overwrite to resume or extend it")
     base = quick_config(str(data)) if quick else CompareConfig(data=str(data))
     chosen = {"backbones": tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else None,
-              "seeds": seeds, "epochs": epochs, "duet_epochs": duet_epochs, "freeze_static": freeze_static,
+              "seeds": seeds, "epochs": epochs, "backbone_epochs": {} if epochs else None, "duet_epochs": duet_epochs,
+              "duet_variants": tuple(DuetVariant.parse(v) for v in variants.split(",")) if variants else None,
               "finetune_steps": finetune_steps, "finetune_scope": finetune_scope, "threads": threads}
     cfg = CompareConfig.model_validate({**base.model_dump(), **{k: v for k, v in chosen.items() if v is not None}})
     _setup_logging()

@@ -1,14 +1,16 @@
 """Run every method on the same dataset and seeds, then write the report.
 
-Each run lands in REPORT/runs/<backbone>/seed<k>/<method>; a finished run is
-reused when the comparison is started again, so an interrupted comparison
-resumes where it stopped.
+Each run lands in REPORT/runs/<backbone>/seed<k>/<method> (DUET: one folder per
+stage-2 variant below it, the best on validation is the one reported); a
+finished run is reused when the comparison is started again, so an interrupted
+comparison resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -28,6 +30,35 @@ METHODS = ("pop", "base", "finetune", "duet-noswa", "duet")
 REPORTED = ("auc", "uauc", "ndcg@10", "hit@10", "logloss")
 
 
+class DuetVariant(Strict):
+    """One DUET stage-2 setting. `duet compare` trains every variant it is given and
+    reports the one with the best validation uauc, per backbone, seed and SWA setting."""
+
+    freeze_static: bool = False
+    rank: int | None = Field(4, ge=1)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+    @property
+    def name(self) -> str:
+        return f"{'frozen' if self.freeze_static else 'joint'}-rank{self.rank or 'full'}-dropout{self.dropout:g}"
+
+    @classmethod
+    def parse(cls, name: str) -> DuetVariant:
+        """The inverse of `name`, e.g. 'frozen-rankfull-dropout0.3'."""
+        match = re.fullmatch(r"(joint|frozen)-rank(full|\d+)-dropout([0-9.]+)", name.strip())
+        if match is None:
+            raise DuetError(f"--variants: {name!r} is not like joint-rank4-dropout0.5 or frozen-rankfull-dropout0.3")
+        static, rank, dropout = match.groups()
+        return cls(freeze_static=static == "frozen", rank=None if rank == "full" else int(rank), dropout=float(dropout))
+
+
+# Chosen on the validation split of seed 0 (docs/RESULTS.md): a small, strongly
+# regularised generator trained with the static part (best for SASRec), and a
+# full-rank one over a frozen static part (best for DIN, whose static part
+# overfits when trained on).
+DEFAULT_VARIANTS = (DuetVariant(), DuetVariant(freeze_static=True, rank=None, dropout=0.3))
+
+
 class CompareConfig(Strict):
     """Defaults were chosen on the validation split of the default MovieLens protocol
     (docs/RESULTS.md lists what was tried)."""
@@ -35,20 +66,18 @@ class CompareConfig(Strict):
     data: str
     backbones: tuple[str, ...] = ("sasrec", "gru4rec", "din")
     seeds: int = Field(3, ge=1)
-    # Base models overfit MovieLens-small after ~5-11 epochs at lr 3e-3; 12 is enough.
+    # Base models overfit MovieLens-small after ~5-11 epochs at lr 3e-3; 12 is
+    # enough, except for GRU4Rec, still improving at 12.
     epochs: int = Field(12, ge=1)
+    backbone_epochs: dict[str, int] = Field(default_factory=lambda: {"gru4rec": 24},
+                                            description="max base epochs per backbone, overriding `epochs`")
     duet_epochs: int = Field(4, ge=1)
     patience: int = Field(2, ge=1)
     lr: float = 3e-3
     duet_lr: float = 1e-3
     num_generators: int = Field(3, ge=2, description="N_p of the SWA variant")
     temperature: float = 1.0
-    # A small, strongly regularised generator generalised best on validation (a
-    # full-rank one memorises train windows). Joint training of the static part (the
-    # paper's way) and a frozen one were within 0.0003 valid uauc with it.
-    freeze_static: bool = False
-    rank: int | None = 4
-    gen_dropout: float = 0.5
+    duet_variants: tuple[DuetVariant, ...] = Field(DEFAULT_VARIANTS, min_length=1)
     finetune_steps: int = 10
     finetune_lr: float = 1e-3
     finetune_scope: str = "all"
@@ -57,7 +86,8 @@ class CompareConfig(Strict):
 
 def quick_config(data: str) -> CompareConfig:
     """The README's main job: one seed, SASRec, a few epochs (minutes on 2 cores)."""
-    return CompareConfig(data=data, backbones=("sasrec",), seeds=1, epochs=6, duet_epochs=2, patience=2)
+    return CompareConfig(data=data, backbones=("sasrec",), seeds=1, epochs=6, duet_epochs=2, patience=2,
+                         backbone_epochs={}, duet_variants=DEFAULT_VARIANTS[:1])
 
 
 def _run_dir(report: Path, backbone: str, seed: int, method: str) -> Path:
@@ -73,20 +103,21 @@ def _finished(run: Path) -> bool:
 
 
 def _train(cfg: CompareConfig, out: Path, backbone: str, seed: int, method: str, progress: bool,
-           init: Path | None = None, num_generators: int = 1) -> None:
+           init: Path | None = None, num_generators: int = 1, variant: DuetVariant | None = None) -> None:
     from duet.training.loop import run_config_for, train
 
     if _finished(out):
         log.info("reusing %s", out)
         return
     duet = method == "duet"
+    variant = variant or DuetVariant()
     train_cfg = TrainConfig(
-        method=method, seed=seed, epochs=cfg.duet_epochs if duet else cfg.epochs, patience=cfg.patience,
-        lr=cfg.duet_lr if duet else cfg.lr, threads=cfg.threads, freeze_static=cfg.freeze_static,
-        init_run=str(init) if init else None,
+        method=method, seed=seed, epochs=cfg.duet_epochs if duet else cfg.backbone_epochs.get(backbone, cfg.epochs),
+        patience=cfg.patience, lr=cfg.duet_lr if duet else cfg.lr, threads=cfg.threads,
+        freeze_static=duet and variant.freeze_static, init_run=str(init) if init else None,
     )
-    generator = GeneratorConfig(num_generators=num_generators, temperature=cfg.temperature, rank=cfg.rank,
-                                dropout=cfg.gen_dropout) if duet else None
+    generator = GeneratorConfig(num_generators=num_generators, temperature=cfg.temperature, rank=variant.rank,
+                                dropout=variant.dropout) if duet else None
     config = run_config_for(cfg.data, model=ModelConfig(backbone=backbone), train=train_cfg, generator=generator)
     log.info("training %s", out)
     train(config, out, resume=(out / "config.json").exists(), progress=progress)
@@ -120,7 +151,7 @@ def generation_cost(run: Path, windows: np.ndarray, batch: int = 1024, repeats: 
 def compare(cfg: CompareConfig, report: str | Path, progress: bool = True) -> dict:
     from duet.data.store import load_dataset
 
-    for backbone in cfg.backbones:
+    for backbone in (*cfg.backbones, *cfg.backbone_epochs):
         if backbone not in BACKBONE_NAMES:
             raise DuetError(f"--backbones: unknown {backbone!r}; choose from {', '.join(BACKBONE_NAMES)}")
     report = Path(report)
@@ -149,8 +180,13 @@ def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, windows
     runs = {m: _run_dir(report, backbone, seed, m) for m in METHODS}
     _train(cfg, runs["pop"], backbone, seed, "pop", progress)
     _train(cfg, runs["base"], backbone, seed, "base", progress)
-    _train(cfg, runs["duet-noswa"], backbone, seed, "duet", progress, init=runs["base"], num_generators=1)
-    _train(cfg, runs["duet"], backbone, seed, "duet", progress, init=runs["base"], num_generators=cfg.num_generators)
+    chosen: dict[str, tuple[Path, dict[str, float]]] = {}
+    for method, num_generators in (("duet-noswa", 1), ("duet", cfg.num_generators)):
+        for variant in cfg.duet_variants:
+            _train(cfg, runs[method] / variant.name, backbone, seed, "duet", progress, init=runs["base"],
+                   num_generators=num_generators, variant=variant)
+        chosen[method] = _select_variant(runs[method], cfg.duet_variants)
+        runs[method] = chosen[method][0]
     ft_file = runs["finetune"] / "finetune.json"
     if not ft_file.exists():
         finetune(FinetuneConfig(base_run=str(runs["base"]), data=cfg.data, split="test", steps=cfg.finetune_steps,
@@ -166,11 +202,20 @@ def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, windows
             continue
         entry[method] = {"test": evaluate_run(run, "test")}
         if method.startswith("duet"):
+            entry[method]["variant"] = run.name
+            entry[method]["valid_uauc_per_variant"] = chosen[method][1]
             cost = generation_cost(run, windows)
             entry[method]["history"] = json.loads((run / "history.json").read_text())
             entry[method]["adapt_ms_per_device"] = cost["batched_ms"]
             entry[method]["adapt_ms_single_device"] = cost["single_ms"]
     return entry
+
+
+def _select_variant(folder: Path, variants: tuple[DuetVariant, ...]) -> tuple[Path, dict[str, float]]:
+    """The variant run with the best validation uauc (ties: the first listed), and every variant's score."""
+    scores = {v.name: json.loads((folder / v.name / "metrics_valid.json").read_text())["uauc"] for v in variants}
+    best = max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
+    return folder / best, scores
 
 
 def write_report(results: dict, report: Path) -> None:

@@ -40,9 +40,21 @@ def write_markdown(results: dict, report: Path) -> None:
                       f"{gen['mean'] * 1e3:.1f} µs amortised in a batch of 1024 devices "
                       f"(**{ft['mean'] / gen['mean']:,.0f}x** faster), {single['mean']:.3f} ms for a device alone "
                       f"({ft['mean'] / single['mean']:,.0f}x)."]
-        lines.append("")
+        lines += ["", *_variant_lines(results["runs"][backbone]), ""]
     lines += ["![uauc](uauc.png)", "", "![adaptation time](adaptation.png)", "", "![validation curves](curves.png)", ""]
     write_bytes(report / "results.md", "\n".join(lines).encode())
+
+
+def _variant_lines(seeds: dict) -> list[str]:
+    """Which DUET stage-2 variant validation chose, per seed, with every variant's valid uauc."""
+    lines = ["DUET stage-2 variant chosen on validation uauc (every variant's valid uauc in brackets):", ""]
+    for seed, runs in seeds.items():
+        for method in ("duet-noswa", "duet"):
+            scores = runs.get(method, {}).get("valid_uauc_per_variant")
+            if scores:
+                tried = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+                lines.append(f"- {seed}, {LABELS[method]}: **{runs[method]['variant']}** ({tried})")
+    return lines if len(lines) > 2 else []
 
 
 def write_plots(results: dict, report: Path) -> None:
