@@ -20,11 +20,11 @@ demo: setup
 	$(BIN)/duet compare --data $(DATA) --backbones sasrec --seeds 1 --quick --out $(REPORT) --overwrite
 
 test: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
 	$(BIN)/pytest -q
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks experiments
 
 clean:
 	rm -rf $(VENV) data reports runs

@@ -60,3 +60,12 @@ def test_variant_selection_uses_validation_and_keeps_the_first_on_ties(tmp_path)
     best, scores = _select_variant(tmp_path, variants)
     assert best == tmp_path / variants[1].name
     assert scores == {v.name: u for v, u in zip(variants, (0.70, 0.75, 0.75), strict=True)}
+
+
+def test_oscillation_on_worked_examples():
+    from duet.report.stability import oscillation
+
+    assert oscillation([0.5, 0.6, 0.4, 0.7]) == pytest.approx({"mean_abs_change": 0.6 / 3, "direction_changes": 2})
+    assert oscillation([0.1, 0.2, 0.2, 0.3]) == {"mean_abs_change": pytest.approx(0.2 / 3), "direction_changes": 0}
+    assert oscillation([0.3, 0.5, 0.5, 0.2])["direction_changes"] == 1  # up, flat, down: one turn
+    assert oscillation([0.7]) == {"mean_abs_change": 0.0, "direction_changes": 0}
