@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from duet.errors import DuetError
@@ -69,3 +70,18 @@ def test_oscillation_on_worked_examples():
     assert oscillation([0.1, 0.2, 0.2, 0.3]) == {"mean_abs_change": pytest.approx(0.2 / 3), "direction_changes": 0}
     assert oscillation([0.3, 0.5, 0.5, 0.2])["direction_changes"] == 1  # up, flat, down: one turn
     assert oscillation([0.7]) == {"mean_abs_change": 0.0, "direction_changes": 0}
+
+
+def test_summary_pairs_each_method_with_the_base_of_its_own_seed():
+    from duet.report.compare import summarize
+
+    def entry(uauc: float) -> dict:
+        return {"test": {"auc": uauc, "uauc": uauc, "ndcg@10": 0.5, "hit@10": 0.9, "logloss": 0.4}}
+
+    # base differs a lot between seeds, DUET is always 0.002 / 0.004 above it
+    seeds = {"seed0": {"base": entry(0.80), "duet": entry(0.802)}, "seed1": {"base": entry(0.90), "duet": entry(0.904)}}
+    summary = summarize({"runs": {"sasrec": seeds}})["sasrec"]
+    assert summary["duet"]["uauc"]["std"] == pytest.approx(np.std([0.802, 0.904], ddof=1))
+    assert summary["duet"]["uauc_minus_base"]["mean"] == pytest.approx(0.003)
+    assert summary["duet"]["uauc_minus_base"]["std"] == pytest.approx(np.std([0.002, 0.004], ddof=1))
+    assert "uauc_minus_base" not in summary["base"]

@@ -237,11 +237,20 @@ def summarize(results: dict) -> dict:
                 continue
             stats = {}
             for metric in REPORTED:
-                values = np.array([e["test"][metric] for e in entries], dtype=float)
-                stats[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+                stats[metric] = _mean_std(np.array([e["test"][metric] for e in entries], dtype=float))
+            # Paired over seeds: each seed's method and base share the dataset draw and
+            # the base run, so the seed-to-seed spread of the base cancels out.
+            paired = [seed[method]["test"]["uauc"] - seed["base"]["test"]["uauc"]
+                      for seed in seeds.values() if method in seed and "base" in seed]
+            if method != "base" and paired:
+                stats["uauc_minus_base"] = _mean_std(np.array(paired))
             for key in ("adapt_ms_per_device", "adapt_ms_single_device"):
                 if key in entries[0]:
-                    times = np.array([e[key] for e in entries])
-                    stats[key] = {"mean": float(times.mean()), "std": float(times.std(ddof=1)) if len(times) > 1 else 0.0}
+                    stats[key] = _mean_std(np.array([e[key] for e in entries], dtype=float))
             out.setdefault(backbone, {})[method] = stats
     return out
+
+
+def _mean_std(values: np.ndarray) -> dict[str, float]:
+    """Mean and sample std (ddof 1; 0 for a single value)."""
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}

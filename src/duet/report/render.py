@@ -21,17 +21,21 @@ def write_markdown(results: dict, report: Path) -> None:
     lines = [
         "# duet comparison", "",
         f"Dataset `{cfg['data']}`; test split; mean ± std over the seeds finished so far "
-        f"(of {cfg['seeds']} planned). Models selected on validation uauc only.", "",
+        f"(of {cfg['seeds']} planned). Models selected on validation uauc only. The paired column is the "
+        "mean ± std over seeds of (method − base) test uauc within each seed, where both share the base run.", "",
     ]
     for backbone, methods in results["summary"].items():
-        lines += [f"## {backbone} ({len(results['runs'][backbone])} seed(s))", "", "| method | " + " | ".join(REPORTED) + " | adaptation ms/device (batched) |",
-                  "|---|" + "---|" * (len(REPORTED) + 1)]
+        lines += [f"## {backbone} ({len(results['runs'][backbone])} seed(s))", "",
+                  "| method | " + " | ".join(REPORTED) + " | uauc − base, paired by seed | adaptation ms/device (batched) |",
+                  "|---|" + "---|" * (len(REPORTED) + 2)]
         for method in METHODS:
             if method not in methods:
                 continue
             stats = methods[method]
             adapt = stats.get("adapt_ms_per_device")
-            cells = [_fmt(stats[m]) for m in REPORTED] + [f"{adapt['mean']:.4f}" if adapt else "–"]
+            delta = stats.get("uauc_minus_base")
+            cells = [_fmt(stats[m]) for m in REPORTED] + [f"{delta['mean']:+.4f} ± {delta['std']:.4f}" if delta else "–",
+                                                         f"{adapt['mean']:.4f}" if adapt else "–"]
             lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
         ft, gen = methods.get("finetune", {}).get("adapt_ms_per_device"), methods.get("duet", {}).get("adapt_ms_per_device")
         single = methods.get("duet", {}).get("adapt_ms_single_device")
@@ -100,13 +104,14 @@ def write_plots(results: dict, report: Path) -> None:
     # validation uauc per epoch with and without SWA
     fig, axes = plt.subplots(1, len(backbones), figsize=(4 * len(backbones), 3), squeeze=False)
     for ax, backbone in zip(axes[0], backbones, strict=True):
-        for seed, runs in results["runs"][backbone].items():
-            for method, style in (("duet-noswa", "--"), ("duet", "-")):
+        for color, (seed, runs) in enumerate(results["runs"][backbone].items()):
+            for method, style in (("duet-noswa", "--"), ("duet", "-")):  # one colour per seed
                 history = runs.get(method, {}).get("history", [])
-                ax.plot([h["epoch"] for h in history], [h["valid_uauc"] for h in history], style,
-                        label=f"{LABELS[method]} {seed}")
+                ax.plot([h["epoch"] for h in history], [h["valid_uauc"] for h in history], style, marker=".",
+                        color=f"C{color}", label=f"{LABELS[method]} {seed}")
         ax.set_title(backbone)
-        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("stage-2 epoch")
         ax.set_ylabel("valid uauc")
         ax.legend(fontsize=6)
     _save(fig, report / "curves.png")
