@@ -208,7 +208,7 @@ def plot(summary: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from duet.atomic import atomic_path
+    from duet.atomic import save_png
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
     buckets = summary["latency_buckets"]
@@ -228,9 +228,7 @@ def plot(summary: dict, out: Path) -> None:
     if slope is not None:
         bottom.set_title(f"RSS slope after warm-up: {slope:+.2f} MiB/min", fontsize=9)
     fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, out, dpi=110)
 
 
 def main() -> None:

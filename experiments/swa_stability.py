@@ -19,10 +19,9 @@ import argparse
 import json
 from pathlib import Path
 
-from duet.atomic import atomic_path, write_json
-from duet.checkpoint import read_run_manifest
+from duet.atomic import save_png, write_json
+from duet.checkpoint import is_finished_run
 from duet.config import GeneratorConfig, RunConfig, TrainConfig
-from duet.errors import DuetError
 from duet.report.stability import oscillation
 from duet.training.loop import run_config_for, train
 
@@ -31,9 +30,7 @@ NUM_GENERATORS = (1, 3)
 
 def run_stage2(args: argparse.Namespace, base: RunConfig, lr: float, num_generators: int) -> list[dict]:
     out = Path(args.work) / f"lr{lr:g}-np{num_generators}"
-    try:
-        read_run_manifest(out)
-    except DuetError:  # not finished: train (or resume) it
+    if not is_finished_run(out):  # train it, or resume it after an interruption
         config = run_config_for(
             args.data, model=base.model,
             train=TrainConfig(method="duet", seed=base.train.seed, epochs=args.epochs, patience=args.epochs, lr=lr,
@@ -64,8 +61,7 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel("valid uauc")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    save_png(fig, path, dpi=120)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from duet.checkpoint import load_run
+from duet.checkpoint import is_finished_run, load_run
 from duet.config import GeneratorConfig, ModelConfig, TrainConfig
 from duet.data.store import load_dataset
 from duet.errors import ArtifactError
@@ -144,7 +144,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_dir, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "manifest.json").exists()
+    assert not is_finished_run(tmp_path / "killed") and is_finished_run(tmp_path / "full")
     subprocess.run([*cmd, *args, "--out", str(tmp_path / "killed"), "--resume"], check=True, capture_output=True)
+    assert is_finished_run(tmp_path / "killed")
     full = json.loads((tmp_path / "full" / "metrics_valid.json").read_text())
     resumed = json.loads((tmp_path / "killed" / "metrics_valid.json").read_text())
     assert full == resumed

@@ -85,6 +85,15 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def save_png(fig: object, path: str | Path, dpi: int) -> None:
+    """Write a matplotlib figure as PNG, atomically, then release it (pyplot keeps figures alive)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+
+
 def write_json(path: str | Path, obj: object) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 

@@ -69,6 +69,15 @@ def read_run_manifest(run: str | Path) -> dict:
     return read_manifest(run, RUN_FORMAT, "finished duet run")
 
 
+def is_finished_run(run: str | Path) -> bool:
+    """A finished run has a valid manifest (written last, so an interrupted run has none)."""
+    try:
+        read_run_manifest(run)
+        return True
+    except ArtifactError:
+        return False
+
+
 def verify_run(run: str | Path) -> dict:
     """Check every file listed in the manifest against its sha256; return the manifest."""
     manifest = read_run_manifest(run)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from duet.atomic import atomic_path
+from duet.atomic import save_png
 from duet.data.store import PAD, Dataset, load_dataset, load_vocab
 
 
@@ -101,6 +101,4 @@ def plot(path: str | Path, png: str | Path) -> None:
     right.set_xlabel("item rank")
     right.set_ylabel("positives")
     fig.suptitle(Path(path).name)
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, png, dpi=100)

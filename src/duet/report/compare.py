@@ -19,7 +19,7 @@ import torch
 from pydantic import Field
 
 from duet.atomic import write_json
-from duet.checkpoint import load_run, read_run_manifest
+from duet.checkpoint import is_finished_run, load_run
 from duet.config import BACKBONE_NAMES, GeneratorConfig, ModelConfig, Strict, TrainConfig
 from duet.errors import DuetError
 from duet.training.evaluate import evaluate_run
@@ -94,19 +94,11 @@ def _run_dir(report: Path, backbone: str, seed: int, method: str) -> Path:
     return report / "runs" / backbone / f"seed{seed}" / method
 
 
-def _finished(run: Path) -> bool:
-    try:
-        read_run_manifest(run)
-        return True
-    except DuetError:
-        return False
-
-
 def _train(cfg: CompareConfig, out: Path, backbone: str, seed: int, method: str, progress: bool,
            init: Path | None = None, num_generators: int = 1, variant: DuetVariant | None = None) -> None:
     from duet.training.loop import run_config_for, train
 
-    if _finished(out):
+    if is_finished_run(out):
         log.info("reusing %s", out)
         return
     duet = method == "duet"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from duet.atomic import atomic_path, write_bytes
+from duet.atomic import save_png, write_bytes
 
 LABELS = {"pop": "popularity", "base": "base (global)", "finetune": "fine-tune", "duet-noswa": "DUET w/o SWA",
           "duet": "DUET (PPG+SWA)"}
@@ -119,8 +119,4 @@ def write_plots(results: dict, report: Path) -> None:
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    save_png(fig, path, dpi=120)
