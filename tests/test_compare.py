@@ -8,14 +8,22 @@ import numpy as np
 import pytest
 
 from duet.errors import DuetError
-from duet.report.compare import METHODS, CompareConfig, DuetVariant, _select_variant, compare
+from duet.report.compare import (
+    DIFFERENCES,
+    METHODS,
+    CompareConfig,
+    DuetVariant,
+    _select_variant,
+    compare,
+)
 
 VARIANTS = (DuetVariant(rank=2, dropout=0.5), DuetVariant(freeze_static=True, rank=None, dropout=0.1))
 
 
 def test_compare_writes_a_complete_report(tiny_dir, tmp_path):
     cfg = CompareConfig(data=str(tiny_dir), backbones=("sasrec",), seeds=2, epochs=1, duet_epochs=1,
-                        patience=1, finetune_steps=2, threads=1, num_generators=2, duet_variants=VARIANTS)
+                        patience=1, finetune_steps=2, threads=1, num_generators=2, duet_variants=VARIANTS,
+                        scratch_epochs=1, full_ranking_positives=50)
     results = compare(cfg, tmp_path, progress=False)
     for seed in ("seed0", "seed1"):
         for method in ("duet-noswa", "duet"):
@@ -26,7 +34,19 @@ def test_compare_writes_a_complete_report(tiny_dir, tmp_path):
             run = tmp_path / "runs/sasrec" / seed / method / entry["variant"]
             assert json.loads((run / "metrics_valid.json").read_text())["uauc"] == scores[entry["variant"]]
     summary = results["summary"]["sasrec"]
-    assert set(summary) == set(METHODS)
+    assert set(summary) == {*METHODS, "differences"}
+    diffs = summary["differences"]
+    assert set(diffs) == {f"{a} - {b}" for a, b in DIFFERENCES}
+    for name, d in diffs.items():  # the interval is around the mean of the paired per-user differences
+        a, b = name.split(" - ")
+        users = results["runs"]["sasrec"]["seed0"][a]["user_auc"]
+        assert d["seeds"] == 2 and d["users"] == len(users) and d["lo"] <= d["mean"] <= d["hi"]
+    seed0 = results["runs"]["sasrec"]["seed0"]
+    own = np.mean([seed0["duet"]["user_auc"][u] for u in seed0["duet"]["user_auc"]])
+    assert own == pytest.approx(seed0["duet"]["test"]["uauc"], abs=1e-5)
+    global_file = tmp_path / "runs/sasrec/seed0/duet" / seed0["duet"]["variant"] / "metrics_test_global.json"
+    assert json.loads(global_file.read_text()).items() <= seed0["duet-global"]["test"].items()
+    assert seed0["duet-global"]["test"]["uauc"] != seed0["duet"]["test"]["uauc"]
     for method in METHODS:
         for metric in ("auc", "uauc", "ndcg@10", "hit@10", "logloss"):
             stat = summary[method][metric]
@@ -36,6 +56,7 @@ def test_compare_writes_a_complete_report(tiny_dir, tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     markdown = (tmp_path / "results.md").read_text()
     assert "DUET (PPG+SWA)" in markdown and "fine-tune" in markdown and "±" in markdown
+    assert "95% interval" in markdown and "full_ndcg@10" in markdown
     assert f"**{results['runs']['sasrec']['seed0']['duet']['variant']}**" in markdown
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["summary"]["sasrec"]["base"]["uauc"]["mean"] == summary["base"]["uauc"]["mean"]

@@ -66,6 +66,9 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="Adam weight decay")] = 0.0,
     clip_norm: Annotated[float, typer.Option(help="gradient-norm clipping")] = 5.0,
     patience: Annotated[int, typer.Option(help="early-stopping patience (epochs) on valid uauc")] = 3,
+    lr_schedule: Annotated[str, typer.Option(help="plateau (lr x --lr-decay after an epoch without valid gain) | constant")] = "constant",
+    lr_decay: Annotated[float, typer.Option(help="plateau schedule: lr factor after an epoch without gain")] = 0.5,
+    sampled_negatives: Annotated[int, typer.Option(help="extra uniform negatives per train event, new every epoch")] = 0,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
     embed_dim: Annotated[int, typer.Option(help="item embedding size")] = 32,
@@ -85,6 +88,7 @@ def train(
     temperature: Annotated[float, typer.Option(help="SWA softmax temperature")] = 1.0,
     freeze_static: Annotated[bool, typer.Option(help="DUET: keep the static part = the global model")] = False,
     init: Annotated[Path | None, typer.Option(help="DUET: take stage 1 from this base run")] = None,
+    from_scratch: Annotated[bool, typer.Option(help="DUET: no stage 1; static part and generator trained jointly from scratch (the published schedule)")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Train a popularity, base (global UMN) or DUET run; select on validation uauc."""
@@ -108,14 +112,21 @@ def evaluate(
     run: Annotated[Path, typer.Option(help="run directory (duet train)")],
     split: Annotated[str, typer.Option(help="valid | test")] = "test",
     data: Annotated[Path | None, typer.Option(help="dataset (default: the run's own)")] = None,
+    head: Annotated[str, typer.Option(help="DUET runs: generated (theta_d) | global (its static part with theta_g)")] = "generated",
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON object on stdout")] = False,
 ) -> None:
     """Evaluate a trained run on a split: prints a table and writes RUN/metrics_<split>.json."""
     if split not in ("valid", "test"):
         raise typer.BadParameter(f"--split must be valid or test, got {split!r}")
     from duet.training.evaluate import evaluate_run
 
-    metrics = evaluate_run(run, split, data)
-    _print_metrics(f"{run} ({split})", metrics)
+    metrics = evaluate_run(run, split, data, head)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(metrics))
+    else:
+        _print_metrics(f"{run} ({split}{', global head' if head == 'global' else ''})", metrics)
 
 
 @app.command()
@@ -168,6 +179,8 @@ def compare(
              "(default joint-rank4-dropout0.5,frozen-rankfull-dropout0.3)")] = None,
     finetune_steps: Annotated[int | None, typer.Option(help="fine-tuning steps per device")] = None,
     finetune_scope: Annotated[str | None, typer.Option(help="fine-tune all | head")] = None,
+    scratch: Annotated[bool | None, typer.Option(help="also train DUET jointly from scratch, the published schedule (default on; quick: off)")] = None,
+    full_ranking_positives: Annotated[int | None, typer.Option(help="test positives ranked against the whole catalogue (default 2000)")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
     overwrite: Annotated[bool, typer.Option(help="reuse an existing report directory")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
@@ -183,7 +196,8 @@ def compare(
     chosen = {"backbones": tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else None,
               "seeds": seeds, "epochs": epochs, "backbone_epochs": {} if epochs else None, "duet_epochs": duet_epochs,
               "duet_variants": tuple(DuetVariant.parse(v) for v in variants.split(",")) if variants else None,
-              "finetune_steps": finetune_steps, "finetune_scope": finetune_scope, "threads": threads}
+              "finetune_steps": finetune_steps, "finetune_scope": finetune_scope, "scratch": scratch,
+              "full_ranking_positives": full_ranking_positives, "threads": threads}
     cfg = CompareConfig.model_validate({**base.model_dump(), **{k: v for k, v in chosen.items() if v is not None}})
     _setup_logging()
     run_compare(cfg, out, progress=progress)
@@ -245,6 +259,7 @@ def prepare(
     timestamp_col: Annotated[str | None, typer.Option(help="timestamp column (default: timestamp)")] = None,
     sep: Annotated[str, typer.Option(help="csv field separator")] = ",",
     max_users: Annotated[int | None, typer.Option(help="keep only the first N users of the source")] = None,
+    protocol_name: Annotated[str | None, typer.Option("--protocol", help="a named protocol instead of the options below: reference (the published code's layout: L 30, W 10, 1/4 negatives, 80/20 by position)")] = None,
     min_user_interactions: Annotated[int | None, typer.Option(help=f"k-core minimum per user; {_PROTOCOL_HELP}")] = None,
     min_item_interactions: Annotated[int | None, typer.Option(help=f"k-core minimum per item; {_PROTOCOL_HELP}")] = None,
     history_len: Annotated[int | None, typer.Option(help=f"click-history length L; {_PROTOCOL_HELP}")] = None,
@@ -275,7 +290,7 @@ def prepare(
         manifest = prepare_dataset(
             out, source, path=path, train=train, test=test, user_col=user_col, item_col=item_col,
             rating_col=rating_col, timestamp_col=timestamp_col, sep=sep, protocol=protocol,
-            max_users=max_users, overwrite=overwrite, progress=status.update,
+            named_protocol=protocol_name, max_users=max_users, overwrite=overwrite, progress=status.update,
         )
     _print_counts(console, f"prepared in {time.perf_counter() - started:.1f} s", manifest)
     typer.echo(f"wrote {out}")

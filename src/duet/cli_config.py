@@ -24,7 +24,8 @@ def train_config(
     clip_norm: float, patience: int, seed: int, threads: int | None, embed_dim: int, num_blocks: int,
     num_heads: int, dropout: float, head_hidden: str | None, activation: str, encoder: str, gen_hidden: int,
     layer_embed_dim: int, decoder_hidden: int, rank: int | None, mode: str, gen_dropout: float, num_generators: int,
-    temperature: float, freeze_static: bool, init: Path | None,
+    temperature: float, freeze_static: bool, init: Path | None, from_scratch: bool = False,
+    lr_schedule: str = "constant", lr_decay: float = 0.5, sampled_negatives: int = 0,
 ) -> RunConfig:
     """Validate every option; a bad value is a one-line DuetError naming the option."""
     from duet.training.loop import run_config_for
@@ -39,7 +40,9 @@ def train_config(
                                     num_generators=num_generators, temperature=temperature)
         train = TrainConfig(method=method, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                             clip_norm=clip_norm, patience=patience, seed=seed, threads=threads,
-                            freeze_static=freeze_static, init_run=str(init) if init else None)
+                            freeze_static=freeze_static, init_run=str(init) if init else None,
+                            from_scratch=from_scratch, lr_schedule=lr_schedule, lr_decay=lr_decay,
+                            sampled_negatives=sampled_negatives)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "option"

@@ -89,10 +89,27 @@ class TrainConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     clip_norm: float = Field(5.0, gt=0, description="gradient-norm clipping, always applied")
     patience: int = Field(3, ge=1, description="epochs without valid uauc gain before stopping")
+    # plateau: every epoch without a valid uauc gain halves the learning rate (the
+    # next epochs refine instead of wandering); constant: the rate never changes.
+    lr_schedule: Literal["constant", "plateau"] = "constant"
+    lr_decay: float = Field(0.5, gt=0.0, le=1.0, description="plateau: lr factor after an epoch without gain")
+    # Extra negatives per training event, drawn afresh every epoch from the whole
+    # catalogue (beside the dataset's own fixed negatives).
+    sampled_negatives: int = Field(0, ge=0, description="extra uniform negatives per train event, new each epoch")
     seed: int = 0
     freeze_static: bool = False
     init_run: str | None = Field(None, description="DUET stage 1 from this base run")
+    # The published code's schedule: no stage 1, the static part, theta_g and the
+    # generator trained together from a random start.
+    from_scratch: bool = Field(False, description="DUET: train everything jointly from scratch (no stage 1)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None = default)")
+
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> TrainConfig:
+        if self.from_scratch and (self.init_run is not None or self.freeze_static or self.method != "duet"):
+            raise ValueError("from_scratch is for --method duet, without --init or --freeze-static")
+        return self
 
 
 class RunConfig(Strict):

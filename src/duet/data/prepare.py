@@ -43,6 +43,7 @@ from duet.errors import DuetError
 log = logging.getLogger(__name__)
 
 SOURCES = ("movielens-small", "csv", "recbole", "duet-text")
+NAMED_PROTOCOLS = ("reference",)
 Progress = Callable[[str], None]
 _CHUNK = 1 << 16  # targets per block when gathering sequences, to bound memory
 
@@ -254,19 +255,26 @@ def prepare_dataset(
     timestamp_col: str | None = None,
     sep: str = ",",
     protocol: ProtocolConfig | None = None,
+    named_protocol: str | None = None,
     max_users: int | None = None,
     overwrite: bool = False,
     progress: Progress = _noop,
 ) -> dict:
     """Build the dataset directory `out` (atomically) and return its manifest.
 
-    `protocol` applies to raw sources (None = defaults); the duet-text source takes
-    its records as they are and accepts neither a protocol nor `max_users`.
+    `protocol` applies to raw sources (None = defaults); `named_protocol="reference"`
+    builds the published code's layout instead (`duet.data.reference`, no protocol
+    options); the duet-text source takes its records as they are and accepts neither.
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
     started = time.perf_counter()
+    if named_protocol not in (None, *NAMED_PROTOCOLS):
+        raise DuetError(f"unknown --protocol {named_protocol!r}; expected one of {', '.join(NAMED_PROTOCOLS)}")
+    if named_protocol is not None and (protocol is not None or source == "duet-text"):
+        raise DuetError(f"--protocol {named_protocol} fixes every protocol option and needs a raw source "
+                        "(movielens-small, csv or recbole): drop the protocol options")
     if source == "duet-text":
         if protocol is not None or max_users is not None or path is not None:
             raise DuetError("--source duet-text takes --train and --test only: its records are "
@@ -292,9 +300,19 @@ def prepare_dataset(
         if max_users is not None:
             inter = inter.first_users(max_users)
             source_info["max_users"] = max_users
-        built = build(inter, protocol, progress)
-        splits, item_raw, user_raw = built.splits, built.item_raw, built.user_raw
-        protocol_info = protocol.model_dump(mode="json")
+        if named_protocol == "reference":
+            from duet.data.reference import ReferenceProtocol, build_reference
+            from duet.data.textformat import VALID_FRACTION, text_splits
+
+            progress("building the reference protocol's records")
+            reference = ReferenceProtocol()
+            tr, te, item_raw, user_raw = build_reference(inter, reference)
+            splits = text_splits(tr, te)
+            protocol_info = {**reference.to_json(), "valid_fraction": VALID_FRACTION}
+        else:
+            built = build(inter, protocol, progress)
+            splits, item_raw, user_raw = built.splits, built.item_raw, built.user_raw
+            protocol_info = protocol.model_dump(mode="json")
     progress(f"writing {out}")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         manifest = write_dataset(tmp, splits, item_raw, user_raw, source_info, protocol_info)

@@ -240,12 +240,6 @@ def import_text(train: str | Path, test: str | Path) -> tuple[dict[str, Split], 
     train, test = Path(train), Path(test)
     tr = read_text(train)
     te = read_text(test, (tr.window.shape[1], tr.history.shape[1]), f"line 1 of {train}")
-    in_valid = valid_mask(tr.user)
-    splits = {
-        "train": _split(tr, ~in_valid, np.arange(len(tr))),
-        "valid": _split(tr, in_valid, np.arange(len(tr))),
-        "test": _split(te, np.ones(len(te), bool), np.arange(len(te))),
-    }
     max_item = max(
         int(a.max(initial=0))
         for r in (tr, te) for a in (r.item, r.window, r.history)
@@ -256,7 +250,18 @@ def import_text(train: str | Path, test: str | Path) -> tuple[dict[str, Split], 
                          dtype=np.int64)
     source = {"kind": "duet-text",
               **{name: {"path": str(p), "sha256": sha256_file(p)} for name, p in (("train", train), ("test", test))}}
-    return splits, item_raw, user_raw, source
+    return text_splits(tr, te), item_raw, user_raw, source
+
+
+def text_splits(train: TextRecords, test: TextRecords) -> dict[str, Split]:
+    """Train/valid/test splits of text-format records: valid is carved from the end of
+    each user's train records (`valid_mask`), test is the test file as it is."""
+    in_valid = valid_mask(train.user)
+    return {
+        "train": _split(train, ~in_valid, np.arange(len(train))),
+        "valid": _split(train, in_valid, np.arange(len(train))),
+        "test": _split(test, np.ones(len(test), bool), np.arange(len(test))),
+    }
 
 
 def _digits4() -> np.ndarray:

@@ -22,12 +22,20 @@ from duet.atomic import write_json
 from duet.checkpoint import is_finished_run, load_run
 from duet.config import BACKBONE_NAMES, GeneratorConfig, ModelConfig, Strict, TrainConfig
 from duet.errors import DuetError
-from duet.training.evaluate import evaluate_run
+from duet.report.stats import difference_matrix, paired_bootstrap
+from duet.training.evaluate import evaluate_run, user_auc_file
+from duet.training.full_ranking import full_ranking, interacted_items
 
 log = logging.getLogger("duet.compare")
 
-METHODS = ("pop", "base", "finetune", "duet-noswa", "duet")
+# duet-global: the chosen DUET run's own static part with the global head (no
+# generation); duet-scratch: DUET trained jointly from scratch (the published schedule).
+METHODS = ("pop", "base", "finetune", "duet-noswa", "duet", "duet-global", "duet-scratch")
 REPORTED = ("auc", "uauc", "ndcg@10", "hit@10", "logloss")
+FULL_RANKED = ("full_ndcg@10", "full_recall@10", "full_mrr")
+# (A, B): A - B per user (and seed) with a paired bootstrap interval in every report.
+DIFFERENCES = (("duet", "base"), ("duet", "finetune"), ("duet", "duet-noswa"), ("duet", "duet-global"),
+               ("duet-global", "base"), ("duet-scratch", "base"), ("finetune", "base"))
 
 
 class DuetVariant(Strict):
@@ -81,13 +89,20 @@ class CompareConfig(Strict):
     finetune_steps: int = 10
     finetune_lr: float = 1e-3
     finetune_scope: str = "all"
+    scratch: bool = Field(True, description="also train DUET jointly from scratch (the published schedule)")
+    scratch_epochs: int = Field(30, ge=1)
+    # Full-catalogue ranking of a seeded sample of test positives (the same for every
+    # method); None ranks all of them (slow for DIN, which scores every pair).
+    full_ranking_positives: int | None = Field(2000, ge=1)
     threads: int | None = None
 
 
 def quick_config(data: str) -> CompareConfig:
-    """The README's main job: one seed, SASRec, a few epochs (minutes on 2 cores)."""
-    return CompareConfig(data=data, backbones=("sasrec",), seeds=1, epochs=6, duet_epochs=2, patience=2,
-                         backbone_epochs={}, duet_variants=DEFAULT_VARIANTS[:1])
+    """The README's main job: one seed, SASRec, minutes on 2 cores. The base trains to
+    its early stop (so DUET's stage-2 epochs do not flatter DUET), and the report shows
+    what generation itself adds (DUET static + global head)."""
+    return CompareConfig(data=data, backbones=("sasrec",), seeds=1, epochs=12, duet_epochs=2, patience=2,
+                         backbone_epochs={}, duet_variants=DEFAULT_VARIANTS[:1], scratch=False)
 
 
 def _run_dir(report: Path, backbone: str, seed: int, method: str) -> Path:
@@ -102,11 +117,13 @@ def _train(cfg: CompareConfig, out: Path, backbone: str, seed: int, method: str,
         log.info("reusing %s", out)
         return
     duet = method == "duet"
+    scratch = duet and init is None
     variant = variant or DuetVariant()
+    epochs = cfg.scratch_epochs if scratch else cfg.duet_epochs if duet else cfg.backbone_epochs.get(backbone, cfg.epochs)
     train_cfg = TrainConfig(
-        method=method, seed=seed, epochs=cfg.duet_epochs if duet else cfg.backbone_epochs.get(backbone, cfg.epochs),
-        patience=cfg.patience, lr=cfg.duet_lr if duet else cfg.lr, threads=cfg.threads,
-        freeze_static=duet and variant.freeze_static, init_run=str(init) if init else None,
+        method=method, seed=seed, epochs=epochs, patience=cfg.patience,
+        lr=cfg.duet_lr if duet and not scratch else cfg.lr, threads=cfg.threads,
+        freeze_static=duet and variant.freeze_static, init_run=str(init) if init else None, from_scratch=scratch,
     )
     generator = GeneratorConfig(num_generators=num_generators, temperature=cfg.temperature, rank=variant.rank,
                                 dropout=variant.dropout) if duet else None
@@ -152,26 +169,29 @@ def compare(cfg: CompareConfig, report: str | Path, progress: bool = True) -> di
     if saved.exists() and json.loads(saved.read_text()) != cfg.model_dump(mode="json"):
         raise DuetError(f"{saved}: this report was started with another configuration; use a new --out")
     write_json(saved, cfg.model_dump(mode="json"))
-    windows = load_dataset(cfg.data, splits=("test",))["test"].window
+    data = load_dataset(cfg.data)
     results: dict = {"config": cfg.model_dump(mode="json"), "runs": {}}
     # Seed-major, and the report is rewritten after every (seed, backbone): an
     # interrupted comparison still leaves a complete report of what finished.
     for seed in range(cfg.seeds):
         for backbone in cfg.backbones:
-            entry = _run_all(cfg, report, backbone, seed, windows, progress)
+            entry = _run_all(cfg, report, backbone, seed, data, progress)
             results["runs"].setdefault(backbone, {})[f"seed{seed}"] = entry
             write_report(results, report)
     return results
 
 
-def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, windows: np.ndarray,
-             progress: bool) -> dict:
+def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, progress: bool) -> dict:
     """Train/fine-tune/evaluate every method for one (backbone, seed); test metrics per method."""
     from duet.training.finetune import FinetuneConfig, finetune
 
-    runs = {m: _run_dir(report, backbone, seed, m) for m in METHODS}
+    runs = {m: _run_dir(report, backbone, seed, m) for m in METHODS if m != "duet-global"}
+    if not cfg.scratch:
+        del runs["duet-scratch"]
     _train(cfg, runs["pop"], backbone, seed, "pop", progress)
     _train(cfg, runs["base"], backbone, seed, "base", progress)
+    if cfg.scratch:
+        _train(cfg, runs["duet-scratch"], backbone, seed, "duet", progress, num_generators=cfg.num_generators)
     chosen: dict[str, tuple[Path, dict[str, float]]] = {}
     for method, num_generators in (("duet-noswa", 1), ("duet", cfg.num_generators)):
         for variant in cfg.duet_variants:
@@ -179,24 +199,33 @@ def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, windows
                    num_generators=num_generators, variant=variant)
         chosen[method] = _select_variant(runs[method], cfg.duet_variants)
         runs[method] = chosen[method][0]
+    runs["duet-global"] = runs["duet"]
     ft_file = runs["finetune"] / "finetune.json"
     if not ft_file.exists():
         finetune(FinetuneConfig(base_run=str(runs["base"]), data=cfg.data, split="test", steps=cfg.finetune_steps,
                                 lr=cfg.finetune_lr, scope=cfg.finetune_scope, seed=seed),
                  runs["finetune"], progress=progress)
     entry: dict = {}
+    seen = interacted_items(data, data.num_users)
     for method, run in runs.items():
+        head = "global" if method == "duet-global" else "generated"
         if method == "finetune":
             summary = json.loads(ft_file.read_text())
             entry[method] = {"test": summary["metrics"],
                              "adapt_ms_per_device": summary["seconds_per_device"]["p50"] * 1e3,
                              "peak_bytes_per_device": summary["peak_bytes_per_device"]["max"]}
-            continue
-        entry[method] = {"test": evaluate_run(run, "test")}
-        if method.startswith("duet"):
+        else:
+            entry[method] = {"test": evaluate_run(run, "test", head=head)}
+            _, model, _ = load_run(run)
+            if head == "global":
+                model = model.recommender
+            entry[method]["test"].update(full_ranking(model, data["test"], seen, data.num_items,
+                                                      max_positives=cfg.full_ranking_positives, seed=seed))
+        entry[method]["user_auc"] = json.loads(user_auc_file(run, "test", head).read_text())
+        if method in ("duet", "duet-noswa"):
             entry[method]["variant"] = run.name
             entry[method]["valid_uauc_per_variant"] = chosen[method][1]
-            cost = generation_cost(run, windows)
+            cost = generation_cost(run, data["test"].window)
             entry[method]["history"] = json.loads((run / "history.json").read_text())
             entry[method]["adapt_ms_per_device"] = cost["batched_ms"]
             entry[method]["adapt_ms_single_device"] = cost["single_ms"]
@@ -220,7 +249,8 @@ def write_report(results: dict, report: Path) -> None:
 
 
 def summarize(results: dict) -> dict:
-    """mean and std over seeds of each reported metric and of adaptation time."""
+    """mean and std over seeds of each reported metric and of adaptation time, and the
+    paired differences (`DIFFERENCES`) with bootstrap intervals over users and seeds."""
     out: dict = {}
     for backbone, seeds in results["runs"].items():
         for method in METHODS:
@@ -228,8 +258,9 @@ def summarize(results: dict) -> dict:
             if not entries:
                 continue
             stats = {}
-            for metric in REPORTED:
-                stats[metric] = _mean_std(np.array([e["test"][metric] for e in entries], dtype=float))
+            for metric in REPORTED + FULL_RANKED:
+                if all(metric in e["test"] for e in entries):
+                    stats[metric] = _mean_std(np.array([e["test"][metric] for e in entries], dtype=float))
             # Paired over seeds: each seed's method and base share the dataset draw and
             # the base run, so the seed-to-seed spread of the base cancels out.
             paired = [seed[method]["test"]["uauc"] - seed["base"]["test"]["uauc"]
@@ -240,6 +271,13 @@ def summarize(results: dict) -> dict:
                 if key in entries[0]:
                     stats[key] = _mean_std(np.array([e[key] for e in entries], dtype=float))
             out.setdefault(backbone, {})[method] = stats
+        differences = {}
+        for a, b in DIFFERENCES:
+            pairs = [(seed[a]["user_auc"], seed[b]["user_auc"]) for seed in seeds.values()
+                     if a in seed and b in seed and "user_auc" in seed[a] and "user_auc" in seed[b]]
+            if pairs:
+                differences[f"{a} - {b}"] = paired_bootstrap(difference_matrix(pairs))
+        out.setdefault(backbone, {})["differences"] = differences
     return out
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from duet.atomic import save_png, write_bytes
 
 LABELS = {"pop": "popularity", "base": "base (global)", "finetune": "fine-tune", "duet-noswa": "DUET w/o SWA",
-          "duet": "DUET (PPG+SWA)"}
+          "duet": "DUET (PPG+SWA)", "duet-global": "DUET static + global head",
+          "duet-scratch": "DUET from scratch (published schedule)"}
 
 
 def _fmt(stat: dict) -> str:
@@ -15,26 +16,30 @@ def _fmt(stat: dict) -> str:
 
 
 def write_markdown(results: dict, report: Path) -> None:
-    from duet.report.compare import METHODS, REPORTED
+    from duet.report.compare import FULL_RANKED, METHODS, REPORTED
 
     cfg = results["config"]
     lines = [
         "# duet comparison", "",
         f"Dataset `{cfg['data']}`; test split; mean ± std over the seeds finished so far "
         f"(of {cfg['seeds']} planned). Models selected on validation uauc only. The paired column is the "
-        "mean ± std over seeds of (method − base) test uauc within each seed, where both share the base run.", "",
+        "mean ± std over seeds of (method − base) test uauc within each seed, where both share the base run. "
+        "`full_*` metrics rank a test positive against every item the user never interacted with "
+        f"({cfg.get('full_ranking_positives') or 'all'} seeded positives, the same for every method; "
+        "fine-tuning has none: it is a model per device).", "",
     ]
     for backbone, methods in results["summary"].items():
         lines += [f"## {backbone} ({len(results['runs'][backbone])} seed(s))", "",
-                  "| method | " + " | ".join(REPORTED) + " | uauc − base, paired by seed | adaptation ms/device (batched) |",
-                  "|---|" + "---|" * (len(REPORTED) + 2)]
+                  "| method | " + " | ".join(REPORTED + FULL_RANKED)
+                  + " | uauc − base, paired by seed | adaptation ms/device (batched) |",
+                  "|---|" + "---|" * (len(REPORTED) + len(FULL_RANKED) + 2)]
         for method in METHODS:
             if method not in methods:
                 continue
             stats = methods[method]
             adapt = stats.get("adapt_ms_per_device")
             delta = stats.get("uauc_minus_base")
-            cells = [_fmt(stats[m]) for m in REPORTED] + [f"{delta['mean']:+.4f} ± {delta['std']:.4f}" if delta else "–",
+            cells = [_fmt(stats[m]) if m in stats else "–" for m in REPORTED + FULL_RANKED] + [f"{delta['mean']:+.4f} ± {delta['std']:.4f}" if delta else "–",
                                                          f"{adapt['mean']:.4f}" if adapt else "–"]
             lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
         ft, gen = methods.get("finetune", {}).get("adapt_ms_per_device"), methods.get("duet", {}).get("adapt_ms_per_device")
@@ -44,9 +49,27 @@ def write_markdown(results: dict, report: Path) -> None:
                       f"{gen['mean'] * 1e3:.1f} µs amortised in a batch of 1024 devices "
                       f"(**{ft['mean'] / gen['mean']:,.0f}x** faster), {single['mean']:.3f} ms for a device alone "
                       f"({ft['mean'] / single['mean']:,.0f}x)."]
+        lines += ["", *_difference_lines(methods.get("differences", {})), ""]
         lines += ["", *_variant_lines(results["runs"][backbone]), ""]
     lines += ["![uauc](uauc.png)", "", "![adaptation time](adaptation.png)", "", "![validation curves](curves.png)", ""]
     write_bytes(report / "results.md", "\n".join(lines).encode())
+
+
+def _difference_lines(differences: dict) -> list[str]:
+    """Paired test-uauc differences with 95% bootstrap intervals over users (and seeds)."""
+    if not differences:
+        return []
+    lines = ["Paired differences of test uauc (mean over users and seeds; 95% percentile bootstrap interval, "
+             "users and seeds resampled; **bold** = the interval excludes 0). `duet - duet-global` is what "
+             "generation itself adds beyond the static part DUET trained:", "",
+             "| difference | mean | 95% interval | significant | seeds x users |", "|---|---|---|---|---|"]
+    for name, d in differences.items():
+        a, b = name.split(" - ")
+        label = f"{LABELS.get(a, a)} − {LABELS.get(b, b)}"
+        mean = f"**{d['mean']:+.4f}**" if d["significant"] else f"{d['mean']:+.4f}"
+        lines.append(f"| {label} | {mean} | [{d['lo']:+.4f}, {d['hi']:+.4f}] | "
+                     f"{'yes' if d['significant'] else 'no'} | {d['seeds']} x {d['users']} |")
+    return lines
 
 
 def _variant_lines(seeds: dict) -> list[str]:
@@ -81,7 +104,7 @@ def write_plots(results: dict, report: Path) -> None:
         bars = ax.bar(np.arange(len(backbones)) + i * width, means, width, yerr=stds, label=LABELS[method],
                       capsize=3)
         ax.bar_label(bars, fmt="%.4f", fontsize=6, padding=2)
-    lows = [summary[b][m]["uauc"]["mean"] for b in backbones for m in summary[b]]
+    lows = [summary[b][m]["uauc"]["mean"] for b in backbones for m in METHODS if m in summary[b]]
     ax.set_ylim(max(0.0, min(lows) - 0.02), min(1.0, max(lows) + 0.02))
     ax.set_xticks(np.arange(len(backbones)) + 0.4 - width / 2, backbones)
     ax.set_ylabel("test uauc")

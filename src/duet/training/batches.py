@@ -77,3 +77,20 @@ class EventBatcher:
         batches = list(batches)
         usable = len(batches) - len(batches) % world
         yield from batches[rank:usable:world]
+
+
+def with_sampled_negatives(batch: Batch, per_event: int, num_items: int) -> Batch:
+    """The batch plus `per_event` extra negatives per event, drawn uniformly from the
+    catalogue (1..num_items-1) with torch's global generator (seeded per epoch by the
+    train loop, so a resumed run draws the same). Files with one fixed negative per
+    positive (the reference protocol) let a model memorise which item was the
+    negative; fresh ones every epoch keep the task honest. Training only: `records`
+    still names the batch's stored records, which come first."""
+    events = batch.history.shape[0]
+    item = torch.randint(1, num_items, (events * per_event,))
+    inverse = torch.arange(events).repeat_interleave(per_event)
+    return Batch(
+        history=batch.history, window=batch.window,
+        item=torch.cat([batch.item, item]), label=torch.cat([batch.label, torch.zeros(len(item))]),
+        inverse=torch.cat([batch.inverse, inverse]), records=batch.records,
+    )

@@ -46,19 +46,52 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 8192) -> dict[str
     return compute_metrics(split.label, logits, split.user, ks=METRIC_KS)
 
 
-def evaluate_run(run: str | Path, split: str, data: str | Path | None = None) -> dict[str, float]:
-    """Evaluate a finished run on `split` and write RUN/metrics_<split>.json."""
+def user_auc_file(run: str | Path, split: str, head: str = "generated") -> Path:
+    """Where `evaluate_run` keeps the per-user AUCs behind a run's uauc (for paired intervals)."""
+    return Path(run) / f"user_auc_{split}{'_global' if head == 'global' else ''}.json"
+
+
+def write_user_auc(path: Path, split: Split, logits: np.ndarray) -> None:
+    from duet.atomic import write_json
+    from duet.report.stats import per_user_auc
+
+    write_json(path, {str(u): round(a, 6) for u, a in per_user_auc(split.label, logits, split.user).items()})
+
+
+HEADS = ("generated", "global")
+
+
+def evaluate_run(run: str | Path, split: str, data: str | Path | None = None,
+                 head: str = "generated") -> dict[str, float]:
+    """Evaluate a finished run on `split` and write RUN/metrics_<split>.json.
+
+    `head="global"` scores a DUET run with its own static part and the global head
+    theta_g, no generation (written to metrics_<split>_global.json): the difference
+    to the generated heads is what generation itself adds, beyond a static part
+    trained for longer in stage 2.
+    """
     from duet.atomic import write_json
     from duet.checkpoint import load_run
     from duet.data.store import load_dataset
-    from duet.errors import ArtifactError
+    from duet.duet_model import DuetModel
+    from duet.errors import ArtifactError, DuetError
 
+    if head not in HEADS:
+        raise DuetError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
     config, model, _ = load_run(run)
     dataset = load_dataset(data or config.data, splits=(split,))
     if dataset.hash != config.data_hash:
         raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
-    metrics = evaluate(model, dataset[split], config.train.eval_batch_size)
-    write_json(Path(run) / f"metrics_{split}.json", metrics)
+    if head == "global":
+        if not isinstance(model, DuetModel):
+            raise DuetError(f"{run}: --head global is for DUET runs (a {config.train.method} run has only the global head)")
+        model = model.recommender
+    records = dataset[split]
+    logits = predict(model, records, config.train.eval_batch_size)
+    metrics = compute_metrics(records.label, logits, records.user, ks=METRIC_KS)
+    suffix = "_global" if head == "global" else ""
+    write_json(Path(run) / f"metrics_{split}{suffix}.json", metrics)
+    write_user_auc(user_auc_file(run, split, head), records, logits)
     return metrics
 
 

@@ -31,7 +31,7 @@ from duet.config import RunConfig
 from duet.data.store import Dataset, load_dataset, manifest_hash
 from duet.errors import ArtifactError, DuetError
 from duet.models.popularity import Popularity
-from duet.training.batches import EventBatcher
+from duet.training.batches import EventBatcher, with_sampled_negatives
 from duet.training.distributed import World, close_world, init_world
 from duet.training.evaluate import evaluate, score_batch
 
@@ -74,7 +74,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, world: Wo
         history: list[dict] = []
     else:
         model = build_model(config)
-        if config.train.method == "duet":
+        if config.train.method == "duet" and not config.train.from_scratch:
             _init_stage1(model, config, out, resume, progress, world)
         summary, history = fit(model, data, config, out, resume, progress, world)
     if world.is_main:
@@ -137,29 +137,33 @@ def fit(model: nn.Module, data: Dataset, config: RunConfig, out: Path, resume: b
     tc = config.train
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    state = {"epoch": -1, "best": float("-inf"), "best_epoch": -1, "bad_epochs": 0, "history": []}
+    state = {"epoch": -1, "best": float("-inf"), "best_epoch": -1, "bad_epochs": 0, "lr": tc.lr, "history": []}
     if resume and (out / STATE_DIR / "state.json").exists():
         state = _load_state(out / STATE_DIR, model, optimizer)
         log.info("resuming %s after epoch %d", out, state["epoch"])
+    _set_lr(optimizer, state.setdefault("lr", tc.lr))
     trainer = nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
     batcher = EventBatcher(data["train"], tc.batch_size)
     for epoch in range(state["epoch"] + 1, tc.epochs):
         if state["bad_epochs"] >= tc.patience:
             break
         torch.manual_seed(tc.seed * 1_000_003 + epoch)  # dropout: identical after a restart
+        epoch_lr = state["lr"]
         model.train()
         started, seen, total_loss = time.perf_counter(), 0, 0.0
         n_batches = batcher.num_batches() // world.size
         with _progress(progress and world.is_main) as bar:
             task = bar.add_task(f"epoch {epoch}", total=n_batches, loss=float("nan"), speed=0.0)
             for batch in batcher.shuffled(tc.seed, epoch, world.rank, world.size):
+                if tc.sampled_negatives:
+                    batch = with_sampled_negatives(batch, tc.sampled_negatives, data.num_items)
                 loss = F.binary_cross_entropy_with_logits(score_batch(trainer, batch), batch.label)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, tc.clip_norm)
                 optimizer.step()
-                seen += len(batch)
-                total_loss += loss.item() * len(batch)
+                seen += len(batch.item)
+                total_loss += loss.item() * len(batch.item)
                 bar.update(task, advance=1, loss=total_loss / seen, speed=seen / (time.perf_counter() - started))
         train_seconds = time.perf_counter() - started
         metrics = evaluate(model, data["valid"], tc.eval_batch_size) if world.is_main else None
@@ -171,10 +175,14 @@ def fit(model: nn.Module, data: Dataset, config: RunConfig, out: Path, resume: b
                 save_tensors(out / WEIGHTS, model.state_dict())
         else:
             state["bad_epochs"] += 1
+            if tc.lr_schedule == "plateau":
+                state["lr"] *= tc.lr_decay
+                _set_lr(optimizer, state["lr"])
         state["epoch"] = epoch
         state["history"].append({
             "epoch": epoch, "loss": total_loss / max(seen, 1), "records_per_s": seen * world.size / train_seconds,
-            "seconds": train_seconds, **{f"valid_{k}": v for k, v in metrics.items()},
+            "seconds": train_seconds, "lr": epoch_lr,
+            **{f"valid_{k}": v for k, v in metrics.items()},
         })
         log.info("epoch %d  loss %.4f  valid uauc %.4f  auc %.4f  %s", epoch, total_loss / max(seen, 1),
                  metrics["uauc"], metrics["auc"], "*" if improved else "")
@@ -187,6 +195,11 @@ def fit(model: nn.Module, data: Dataset, config: RunConfig, out: Path, resume: b
     best = state["history"][[h["epoch"] for h in state["history"]].index(state["best_epoch"])]
     valid = {k.removeprefix("valid_"): v for k, v in best.items() if k.startswith("valid_")}
     return {"best_epoch": state["best_epoch"], "valid": valid}, state["history"]
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def _progress(enabled: bool) -> Progress:
