@@ -13,16 +13,18 @@ from duet.cli_config import train_config
 runner = CliRunner()
 
 DEFAULTS = dict(
-    backbone="sasrec", method="base", epochs=30, batch_size=1024, lr=1e-3, weight_decay=0.0, clip_norm=5.0,
-    patience=3, seed=0, threads=None, embed_dim=32, num_blocks=2, num_heads=1, dropout=0.2, head_hidden=None,
+    backbone="sasrec", method="base", epochs=None, batch_size=1024, lr=None, weight_decay=0.0, clip_norm=5.0,
+    patience=None, lr_schedule="constant", lr_decay=0.5, sampled_negatives=0, seed=0, threads=None, embed_dim=32, num_blocks=2, num_heads=1, dropout=0.2, head_hidden=None,
     activation="tanh", encoder="gru", gen_hidden=32, layer_embed_dim=16, decoder_hidden=32, rank=None,
     mode="residual", gen_dropout=0.3, num_generators=3, temperature=1.0, freeze_static=False, init=None,
+    from_scratch=False,
 )
 CHANGED = dict(
     backbone="din", epochs=7, batch_size=64, lr=0.01, weight_decay=0.1, clip_norm=1.0, patience=9, seed=4,
+    lr_schedule="plateau", lr_decay=0.3, sampled_negatives=2,
     threads=1, embed_dim=8, num_blocks=3, num_heads=2, dropout=0.0, head_hidden="16,8", activation="relu",
     encoder="attention", gen_hidden=12, layer_embed_dim=6, decoder_hidden=10, rank=2, mode="paper", gen_dropout=0.1,
-    num_generators=5, temperature=2.5, freeze_static=True, init="some/run",
+    num_generators=5, temperature=2.5, freeze_static=True, init="some/run", from_scratch=True,
 )
 
 

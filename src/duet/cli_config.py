@@ -20,8 +20,8 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
 
 
 def train_config(
-    data: Path, backbone: str, method: str, epochs: int, batch_size: int, lr: float, weight_decay: float,
-    clip_norm: float, patience: int, seed: int, threads: int | None, embed_dim: int, num_blocks: int,
+    data: Path, backbone: str, method: str, epochs: int | None, batch_size: int, lr: float | None,
+    weight_decay: float, clip_norm: float, patience: int | None, seed: int, threads: int | None, embed_dim: int, num_blocks: int,
     num_heads: int, dropout: float, head_hidden: str | None, activation: str, encoder: str, gen_hidden: int,
     layer_embed_dim: int, decoder_hidden: int, rank: int | None, mode: str, gen_dropout: float, num_generators: int,
     temperature: float, freeze_static: bool, init: Path | None, from_scratch: bool = False,

@@ -80,15 +80,27 @@ class GeneratorConfig(Strict):
     temperature: float = Field(1.0, gt=0.0, description="SWA softmax temperature tau")
 
 
+# Defaults that depend on what is trained (chosen on validation, docs/RESULTS.md):
+# a model trained from scratch (base, or DUET from scratch) climbs for many epochs
+# at a high rate on a noisy validation curve, so it gets a long patience; DUET
+# stage 2 starts from a trained model and overfits within a few epochs.
+SCRATCH_SCHEDULE = {"lr": 3e-3, "epochs": 50, "patience": 10}
+STAGE2_SCHEDULE = {"lr": 1e-3, "epochs": 10, "patience": 3}
+
+
 class TrainConfig(Strict):
+    """`lr`, `epochs` and `patience` left out take SCRATCH_SCHEDULE or, for DUET stage 2
+    (method duet, not from scratch), STAGE2_SCHEDULE."""
+
     method: Literal["pop", "base", "duet"] = "base"
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(SCRATCH_SCHEDULE["epochs"], ge=1)
     batch_size: int = Field(1024, ge=1)
     eval_batch_size: int = Field(8192, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(SCRATCH_SCHEDULE["lr"], gt=0)
     weight_decay: float = Field(0.0, ge=0)
     clip_norm: float = Field(5.0, gt=0, description="gradient-norm clipping, always applied")
-    patience: int = Field(3, ge=1, description="epochs without valid uauc gain before stopping")
+    patience: int = Field(SCRATCH_SCHEDULE["patience"], ge=1,
+                          description="epochs without valid uauc gain before stopping")
     # plateau: every epoch without a valid uauc gain halves the learning rate (the
     # next epochs refine instead of wandering); constant: the rate never changes.
     lr_schedule: Literal["constant", "plateau"] = "constant"
@@ -104,6 +116,15 @@ class TrainConfig(Strict):
     from_scratch: bool = Field(False, description="DUET: train everything jointly from scratch (no stage 1)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None = default)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _schedule_defaults(cls, values: object) -> object:
+        if isinstance(values, dict):
+            stage2 = values.get("method") == "duet" and not values.get("from_scratch")
+            missing = {k: v for k, v in (STAGE2_SCHEDULE if stage2 else SCRATCH_SCHEDULE).items()
+                       if values.get(k) is None}
+            values = {**values, **missing}
+        return values
 
     @model_validator(mode="after")
     def _check_schedule(self) -> TrainConfig:

@@ -74,15 +74,15 @@ class CompareConfig(Strict):
     data: str
     backbones: tuple[str, ...] = ("sasrec", "gru4rec", "din")
     seeds: int = Field(3, ge=1)
-    # Base models overfit MovieLens-small after ~5-11 epochs at lr 3e-3; 12 is
-    # enough, except for GRU4Rec, still improving at 12.
-    epochs: int = Field(12, ge=1)
-    backbone_epochs: dict[str, int] = Field(default_factory=lambda: {"gru4rec": 24},
+    # None = `duet train`'s defaults (config.SCRATCH_SCHEDULE for base and DUET from
+    # scratch, config.STAGE2_SCHEDULE for DUET stage 2).
+    epochs: int | None = Field(None, ge=1)
+    backbone_epochs: dict[str, int] = Field(default_factory=dict,
                                             description="max base epochs per backbone, overriding `epochs`")
-    duet_epochs: int = Field(4, ge=1)
-    patience: int = Field(2, ge=1)
-    lr: float = 3e-3
-    duet_lr: float = 1e-3
+    duet_epochs: int | None = Field(None, ge=1)
+    patience: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    duet_lr: float | None = Field(None, gt=0)
     num_generators: int = Field(3, ge=2, description="N_p of the SWA variant")
     temperature: float = 1.0
     duet_variants: tuple[DuetVariant, ...] = Field(DEFAULT_VARIANTS, min_length=1)
@@ -90,7 +90,7 @@ class CompareConfig(Strict):
     finetune_lr: float = 1e-3
     finetune_scope: str = "all"
     scratch: bool = Field(True, description="also train DUET jointly from scratch (the published schedule)")
-    scratch_epochs: int = Field(30, ge=1)
+    scratch_epochs: int | None = Field(None, ge=1)
     # Full-catalogue ranking of a seeded sample of test positives (the same for every
     # method); None ranks all of them (slow for DIN, which scores every pair).
     full_ranking_positives: int | None = Field(2000, ge=1)

@@ -27,7 +27,7 @@ from duet.checkpoint import (
     save_tensors,
     write_manifest,
 )
-from duet.config import RunConfig
+from duet.config import RunConfig, TrainConfig
 from duet.data.store import Dataset, load_dataset, manifest_hash
 from duet.errors import ArtifactError, DuetError
 from duet.models.popularity import Popularity
@@ -116,7 +116,10 @@ def _init_stage1(model: nn.Module, config: RunConfig, out: Path, resume: bool, p
     if config.train.init_run is None:
         stage1 = out / "stage1"
         if not (stage1 / "manifest.json").exists():
-            base = config.model_copy(update={"generator": None, "train": config.train.model_copy(update={"method": "base"})})
+            # Stage 1 is a base run: the base schedule (lr, epochs, patience), the rest as given.
+            carried = config.train.model_dump(exclude={"method", "lr", "epochs", "patience", "freeze_static",
+                                                       "init_run", "from_scratch"})
+            base = config.model_copy(update={"generator": None, "train": TrainConfig(method="base", **carried)})
             log.info("DUET stage 1: training the global model into %s", stage1)
             _train(base, stage1, resume and (stage1 / "config.json").exists(), progress, world)
         init_run = stage1
