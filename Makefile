@@ -19,9 +19,10 @@ demo: setup
 	$(BIN)/duet prepare --source movielens-small --out $(DATA) --overwrite
 	$(BIN)/duet compare --data $(DATA) --backbones sasrec --seeds 1 --quick --out $(REPORT) --overwrite
 
+# --durations=25: the slowest tests, to keep the suite under 10 minutes on a 2-core machine.
 test: setup
 	$(BIN)/ruff check src tests benchmarks experiments
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks experiments

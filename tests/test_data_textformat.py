@@ -167,12 +167,12 @@ def test_import_200k_lines(tmp_path):
     train.write_bytes(format_text(user, item, window, history, label))
     test = tmp_path / "test.txt"
     test.write_bytes(format_text(user[:1000], item[:1000], window[:1000], history[:1000], label[:1000]))
-    started = time.perf_counter()
+    started = time.process_time()  # this process's CPU time: what other jobs on the machine do not change
     result = runner.invoke(app, ["prepare", "--source", "duet-text", "--train", str(train), "--test", str(test),
                                  "--out", str(tmp_path / "big")])
-    seconds = time.perf_counter() - started
+    seconds = time.process_time() - started
     assert result.exit_code == 0, result.output
-    assert seconds < 30, f"200k-line import took {seconds:.1f} s"
+    assert seconds < 30, f"200k-line import took {seconds:.1f} s of CPU"
     data = load_dataset(tmp_path / "big")
     assert len(data["train"]) + len(data["valid"]) == n and len(data["test"]) == 1000
     for name in ("train", "valid"):

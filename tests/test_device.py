@@ -197,17 +197,21 @@ def test_client_errors_are_not_retried(bundle: Bundle) -> None:
     assert len(fake.requests) == 1 and "HTTP 422" in runtime.last_error
 
 
-def test_rate_limited_and_overloaded_answers_are_retried_after_retry_after(bundle: Bundle) -> None:
-    import time
+def test_rate_limited_and_overloaded_answers_are_retried_after_retry_after(bundle: Bundle,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
 
-    fake = FakeService(bundle, [(429, "1"), (503, "1"), "ok"])
+    import duet.device.client
+
+    waits: list[float] = []  # what the client slept before each retry, instead of sleeping
+    monkeypatch.setattr(duet.device.client, "time", types.SimpleNamespace(sleep=waits.append))
+    fake = FakeService(bundle, [(429, "1"), (503, "1"), 503, "ok"])
     with fake.running() as url:
-        runtime = DeviceRuntime(bundle, url, "d", retries=2, backoff=0.001, timeout=0.3, token="device-token-0123456789")
-        started = time.monotonic()
+        runtime = DeviceRuntime(bundle, url, "d", retries=3, backoff=0.001, timeout=0.3, token="device-token-0123456789")
         assert runtime.refresh([2]) == SERVICE
-        elapsed = time.monotonic() - started
-    assert len(fake.requests) == 3
-    assert 0.55 < elapsed < 3  # each wait stretched to Retry-After, capped at the 0.3 s timeout
+    assert len(fake.requests) == 4
+    # Each Retry-After stretches the backoff (0.001, 0.002, 0.004), capped at the 0.3 s timeout.
+    assert waits == [0.3, 0.3, 0.004]
     assert all(h["Authorization"] == "Bearer device-token-0123456789" for h in fake.headers)
     assert "device-token" not in repr(runtime.client)
 

@@ -16,14 +16,7 @@ from typer.testing import CliRunner
 from duet.atomic import sha256_file
 from duet.checkpoint import load_run
 from duet.config import ModelConfig
-from duet.export import (
-    DeviceGraph,
-    export_bundle,
-    export_onnx,
-    input_name,
-    model_version,
-    verify_onnx,
-)
+from duet.export import export_bundle, export_onnx, model_version, verify_onnx
 from duet.models.recommender import Recommender
 
 
@@ -50,25 +43,31 @@ def test_bundle_layout(bundle_dir: Path, duet_run: Path, tiny_data: Path) -> Non
     assert manifest["verified_max_abs_diff"] <= 1e-5
 
 
-def test_onnx_equals_torch_for_random_parameters(bundle_dir: Path, duet_run: Path) -> None:
-    _, model, _ = load_run(duet_run)
-    graph = DeviceGraph(model.recommender).eval()
-    session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+def assert_onnx_equals_torch(recommender: torch.nn.Module, onnx_file: Path) -> None:
+    """onnxruntime against the recommender itself (not the exporter's DeviceGraph or self-check), for
+    random head parameters, empty to full histories and 1 to 64 candidates."""
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in session.get_inputs()}
     assert inputs["history"].shape == [1, L] and inputs["items"].shape == ["candidates"]
+    assert set(inputs) == {"history", "items", *(n.replace(".", "_") for n in recommender.param_spec.names)}
     assert [o.name for o in session.get_outputs()] == ["logits"]
     gen = torch.Generator().manual_seed(0)
     for length, candidates in ((0, 1), (3, 5), (L, 64)):
         history = torch.zeros(1, L, dtype=torch.long)
         history[0, :length] = torch.randint(1, NUM_ITEMS, (length,), generator=gen)
         items = torch.randint(1, NUM_ITEMS, (candidates,), generator=gen)
-        params = {input_name(n): torch.randn(1, *shape, generator=gen) for n, shape in graph.recommender.param_spec.entries}
-        with torch.no_grad():
-            expected = graph(history, items, params).numpy()
+        params = {n: torch.randn(1, *shape, generator=gen) for n, shape in recommender.param_spec.entries}
+        with torch.no_grad():  # every candidate belongs to the one event, with the one head
+            expected = recommender.eval()(history, items, torch.zeros_like(items), params).numpy()
         (got,) = session.run(None, {"history": history.numpy(), "items": items.numpy(),
-                                    **{k: v.numpy() for k, v in params.items()}})
+                                    **{n.replace(".", "_"): v.numpy() for n, v in params.items()}})
         assert got.shape == (candidates,)
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_onnx_equals_torch_for_random_parameters(bundle_dir: Path, duet_run: Path) -> None:
+    _, model, _ = load_run(duet_run)
+    assert_onnx_equals_torch(model.recommender, bundle_dir / "model.onnx")
 
 
 @pytest.mark.parametrize("backbone", ["gru4rec", "din"])
@@ -76,7 +75,8 @@ def test_other_backbones_export(backbone: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
     recommender = Recommender(NUM_ITEMS, L, ModelConfig(backbone=backbone, embed_dim=8, num_blocks=1)).eval()
     export_onnx(recommender, tmp_path / "model.onnx")
-    assert verify_onnx(recommender, tmp_path / "model.onnx") <= 1e-5
+    assert_onnx_equals_torch(recommender, tmp_path / "model.onnx")
+    assert verify_onnx(recommender, tmp_path / "model.onnx") <= 1e-5  # the exporter's own check agrees
 
 
 def test_cli_exports_a_base_run_and_refuses_to_overwrite(duet_run: Path, tmp_path: Path) -> None:

@@ -13,12 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from duet.checkpoint import is_finished_run, load_run
+import duet.training.loop as loop
+from duet.checkpoint import is_finished_run, load_run, read_run_manifest
+from duet.cli import app
 from duet.config import GeneratorConfig, ModelConfig, TrainConfig
-from duet.data.store import load_dataset
+from duet.data.store import PAD, load_dataset
 from duet.errors import ArtifactError
-from duet.training.evaluate import evaluate_run, predict
+from duet.metrics import compute_metrics
+from duet.training.evaluate import evaluate, evaluate_run, predict
 from duet.training.loop import run_config_for, train
 
 SMALL = {"embed_dim": 16, "num_blocks": 1}
@@ -43,6 +47,8 @@ def test_every_backbone_beats_popularity_on_valid(tiny_dir, tmp_path, backbone):
     pop = _train(tiny_dir, tmp_path / "pop", method="pop")
     model = _train(tiny_dir, tmp_path / backbone, backbone=backbone, epochs=6)
     assert model["valid"]["uauc"] > pop["valid"]["uauc"], (model["valid"], pop["valid"])
+    _, trained, _ = load_run(tmp_path / backbone)
+    assert torch.count_nonzero(trained.item_embedding.weight[PAD]) == 0  # padding stays zero through training
 
 
 def test_checkpoint_round_trip_gives_identical_scores(base_run, tiny_dir):
@@ -110,9 +116,41 @@ def test_finetuning_never_changes_the_global_model(base_run, tiny_dir):
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert any(not torch.equal(v, before[k]) for k, v in tuned.state_dict().items())
-    summary = finetune(FinetuneConfig(base_run=str(base_run), data=str(tiny_dir), steps=2, max_devices=5), progress=False)
-    assert summary["devices"] == 5 and summary["seconds_per_device"]["p50"] > 0
-    assert 0 <= summary["metrics"]["uauc"] <= 1
+    def tuned_metrics(steps: int) -> dict:
+        cfg = FinetuneConfig(base_run=str(base_run), data=str(tiny_dir), steps=steps, lr=1e-2, max_devices=5)
+        summary = finetune(cfg, progress=False)
+        assert summary["devices"] == 5 and summary["seconds_per_device"]["p50"] > 0
+        return summary["metrics"]
+
+    # No step: exactly the global model's metrics on those five devices' test records; two steps: others.
+    test = load_dataset(tiny_dir, splits=("test",))["test"]
+    five = test.select(np.isin(test.user, np.unique(test.user)[:5]))
+    assert tuned_metrics(0) == pytest.approx(compute_metrics(five.label, predict(model, five), five.user), abs=1e-6)
+    assert tuned_metrics(2)["logloss"] != tuned_metrics(0)["logloss"]
+
+
+@pytest.mark.parametrize(("split", "own"), [("test", ("train", "valid")), ("valid", ("train",))])
+def test_finetuning_trains_only_on_the_devices_own_earlier_records(base_run, tiny_dir, monkeypatch, split, own):
+    """For the test split a device tunes on its train and valid records, for the valid split on its train
+    records: all of them, never another device's, never the split it is scored on."""
+    import duet.training.finetune as finetune_module
+
+    seen = {}
+    real = finetune_module.finetune_device
+
+    def record(model, records, cfg):
+        (user,) = np.unique(records.user)
+        seen[int(user)] = np.sort(records.line)
+        return real(model, records, cfg)
+
+    monkeypatch.setattr(finetune_module, "finetune_device", record)
+    cfg = finetune_module.FinetuneConfig(base_run=str(base_run), data=str(tiny_dir), split=split, steps=1, max_devices=4)
+    finetune_module.finetune(cfg, progress=False)
+    data = load_dataset(tiny_dir)
+    assert list(seen) == np.unique(data[split].user)[:4].tolist()
+    for user, lines in seen.items():
+        expected = np.concatenate([data[name].line[data[name].user == user] for name in own])
+        np.testing.assert_array_equal(lines, np.sort(expected))
 
 
 def test_head_only_finetuning_changes_only_the_head(base_run, tiny_dir):
@@ -190,3 +228,142 @@ def test_training_end_to_end_on_the_reference_text_format(tiny_dir, tmp_path):
     assert 0.5 < evaluate_run(tmp_path / "sasrec", "test")["uauc"] <= 1.0
     _train(imported, tmp_path / "duet", method="duet", epochs=1, init_run=str(tmp_path / "sasrec"))
     assert 0.5 < evaluate_run(tmp_path / "duet", "test")["uauc"] <= 1.0
+
+
+# ---------------------------------------------------------------- what the loop kept, epoch by epoch
+
+class Epochs:
+    """Stands in for the loop's per-epoch validation: keeps a copy of the weights it is given (the
+    model after each epoch) and, when scripted, reports the next scripted uauc instead of the real one."""
+
+    def __init__(self, uauc: list[float] | None):
+        self.states: list[dict[str, torch.Tensor]] = []
+        self.uauc = uauc
+
+    def __call__(self, model, split, batch_size):
+        self.states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        metrics = evaluate(model, split, batch_size)
+        if self.uauc is not None:
+            metrics["uauc"] = self.uauc[len(self.states) - 1]
+        return metrics
+
+
+@pytest.fixture
+def epochs(monkeypatch):
+    """epochs(uauc=None) -> the Epochs recorder, installed in the training loop."""
+
+    def install(uauc: list[float] | None = None) -> Epochs:
+        recorder = Epochs(uauc)
+        monkeypatch.setattr(loop, "evaluate", recorder)
+        return recorder
+
+    return install
+
+
+def assert_same_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert list(got) == list(want)
+    differ = [name for name in got if not torch.equal(got[name], want[name])]
+    assert differ == [], differ
+
+
+def test_saved_model_is_the_best_valid_epoch_not_the_last(tiny_dir, tmp_path, epochs):
+    script = [0.60, 0.80, 0.70, 0.75]  # best at epoch 1; the last is better than its predecessor
+    seen = epochs(script)
+    run = tmp_path / "run"
+    summary = _train(tiny_dir, run, epochs=len(script), patience=len(script))
+    history = json.loads((run / "history.json").read_text())
+    assert [h["valid_uauc"] for h in history] == script
+    best = int(np.argmax(script))
+    assert summary["best_epoch"] == read_run_manifest(run)["best_epoch"] == best
+    assert json.loads((run / "metrics_valid.json").read_text())["uauc"] == script[best]
+    _, model, _ = load_run(run)
+    assert_same_tensors(model.state_dict(), seen.states[best])
+    assert any(not torch.equal(v, seen.states[-1][k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(("patience", "ran", "best"), [(1, 3, 1), (4, 8, 5)])
+def test_training_stops_after_patience_epochs_without_a_gain(tiny_dir, tmp_path, epochs, patience, ran, best):
+    script = [0.60, 0.70, 0.70, 0.69, 0.65, 0.90, 0.80, 0.85]  # a tie is no gain
+    seen = epochs(script)
+    summary = _train(tiny_dir, tmp_path / "run", epochs=len(script), patience=patience)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(seen.states) == len(history) == ran
+    assert summary["best_epoch"] == best
+
+
+def _cli_train(data: Path, out: Path, *args: str):
+    """`duet train` in process with the SMALL model, one thread, no progress bar."""
+    return CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--embed-dim",
+                                    str(SMALL["embed_dim"]), "--num-blocks", str(SMALL["num_blocks"]), "--threads",
+                                    "1", "--no-progress", *args])
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_refuses_a_finished_or_foreign_run(base_run, tiny_dir, tmp_path):
+    unfinished = tmp_path / "unfinished"  # a run killed after its last epoch, before its manifest
+    assert _cli_train(tiny_dir, unfinished, "--epochs", "1").exit_code == 0
+    (unfinished / "manifest.json").unlink()
+    stray = tmp_path / "stray"  # training state without a config: not a run of duet train
+    (stray / "state").mkdir(parents=True)
+    cases = [
+        (base_run, [], "a finished run is already there"),
+        (unfinished, ["--seed", "1"], "different configuration than the saved one"),
+        (unfinished, ["--backbone", "gru4rec"], "different configuration than the saved one"),
+        (stray, [], "no config.json to resume from"),
+    ]
+    for out, args, message in cases:
+        before = _snapshot(out)
+        result = _cli_train(tiny_dir, out, "--resume", "--epochs", "1", *args)
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], (out, args, result.output)
+        assert _snapshot(out) == before  # nothing touched
+    # The same configuration is resumed (and finished): the refusals above were about the run, not the flags.
+    assert _cli_train(tiny_dir, unfinished, "--resume", "--epochs", "1").exit_code == 0
+    assert is_finished_run(unfinished)
+
+
+@pytest.mark.parametrize("freeze", [True, False], ids=["frozen", "joint"])
+def test_duet_train_trains_the_generator(base_run, tiny_dir, tmp_path, monkeypatch, epochs, freeze):
+    """`duet train --method duet`: every generator tensor moves from its initial value, the heads depend
+    on the window, and load_run gives back exactly the weights of the selected epoch."""
+    from duet.checkpoint import build_model, load_config
+
+    initial = []
+
+    def build(config):
+        model = build_model(config)
+        initial.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build)
+    seen = epochs()
+    base = load_config(base_run).model
+    out = tmp_path / "duet"
+    args = ["--method", "duet", "--init", str(base_run), "--epochs", "2", "--patience", "2", "--lr", "1e-2",
+            "--dropout", str(base.dropout), "--num-heads", str(base.num_heads), "--activation", base.activation,
+            "--num-generators", "2", *(["--freeze-static"] if freeze else [])]
+    result = _cli_train(tiny_dir, out, *args)
+    assert result.exit_code == 0, result.output
+    _, model, manifest = load_run(out)
+    trained = model.state_dict()
+    assert_same_tensors(trained, seen.states[manifest["best_epoch"]])
+    (start,) = initial
+    generator = [name for name in trained if name.startswith("generator.")]
+    assert generator and [n for n in generator if torch.equal(trained[n], start[n])] == []
+    _, global_model, _ = load_run(base_run)
+    static = {f"recommender.{k}": v for k, v in global_model.state_dict().items()}
+    assert all(torch.equal(trained[k], v) for k, v in static.items()) == freeze  # joint moves the static part
+    assert torch.count_nonzero(model.recommender.item_embedding.weight[PAD]) == 0
+
+    windows = np.unique(load_dataset(tiny_dir, splits=("valid",))["valid"].window, axis=0)
+    windows = torch.from_numpy(windows[(windows != PAD).sum(1) >= 2][:6].astype(np.int64))
+    assert len(windows) == 6
+    with torch.no_grad():
+        heads = model.generate(windows)
+    for name, value in heads.items():
+        flat = value.reshape(len(windows), -1)
+        distance = torch.cdist(flat, flat) + torch.eye(len(windows))
+        assert bool((distance > 0).all()), f"{name}: two windows got the same head"

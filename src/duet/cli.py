@@ -116,8 +116,10 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON object on stdout")] = False,
 ) -> None:
     """Evaluate a trained run on a split: prints a table and writes RUN/metrics_<split>.json."""
-    if split not in ("valid", "test"):
-        raise typer.BadParameter(f"--split must be valid or test, got {split!r}")
+    from duet.errors import DuetError
+
+    if split not in ("valid", "test"):  # a DuetError: one line, like every other user mistake
+        raise DuetError(f"--split must be valid or test, got {split!r}")
     from duet.training.evaluate import evaluate_run
 
     metrics = evaluate_run(run, split, data, head)
