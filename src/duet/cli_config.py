@@ -25,7 +25,7 @@ def train_config(
     num_heads: int, dropout: float, head_hidden: str | None, activation: str, encoder: str, gen_hidden: int,
     layer_embed_dim: int, decoder_hidden: int, rank: int | None, mode: str, gen_dropout: float, num_generators: int,
     temperature: float, freeze_static: bool, init: Path | None, from_scratch: bool = False,
-    lr_schedule: str = "constant", lr_decay: float = 0.5, sampled_negatives: int = 0,
+    lr_schedule: str = "constant", lr_decay: float = 0.5, sampled_negatives: int = 4,
 ) -> RunConfig:
     """Validate every option; a bad value is a one-line DuetError naming the option."""
     from duet.training.loop import run_config_for

@@ -84,7 +84,7 @@ class GeneratorConfig(Strict):
 # a model trained from scratch (base, or DUET from scratch) climbs for many epochs
 # at a high rate on a noisy validation curve, so it gets a long patience; DUET
 # stage 2 starts from a trained model and overfits within a few epochs.
-SCRATCH_SCHEDULE = {"lr": 3e-3, "epochs": 50, "patience": 10}
+SCRATCH_SCHEDULE = {"lr": 3e-3, "epochs": 50, "patience": 5}
 STAGE2_SCHEDULE = {"lr": 1e-3, "epochs": 10, "patience": 3}
 
 
@@ -106,8 +106,10 @@ class TrainConfig(Strict):
     lr_schedule: Literal["constant", "plateau"] = "constant"
     lr_decay: float = Field(0.5, gt=0.0, le=1.0, description="plateau: lr factor after an epoch without gain")
     # Extra negatives per training event, drawn afresh every epoch from the whole
-    # catalogue (beside the dataset's own fixed negatives).
-    sampled_negatives: int = Field(0, ge=0, description="extra uniform negatives per train event, new each epoch")
+    # catalogue (beside the dataset's own fixed negatives): with one fixed negative
+    # per positive (the reference protocol) a model learns which item was the
+    # negative instead of what the user likes (docs/RESULTS.md).
+    sampled_negatives: int = Field(4, ge=0, description="extra uniform negatives per train event, new each epoch")
     seed: int = 0
     freeze_static: bool = False
     init_run: str | None = Field(None, description="DUET stage 1 from this base run")
