@@ -95,3 +95,21 @@ def test_compare_options_left_out_keep_the_config_defaults(tiny_dir, tmp_path, m
     result = runner.invoke(app, ["compare", "--data", str(tiny_dir), "--out", str(tmp_path / "full"), "--overwrite",
                                  "--variants", "frozen-rank-2"])
     assert result.exit_code == 2 and "frozen-rank-2" in result.stderr and len(seen) == 3
+
+
+def test_a_missing_extra_is_a_one_line_hint(capsys: pytest.CaptureFixture) -> None:
+    import typer
+
+    from duet.cli import user_errors
+
+    @user_errors
+    def command(missing: str) -> None:
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
+    with pytest.raises(typer.Exit) as exit_:
+        command("fastapi")  # e.g. `duet serve` on a training-only install
+    assert exit_.value.exit_code == 2
+    assert capsys.readouterr().err.strip() == ("error: this command needs fastapi: install duet's serve extra "
+                                               "(in a checkout: pip install '.[serve]')")
+    with pytest.raises(ModuleNotFoundError):  # not an extra of ours: a real bug, with its traceback
+        command("duet.nonexistent")
