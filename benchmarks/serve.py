@@ -15,7 +15,10 @@ Measures, each bounded in requests and seconds:
   * device side: onnxruntime scoring latency for 100 candidates, and the RSS of a
     process that imports only duet.device (torch blocked) and scores;
   * end-to-end adaptation (DeviceRuntime.refresh: request sent -> parameters
-    applied) vs the time to fine-tune one device copy for k steps.
+    applied) vs the time to fine-tune one device copy for k steps;
+  * signing: answers/s at concurrency 64 with `duet serve --sign` and without
+    (alternating rounds), and the adaptation p50 with and without the device
+    verifying the signatures, plus signing and verifying alone.
 
 The load generator shares the machine with the service: on a 2-core machine the
 numbers are for service + client together. Other processes are not under our
@@ -45,6 +48,8 @@ TARGETS = {
     "generation_devices_per_s": 50_000,
     "fp16_answer_bytes": 5 * 1024,
     "adaptation_p50_ms": 5,
+    "signing_throughput_drop_pct": 5,
+    "verification_adaptation_added_ms": 0.2,
 }
 
 
@@ -165,42 +170,55 @@ class OtherLoad:
         self.cores = max(0.0, (busy - own - other_pid) / os.sysconf("SC_CLK_TCK") / wall)
 
 
+def measured_load(service: object, concurrency: int, body: bytes, max_requests: int, seconds: float,
+                  workers: int = 1) -> dict:
+    """One load level against a running ServiceProcess, with its batching and CPU figures."""
+    pid, tick = service.process.pid, os.sysconf("SC_CLK_TCK")
+    before = _batch_stats(service.url)
+    cpu = (_busy_jiffies(), _process_jiffies(pid), _own_jiffies(), time.perf_counter())
+    result = asyncio.run(_load(service.url + "/v1/parameters", concurrency, body, max_requests, seconds,
+                               warmup=min(1.0, seconds / 4)))
+    busy, server, client = (_busy_jiffies() - cpu[0], _process_jiffies(pid) - cpu[1], _own_jiffies() - cpu[2])
+    wall = time.perf_counter() - cpu[3]
+    after = _batch_stats(service.url)
+    batches = after[1] - before[1]
+    answers = after[0] - before[0]  # warm-up included, like the CPU times
+    result.update(
+        mean_batch=answers / batches if batches and workers == 1 else None,
+        server_cpu_us_per_answer=server / tick / answers * 1e6 if workers == 1 and answers else None,
+        client_cpu_us_per_answer=client / tick / answers * 1e6 if workers == 1 and answers else None,
+        # Cores that other processes kept busy meanwhile: nonzero means the numbers are pessimistic.
+        other_cpu_cores=max(0.0, (busy - server - client) / tick / wall),
+    )
+    return result
+
+
 def bench_http(run: Path, levels: list[int], batching: dict[str, int], seconds: float, max_requests: int,
                window_len: int, workers: int, executor: str, max_wait_ms: float) -> list[dict]:
     from duet.simulate import ServiceProcess
 
-    window = list(range(1, window_len + 1))
-    body = json.dumps({"device_id": "bench", "window": window, "dtype": "fp16"}).encode()
+    body = request_body(window_len)
     rows = []
     for label, max_batch in batching.items():
         with ServiceProcess(run, max_batch=max_batch, max_wait_ms=max_wait_ms, workers=workers,
                             executor=executor) as service:
-            pid, tick = service.process.pid, os.sysconf("SC_CLK_TCK")
             for concurrency in levels:
-                before = _batch_stats(service.url)
-                cpu = (_busy_jiffies(), _process_jiffies(pid), _own_jiffies(), time.perf_counter())
-                result = asyncio.run(_load(service.url + "/v1/parameters", concurrency, body, max_requests,
-                                           seconds, warmup=min(1.0, seconds / 4)))
-                busy, server, client = (_busy_jiffies() - cpu[0], _process_jiffies(pid) - cpu[1],
-                                        _own_jiffies() - cpu[2])
-                wall = time.perf_counter() - cpu[3]
-                after = _batch_stats(service.url)
-                batches = after[1] - before[1]
-                answers = after[0] - before[0]  # warm-up included, like the CPU times
-                result.update(
-                    batching=label, max_batch=max_batch, workers=workers, executor=executor, max_wait_ms=max_wait_ms,
-                    mean_batch=answers / batches if batches and workers == 1 else None,
-                    server_cpu_us_per_answer=server / tick / answers * 1e6 if workers == 1 and answers else None,
-                    client_cpu_us_per_answer=client / tick / answers * 1e6 if workers == 1 and answers else None,
-                    # Cores that other processes kept busy meanwhile: nonzero means the numbers are pessimistic.
-                    other_cpu_cores=max(0.0, (busy - server - client) / tick / wall),
-                )
+                result = measured_load(service, concurrency, body, max_requests, seconds, workers)
+                result.update(batching=label, max_batch=max_batch, workers=workers, executor=executor,
+                              max_wait_ms=max_wait_ms)
                 rows.append(result)
-                print(f"  {label:<12} c={concurrency:<3} {result['throughput_per_s']:8,.0f} answers/s  "
-                      f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
-                      f"batch {result['mean_batch'] or 0:5.1f}  server {result['server_cpu_us_per_answer'] or 0:4.0f} "
-                      f"us/answer  (others used {result['other_cpu_cores']:.2f} cores)", flush=True)
+                print(f"  {label:<12} c={concurrency:<3} {_level_line(result)}", flush=True)
     return rows
+
+
+def request_body(window_len: int) -> bytes:
+    return json.dumps({"device_id": "bench", "window": list(range(1, window_len + 1)), "dtype": "fp16"}).encode()
+
+
+def _level_line(r: dict) -> str:
+    return (f"{r['throughput_per_s']:8,.0f} answers/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  "
+            f"batch {r['mean_batch'] or 0:5.1f}  server {r['server_cpu_us_per_answer'] or 0:4.0f} us/answer  "
+            f"(others used {r['other_cpu_cores']:.2f} cores)")
 
 
 def answer_sizes(run: Path) -> dict:
@@ -246,7 +264,7 @@ DEVICE_SCRIPT = textwrap.dedent("""
     sys.modules["torch"] = None  # the device must not need torch
     import numpy as np
     from duet.device import Bundle
-    bundle = Bundle(sys.argv[1])
+    bundle = Bundle(sys.argv[1], trusted_keys=sys.argv[3] if len(sys.argv) > 3 else None)
     rng = np.random.default_rng(0)
     history = rng.integers(1, bundle.num_items, bundle.history_len)
     items = rng.integers(1, bundle.num_items, 100)
@@ -267,9 +285,11 @@ DEVICE_SCRIPT = textwrap.dedent("""
 """)
 
 
-def bench_device(bundle: Path, runs: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", DEVICE_SCRIPT, str(bundle), str(runs)], capture_output=True,
-                         text=True, check=True)
+def bench_device(bundle: Path, runs: int, python: str | Path = sys.executable, public_key: Path | None = None,
+                 env: dict[str, str] | None = None) -> dict:
+    """Scoring latency and RSS of a process with only duet.device (in `python`'s environment)."""
+    args = [str(python), "-c", DEVICE_SCRIPT, str(bundle), str(runs), *([str(public_key)] if public_key else [])]
+    out = subprocess.run(args, capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -336,6 +356,92 @@ def bench_finetune(run: Path, steps: int, finetune_json: Path | None) -> dict:
     return results
 
 
+# ---------------------------------------------------------------- signing
+
+def bench_signing(run: Path, bundle: Path, workdir: Path, seconds: float, max_requests: int, rounds: int,
+                  requests: int, window_len: int) -> dict:
+    """Signing off vs on, in one run: answers/s at concurrency 64 (an unsigned and a `--sign` service,
+    loaded in alternation, order flipped each round) and the device's end-to-end adaptation with and
+    without verification (two runtimes taking turns against the signing service)."""
+    import shutil
+    import urllib.request
+
+    from duet.device import Bundle, DeviceRuntime
+    from duet.signing import (
+        SIGNATURE_HEADER,
+        Keyring,
+        answer_message,
+        sign_answers,
+        sign_manifest,
+        verify_answer,
+        write_key_pair,
+    )
+    from duet.simulate import ServiceProcess
+
+    private, _, key = write_key_pair(workdir / "bench-key", overwrite=True)
+    signed = workdir / "signed-bundle"
+    shutil.copytree(bundle, signed, dirs_exist_ok=True)
+    sign_manifest(signed, key)
+    body = request_body(window_len)
+    http: dict[str, list[dict]] = {"off": [], "on": []}
+    adaptation: dict[str, list[float]] = {"off": [], "on": []}
+    with ServiceProcess(run) as plain, ServiceProcess(run, extra_args=["--sign", str(private)]) as signing:
+        request = urllib.request.Request(signing.url + "/v1/parameters", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.headers[SIGNATURE_HEADER], "the --sign service sent no signature"
+        for i in range(rounds):
+            for label, service in ((("off", plain), ("on", signing)) if i % 2 == 0 else
+                                   (("on", signing), ("off", plain))):
+                result = measured_load(service, 64, body, max_requests, seconds)
+                http[label].append(result)
+                print(f"  signing {label:<3} c=64 {_level_line(result)}", flush=True)
+        runtimes = {"on": DeviceRuntime(Bundle(signed, trusted_keys=Keyring([key.public_key])), signing.url, "v"),
+                    "off": DeviceRuntime(Bundle(signed), signing.url, "t")}
+        rng = np.random.default_rng(2)
+        with OtherLoad(signing.process.pid) as others:
+            for i in range(requests + 20):
+                window = rng.integers(1, runtimes["on"].bundle.num_items, window_len)
+                for label in ("on", "off") if i % 2 else ("off", "on"):
+                    if runtimes[label].refresh(window) != "service":
+                        raise RuntimeError(f"refresh failed: {runtimes[label].last_error}")
+                    if i >= 20:
+                        adaptation[label].append(runtimes[label].adaptation_seconds)
+        assert runtimes["on"].client.fetch("v", [1]).signed_by == key.public_key.id
+    batch = [answer_message("run-0123456789ab", "0123456789abcdef", f"{i:064x}", "b" * 64) for i in range(23)]
+    header, ring = sign_answers(key, batch)[0], Keyring([key.public_key])
+    mean = {label: {k: float(np.mean([r[k] for r in rows])) for k in
+                    ("throughput_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_answer", "client_cpu_us_per_answer",
+                     "other_cpu_cores")} for label, rows in http.items()}
+    p50 = {label: float(np.percentile(np.array(t) * 1e3, 50)) for label, t in adaptation.items()}
+    return {
+        "http_c64": {"rounds": http, "mean": mean,
+                     "throughput_ratio_on_off": mean["on"]["throughput_per_s"] / mean["off"]["throughput_per_s"],
+                     "server_cpu_us_per_answer_added": (mean["on"]["server_cpu_us_per_answer"]
+                                                        - mean["off"]["server_cpu_us_per_answer"])},
+        "adaptation_fp32": {"requests": requests, "p50_ms": p50,
+                            "p99_ms": {k: float(np.percentile(np.array(t) * 1e3, 99)) for k, t in adaptation.items()},
+                            "p50_added_ms": p50["on"] - p50["off"], "other_cpu_cores": others.cores},
+        # Per answer: one signed alone (concurrency 1), or one of a batch of 23 (about the batch at
+        # concurrency 64); verifying one answer of a batch of 23 (a 5-step path).
+        "alone_us": {"sign_one_answer": _per_call_us(lambda: sign_answers(key, batch[:1])),
+                     "sign_per_answer_in_23": _per_call_us(lambda: sign_answers(key, batch), 300) / len(batch),
+                     "verify_answer": _per_call_us(lambda: verify_answer(ring, batch[0], header, "bench"))},
+    }
+
+
+def _per_call_us(fn: object, calls: int = 5000) -> float:
+    """Median over 5 batches of `calls` calls, in microseconds per call (one thread)."""
+    for _ in range(200):
+        fn()
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - started) / calls * 1e6)
+    return float(np.median(times))
+
+
 # ---------------------------------------------------------------- main
 
 def main() -> None:
@@ -353,8 +459,9 @@ def main() -> None:
     parser.add_argument("--finetune-steps", type=int, default=10)
     parser.add_argument("--finetune-json", type=Path, help="fine-tune timing from `duet finetune` to report instead")
     parser.add_argument("--modes", default="batching,no-batching", help="HTTP service modes to measure")
-    parser.add_argument("--only", default="http,generation,device,adaptation",
-                        help="comma-separated subset of http,generation,device,adaptation")
+    parser.add_argument("--signing-rounds", type=int, default=3, help="alternations of unsigned/signed load")
+    parser.add_argument("--only", default="http,generation,device,adaptation,signing",
+                        help="comma-separated subset of http,generation,device,adaptation,signing")
     args = parser.parse_args()
     only = set(args.only.split(","))
 
@@ -365,7 +472,7 @@ def main() -> None:
             print("training a throwaway default-architecture DUET run ...", flush=True)
             run = make_run(tmp)
         bundle = args.bundle
-        if bundle is None and only & {"device", "adaptation"}:
+        if bundle is None and only & {"device", "adaptation", "signing"}:
             from duet.export import export_bundle
 
             bundle = tmp / "bundle"
@@ -405,6 +512,18 @@ def main() -> None:
                   f"fine-tune {f['median_ms']:.1f} ms"
                   + (f" (head; whole model {f['all_median_ms']:.1f} ms)" if "all_median_ms" in f else ""),
                   flush=True)
+        if "signing" in only:
+            print("signing off/on:", flush=True)
+            results["signing"] = bench_signing(run, bundle, tmp, args.seconds, args.max_requests, args.signing_rounds,
+                                               args.adaptation_requests, config.window_len)
+            sg = results["signing"]
+            h, a = sg["http_c64"], sg["adaptation_fp32"]
+            print(f"signing: {h['mean']['off']['throughput_per_s']:,.0f} -> {h['mean']['on']['throughput_per_s']:,.0f} "
+                  f"answers/s at c=64 (ratio {h['throughput_ratio_on_off']:.3f}, server +"
+                  f"{h['server_cpu_us_per_answer_added']:.1f} us/answer); adaptation p50 {a['p50_ms']['off']:.3f} -> "
+                  f"{a['p50_ms']['on']:.3f} ms (+{a['p50_added_ms']:.3f}); alone: sign {sg['alone_us']['sign_one_answer']:.1f} us "
+                  f"(in a batch of 23: {sg['alone_us']['sign_per_answer_in_23']:.1f} us an answer), verify "
+                  f"{sg['alone_us']['verify_answer']:.1f} us", flush=True)
         results["machine"]["loadavg_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

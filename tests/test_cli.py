@@ -376,3 +376,21 @@ def test_main_user_mistakes_through_the_real_entry_point(unchanged):
                 or message not in lines[0]:
             wrong.append((args, result.returncode, result.stdout[-300:], result.stderr[-600:]))
     assert wrong == []
+
+
+def test_a_missing_extra_is_a_one_line_hint(capsys: pytest.CaptureFixture) -> None:
+    import typer
+
+    from duet.cli import user_errors
+
+    @user_errors
+    def command(missing: str) -> None:
+        raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+
+    with pytest.raises(typer.Exit) as exit_:
+        command("fastapi")  # e.g. `duet serve` on a training-only install
+    assert exit_.value.exit_code == 2
+    assert capsys.readouterr().err.strip() == ("error: this command needs fastapi: install duet's serve extra "
+                                               "(in a checkout: pip install '.[serve]')")
+    with pytest.raises(ModuleNotFoundError):  # not an extra of ours: a real bug, with its traceback
+        command("duet.nonexistent")

@@ -66,6 +66,7 @@ def test_parameters_as_safetensors(service: ServiceProcess, duet_run: Path) -> N
     assert status == 200
     assert headers["content-type"] == "application/octet-stream"
     assert headers["x-duet-content-sha256"] == hashlib.sha256(body).hexdigest()
+    assert "x-duet-signature" not in headers  # signing is opt-in (duet serve --sign)
     spec = json.loads((duet_run / "param_spec.json").read_text())
     assert headers["x-duet-spec-hash"] == spec["hash"]
     metadata = safetensors_metadata(body)
@@ -123,6 +124,7 @@ def test_probes_models_metrics(service: ServiceProcess, duet_run: Path) -> None:
     assert model["spec_hash"] == spec["hash"] and model["params"] == spec["params"]
     assert model["window_len"] == W and model["num_items"] == NUM_ITEMS
     assert model["dtypes"] == ["fp32", "fp16"] and model["answer_bytes"]["fp16"] < model["answer_bytes"]["fp32"]
+    assert model["signing_key"] is None  # answers are signed only with `duet serve --sign`
 
     post(service.url, {"device_id": "m", "window": [1]})
     post(service.url, {"device_id": "m"})
@@ -364,24 +366,28 @@ def test_every_serve_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch, 
 
     import duet.cloud.server
     from duet.cli import app
+    from duet.signing import write_key_pair
 
     captured = []
     monkeypatch.setattr(duet.cloud.server, "serve", captured.append)
     tokens = tmp_path / "tokens"
     tokens.write_text("# service tokens\nA1b2C3d4E5f6G7h8I9j0\n\n")
-    flags = {"--host": "0.0.0.0", "--port": "1234", "--workers": "2", "--max-batch": "7", "--max-wait-ms": "3.5",
+    key, _, signer = write_key_pair(tmp_path / "cloud")
+    flags = {"--sign": str(key), "--host": "0.0.0.0", "--port": "1234", "--workers": "2", "--max-batch": "7", "--max-wait-ms": "3.5",
              "--threads": "2", "--executor": "thread", "--log-level": "info", "--tokens-file": str(tokens),
              "--max-body-bytes": "4096", "--max-window": "33", "--request-timeout": "2.5", "--max-queue": "99",
              "--rate-limit": "12.5", "--rate-burst": "7", "--watch-interval": "0.5", "--graceful-timeout": "3"}
     result = CliRunner().invoke(app, ["serve", "--run", str(duet_run), *[x for kv in flags.items() for x in kv]])
     assert result.exit_code == 0, result.output
     assert "auth on (1 tokens)" in result.output and "A1b2C3d4E5f6G7h8I9j0" not in result.output
+    assert f"answers signed by key {signer.public_key.id}" in result.output
     (settings,) = captured
     assert settings.model_dump(exclude={"tokens"}) == {
         "run": duet_run, "host": "0.0.0.0", "port": 1234, "workers": 2, "max_batch": 7, "max_wait_ms": 3.5,
         "min_rows": 8, "threads": 2, "executor": "thread", "log_level": "info", "tokens_file": tokens,
         "max_body_bytes": 4096, "max_window": 33, "request_timeout_s": 2.5, "max_queue": 99, "rate_limit": 12.5,
-        "rate_burst": 7.0, "watch_interval_s": 0.5, "graceful_timeout_s": 3.0, "debug_delay_ms": 0.0}
+        "rate_burst": 7.0, "watch_interval_s": 0.5, "graceful_timeout_s": 3.0, "debug_delay_ms": 0.0,
+        "sign_key": key}
     assert settings.auth_tokens() == ["A1b2C3d4E5f6G7h8I9j0"]
     result = CliRunner().invoke(app, ["serve", "--run", str(duet_run / "stage1")])
     assert result.exit_code == 2 and "needs a DUET run" in result.output

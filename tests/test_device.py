@@ -1,4 +1,4 @@
-"""The device runtime: torch-free import, bundle verification, fallbacks, retries."""
+"""The device runtime: torch-free import, bundle verification, fallbacks, retries, answer signatures."""
 
 from __future__ import annotations
 
@@ -19,27 +19,34 @@ import pytest
 from conftest import NUM_ITEMS, W
 from safetensors.numpy import save as save_safetensors
 
-from duet.device import GLOBAL, LAST, SERVICE, Bundle, DeviceRuntime, left_aligned
+from duet.device import GLOBAL, LAST, SERVICE, Bundle, DeviceRuntime, Keyring, left_aligned
 from duet.errors import ArtifactError
+from duet.signing import SIGNATURE_HEADER, SigningKey, answer_message, sign_answers, sign_manifest
 from duet.simulate import free_port
 
+# What a device must never need (the training, plotting and serving stack).
+NOT_ON_A_DEVICE = ("torch", "pandas", "matplotlib", "fastapi", "typer", "pydantic")
 
-def test_device_package_imports_and_scores_without_torch(bundle_dir: Path) -> None:
+
+def test_device_package_imports_and_scores_without_the_training_stack(bundle_dir: Path) -> None:
     script = textwrap.dedent(f"""
         import sys
 
-        class NoTorch:
-            def find_spec(self, name, path=None, target=None):
-                if name == "torch" or name.startswith("torch."):
-                    raise ImportError("torch is not available on a device")
+        BLOCKED = {NOT_ON_A_DEVICE!r}
 
-        sys.meta_path.insert(0, NoTorch())
+        class NotOnADevice:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in BLOCKED:
+                    raise ImportError(name + " is not available on a device")
+
+        sys.meta_path.insert(0, NotOnADevice())
         import numpy as np
         from duet.device import Bundle, DeviceRuntime
         runtime = DeviceRuntime({str(bundle_dir)!r}, "http://127.0.0.1:9", "d", retries=0)
         logits = runtime.score([1, 2, 3], np.arange(1, 6))
         assert logits.shape == (5,), logits.shape
-        assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch got imported"
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        assert not loaded, loaded
         print("ok")
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -82,16 +89,29 @@ def test_observe_keeps_the_last_w_items(bundle_dir: Path) -> None:
 # ---------------------------------------------------------------- a scripted fake service
 
 class FakeService:
-    """Answers POST /v1/parameters from a script: 'ok', 'ok-other-spec', 'corrupt' or an HTTP status."""
+    """Answers POST /v1/parameters from a script, signing as the real service does when given a key.
 
-    def __init__(self, bundle: Bundle, script: list[str | int | tuple[int, str]]):
-        """A step is 'ok', 'ok-other-spec', 'corrupt', a status, or (status, Retry-After)."""
+    A step is 'ok', 'ok-other-spec', 'corrupt' (body differs from its sha256 header), an
+    HTTP status, (status, Retry-After), or, with a key, a forgery: 'unsigned', 'tampered'
+    (one byte changed, sha256 header recomputed), 'other-key' (signed by another key),
+    'other-request' (a genuine answer, signed for another device's request).
+    """
+
+    def __init__(self, bundle: Bundle, script: list[str | int | tuple[int, str]], key: SigningKey | None = None):
         self.bundle, self.script, self.requests, self.headers = bundle, list(script), [], []
+        self.key, self.other_key = key, SigningKey.generate()
         rng = np.random.default_rng(0)
         self.params = {n: rng.normal(size=s).astype(np.float32) for n, s in bundle.spec.entries}
 
     def answer(self, spec_hash: str) -> bytes:
         return save_safetensors(self.params, metadata={"spec_hash": spec_hash, "model_version": "fake-v1"})
+
+    def signature(self, spec_hash: str, digest: str, request: bytes, step: object) -> str | None:
+        if self.key is None or step == "unsigned":
+            return None
+        key = self.other_key if step == "other-key" else self.key
+        asked = request.replace(b'"device_id":"', b'"device_id":"another-') if step == "other-request" else request
+        return sign_answers(key, [answer_message("fake-v1", spec_hash, digest, hashlib.sha256(asked).hexdigest())])[0]
 
     @contextmanager
     def running(self) -> Iterator[str]:
@@ -102,7 +122,8 @@ class FakeService:
                 pass
 
             def do_POST(self) -> None:
-                fake.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                request = self.rfile.read(int(self.headers["Content-Length"]))
+                fake.requests.append(json.loads(request))
                 fake.headers.append(dict(self.headers))
                 step = fake.script.pop(0) if fake.script else "ok"
                 if isinstance(step, int | tuple):
@@ -115,13 +136,21 @@ class FakeService:
                     self.wfile.write(b'{"error": {"code": "scripted", "message": "scripted failure", '
                                      b'"field": null, "errors": []}}')
                     return
-                body = fake.answer(fake.bundle.spec.hash if step != "ok-other-spec" else "0123456789abcdef")
+                spec_hash = fake.bundle.spec.hash if step != "ok-other-spec" else "0123456789abcdef"
+                body = fake.answer(spec_hash)
                 digest = hashlib.sha256(body).hexdigest()
-                if step == "corrupt":
+                signature = fake.signature(spec_hash, digest, request, step)
+                if step in ("corrupt", "tampered"):
                     body = body[:-1] + bytes([body[-1] ^ 1])
+                if step == "tampered":
+                    digest = hashlib.sha256(body).hexdigest()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("X-Duet-Model-Version", "fake-v1")
+                self.send_header("X-Duet-Spec-Hash", spec_hash)
                 self.send_header("X-Duet-Content-SHA256", digest)
+                if signature is not None:
+                    self.send_header(SIGNATURE_HEADER, signature)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -225,3 +254,101 @@ def test_empty_window_uses_the_global_head_without_asking(bundle: Bundle) -> Non
     assert len(fake.requests) == 1
     assert runtime.params is bundle.theta_g and runtime.last_error is None
     assert runtime.refresh([4]) == GLOBAL  # the service is gone and there is no service head to keep
+
+
+# ---------------------------------------------------------------- signed answers
+
+@pytest.fixture(scope="module")
+def cloud_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+def signed_copy(bundle_dir: Path, folder: Path, key: SigningKey, also: list[SigningKey] = ()) -> Path:
+    """A copy of the test bundle signed by `key`, listing `also`'s public keys after its own."""
+    shutil.copytree(bundle_dir, folder)
+    sign_manifest(folder, key, [k.public_key for k in also])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def signed_bundle(bundle_dir: Path, cloud_key: SigningKey, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    folder = signed_copy(bundle_dir, tmp_path_factory.mktemp("signed") / "bundle", cloud_key)
+    return Bundle(folder, trusted_keys=Keyring([cloud_key.public_key]))
+
+
+@pytest.mark.parametrize(("forgery", "reason"), [
+    ("unsigned", "not signed"), ("tampered", "does not verify"), ("other-key", "not trusted"),
+    ("other-request", "does not verify"),
+])
+def test_a_badly_signed_answer_is_refused_and_the_last_good_parameters_kept(
+        signed_bundle: Bundle, cloud_key: SigningKey, forgery: str, reason: str) -> None:
+    fake = FakeService(signed_bundle, ["ok", forgery], key=cloud_key)
+    with fake.running() as url:
+        runtime = DeviceRuntime(signed_bundle, url, "d", retries=2, backoff=0.001)
+        assert runtime.refresh([1, 2]) == SERVICE
+        good = {name: value.copy() for name, value in runtime.params.items()}
+        assert runtime.refresh([3]) == LAST
+    assert len(fake.requests) == 2  # refused at once: asking again would not make it genuine
+    assert reason in runtime.last_error and "\n" not in runtime.last_error
+    assert runtime.version == "fake-v1"
+    for name, value in good.items():
+        np.testing.assert_array_equal(runtime.params[name], value)
+
+
+def test_a_signed_answer_names_its_key(signed_bundle: Bundle, cloud_key: SigningKey) -> None:
+    fake = FakeService(signed_bundle, ["ok"], key=cloud_key)
+    with fake.running() as url:
+        answer = DeviceRuntime(signed_bundle, url, "d").client.fetch("d", [4, 5])
+    assert answer.signed_by == cloud_key.public_key.id
+    for name, value in fake.params.items():
+        np.testing.assert_array_equal(answer.params[name], value)
+
+
+def test_without_a_trusted_key_unsigned_answers_are_accepted(bundle: Bundle, cloud_key: SigningKey) -> None:
+    # ... and so are forged ones: the sha256 header proves nothing to a device without a key.
+    fake = FakeService(bundle, ["unsigned", "tampered"], key=cloud_key)
+    with fake.running() as url:
+        runtime = DeviceRuntime(bundle, url, "d", retries=0)
+        assert runtime.refresh([1]) == SERVICE
+        assert runtime.refresh([2]) == SERVICE
+    assert bundle.answer_keys is None and runtime.client.keys is None
+
+
+def test_rotation_answers_signed_by_a_key_the_bundle_lists_are_accepted(bundle_dir: Path, tmp_path: Path) -> None:
+    old, new = SigningKey.generate(), SigningKey.generate()
+    device_keys = Keyring([old.public_key])  # what the device shipped with
+    rotated = Bundle(signed_copy(bundle_dir, tmp_path / "rotated", old, also=[new]), trusted_keys=device_keys)
+    fake = FakeService(rotated, ["ok"], key=new)
+    with fake.running() as url:
+        runtime = DeviceRuntime(rotated, url, "d", retries=0)
+        assert runtime.refresh([1]) == SERVICE
+    # A bundle that does not list the new key: its answers are someone else's.
+    plain = Bundle(signed_copy(bundle_dir, tmp_path / "plain", old), trusted_keys=device_keys)
+    fake = FakeService(plain, ["ok"], key=new)
+    with fake.running() as url:
+        runtime = DeviceRuntime(plain, url, "d", retries=0)
+        assert runtime.refresh([1]) == GLOBAL and "not trusted" in runtime.last_error
+
+
+# ---------------------------------------------------------------- a new bundle on a running device
+
+def test_a_refused_bundle_update_keeps_the_bundle_and_the_last_good_parameters(
+        signed_bundle: Bundle, bundle_dir: Path, cloud_key: SigningKey, tmp_path: Path) -> None:
+    fake = FakeService(signed_bundle, ["ok"], key=cloud_key)
+    with fake.running() as url:
+        runtime = DeviceRuntime(signed_bundle, url, "d", retries=0)
+        assert runtime.refresh([1]) == SERVICE
+    good = {name: value.copy() for name, value in runtime.params.items()}
+    tampered = signed_copy(bundle_dir, tmp_path / "tampered", cloud_key)
+    manifest = (tampered / "manifest.json").read_bytes()
+    (tampered / "manifest.json").write_bytes(manifest.replace(b'"num_items": ', b'"num_items":\t', 1))  # 1 byte
+    other = signed_copy(bundle_dir, tmp_path / "other", SigningKey.generate())
+    for bad, reason in ((tampered, "does not verify"), (other, "not trusted"), (bundle_dir, "unsigned")):
+        with pytest.raises(ArtifactError, match=reason):
+            runtime.update_bundle(bad)
+        assert runtime.bundle is signed_bundle and runtime.source == SERVICE and reason in runtime.last_error
+        for name, value in good.items():
+            np.testing.assert_array_equal(runtime.params[name], value)
+    runtime.update_bundle(signed_copy(bundle_dir, tmp_path / "next", cloud_key))
+    assert runtime.bundle is not signed_bundle and runtime.source == GLOBAL and runtime.last_error is None
+    assert runtime.bundle.signed_by == cloud_key.public_key.id and runtime.client.keys is runtime.bundle.answer_keys

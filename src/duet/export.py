@@ -6,7 +6,9 @@ A bundle directory holds:
     theta_g.safetensors    the global head (the device's fallback), spec names, unbatched shapes
     vocab.safetensors      `item_raw`: the raw item id of each internal id (0 = padding -> -1)
     param_spec.json        the head's ParamSpec and its hash
-    manifest.json          format, model version, input names, shapes and the sha256 of every file
+    manifest.json          format, model version, input names, shapes and the sha256 of every file;
+                           signed: also `trusted_keys`, the public keys whose answers devices accept
+    manifest.sig           signed bundles only (`--sign`): Ed25519 signature over manifest.json's bytes
 
 Graph inputs: `history` (1, L) int64 (oldest first, left-aligned, 0 = padding),
 `items` (C,) int64 with C dynamic, and one float32 input of shape (1, *shape) per
@@ -21,7 +23,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 
 from duet.atomic import atomic_dir, sha256_file, write_json
 from duet.errors import ArtifactError
+from duet.signing import PublicKey, SigningKey, sign_manifest
 
 log = logging.getLogger("duet.export")
 
@@ -160,9 +163,13 @@ def verify_onnx(recommender: nn.Module, file: Path, seed: int = 0) -> float:
     return worst
 
 
-def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = None,
-                  overwrite: bool = False) -> dict:
-    """Write the device bundle of a base or DUET run into `out` (atomically); return its manifest."""
+def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = None, overwrite: bool = False,
+                  sign: SigningKey | None = None, trust: Iterable[PublicKey] = ()) -> dict:
+    """Write the device bundle of a base or DUET run into `out` (atomically); return its manifest.
+
+    `sign`: sign the manifest with this key and list its public key, then those
+    of `trust`, as the keys whose answers devices may accept (key rotation).
+    """
     from safetensors.numpy import save_file
 
     from duet.checkpoint import load_run
@@ -204,5 +211,7 @@ def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = No
             "files": files,
         }
         write_json(tmp / "manifest.json", manifest)
+        if sign is not None:
+            sign_manifest(tmp, sign, trust)
     log.info("exported %s -> %s (version %s, max |diff| %.1e)", run, out, manifest["model_version"], diff)
     return json.loads((out / "manifest.json").read_text())

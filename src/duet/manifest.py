@@ -18,10 +18,16 @@ def read_manifest(folder: str | Path, expected_format: str, what: str) -> dict:
     file = folder / "manifest.json"
     if not file.is_file():
         raise ArtifactError(f"{folder}: not a {what} (no manifest.json)")
+    return parse_manifest(file.read_bytes(), file, expected_format)
+
+
+def parse_manifest(body: bytes, file: Path, expected_format: str) -> dict:
+    """A manifest from bytes already read: a signature is checked over exactly the bytes parsed."""
     try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        manifest = json.loads(body)
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        line = f":{exc.lineno}" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ArtifactError(f"{file}{line}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != expected_format:
         found = manifest.get("format") if isinstance(manifest, dict) else None
         raise ArtifactError(f"{file}: format {found!r}, expected {expected_format!r}")

@@ -31,8 +31,11 @@ PROBES = ("/healthz", "/readyz")
 
 def create_app(settings: Settings) -> FastAPI:
     from duet.cloud.routes import health, metrics, models, parameters
+    from duet.cloud.signer import AnswerSigner
+    from duet.signing import SigningKey
 
-    state = AppState(settings=settings)
+    key = None if settings.sign_key is None else SigningKey.from_file(settings.sign_key)
+    state = AppState(settings=settings, signer=None if key is None else AnswerSigner(key))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ from duet.cloud.batcher import MicroBatcher
 from duet.cloud.errors import APIError
 from duet.cloud.generation import GeneratorService
 from duet.cloud.settings import Settings
+from duet.cloud.signer import AnswerSigner
 from duet.cloud.telemetry import Telemetry
 
 
@@ -32,6 +33,7 @@ class Served:
 class AppState:
     settings: Settings
     telemetry: Telemetry = field(default_factory=Telemetry)
+    signer: AnswerSigner | None = None  # signs every parameter answer (settings.sign_key)
     model: Served | None = None
     stopping: bool = False
 

@@ -72,6 +72,8 @@ class ModelInfo(BaseModel):
     max_window: int = Field(description="longest window accepted; longer ones get 422")
     history_len: int
     num_items: int
+    signing_key: str | None = Field(description="key id of the Ed25519 key that signs every answer "
+                                                "(X-Duet-Signature); null when answers are not signed")
 
 
 class ModelsResponse(BaseModel):

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     rate_limit: float = Field(0.0, ge=0.0, description="requests/s per token (per client IP without auth); 0 = off")
     rate_burst: float = Field(50.0, ge=1.0, description="token-bucket size: requests allowed at once")
 
+    # ---- signing (docs/RELIABILITY.md): the path travels to workers, never the key itself
+    sign_key: Path | None = Field(None, description="Ed25519 private key file (duet keys generate): "
+                                                    "every answer is signed in X-Duet-Signature")
+
     # ---- model lifecycle
     watch_interval_s: float = Field(1.0, ge=0.0, description="how often the run path is checked for a new "
                                                              "model (hot reload); 0 = never")

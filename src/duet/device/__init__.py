@@ -1,12 +1,15 @@
 """The device side: a verified bundle, the parameter client and the runtime.
 
-Depends on numpy, onnxruntime and safetensors (plus duet.spec and duet.errors,
-both torch-free) only: nothing here may import torch.
+Depends on numpy, onnxruntime, safetensors and PyNaCl (plus the torch-free
+duet.spec, duet.errors, duet.manifest, duet.atomic and duet.signing) only:
+nothing here may import torch, pandas or matplotlib. `pip install '.[device]'`
+installs exactly this.
 """
 
 from duet.device.bundle import Bundle, left_aligned
-from duet.device.client import Answer, ParameterClient, ServiceError
+from duet.device.client import Answer, ParameterClient, ServiceError, UntrustedAnswer
 from duet.device.runtime import GLOBAL, LAST, SERVICE, DeviceRuntime
+from duet.signing import Keyring, PublicKey
 
-__all__ = ["GLOBAL", "LAST", "SERVICE", "Answer", "Bundle", "DeviceRuntime", "ParameterClient", "ServiceError",
-           "left_aligned"]
+__all__ = ["GLOBAL", "LAST", "SERVICE", "Answer", "Bundle", "DeviceRuntime", "Keyring", "ParameterClient",
+           "PublicKey", "ServiceError", "UntrustedAnswer", "left_aligned"]

@@ -1,6 +1,13 @@
 """A device bundle on disk (written by `duet export`), verified and ready to score.
 
-numpy + onnxruntime + safetensors only: no torch on the device.
+numpy + onnxruntime + safetensors (+ PyNaCl for signatures) only: no torch on the device.
+
+Given trusted public keys, a bundle must be signed (`duet export --sign`) by
+one of them: the signature over manifest.json is checked before anything in
+the manifest is believed, then every file against the manifest's sha256.
+Answers may then be signed by any of those keys or by a key the signed
+manifest lists in `trusted_keys` (so the cloud can rotate its serving key by
+shipping a bundle that lists the old and the new one).
 """
 
 from __future__ import annotations
@@ -12,7 +19,8 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from duet.errors import ArtifactError
-from duet.manifest import read_manifest, verify_all
+from duet.manifest import parse_manifest, verify_all
+from duet.signing import Keyring, listed_keys, verify_manifest
 from duet.spec import ParamSpec
 
 BUNDLE_FORMAT = "duet-bundle/1"
@@ -34,13 +42,19 @@ class Bundle:
     """The bundle's manifest, ParamSpec, global head, vocabulary and an onnxruntime session.
 
     One Bundle can be shared by many DeviceRuntimes (onnxruntime sessions are thread-safe).
+    `trusted_keys` (a Keyring or a public key file): refuse a bundle not signed by one
+    of them; None checks the sha256 of every file only (integrity, not origin).
     """
 
-    def __init__(self, path: str | Path, threads: int = 1):
+    def __init__(self, path: str | Path, threads: int = 1, trusted_keys: Keyring | str | Path | None = None):
         import onnxruntime as ort
 
-        self.path = Path(path)
+        self.path, self.threads = Path(path), threads
+        self.trusted_keys = Keyring.of(trusted_keys)
         self.manifest = self._verified_manifest()
+        # Keys whose answers this device accepts: its own, plus those the signed manifest vouches for.
+        self.answer_keys = None if self.trusted_keys is None else self.trusted_keys.union(
+            listed_keys(self.manifest, str(self.path / "manifest.json")))
         try:
             spec_json = json.loads((self.path / "param_spec.json").read_text())
             self.spec = ParamSpec.from_json(spec_json["params"])
@@ -93,13 +107,13 @@ class Bundle:
             raise ArtifactError(f"{self.path / 'model.onnx'}: history/items inputs do not match the manifest")
 
     def _verified_manifest(self) -> dict:
-        try:
-            manifest = read_manifest(self.path, BUNDLE_FORMAT, "duet bundle")
-        except ArtifactError as exc:
-            if "no manifest.json" in str(exc):
-                raise ArtifactError(f"{exc}; run `duet export` first") from None
-            raise
         file = self.path / "manifest.json"
+        if not file.is_file():
+            raise ArtifactError(f"{self.path}: not a duet bundle (no manifest.json); run `duet export` first")
+        body = file.read_bytes()
+        # The signature first, over the very bytes parsed below: nothing in an unverified manifest is believed.
+        self.signed_by = None if self.trusted_keys is None else verify_manifest(self.path, body, self.trusted_keys)
+        manifest = parse_manifest(body, file, BUNDLE_FORMAT)
         missing = [key for key in MANIFEST_KEYS if key not in manifest]
         if missing:
             raise ArtifactError(f"{file}: missing {', '.join(missing)}")

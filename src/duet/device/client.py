@@ -1,4 +1,9 @@
-"""HTTP client for `POST /v1/parameters` (stdlib urllib: nothing to install on a device)."""
+"""HTTP client for `POST /v1/parameters` (stdlib urllib: nothing to install on a device).
+
+With a keyring, every answer must carry a valid `X-Duet-Signature` by one of
+its keys over (model version, spec hash, body sha256, request sha256): an
+unsigned, altered, re-labelled or someone else's answer is refused, not retried.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 
 from duet.errors import DuetError
+from duet.signing import SIGNATURE_HEADER, Keyring, SignatureError, answer_message, verify_answer
 
 log = logging.getLogger("duet.device")
 
@@ -31,6 +37,10 @@ class ServiceError(DuetError):
         self.status, self.retry_after = status, retry_after
 
 
+class UntrustedAnswer(ServiceError):
+    """An answer whose signature is missing or wrong: refused at once (asking again would not fix it)."""
+
+
 @dataclass(frozen=True)
 class Answer:
     params: dict[str, np.ndarray]  # {name: shape}, as sent (float32 or float16)
@@ -38,6 +48,7 @@ class Answer:
     spec_hash: str
     content_sha256: str
     size: int  # bytes on the wire (body)
+    signed_by: str | None = None  # key id of the verified signature; None when no keyring is configured
 
 
 def safetensors_metadata(body: bytes) -> dict[str, str]:
@@ -55,13 +66,13 @@ class ParameterClient:
 
     A `Retry-After` from the service (429 rate limited, 503 overloaded) stretches
     the wait before the next attempt, up to `timeout`. `token`: the bearer token
-    when the service has auth on.
+    when the service has auth on. `keys`: accept only answers signed by one of them.
     """
 
     def __init__(self, url: str, timeout: float = 2.0, retries: int = 2, backoff: float = 0.05,
-                 token: str | None = None):
+                 token: str | None = None, keys: Keyring | None = None):
         self.url = url.rstrip("/") + "/v1/parameters"
-        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.timeout, self.retries, self.backoff, self.keys = timeout, retries, backoff, keys
         self._headers = {"Content-Type": "application/json", "Accept": "application/octet-stream"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -74,6 +85,7 @@ class ParameterClient:
         if version is not None:
             body["version"] = version
         data = json.dumps(body, separators=(",", ":")).encode()
+        request_sha256 = hashlib.sha256(data).hexdigest()
         last: Exception | None = None
         for attempt in range(self.retries + 1):
             if attempt:
@@ -82,7 +94,9 @@ class ParameterClient:
                     wait = max(wait, min(last.retry_after, self.timeout))
                 time.sleep(wait)
             try:
-                return self._once(data)
+                return self._once(data, request_sha256)
+            except UntrustedAnswer:
+                raise
             except ServiceError as exc:
                 last = exc
                 if exc.status is not None and exc.status not in RETRYABLE:  # our request is wrong: final
@@ -92,7 +106,7 @@ class ParameterClient:
             log.debug("parameter request attempt %d failed: %s", attempt + 1, last)
         raise ServiceError(f"{self.url}: no answer after {self.retries + 1} attempts ({last})")
 
-    def _once(self, data: bytes) -> Answer:
+    def _once(self, data: bytes, request_sha256: str) -> Answer:
         request = urllib.request.Request(self.url, data=data, method="POST", headers=self._headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -108,10 +122,21 @@ class ParameterClient:
         digest = hashlib.sha256(body).hexdigest()
         if headers.get("X-Duet-Content-SHA256") != digest:
             raise ServiceError(f"{self.url}: body does not match its X-Duet-Content-SHA256 (corrupted answer)")
+        version, spec_hash = headers.get("X-Duet-Model-Version", ""), headers.get("X-Duet-Spec-Hash", "")
+        signed_by = None
+        if self.keys is not None:  # before the body is parsed: nothing unauthenticated is read
+            message = answer_message(version, spec_hash, digest, request_sha256)
+            try:
+                signed_by = verify_answer(self.keys, message, headers.get(SIGNATURE_HEADER), f"{self.url}: answer")
+            except SignatureError as exc:
+                raise UntrustedAnswer(str(exc)) from None
         try:
             metadata = safetensors_metadata(body)
             params = load_safetensors(body)
         except Exception as exc:  # any malformed blob is the service's fault, not ours
             raise ServiceError(f"{self.url}: unreadable safetensors answer ({exc})", status=502) from None
-        return Answer(params=params, version=metadata.get("model_version", headers.get("X-Duet-Model-Version", "")),
-                      spec_hash=metadata.get("spec_hash", ""), content_sha256=digest, size=len(body))
+        labels = (metadata.get("model_version", version), metadata.get("spec_hash", spec_hash))
+        if signed_by is not None and labels != (version, spec_hash):
+            raise UntrustedAnswer(f"{self.url}: answer metadata {labels} differs from its signed headers")
+        return Answer(params=params, version=labels[0], spec_hash=labels[1], content_sha256=digest, size=len(body),
+                      signed_by=signed_by)

@@ -3,8 +3,10 @@
 No gradient is ever computed here: the device uploads its recent window, the
 service answers with its head parameters, and onnxruntime scores candidates.
 When the service cannot be reached (or answers parameters made for another
-head), the device keeps the last parameters it received, or uses the bundle's
-global head theta_g if it has none yet.
+head, or, with trusted keys, an answer that is not signed by one of them), the
+device keeps the last parameters it received, or uses the bundle's global head
+theta_g if it has none yet. A new bundle that fails verification is refused
+the same way: the device keeps its bundle and its parameters.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import numpy as np
 
 from duet.device.bundle import PAD, Bundle, left_aligned
 from duet.device.client import ParameterClient, ServiceError
+from duet.errors import ArtifactError
+from duet.signing import Keyring
 
 log = logging.getLogger("duet.device")
 
@@ -31,15 +35,22 @@ class DeviceRuntime:
     `source` says where the head came from (`service`: the latest refresh
     succeeded; `last`: it failed and the previous answer is kept; `global`: no
     answer yet, theta_g) and `version` which model version produced it.
+
+    `trusted_keys` (a Keyring or a public key file; for a bundle path): the bundle
+    must be signed by one of them, and every answer by one of them or by a key
+    the bundle lists. None: no signatures are checked.
     """
 
     def __init__(self, bundle: str | Path | Bundle, service_url: str, device_id: str, *,
                  timeout: float = 2.0, retries: int = 2, backoff: float = 0.05, dtype: str = "fp32",
-                 token: str | None = None):
+                 token: str | None = None, trusted_keys: Keyring | str | Path | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle)
-        self.client = ParameterClient(service_url, timeout=timeout, retries=retries, backoff=backoff, token=token)
+        if isinstance(bundle, Bundle) and trusted_keys is not None:
+            raise ValueError("a loaded Bundle was verified already: give trusted_keys to Bundle(...)")
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, trusted_keys=trusted_keys)
+        self.client = ParameterClient(service_url, timeout=timeout, retries=retries, backoff=backoff, token=token,
+                                      keys=self.bundle.answer_keys)
         self.device_id, self.dtype = device_id, dtype
         self.recent: deque[int] = deque(maxlen=self.bundle.window_len)
         self.params = self.bundle.theta_g
@@ -47,6 +58,24 @@ class DeviceRuntime:
         self.last_error: str | None = None
         self.adaptation_seconds: float | None = None  # request sent -> parameters applied, last success
         self.last_answer_bytes = 0
+        self._have_service_params = False
+
+    def update_bundle(self, path: str | Path) -> None:
+        """Switch to a new bundle (new static layers), verified with the same trusted keys.
+
+        A bundle that fails verification (tampered, unsigned, signed by an unknown
+        key) raises ArtifactError and changes nothing: the device keeps its bundle
+        and its last good parameters. An accepted one starts from its global head.
+        """
+        try:
+            new = Bundle(path, threads=self.bundle.threads, trusted_keys=self.bundle.trusted_keys)
+        except ArtifactError as exc:
+            self.last_error = str(exc)
+            log.warning("device %s: new bundle refused (%s); keeping %s", self.device_id, exc, self.bundle.version)
+            raise
+        self.bundle, self.client.keys = new, new.answer_keys
+        self.recent = deque(self.recent, maxlen=new.window_len)
+        self.params, self.source, self.version, self.last_error = new.theta_g, GLOBAL, new.version, None
         self._have_service_params = False
 
     def observe(self, item_id: int) -> None:

@@ -1,7 +1,8 @@
 """`POST /v1/parameters`: a device's window in, its dynamic-head parameters out.
 
-Thin on purpose: validate, hand the window to the micro-batcher, serialise.
-Auth, rate limit and body size were checked before this runs (duet.cloud.guard).
+Thin on purpose: validate, hand the window to the micro-batcher, serialise
+(and sign, with `--sign`). Auth, rate limit and body size were checked before
+this runs (duet.cloud.guard).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from duet.cloud.errors import APIError, validation_response
 from duet.cloud.generation import OCTET_STREAM, sha256_hex
 from duet.cloud.guard import PHASE_KEY, RUNNING, WAITING
 from duet.cloud.schemas import ErrorResponse, ParametersJSON, ParametersRequest
+from duet.signing import SIGNATURE_HEADER, answer_message
 
 router = APIRouter(tags=["parameters"])
 
@@ -25,6 +27,12 @@ ANSWER_HEADERS = {
     "X-Duet-Spec-Hash": {"description": "hash of the head's ParamSpec (check it against the bundle)",
                          "schema": {"type": "string"}},
     "X-Duet-Content-SHA256": {"description": "sha256 (hex) of this response body", "schema": {"type": "string"}},
+    SIGNATURE_HEADER: {"description": "only when the service signs (`duet serve --sign`): `ed25519 <key id> "
+                                      "<base64 signature> [<base64 Merkle path>]`, one signature for the answers "
+                                      "made together, over `duet-answer/1\\n<model version>\\n<spec hash>\\n"
+                                      "<sha256 hex of this body>\\n<sha256 hex of the request body>` "
+                                      "(duet.signing.answers; docs/RELIABILITY.md)",
+                       "schema": {"type": "string"}},
 }
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 
@@ -72,8 +80,9 @@ async def parameters(request: Request) -> Response:
     served = state.model  # this version answers this request, even if a reload swaps it meanwhile
     if served is None or state.stopping:
         raise not_ready()
+    raw = await request.body()
     try:
-        body = ParametersRequest.model_validate_json(await request.body())
+        body = ParametersRequest.model_validate_json(raw)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         for e in errors:
@@ -113,8 +122,10 @@ async def parameters(request: Request) -> Response:
     else:
         content, media_type = service.codecs[body.dtype].encode(flat), OCTET_STREAM
     state.telemetry.answer_bytes.labels(body.dtype).inc(len(content))
-    return Response(content, media_type=media_type, headers={
-        "X-Duet-Model-Version": service.version,
-        "X-Duet-Spec-Hash": service.spec_hash,
-        "X-Duet-Content-SHA256": sha256_hex(content),
-    })
+    digest = sha256_hex(content)
+    headers = {"X-Duet-Model-Version": service.version, "X-Duet-Spec-Hash": service.spec_hash,
+               "X-Duet-Content-SHA256": digest}
+    if state.signer is not None:
+        message = answer_message(service.version, service.spec_hash, digest, sha256_hex(raw))
+        headers[SIGNATURE_HEADER] = await state.signer.header(message)
+    return Response(content, media_type=media_type, headers=headers)
