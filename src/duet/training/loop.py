@@ -100,6 +100,9 @@ def _prepare_out(config: RunConfig, out: Path, resume: bool, world: World) -> No
             raise DuetError(f"{config_file}: --resume with a different configuration than the saved one")
     elif resume and (out / STATE_DIR).exists():
         raise DuetError(f"{out}: no config.json to resume from")
+    # Every rank has seen the folder as it was before rank 0 writes to it: without
+    # this, a slower rank could find rank 0's fresh config.json and refuse to start.
+    world.barrier()
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(config_file, json.loads(config.model_dump_json()))
