@@ -127,13 +127,22 @@ class NegativeSampler:
         before = np.searchsorted(self.keys, query, side="right") - self.start[user][:, None]
         return rank + 1 + before
 
+    def _free(self, user: np.ndarray) -> np.ndarray:
+        free = self.free[user]
+        if (free == 0).any():
+            raise DuetError("a user interacted with every item: no negatives can be drawn")
+        return free
+
+    def sample_with_replacement(self, user: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        """(P, k) negatives, each drawn independently (a row may repeat an item)."""
+        rank = rng.integers(0, self._free(user)[:, None], size=(len(user), k))
+        return self.to_items(user, rank)
+
     def sample(self, user: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         """(P, k) negatives, distinct within a row when the user has >= k free items."""
         if k == 0 or len(user) == 0:
             return np.zeros((len(user), k), np.int64)
-        free = self.free[user]
-        if (free == 0).any():
-            raise DuetError("a user interacted with every item: no negatives can be drawn")
+        free = self._free(user)
         rank = rng.integers(0, free[:, None], size=(len(user), k))
         distinct = free >= k
         # Redraw repeated values until each row is distinct; the result is uniform over

@@ -83,10 +83,8 @@ def build_reference(inter: Interactions, protocol: ReferenceProtocol = Reference
     for sel, k in ((is_train, p.train_negatives), (~is_train, p.test_negatives)):
         idx = np.flatnonzero(sel)
         users = t_user[idx]
-        if (sampler.free[users] == 0).any():
-            raise DuetError("a user interacted with every item: no negatives can be drawn")
-        rank = rng.integers(0, sampler.free[users][:, None], size=(len(idx), k))  # with replacement
-        candidates = np.concatenate([item[target[idx]][:, None], sampler.to_items(users, rank)], axis=1)
+        negatives = sampler.sample_with_replacement(users, k, rng)
+        candidates = np.concatenate([item[target[idx]][:, None], negatives], axis=1)
         label = np.zeros(candidates.shape, np.int8)
         label[:, 0] = 1
         parts.append(TextRecords(

@@ -23,7 +23,7 @@ from duet.checkpoint import is_finished_run, load_run
 from duet.config import BACKBONE_NAMES, GeneratorConfig, ModelConfig, Strict, TrainConfig
 from duet.errors import DuetError
 from duet.report.stats import difference_matrix, paired_bootstrap
-from duet.training.evaluate import evaluate_run, user_auc_file
+from duet.training.evaluate import evaluate_run, load_scorer, user_auc_file
 from duet.training.full_ranking import full_ranking, interacted_items
 
 log = logging.getLogger("duet.compare")
@@ -171,18 +171,20 @@ def compare(cfg: CompareConfig, report: str | Path, progress: bool = True) -> di
         raise DuetError(f"{saved}: this report was started with another configuration; use a new --out")
     write_json(saved, cfg.model_dump(mode="json"))
     data = load_dataset(cfg.data)
+    seen = interacted_items(data, data.num_users)  # for full ranking: the same for every run
     results: dict = {"config": cfg.model_dump(mode="json"), "runs": {}}
     # Seed-major, and the report is rewritten after every (seed, backbone): an
     # interrupted comparison still leaves a complete report of what finished.
     for seed in range(cfg.seeds):
         for backbone in cfg.backbones:
-            entry = _run_all(cfg, report, backbone, seed, data, progress)
+            entry = _run_all(cfg, report, backbone, seed, data, seen, progress)
             results["runs"].setdefault(backbone, {})[f"seed{seed}"] = entry
             write_report(results, report)
     return results
 
 
-def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, progress: bool) -> dict:
+def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, seen: list[set[int]],
+             progress: bool) -> dict:
     """Train/fine-tune/evaluate every method for one (backbone, seed); test metrics per method."""
     from duet.training.finetune import FinetuneConfig, finetune
 
@@ -207,7 +209,6 @@ def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, p
                                 lr=cfg.finetune_lr, scope=cfg.finetune_scope, seed=seed),
                  runs["finetune"], progress=progress)
     entry: dict = {}
-    seen = interacted_items(data, data.num_users)
     for method, run in runs.items():
         head = "global" if method == "duet-global" else "generated"
         if method == "finetune":
@@ -217,9 +218,7 @@ def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, p
                              "peak_bytes_per_device": summary["peak_bytes_per_device"]["max"]}
         else:
             entry[method] = {"test": evaluate_run(run, "test", head=head)}
-            _, model, _ = load_run(run)
-            if head == "global":
-                model = model.recommender
+            _, model = load_scorer(run, head)
             entry[method]["test"].update(full_ranking(model, data["test"], seen, data.num_items,
                                                       max_positives=cfg.full_ranking_positives, seed=seed))
         entry[method]["user_auc"] = json.loads(user_auc_file(run, "test", head).read_text())

@@ -46,9 +46,13 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 8192) -> dict[str
     return compute_metrics(split.label, logits, split.user, ks=METRIC_KS)
 
 
+def _suffix(head: str) -> str:
+    return "_global" if head == "global" else ""
+
+
 def user_auc_file(run: str | Path, split: str, head: str = "generated") -> Path:
     """Where `evaluate_run` keeps the per-user AUCs behind a run's uauc (for paired intervals)."""
-    return Path(run) / f"user_auc_{split}{'_global' if head == 'global' else ''}.json"
+    return Path(run) / f"user_auc_{split}{_suffix(head)}.json"
 
 
 def write_user_auc(path: Path, split: Split, logits: np.ndarray) -> None:
@@ -61,6 +65,23 @@ def write_user_auc(path: Path, split: Split, logits: np.ndarray) -> None:
 HEADS = ("generated", "global")
 
 
+def load_scorer(run: str | Path, head: str = "generated") -> tuple:
+    """(config, model) of a finished run; `head="global"` gives a DUET run's own static
+    part with the global head theta_g (no generation)."""
+    from duet.checkpoint import load_run
+    from duet.duet_model import DuetModel
+    from duet.errors import DuetError
+
+    if head not in HEADS:
+        raise DuetError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
+    config, model, _ = load_run(run)
+    if head == "global":
+        if not isinstance(model, DuetModel):
+            raise DuetError(f"{run}: --head global is for DUET runs (a {config.train.method} run has only the global head)")
+        model = model.recommender
+    return config, model
+
+
 def evaluate_run(run: str | Path, split: str, data: str | Path | None = None,
                  head: str = "generated") -> dict[str, float]:
     """Evaluate a finished run on `split` and write RUN/metrics_<split>.json.
@@ -71,26 +92,17 @@ def evaluate_run(run: str | Path, split: str, data: str | Path | None = None,
     trained for longer in stage 2.
     """
     from duet.atomic import write_json
-    from duet.checkpoint import load_run
     from duet.data.store import load_dataset
-    from duet.duet_model import DuetModel
-    from duet.errors import ArtifactError, DuetError
+    from duet.errors import ArtifactError
 
-    if head not in HEADS:
-        raise DuetError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
-    config, model, _ = load_run(run)
+    config, model = load_scorer(run, head)
     dataset = load_dataset(data or config.data, splits=(split,))
     if dataset.hash != config.data_hash:
         raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
-    if head == "global":
-        if not isinstance(model, DuetModel):
-            raise DuetError(f"{run}: --head global is for DUET runs (a {config.train.method} run has only the global head)")
-        model = model.recommender
     records = dataset[split]
     logits = predict(model, records, config.train.eval_batch_size)
     metrics = compute_metrics(records.label, logits, records.user, ks=METRIC_KS)
-    suffix = "_global" if head == "global" else ""
-    write_json(Path(run) / f"metrics_{split}{suffix}.json", metrics)
+    write_json(Path(run) / f"metrics_{split}{_suffix(head)}.json", metrics)
     write_user_auc(user_auc_file(run, split, head), records, logits)
     return metrics
 
