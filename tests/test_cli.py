@@ -298,7 +298,7 @@ def test_help_on_every_command():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--backbone", "bert4rec"], "--backbone: unknown 'bert4rec'"),
+    (["--backbone", "bert4rec"], "--backbone: 'bert4rec' is not a static part of the recommendation task"),
     (["--method", "magic"], "--method"),
     (["--lr", "-1"], "--lr"),
     (["--head-hidden", "3,x"], "--head-hidden"),

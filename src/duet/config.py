@@ -10,8 +10,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-BackboneName = Literal["sasrec", "gru4rec", "din"]
-BACKBONE_NAMES: tuple[str, ...] = ("sasrec", "gru4rec", "din")
+BackboneName = Literal["sasrec", "gru4rec", "din", "cnn"]
+TaskName = Literal["recommendation", "images"]
+# The static parts each task offers; the first is its default.
+TASK_BACKBONES: dict[str, tuple[str, ...]] = {"recommendation": ("sasrec", "gru4rec", "din"), "images": ("cnn",)}
+BACKBONE_NAMES: tuple[str, ...] = TASK_BACKBONES["recommendation"]
 
 
 class Strict(BaseModel):
@@ -65,7 +68,9 @@ class ModelConfig(Strict):
 class GeneratorConfig(Strict):
     """PPG (hypernetwork) and SWA (ensemble of decoders)."""
 
-    encoder: Literal["gru", "attention"] = "gru"
+    # gru / attention read the window in order (recommendation); mean / attnpool pool it
+    # without order (DeepSets-style, the image task: a window is a set of samples).
+    encoder: Literal["gru", "attention", "mean", "attnpool"] = "gru"
     hidden_dim: int = Field(32, ge=1, description="window encoder width (vector c)")
     layer_embed_dim: int = Field(16, ge=1, description="per-layer embedding e_n")
     decoder_hidden: int = Field(32, ge=1, description="decoder hidden width")
@@ -140,9 +145,12 @@ class RunConfig(Strict):
 
     data: str
     data_hash: str = Field(description="sha256 of the dataset manifest, checked on load")
-    num_items: int
-    history_len: int
+    task: TaskName = "recommendation"
+    num_items: int = Field(0, ge=0, description="recommendation: item vocabulary incl. padding")
+    history_len: int = Field(0, ge=0, description="recommendation: click-history length L")
     window_len: int
+    num_classes: int = Field(0, ge=0, description="images: number of classes")
+    image_shape: tuple[int, int, int] | None = Field(None, description="images: (channels, height, width)")
     model: ModelConfig = ModelConfig()
     generator: GeneratorConfig | None = None
     train: TrainConfig = TrainConfig()

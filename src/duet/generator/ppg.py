@@ -37,12 +37,21 @@ def head_layers(spec: ParamSpec) -> list[tuple[int, int]]:
 
 
 class WindowEncoder(nn.Module):
-    """Window embeddings (E, W, D) with a prefix mask -> c (E, H). Padding never changes c."""
+    """Window embeddings (E, W, D) with a prefix mask -> c (E, H). Padding never changes c.
+
+    `gru` and `attention` read the window in order; `mean` and `attnpool` map every
+    element through a small MLP and pool (masked mean, or softmax attention with a
+    learned query), so c does not depend on the window's order (a set of samples)."""
 
     def __init__(self, embed_dim: int, cfg: GeneratorConfig, window_len: int):
         super().__init__()
         self.kind = cfg.encoder
-        if cfg.encoder == "gru":
+        if cfg.encoder in ("mean", "attnpool"):
+            self.phi = nn.Sequential(nn.Linear(embed_dim, cfg.hidden_dim), nn.ReLU(),
+                                     nn.Linear(cfg.hidden_dim, cfg.hidden_dim))
+            if cfg.encoder == "attnpool":
+                self.score = nn.Linear(cfg.hidden_dim, 1)
+        elif cfg.encoder == "gru":
             self.gru = nn.GRU(embed_dim, cfg.hidden_dim, batch_first=True)
         else:
             from duet.models.backbones import SelfAttentionBlock
@@ -57,6 +66,14 @@ class WindowEncoder(nn.Module):
         from duet.models.backbones import last_valid
 
         emb = self.drop(emb)
+        if self.kind in ("mean", "attnpool"):
+            h = self.phi(emb)  # (E, W, H)
+            if self.kind == "mean":
+                weights = mask.float() / mask.sum(1, keepdim=True).clamp(min=1)
+            else:
+                scores = self.score(h).squeeze(-1).masked_fill(~mask, float("-inf"))
+                weights = torch.softmax(scores, dim=1).nan_to_num(0.0)  # an empty window pools to 0
+            return self.drop(self.norm((weights.unsqueeze(-1) * h).sum(1)))
         if self.kind == "gru":
             states, _ = self.gru(emb)  # (E, W, H); left-aligned, so index len-1 saw only valid items
         else:

@@ -78,7 +78,7 @@ def load_scorer(run: str | Path, head: str = "generated") -> tuple:
     if head == "global":
         if not isinstance(model, DuetModel):
             raise DuetError(f"{run}: --head global is for DUET runs (a {config.train.method} run has only the global head)")
-        model = model.recommender
+        model = model.device_model
     return config, model
 
 
@@ -96,6 +96,10 @@ def evaluate_run(run: str | Path, split: str, data: str | Path | None = None,
     from duet.errors import ArtifactError
 
     config, model = load_scorer(run, head)
+    if config.task == "images":
+        from duet.tasks.images.evaluation import evaluate_image_run
+
+        return evaluate_image_run(run, config, model, split, data, _suffix(head))
     dataset = load_dataset(data or config.data, splits=(split,))
     if dataset.hash != config.data_hash:
         raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
@@ -131,4 +135,4 @@ def generate_for_window(run: str | Path, window: str) -> tuple[dict[str, np.ndar
     padded[0, : len(items)] = torch.tensor(items)
     with torch.inference_mode():
         params = model.generate(padded)
-    return {k: v[0].numpy() for k, v in params.items()}, model.recommender.param_spec.hash
+    return {k: v[0].numpy() for k, v in params.items()}, model.device_model.param_spec.hash

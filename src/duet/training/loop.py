@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
@@ -28,22 +27,32 @@ from duet.checkpoint import (
     write_manifest,
 )
 from duet.config import RunConfig, TrainConfig
-from duet.data.store import Dataset, load_dataset, manifest_hash
+from duet.data.store import Dataset, manifest_hash
 from duet.errors import ArtifactError, DuetError
 from duet.models.popularity import Popularity
-from duet.training.batches import EventBatcher, with_sampled_negatives
+from duet.tasks import Task, task_for
 from duet.training.distributed import World, close_world, init_world
-from duet.training.evaluate import evaluate, score_batch
+from duet.training.evaluate import evaluate
 
 log = logging.getLogger("duet.train")
-SELECT_METRIC = "uauc"
 STATE_DIR = "state"
 
 
 def run_config_for(data: str | Path, **sections: object) -> RunConfig:
-    """A RunConfig whose dataset facts (vocabulary, L, W, hash) come from the dataset manifest."""
+    """A RunConfig whose dataset facts (task, vocabulary or classes, L, W, hash) come from the dataset manifest."""
     from duet.data.store import read_manifest
+    from duet.tasks import dataset_task
 
+    if dataset_task(data) == "images":
+        from duet.manifest import read_manifest as read_any
+        from duet.tasks.images.store import FORMAT
+
+        manifest = read_any(data, FORMAT, "duet image dataset")
+        return RunConfig(
+            data=str(Path(data).resolve()), data_hash=manifest_hash(data), task="images",
+            window_len=manifest["window_len"], num_classes=manifest["num_classes"],
+            image_shape=tuple(manifest["image_shape"]), **sections,
+        )
     manifest = read_manifest(data)
     return RunConfig(
         data=str(Path(data).resolve()), data_hash=manifest_hash(data), num_items=manifest["num_items"],
@@ -64,11 +73,14 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, world: Wo
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     _prepare_out(config, out, resume, world)
-    data = load_dataset(config.data, splits=("train", "valid"))  # never the test split
+    task = task_for(config.task)
+    data = task.load(config.data, ("train", "valid"))  # never the test split
     if data.hash != config.data_hash:
         raise ArtifactError(f"{config.data}: dataset changed since this run was configured (manifest hash differs)")
     torch.manual_seed(config.train.seed)
     if config.train.method == "pop":
+        if config.task != "recommendation":
+            raise DuetError("--method pop is for recommendation datasets")
         model: nn.Module = Popularity.fit(data.num_items, data["train"].item, data["train"].label)
         summary = {"best_epoch": 0, "valid": evaluate(model, data["valid"], config.train.eval_batch_size)}
         history: list[dict] = []
@@ -76,7 +88,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, world: Wo
         model = build_model(config)
         if config.train.method == "duet" and not config.train.from_scratch:
             _init_stage1(model, config, out, resume, progress, world)
-        summary, history = fit(model, data, config, out, resume, progress, world)
+        summary, history = fit(model, data, config, out, resume, progress, world, task)
     if world.is_main:
         if config.train.method == "pop":
             save_tensors(out / WEIGHTS, model.state_dict())
@@ -106,12 +118,24 @@ def _prepare_out(config: RunConfig, out: Path, resume: bool, world: World) -> No
     if world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(config_file, json.loads(config.model_dump_json()))
-        from duet.models.head import DynamicHead
-        from duet.models.recommender import head_widths
-
-        spec = DynamicHead(head_widths(config.model), config.model.activation).param_spec
+        spec = head_spec(config)
         write_json(out / "param_spec.json", {"hash": spec.hash, "params": spec.to_json()})
     world.barrier()
+
+
+def head_spec(config: RunConfig):
+    """The ParamSpec of a run's dynamic head, from its config alone."""
+    from duet.models.head import DynamicHead
+
+    if config.task == "images":
+        from duet.tasks.images.model import image_head_widths
+
+        widths = image_head_widths(config.model, config.num_classes)
+    else:
+        from duet.models.recommender import head_widths
+
+        widths = head_widths(config.model)
+    return DynamicHead(widths, config.model.activation).param_spec
 
 
 def _init_stage1(model: nn.Module, config: RunConfig, out: Path, resume: bool, progress: bool, world: World) -> None:
@@ -131,15 +155,18 @@ def _init_stage1(model: nn.Module, config: RunConfig, out: Path, resume: bool, p
     base_config, base_model, _ = load_run(init_run)
     if base_config.train.method != "base" or base_config.model != config.model or base_config.data_hash != config.data_hash:
         raise DuetError(f"{init_run}: --init needs a base run of the same model config on the same dataset")
-    model.recommender.load_state_dict(base_model.state_dict())
+    model.device_model.load_state_dict(base_model.state_dict())
     if config.train.freeze_static:
         # The shipped static part (and theta_g) stay exactly the global model's.
-        model.recommender.requires_grad_(False)
+        model.device_model.requires_grad_(False)
 
 
 def fit(model: nn.Module, data: Dataset, config: RunConfig, out: Path, resume: bool, progress: bool,
-        world: World) -> tuple[dict, list[dict]]:
-    """Mini-batch Adam with gradient clipping; early stopping on valid uauc."""
+        world: World, task: Task | None = None) -> tuple[dict, list[dict]]:
+    """Mini-batch Adam with gradient clipping; early stopping on the task's validation metric
+    (uauc for recommendation, accuracy for images)."""
+    task = task or task_for(config.task)
+    select = task.select_metric
     tc = config.train
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
@@ -149,7 +176,7 @@ def fit(model: nn.Module, data: Dataset, config: RunConfig, out: Path, resume: b
         log.info("resuming %s after epoch %d", out, state["epoch"])
     _set_lr(optimizer, state.setdefault("lr", tc.lr))
     trainer = nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
-    batcher = EventBatcher(data["train"], tc.batch_size)
+    batcher = task.batcher(data, config)
     for epoch in range(state["epoch"] + 1, tc.epochs):
         if state["bad_epochs"] >= tc.patience:
             break
@@ -159,24 +186,22 @@ def fit(model: nn.Module, data: Dataset, config: RunConfig, out: Path, resume: b
         started, seen, total_loss = time.perf_counter(), 0, 0.0
         n_batches = batcher.num_batches() // world.size
         with _progress(progress and world.is_main) as bar:
-            task = bar.add_task(f"epoch {epoch}", total=n_batches, loss=float("nan"), speed=0.0)
+            bar_task = bar.add_task(f"epoch {epoch}", total=n_batches, loss=float("nan"), speed=0.0)
             for batch in batcher.shuffled(tc.seed, epoch, world.rank, world.size):
-                if tc.sampled_negatives:
-                    batch = with_sampled_negatives(batch, tc.sampled_negatives, data.num_items)
-                loss = F.binary_cross_entropy_with_logits(score_batch(trainer, batch), batch.label)
+                loss, records = task.loss(trainer, batch, data, config)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, tc.clip_norm)
                 optimizer.step()
-                seen += len(batch.item)
-                total_loss += loss.item() * len(batch.item)
-                bar.update(task, advance=1, loss=total_loss / seen, speed=seen / (time.perf_counter() - started))
+                seen += records
+                total_loss += loss.item() * records
+                bar.update(bar_task, advance=1, loss=total_loss / seen, speed=seen / (time.perf_counter() - started))
         train_seconds = time.perf_counter() - started
-        metrics = evaluate(model, data["valid"], tc.eval_batch_size) if world.is_main else None
+        metrics = task.evaluate(model, data["valid"], config) if world.is_main else None
         metrics = world.broadcast(metrics)
-        improved = metrics[SELECT_METRIC] > state["best"]
+        improved = metrics[select] > state["best"]
         if improved:
-            state.update(best=metrics[SELECT_METRIC], best_epoch=epoch, bad_epochs=0)
+            state.update(best=metrics[select], best_epoch=epoch, bad_epochs=0)
             if world.is_main:
                 save_tensors(out / WEIGHTS, model.state_dict())
         else:
@@ -190,8 +215,8 @@ def fit(model: nn.Module, data: Dataset, config: RunConfig, out: Path, resume: b
             "seconds": train_seconds, "lr": epoch_lr,
             **{f"valid_{k}": v for k, v in metrics.items()},
         })
-        log.info("epoch %d  loss %.4f  valid uauc %.4f  auc %.4f  %s", epoch, total_loss / max(seen, 1),
-                 metrics["uauc"], metrics["auc"], "*" if improved else "")
+        log.info("epoch %d  loss %.4f  valid %s %.4f  %s", epoch, total_loss / max(seen, 1),
+                 select, metrics[select], "*" if improved else "")
         if world.is_main:
             _save_state(out / STATE_DIR, model, optimizer, state)
         world.barrier()

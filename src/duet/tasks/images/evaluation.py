@@ -1,0 +1,36 @@
+"""`duet evaluate` for image runs: metrics overall, per device kind and shift type,
+and per-device accuracies (the unit of the paired intervals in `duet compare`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from duet.atomic import write_json
+from duet.config import RunConfig
+from duet.errors import ArtifactError
+from duet.tasks.images.metrics import classification_metrics, per_group_accuracy
+from duet.tasks.images.store import load_images
+from duet.tasks.images.training import device_groups, predict_images
+
+
+def device_accuracy_file(run: str | Path, split: str, suffix: str = "") -> Path:
+    return Path(run) / f"device_accuracy_{split}{suffix}.json"
+
+
+def evaluate_image_run(run: str | Path, config: RunConfig, model: nn.Module, split: str,
+                       data: str | Path | None = None, suffix: str = "",
+                       window_len: int | None = None) -> dict[str, float]:
+    """Score `split` with a loaded image model; write metrics_<split>.json and per-device accuracies."""
+    dataset = load_images(data or config.data, (split,))
+    if dataset.hash != config.data_hash:
+        raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
+    records = dataset[split]
+    logits = predict_images(model, records, config.train.eval_batch_size, window_len or config.window_len)
+    metrics = classification_metrics(records.y, logits, device_groups(records))
+    if window_len is None:
+        write_json(Path(run) / f"metrics_{split}{suffix}.json", metrics)
+        accuracy = per_group_accuracy(records.y, logits.argmax(1), records.device)
+        write_json(device_accuracy_file(run, split, suffix), {str(d): round(a, 6) for d, a in accuracy.items()})
+    return metrics

@@ -1,0 +1,85 @@
+"""The image device model: a small CNN static part and a dynamic classifier head.
+
+As for recommendation, the head's parameters are an input (theta_g by default,
+one generated head per sample otherwise), so the same module runs with the global
+head, on the device with generated parameters, and inside the DUET model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from duet.config import ModelConfig
+from duet.models.head import DynamicHead, Params
+
+
+def image_head_widths(cfg: ModelConfig, num_classes: int) -> tuple[int, ...]:
+    hidden = cfg.head_hidden if cfg.head_hidden is not None else (cfg.embed_dim,)
+    return (cfg.embed_dim, *hidden, num_classes)
+
+
+class SmallCNN(nn.Module):
+    """(N, C, H, W) -> features (N, D): two 3x3 conv blocks with batch norm, a pool, a third
+    conv block, then a linear map. Batch norm is what TENT adapts on the device."""
+
+    def __init__(self, image_shape: tuple[int, int, int], cfg: ModelConfig):
+        super().__init__()
+        channels, height, width = image_shape
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+        self.conv = nn.Sequential(*block(channels, 16), *block(16, 32), nn.MaxPool2d(2), *block(32, 32))
+        flat = 32 * (height // 2) * (width // 2)
+        self.project = nn.Sequential(nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(flat, cfg.embed_dim), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.project(self.conv(x))
+
+
+class ImageClassifier(nn.Module):
+    """Classifies images. `params=None` uses theta_g; per-sample params are `(N, *shape)`."""
+
+    def __init__(self, image_shape: tuple[int, int, int], num_classes: int, cfg: ModelConfig):
+        super().__init__()
+        if cfg.backbone != "cnn":
+            raise ValueError(f"the image task's static part is cnn, got {cfg.backbone!r}")
+        self.cfg, self.image_shape, self.num_classes = cfg, tuple(image_shape), num_classes
+        self.backbone = SmallCNN(self.image_shape, cfg)
+        self.head = DynamicHead(image_head_widths(cfg, num_classes), cfg.activation)
+        self.global_params = nn.ParameterDict(
+            {name.replace(".", "_"): nn.Parameter(t) for name, t in self.head.init_params().items()}
+        )
+
+    @property
+    def param_spec(self):
+        return self.head.param_spec
+
+    @property
+    def feature_dim(self) -> int:
+        return self.cfg.embed_dim
+
+    def theta_g(self) -> Params:
+        return {name: self.global_params[name.replace(".", "_")] for name in self.param_spec.names}
+
+    def static_parameters(self) -> list[nn.Parameter]:
+        return list(self.backbone.parameters())
+
+    def features(self, x: Tensor) -> Tensor:
+        """(N, C, H, W) -> (N, D): what the device computes and, in privacy mode, uploads."""
+        return self.backbone(x)
+
+    def window_features(self, window: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Window images (E, W, C, H, W) -> their static features (E, W, D) and mask (E, W).
+
+        Padded positions are not run through the network (they are masked anyway)."""
+        E, W = window.shape[:2]
+        mask = torch.ones(E, W, dtype=torch.bool, device=window.device) if mask is None else mask
+        features = torch.zeros(E, W, self.feature_dim, device=window.device)
+        features[mask] = self.features(window[mask])
+        return features, mask
+
+    def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
+        """x (N, C, H, W) -> class logits (N, num_classes)."""
+        return self.head(self.features(x), self.theta_g() if params is None else params)

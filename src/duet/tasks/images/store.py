@@ -1,0 +1,160 @@
+"""The on-disk image-fleet dataset, written by `duet prepare --source digits-fleet|npz`.
+
+A dataset directory holds:
+
+* `samples.safetensors`: every sample of every device, sorted by (device, time):
+  `x` (N, C, H, W) float32 as the device sees it (its shift applied), `device` (N,),
+  `position` (N,) the sample's place in its device's stream, `split` (N,) 0 train,
+  1 valid, 2 test, `adapt` (N,) 1 for a valid/test sample in its device's
+  adaptation prefix (its labels may be used by per-device fine-tuning; no method
+  is scored on it), `source` (N,) the index of the raw image it was made from.
+  No labels: they live per split, so training never loads the test labels.
+* `labels_train.safetensors`, `labels_valid...`, `labels_test...`: `y` (N_split,).
+* `manifest.json`: task, classes, image shape, window length W, every device's
+  kind (seen: its earlier samples are training data; unseen: never in training)
+  and shift, counts, and the sha256 of every file.
+
+A sample's window is its device's W most recent samples up to and including it
+(unlabeled): rows `max(first row of its device, i - W + 1) .. i`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from duet.atomic import sha256_file, write_json
+from duet.errors import ArtifactError
+from duet.manifest import read_manifest, verify_file
+
+FORMAT = "duet-images/1"
+SPLITS = ("train", "valid", "test")
+SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
+SAMPLE_KEYS = ("x", "device", "position", "split", "adapt", "source")
+
+
+def is_image_dataset(path: str | Path) -> bool:
+    """Whether `path` holds an image dataset (its manifest says so)."""
+    import json
+
+    file = Path(path) / "manifest.json"
+    try:
+        return json.loads(file.read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@dataclass
+class ImageSplit:
+    """The scored records of one split (rows into the shared sample arrays) and their labels."""
+
+    name: str
+    rows: np.ndarray  # (N,) int64 rows of the samples scored in this split
+    y: np.ndarray  # (N,) int64 labels of those rows
+    data: ImageData = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def device(self) -> np.ndarray:
+        return self.data.device[self.rows]
+
+
+@dataclass
+class ImageData:
+    """A loaded image fleet: every sample (for windows) and the labels of the loaded splits."""
+
+    path: Path
+    manifest: dict
+    x: np.ndarray  # (N, C, H, W) float32
+    device: np.ndarray  # (N,) int64
+    position: np.ndarray
+    split: np.ndarray
+    adapt: np.ndarray
+    source: np.ndarray
+    labels: dict[str, np.ndarray]  # split -> y of every sample of that split (row order)
+    splits: dict[str, ImageSplit] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        starts = np.flatnonzero(np.r_[True, self.device[1:] != self.device[:-1]])
+        self.first_row = np.repeat(starts, np.diff(np.r_[starts, len(self.device)]))
+        for name, y in self.labels.items():
+            rows = np.flatnonzero(self.split == SPLIT_CODE[name])
+            scored = self.adapt[rows] == 0
+            self.splits[name] = ImageSplit(name, rows[scored], y[scored].astype(np.int64), self)
+
+    @property
+    def hash(self) -> str:
+        return sha256_file(self.path / "manifest.json")
+
+    @property
+    def window_len(self) -> int:
+        return int(self.manifest["window_len"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["num_classes"])
+
+    def __getitem__(self, split: str) -> ImageSplit:
+        if split not in self.splits:
+            raise KeyError(f"split {split!r} was not loaded (loaded: {sorted(self.splits)})")
+        return self.splits[split]
+
+    def split_labels(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, y) of every sample of a loaded split, the adaptation prefix included."""
+        return np.flatnonzero(self.split == SPLIT_CODE[split]), self.labels[split].astype(np.int64)
+
+    def window_rows(self, rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(E, W) sample rows of each row's window, oldest first, left-aligned, and its mask.
+
+        Padding positions hold row 0 (masked out)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        count = np.minimum(rows - self.first_row[rows] + 1, length)  # (E,) >= 1: a window holds its sample
+        offsets = np.arange(length)[None, :]
+        mask = offsets < count[:, None]
+        index = np.where(mask, rows[:, None] - count[:, None] + 1 + offsets, 0)
+        return index, mask
+
+    def device_info(self) -> list[dict]:
+        return self.manifest["devices"]
+
+
+def write_image_dataset(out: Path, samples: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                        manifest: dict) -> dict:
+    """Write the files of an image dataset into `out` (a fresh temporary directory)."""
+    save_file({k: np.ascontiguousarray(samples[k]) for k in SAMPLE_KEYS}, str(out / "samples.safetensors"))
+    files = {"samples.safetensors": sha256_file(out / "samples.safetensors")}
+    for name in SPLITS:
+        file = out / f"labels_{name}.safetensors"
+        save_file({"y": np.ascontiguousarray(labels[name], dtype=np.int64)}, str(file))
+        files[file.name] = sha256_file(file)
+    counts = {name: {"samples": int((samples["split"] == SPLIT_CODE[name]).sum()),
+                     "scored": int(((samples["split"] == SPLIT_CODE[name]) & (samples["adapt"] == 0)).sum()),
+                     "devices": int(len(np.unique(samples["device"][samples["split"] == SPLIT_CODE[name]])))}
+              for name in SPLITS}
+    manifest = {"format": FORMAT, "task": "images", **manifest, "counts": counts, "files": files}
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def load_images(path: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageData:
+    """Load and verify an image dataset with the labels of `splits` only (training: train, valid)."""
+    path = Path(path)
+    manifest = read_manifest(path, FORMAT, "duet image dataset")
+
+    def read(name: str) -> dict[str, np.ndarray]:
+        file = verify_file(path, name, manifest)
+        try:
+            return load_file(str(file))
+        except Exception as exc:
+            raise ArtifactError(f"{file}: unreadable dataset file ({exc})") from None
+
+    samples = read("samples.safetensors")
+    labels = {name: read(f"labels_{name}.safetensors")["y"] for name in splits}
+    return ImageData(path=path, manifest=manifest, x=samples["x"], device=samples["device"].astype(np.int64),
+                     position=samples["position"], split=samples["split"], adapt=samples["adapt"],
+                     source=samples["source"], labels=labels)

@@ -1,0 +1,112 @@
+"""Images as a task for the shared train loop: batches of samples with their device's
+window, cross-entropy, accuracy selected on validation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from duet.tasks.images.metrics import classification_metrics
+from duet.tasks.images.store import ImageData, ImageSplit, load_images
+
+
+@dataclass
+class ImageBatch:
+    x: Tensor  # (B, C, H, W)
+    y: Tensor  # (B,) long
+    window: Tensor  # (B, W, C, H, W)
+    mask: Tensor  # (B, W) bool
+    rows: np.ndarray  # (B,) sample rows
+
+
+def make_batch(data: ImageData, rows: np.ndarray, y: np.ndarray, window_len: int) -> ImageBatch:
+    index, mask = data.window_rows(rows, window_len)
+    return ImageBatch(x=torch.from_numpy(data.x[rows]), y=torch.from_numpy(np.asarray(y, dtype=np.int64)),
+                      window=torch.from_numpy(data.x[index]), mask=torch.from_numpy(mask), rows=rows)
+
+
+class ImageBatcher:
+    """Shuffled mini-batches of a split's samples; the order depends on (seed, epoch) only."""
+
+    def __init__(self, split: ImageSplit, batch_size: int, window_len: int):
+        self.split, self.batch_size, self.window_len = split, batch_size, window_len
+
+    def num_batches(self) -> int:
+        return max(1, -(-len(self.split) // self.batch_size))
+
+    def batches(self, order: np.ndarray | None = None) -> Iterator[ImageBatch]:
+        order = np.arange(len(self.split)) if order is None else order
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            yield make_batch(self.split.data, self.split.rows[chunk], self.split.y[chunk], self.window_len)
+
+    def shuffled(self, seed: int, epoch: int, rank: int = 0, world: int = 1) -> Iterator[ImageBatch]:
+        order = np.random.default_rng([seed, epoch]).permutation(len(self.split))
+        batches = self.batches(order)
+        if world == 1:
+            yield from batches
+            return
+        batches = list(batches)
+        usable = len(batches) - len(batches) % world
+        yield from batches[rank:usable:world]
+
+
+def logits_of(model: nn.Module, batch: ImageBatch) -> Tensor:
+    from duet.duet_model import DuetModel
+    from duet.training.evaluate import unwrap
+
+    if isinstance(unwrap(model), DuetModel):
+        return model(batch.x, batch.window, batch.mask)
+    return model(batch.x)
+
+
+@torch.no_grad()
+def predict_images(model: nn.Module, split: ImageSplit, batch_size: int = 1024,
+                   window_len: int | None = None) -> np.ndarray:
+    """Logits (N, classes) of a split's scored samples; `window_len` overrides the dataset's W."""
+    was_training = model.training
+    model.eval()
+    W = window_len or split.data.window_len
+    batcher = ImageBatcher(split, batch_size, W)
+    out = np.concatenate([logits_of(model, batch).numpy() for batch in batcher.batches()])
+    model.train(was_training)
+    return out
+
+
+def device_groups(split: ImageSplit) -> dict[str, np.ndarray]:
+    """Boolean masks over a split's records: seen / unseen devices and each shift type."""
+    devices = split.data.device_info()
+    kind = np.array([devices[d]["kind"] for d in split.device])
+    shift = np.array([devices[d]["shift"]["type"] for d in split.device])
+    groups = {"seen": kind == "seen", "unseen": kind == "unseen"}
+    groups.update({t: shift == t for t in sorted(set(shift.tolist()))})
+    return groups
+
+
+def evaluate_images(model: nn.Module, split: ImageSplit, batch_size: int = 1024,
+                    window_len: int | None = None) -> dict[str, float]:
+    logits = predict_images(model, split, batch_size, window_len)
+    return classification_metrics(split.y, logits, device_groups(split))
+
+
+class ImageTask:
+    name = "images"
+    select_metric = "accuracy"
+
+    def load(self, path: str | Path, splits: tuple[str, ...]) -> ImageData:
+        return load_images(path, splits)
+
+    def batcher(self, data: ImageData, config) -> ImageBatcher:
+        return ImageBatcher(data["train"], config.train.batch_size, config.window_len)
+
+    def loss(self, model: nn.Module, batch: ImageBatch, data: ImageData, config) -> tuple[Tensor, int]:  # noqa: ARG002
+        return F.cross_entropy(logits_of(model, batch), batch.y), len(batch.y)
+
+    def evaluate(self, model: nn.Module, split: ImageSplit, config) -> dict[str, float]:
+        return evaluate_images(model, split, config.train.eval_batch_size, config.window_len)
