@@ -216,6 +216,14 @@ def compare(
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DuetError(f"{out} already exists; pass --overwrite to resume or extend it")
+    from duet.tasks import dataset_task
+
+    if dataset_task(data) == "images":
+        _compare_images(data, out, seeds, quick, epochs, duet_epochs, threads, progress,
+                        ignored={"--backbones": backbones, "--variants": variants, "--finetune-steps": finetune_steps,
+                                 "--finetune-scope": finetune_scope, "--scratch": scratch,
+                                 "--full-ranking-positives": full_ranking_positives})
+        return
     base = quick_config(str(data)) if quick else CompareConfig(data=str(data))
     chosen = {"backbones": tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else None,
               "seeds": seeds, "epochs": epochs, "backbone_epochs": {} if epochs else None, "duet_epochs": duet_epochs,
@@ -230,6 +238,26 @@ def compare(
 
     Console().print(Markdown((out / "results.md").read_text().split("![")[0]))
     typer.echo(f"report: {out / 'results.md'} (plots: uauc.png, adaptation.png, curves.png)")
+
+
+def _compare_images(data: Path, out: Path, seeds: int | None, quick: bool, epochs: int | None,
+                    duet_epochs: int | None, threads: int | None, progress: bool, ignored: dict[str, object]) -> None:
+    from duet.errors import DuetError
+    from duet.tasks.images.compare import ImageCompareConfig, compare_images
+
+    given = [flag for flag, value in ignored.items() if value is not None]
+    if given:
+        raise DuetError(f"{data} is an image fleet: {', '.join(given)} are recommendation options")
+    chosen = {"seeds": seeds or (1 if quick else None), "epochs": epochs or (10 if quick else None),
+              "duet_epochs": duet_epochs or (3 if quick else None), "threads": threads}
+    cfg = ImageCompareConfig(data=str(data), **{k: v for k, v in chosen.items() if v is not None})
+    _setup_logging()
+    compare_images(cfg, out, progress=progress)
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console().print(Markdown((out / "results.md").read_text().split("![")[0]))
+    typer.echo(f"report: {out / 'results.md'} (plots: accuracy_vs_window.png, adaptation_time.png)")
 
 
 @app.command()

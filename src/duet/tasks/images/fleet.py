@@ -27,10 +27,10 @@ class FleetConfig(Strict):
     """How `digits-fleet` (and, for the device split, `npz`) builds the fleet."""
 
     seed: int = 0
-    seen_devices: int = Field(150, ge=1)
+    seen_devices: int = Field(300, ge=1)
     unseen_valid_devices: int = Field(40, ge=1, description="new devices scored on validation (model selection)")
     unseen_test_devices: int = Field(80, ge=1, description="new devices scored on test")
-    train_per_device: int = Field(40, ge=1, description="training samples of a seen device")
+    train_per_device: int = Field(30, ge=1, description="training samples of a seen device")
     valid_per_device: int = Field(30, ge=2)
     test_per_device: int = Field(40, ge=2)
     unseen_per_device: int = Field(60, ge=2, description="samples of an unseen device")

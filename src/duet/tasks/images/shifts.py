@@ -14,8 +14,8 @@ SHIFT_TYPES = ("rotation", "scale", "thickness", "inversion", "noise")
 
 def draw_shift(kind: str, rng: np.random.Generator) -> dict:
     """A device's shift parameters for one shift kind (JSON-ready)."""
-    if kind == "rotation":
-        return {"type": kind, "angle": float(rng.choice([-1, 1]) * rng.uniform(25, 55))}
+    if kind == "rotation":  # how the device holds its camera: a quarter, half or three-quarter turn, +-10 deg
+        return {"type": kind, "angle": float(90 * rng.integers(1, 4) + rng.uniform(-10, 10))}
     if kind == "scale":
         return {"type": kind, "factor": float(rng.choice([rng.uniform(0.55, 0.75), rng.uniform(1.3, 1.6)]))}
     if kind == "thickness":

@@ -1,0 +1,168 @@
+"""What a device could do without DUET, on the same devices and samples:
+
+* fine-tuning: copy the global model, take `steps` Adam steps on the device's k
+  labelled samples (its adaptation prefix), classify its scored samples;
+* TENT (Wang et al., ICLR 2021): no labels, but gradients on the device: the
+  batch-norm affine parameters minimise the entropy of the predictions on the
+  device's unlabeled adaptation samples, whose statistics also replace the
+  training-time batch-norm statistics;
+* an oracle per shift type: the global model trained further on the training data
+  of one shift type, told each test device's type (an upper bound on knowing the shift).
+
+Every device's copy is discarded after scoring; wall time and peak memory per device
+are recorded (one thread, as on a phone core).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from duet.tasks.images.model import ImageClassifier
+from duet.tasks.images.store import ImageData, ImageSplit
+from duet.tasks.images.training import ImageBatcher, predict_images
+from duet.training.finetune import reset_peak_rss, rss_bytes
+
+
+@dataclass
+class Adapted:
+    """Logits of a split's scored samples after per-device adaptation, and its costs."""
+
+    logits: np.ndarray  # (N, classes), in the split's record order
+    seconds: np.ndarray  # (devices,) adaptation wall time per device
+    peak_bytes: np.ndarray  # (devices,) peak RSS growth per device (0 where not measurable)
+
+
+def adaptation_rows(data: ImageData, split: str, device: int) -> np.ndarray:
+    """Rows of a device's adaptation prefix in `split` (labels usable by fine-tuning only)."""
+    return np.flatnonzero((data.device == device) & (data.split == ("train", "valid", "test").index(split))
+                          & (data.adapt == 1))
+
+
+def per_device(model: ImageClassifier, split: ImageSplit, adapt: Callable[[ImageClassifier, int], nn.Module],
+               threads: int = 1) -> Adapted:
+    """Run `adapt(model, device)` for every device of the split and score its samples with the result."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    logits = np.zeros((len(split), model.num_classes), dtype=np.float32)
+    devices = np.unique(split.device)
+    seconds, peaks = np.zeros(len(devices)), np.zeros(len(devices), dtype=np.int64)
+    try:
+        for i, device in enumerate(devices):
+            measurable = reset_peak_rss()
+            before = rss_bytes("VmRSS")
+            started = time.perf_counter()
+            local = adapt(model, int(device))
+            seconds[i] = time.perf_counter() - started
+            peaks[i] = max(0, rss_bytes("VmHWM") - before) if measurable else 0
+            mine = np.flatnonzero(split.device == device)
+            with torch.no_grad():
+                logits[mine] = local(torch.from_numpy(split.data.x[split.rows[mine]])).numpy()
+    finally:
+        torch.set_num_threads(previous)
+    return Adapted(logits, seconds, peaks)
+
+
+def finetune_images(model: ImageClassifier, split: ImageSplit, k: int, steps: int, lr: float,
+                    scope: str = "all") -> Adapted:
+    """Fine-tune a copy per device on its first `k` labelled adaptation samples."""
+    data = split.data
+    labels = dict(zip(*data.split_labels(split.name), strict=True))
+
+    def adapt(base: ImageClassifier, device: int) -> nn.Module:
+        rows = adaptation_rows(data, split.name, device)[:k]
+        local = copy.deepcopy(base)
+        local.eval()  # batch norm keeps the global statistics: k samples are too few to estimate them
+        params = list(local.global_params.values()) if scope == "head" else list(local.parameters())
+        optimizer = torch.optim.Adam(params, lr=lr)
+        x = torch.from_numpy(data.x[rows])
+        y = torch.tensor([labels[r] for r in rows], dtype=torch.long)
+        for _ in range(steps):
+            loss = F.cross_entropy(local(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return local
+
+    return per_device(model, split, adapt)
+
+
+def batch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def tent_images(model: ImageClassifier, split: ImageSplit, steps: int, lr: float) -> Adapted:
+    """TENT per device on its unlabeled adaptation samples; returns the adapted copies' logits."""
+    data = split.data
+
+    def adapt(base: ImageClassifier, device: int) -> nn.Module:
+        rows = adaptation_rows(data, split.name, device)
+        local = copy.deepcopy(base)
+        local.eval()
+        local.requires_grad_(False)
+        norms = batch_norms(local)
+        for norm in norms:
+            norm.train()  # normalise with the device's own batch statistics
+            norm.momentum = None  # cumulative average: after the last pass, exactly the device's statistics
+            norm.reset_running_stats()
+            norm.weight.requires_grad_(True)
+            norm.bias.requires_grad_(True)
+        optimizer = torch.optim.Adam([p for n in norms for p in (n.weight, n.bias)], lr=lr)
+        x = torch.from_numpy(data.x[rows])
+        for _ in range(steps):
+            log_prob = F.log_softmax(local(x), dim=1)
+            entropy = -(log_prob.exp() * log_prob).sum(1).mean()
+            optimizer.zero_grad(set_to_none=True)
+            entropy.backward()
+            optimizer.step()
+        for norm in norms:  # final statistics with the adapted parameters, then frozen for scoring
+            norm.reset_running_stats()
+        with torch.no_grad():
+            local(x)
+        local.eval()
+        return local
+
+    return per_device(model, split, adapt)
+
+
+def subset(split: ImageSplit, mask: np.ndarray) -> ImageSplit:
+    return ImageSplit(split.name, split.rows[mask], split.y[mask], split.data)
+
+
+def train_oracle(model: ImageClassifier, train: ImageSplit, valid: ImageSplit, window_len: int, seed: int,
+                 epochs: int = 20, patience: int = 3, lr: float = 1e-3, batch_size: int = 128) -> ImageClassifier:
+    """The global model trained further on one shift type's samples (`train`, `valid` already
+    restricted to it), the epoch selected on that type's validation accuracy."""
+    local = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(local.parameters(), lr=lr)
+    batcher = ImageBatcher(train, batch_size, window_len)
+    best, best_state, bad = _accuracy(local, valid), copy.deepcopy(local.state_dict()), 0
+    for epoch in range(epochs):
+        torch.manual_seed(seed * 1_000_003 + epoch)
+        local.train()
+        for batch in batcher.shuffled(seed, epoch):
+            loss = F.cross_entropy(local(batch.x), batch.y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        accuracy = _accuracy(local, valid)
+        if accuracy > best:
+            best, best_state, bad = accuracy, copy.deepcopy(local.state_dict()), 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    local.load_state_dict(best_state)
+    local.eval()
+    return local
+
+
+def _accuracy(model: nn.Module, split: ImageSplit) -> float:
+    return float((predict_images(model, split).argmax(1) == split.y).mean())

@@ -1,0 +1,311 @@
+"""`duet compare` on an image fleet: the global model, per-device fine-tuning with k
+labels, TENT, an oracle per shift type, and DUET with and without SWA, on the same
+devices, samples and seeds.
+
+Every choice (fine-tuning and TENT steps/lr, the oracle's epochs) is made on the
+validation devices; the test devices are scored once. Differences come with 95%
+paired bootstrap intervals over devices and seeds (a device's accuracy is the unit).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from duet.atomic import write_json
+from duet.checkpoint import is_finished_run, load_run
+from duet.config import GeneratorConfig, ModelConfig, Strict, TrainConfig
+from duet.report.stats import difference_matrix, paired_bootstrap
+from duet.tasks.images.baselines import Adapted, finetune_images, subset, tent_images, train_oracle
+from duet.tasks.images.metrics import classification_metrics, per_group_accuracy
+from duet.tasks.images.store import ImageSplit, load_images
+from duet.tasks.images.training import device_groups, predict_images
+
+log = logging.getLogger("duet.compare")
+
+
+class ImageCompareConfig(Strict):
+    """One image comparison; saved as OUT/compare_config.json."""
+
+    data: str
+    seeds: int = Field(3, ge=1)
+    epochs: int | None = Field(None, ge=1, description="base epochs (None: duet train's default)")
+    duet_epochs: int | None = Field(None, ge=1, description="DUET stage-2 epochs (None: duet train's default)")
+    ks: tuple[int, ...] = (5, 20)
+    finetune_steps: tuple[int, ...] = (10, 30)
+    finetune_lrs: tuple[float, ...] = (1e-3, 1e-2)
+    tent_steps: tuple[int, ...] = (1, 10)
+    tent_lrs: tuple[float, ...] = (1e-3, 1e-2)
+    windows: tuple[int, ...] = (1, 5, 10, 20, 50)
+    oracle: bool = True
+    threads: int | None = Field(1, ge=1)
+
+
+def _run(cfg: ImageCompareConfig, out: Path, seed: int, method: str, num_generators: int = 3,
+         init: Path | None = None, progress: bool = True) -> Path:
+    from duet.training.loop import run_config_for, train
+
+    if is_finished_run(out):
+        log.info("reusing %s", out)
+        return out
+    duet = method == "duet"
+    epochs = cfg.duet_epochs if duet else cfg.epochs
+    train_cfg = TrainConfig.model_validate({
+        "method": method, "seed": seed, "batch_size": 128, "threads": cfg.threads,
+        "init_run": str(init) if init else None, **({"epochs": epochs} if epochs else {})})
+    generator = GeneratorConfig(encoder="mean", num_generators=num_generators) if duet else None
+    config = run_config_for(cfg.data, model=ModelConfig(backbone="cnn"), train=train_cfg, generator=generator)
+    log.info("training %s", out)
+    train(config, out, resume=(out / "config.json").exists(), progress=progress)
+    return out
+
+
+def _score(logits: np.ndarray, split: ImageSplit) -> tuple[dict, dict]:
+    metrics = classification_metrics(split.y, logits, device_groups(split))
+    return metrics, per_group_accuracy(split.y, logits.argmax(1), split.device)
+
+
+def _choose(valid: ImageSplit, grid: list[tuple[int, float]], adapt) -> tuple[tuple[int, float], float]:
+    """The (steps, lr) of `grid` with the best validation accuracy."""
+    scores = {}
+    for steps, lr in grid:
+        scores[(steps, lr)] = float((adapt(valid, steps, lr).logits.argmax(1) == valid.y).mean())
+    best = max(scores, key=scores.get)
+    return best, scores[best]
+
+
+def generation_seconds(run: Path, split: ImageSplit, window_len: int, batch: int = 256,
+                       repeats: int = 20) -> dict[str, float]:
+    """Cloud time per device to turn a raw window into a head (static features + generator),
+    one thread: alone and amortised over a batch. Medians over `repeats`."""
+    from duet.tasks.images.training import make_batch
+
+    _, model, _ = load_run(run)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = split.rows[np.linspace(0, len(split) - 1, batch).astype(int)]
+    full = make_batch(split.data, rows, np.zeros(len(rows)), window_len)
+    single, batched = [], []
+    try:
+        with torch.inference_mode():
+            for i in range(repeats + 3):
+                started = time.perf_counter()
+                model.generate(full.window[i % batch][None], full.mask[i % batch][None])
+                single.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                model.generate(full.window, full.mask)
+                batched.append((time.perf_counter() - started) / batch)
+    finally:
+        torch.set_num_threads(previous)
+    return {"single_s": float(np.median(single[3:])), "batched_s": float(np.median(batched[3:]))}
+
+
+def compare_images(cfg: ImageCompareConfig, report: str | Path, progress: bool = True) -> dict:
+    """Train and score every method for every seed; write OUT/results.{json,md} and plots."""
+    report = Path(report)
+    report.mkdir(parents=True, exist_ok=True)
+    write_json(report / "compare_config.json", json.loads(cfg.model_dump_json()))
+    data = load_images(cfg.data, ("train", "valid", "test"))
+    valid, test = data["valid"], data["test"]
+    window_len = data.window_len
+    results: dict = {"seeds": {}, "choices": {}}
+    for seed in range(cfg.seeds):
+        runs = report / "runs" / f"seed{seed}"
+        base_run = _run(cfg, runs / "base", seed, "base", progress=progress)
+        duet_run = _run(cfg, runs / "duet", seed, "duet", 3, base_run, progress)
+        noswa_run = _run(cfg, runs / "duet-noswa", seed, "duet", 1, base_run, progress)
+        _, base, _ = load_run(base_run)
+        scored: dict[str, tuple[dict, dict]] = {}
+        costs: dict[str, dict[str, float]] = {}
+        scored["global"] = _score(predict_images(base, test), test)
+        for name, run in (("duet", duet_run), ("duet-noswa", noswa_run)):
+            _, model, _ = load_run(run)
+            scored[name] = _score(predict_images(model, test), test)
+            if name == "duet":  # its own static part (trained on in stage 2) with the global head
+                scored["duet-static"] = _score(predict_images(model.device_model, test), test)
+        for k in cfg.ks:
+            grid = [(s, lr) for s in cfg.finetune_steps for lr in cfg.finetune_lrs]
+            (steps, lr), acc = _choose(valid, grid, lambda split, s, lr, k=k, b=base: finetune_images(b, split, k, s, lr))
+            results["choices"].setdefault(f"finetune-{k}", []).append({"steps": steps, "lr": lr, "valid": acc})
+            adapted = finetune_images(base, test, k, steps, lr)
+            scored[f"finetune-{k}"] = _score(adapted.logits, test)
+            costs[f"finetune-{k}"] = _costs(adapted)
+        grid = [(s, lr) for s in cfg.tent_steps for lr in cfg.tent_lrs]
+        (steps, lr), acc = _choose(valid, grid, lambda split, s, lr, b=base: tent_images(b, split, s, lr))
+        results["choices"].setdefault("tent", []).append({"steps": steps, "lr": lr, "valid": acc})
+        adapted = tent_images(base, test, steps, lr)
+        scored["tent"] = _score(adapted.logits, test)
+        costs["tent"] = _costs(adapted)
+        if cfg.oracle:
+            scored["oracle"] = _score(_oracle_logits(base, data, window_len, seed), test)
+        costs["duet"] = generation_seconds(duet_run, test, window_len)
+        curve = {}
+        for name, run in (("duet", duet_run), ("duet-noswa", noswa_run)):
+            _, model, _ = load_run(run)
+            curve[name] = {str(w): _score(predict_images(model, test, window_len=w), test)[0] for w in cfg.windows}
+        results["seeds"][str(seed)] = {
+            "metrics": {name: m for name, (m, _) in scored.items()},
+            "device_accuracy": {name: {str(d): a for d, a in acc.items()} for name, (_, acc) in scored.items()},
+            "costs": costs, "window_curve": curve,
+        }
+        write_report(results, data, report)
+    return results
+
+
+def _costs(adapted: Adapted) -> dict[str, float]:
+    return {"median_s": float(np.median(adapted.seconds)), "mean_s": float(adapted.seconds.mean()),
+            "peak_mib": float(np.max(adapted.peak_bytes) / 2**20)}
+
+
+def _oracle_logits(base, data, window_len: int, seed: int) -> np.ndarray:
+    """Each test sample scored by the oracle of its device's shift type."""
+    test = data["test"]
+    types = {d["id"]: d["shift"]["type"] for d in data.device_info()}
+    logits = np.zeros((len(test), base.num_classes), dtype=np.float32)
+    for kind in sorted(set(types.values())):
+        of_kind = {d for d, t in types.items() if t == kind}
+        masks = {name: np.isin(data[name].device, list(of_kind)) for name in ("train", "valid", "test")}
+        oracle = train_oracle(base, subset(data["train"], masks["train"]), subset(data["valid"], masks["valid"]),
+                              window_len, seed)
+        logits[masks["test"]] = predict_images(oracle, subset(test, masks["test"]))
+    return logits
+
+
+# ---- the report ---------------------------------------------------------------------------------
+
+ORDER = ("global", "finetune", "tent", "oracle", "duet-static", "duet-noswa", "duet")
+LABELS = {"global": "global model", "tent": "TENT (no labels, gradients)", "oracle": "oracle per shift type",
+          "duet-static": "DUET's static part, global head", "duet-noswa": "DUET without SWA", "duet": "DUET (PPG+SWA)"}
+
+
+def label(method: str) -> str:
+    if method.startswith("finetune-"):
+        return f"fine-tune, {method.removeprefix('finetune-')} labels"
+    return LABELS[method]
+
+
+def ordered(methods: set[str]) -> list[str]:
+    """Methods in report order (fine-tuning by k)."""
+    def key(m: str) -> tuple[int, int]:
+        if m.startswith("finetune-"):
+            return ORDER.index("finetune"), int(m.removeprefix("finetune-"))
+        return ORDER.index(m), 0
+    return sorted(methods, key=key)
+
+
+def pairs(methods: list[str]) -> list[tuple[str, str]]:
+    others = ["global", "tent", *[m for m in methods if m.startswith("finetune-")][::-1], "duet-noswa",
+              "duet-static", "oracle"]
+    return [("duet", b) for b in others if b in methods]
+
+
+def summarize(results: dict, devices: list[dict]) -> dict:
+    seeds = results["seeds"]
+    methods = ordered(set.intersection(*(set(s["metrics"]) for s in seeds.values())))
+    keys = sorted({k for s in seeds.values() for m in s["metrics"].values() for k in m if k != "records"})
+    table = {m: {k: _mean_std([s["metrics"][m].get(k, np.nan) for s in seeds.values()]) for k in keys}
+             for m in methods}
+    kind = {str(d["id"]): d["kind"] for d in devices}
+    differences = {}
+    for group in ("unseen", "seen"):
+        for a, b in pairs(methods):
+            matched = [({d: v for d, v in s["device_accuracy"][a].items() if kind[d] == group},
+                        {d: v for d, v in s["device_accuracy"][b].items() if kind[d] == group})
+                       for s in seeds.values()]
+            differences[f"{a} - {b} ({group})"] = paired_bootstrap(difference_matrix(matched))
+    costs = {m: _mean_std([s["costs"][m].get("median_s", s["costs"][m].get("single_s")) for s in seeds.values()])
+             for m in next(iter(seeds.values()))["costs"]}
+    return {"methods": methods, "table": table, "differences": differences, "costs": costs}
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(np.nanmean(arr)), "std": float(np.nanstd(arr))}
+
+
+def write_report(results: dict, data, report: Path) -> None:
+    from duet.atomic import atomic_path
+
+    summary = summarize(results, data.device_info())
+    write_json(report / "results.json", {**results, "summary": summary})
+    shift_types = sorted({d["shift"]["type"] for d in data.device_info()})
+    n = len(results["seeds"])
+    lines = [f"# Image fleet: {data.path.name} ({n} seed{'s' * (n > 1)})", "",
+             "Test accuracy, mean ± std over seeds. Unseen devices never appear in training. "
+             "Every method is scored on the same samples (each device's adaptation prefix is never scored).", "",
+             "| method | accuracy (all) | seen | **unseen** | macro-F1 unseen | " + " | ".join(shift_types) + " |",
+             "|---|---|---|---|---|" + "---|" * len(shift_types)]
+    for m in summary["methods"]:
+        row = summary["table"][m]
+
+        def cell(key: str, row=row) -> str:
+            v = row.get(key)
+            return "" if v is None or np.isnan(v["mean"]) else f"{v['mean']:.4f} ± {v['std']:.4f}"
+
+        lines.append(f"| {label(m)} | {cell('accuracy')} | {cell('accuracy_seen')} | {cell('accuracy_unseen')} | "
+                     f"{cell('macro_f1_unseen')} | " + " | ".join(cell(f"accuracy_{t}") for t in shift_types) + " |")
+    lines += ["", "Per-shift columns: all devices of that shift type.", "",
+              "## Differences (device accuracy, 95% paired bootstrap over devices and seeds; **bold**: excludes 0)", "",
+              "| difference | mean | 95% interval |", "|---|---|---|"]
+    for name, d in summary["differences"].items():
+        text = f"{d['mean']:+.4f}"
+        lines.append(f"| {name} | {'**' + text + '**' if d['significant'] else text} | "
+                     f"[{d['lo']:+.4f}, {d['hi']:+.4f}] |")
+    lines += ["", "## Adaptation cost per device (one thread)", "", "| method | seconds per device | vs DUET (one device alone) |",
+              "|---|---|---|"]
+    duet_single = next(iter(results["seeds"].values()))["costs"]["duet"]["single_s"]
+    for m, c in summary["costs"].items():
+        name = "DUET (cloud: static features + generator), one device alone" if m == "duet" else label(m)
+        lines.append(f"| {name} | {c['mean']:.6f} | {c['mean'] / duet_single:,.0f}x |")
+    batched = np.mean([s["costs"]["duet"]["batched_s"] for s in results["seeds"].values()])
+    lines += [f"| DUET, amortised in a batch of 256 devices | {batched:.6f} | |", "",
+              "Choices made on validation devices: " + json.dumps(results["choices"]), "",
+              "![accuracy against window length](accuracy_vs_window.png)", "",
+              "![adaptation time](adaptation_time.png)", ""]
+    with atomic_path(report / "results.md") as tmp:
+        tmp.write_text("\n".join(lines))
+    _plots(results, summary, report)
+
+
+def _plots(results: dict, summary: dict, report: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from duet.atomic import save_png
+
+    seeds = list(results["seeds"].values())
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, style in (("duet", "-o"), ("duet-noswa", "--s")):
+        windows = sorted(int(w) for w in seeds[0]["window_curve"][name])
+        for group, color in (("unseen", "C0"), ("seen", "C1")):
+            values = np.array([[s["window_curve"][name][str(w)][f"accuracy_{group}"] for w in windows] for s in seeds])
+            ax.errorbar(windows, values.mean(0), yerr=values.std(0), fmt=style, color=color, capsize=3,
+                        label=f"{label(name)}, {group} devices")
+    for group, color in (("unseen", "C0"), ("seen", "C1")):
+        ax.axhline(summary["table"]["global"][f"accuracy_{group}"]["mean"], color=color, lw=1, ls=":",
+                   label=f"global model, {group}")
+    ax.set_xscale("log")
+    ax.set_xlabel("window length W (device's most recent samples, unlabeled)")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    save_png(fig, report / "accuracy_vs_window.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = list(summary["costs"])
+    values = [summary["costs"][m]["mean"] for m in names]
+    ax.barh([label(m) if m != "duet" else "DUET (one device alone)" for m in names], values, color="C2")
+    ax.set_xscale("log")
+    ax.set_xlabel("adaptation seconds per device (one thread, log scale)")
+    fig.tight_layout()
+    save_png(fig, report / "adaptation_time.png", dpi=120)
+    plt.close(fig)
