@@ -219,9 +219,24 @@ def summarize(results: dict, devices: list[dict]) -> dict:
                         {d: v for d, v in s["device_accuracy"][b].items() if kind[d] == group})
                        for s in seeds.values()]
             differences[f"{a} - {b} ({group})"] = paired_bootstrap(difference_matrix(matched))
+    shift = {str(d["id"]): d["shift"]["type"] for d in devices}
+    by_shift: dict[str, dict[str, dict[str, float]]] = {}  # unseen devices: method -> type -> mean/std
+    for t in sorted(set(shift.values())):
+        scored = next(iter(seeds.values()))["device_accuracy"][methods[0]]
+        mine = [d for d in scored if kind[d] == "unseen" and shift[d] == t]
+        if not mine:
+            continue
+        for m in methods:
+            by_shift.setdefault(m, {})[t] = _mean_std(
+                [np.mean([s["device_accuracy"][m][d] for d in mine]) for s in seeds.values()])
+        matched = [({d: s["device_accuracy"]["duet"][d] for d in mine},
+                    {d: s["device_accuracy"]["global"][d] for d in mine}) for s in seeds.values()]
+        if "duet" in methods and "global" in methods:
+            differences[f"duet - global (unseen, {t})"] = paired_bootstrap(difference_matrix(matched))
     costs = {m: _mean_std([s["costs"][m].get("median_s", s["costs"][m].get("single_s")) for s in seeds.values()])
              for m in next(iter(seeds.values()))["costs"]}
-    return {"methods": methods, "table": table, "differences": differences, "costs": costs}
+    return {"methods": methods, "table": table, "unseen_by_shift": by_shift, "differences": differences,
+            "costs": costs}
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -230,6 +245,7 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
 
 def write_report(results: dict, data, report: Path) -> None:
+    """results.json, results.md and the plots; `rerender` rebuilds them from results.json alone."""
     from duet.atomic import atomic_path
 
     summary = summarize(results, data.device_info())
@@ -250,7 +266,14 @@ def write_report(results: dict, data, report: Path) -> None:
 
         lines.append(f"| {label(m)} | {cell('accuracy')} | {cell('accuracy_seen')} | {cell('accuracy_unseen')} | "
                      f"{cell('macro_f1_unseen')} | " + " | ".join(cell(f"accuracy_{t}") for t in shift_types) + " |")
-    lines += ["", "Per-shift columns: all devices of that shift type.", "",
+    lines += ["", "Per-shift columns: all devices of that shift type, seen and unseen.", "",
+              "### Unseen devices by shift type (mean device accuracy)", "",
+              "| method | " + " | ".join(shift_types) + " |", "|---|" + "---|" * len(shift_types)]
+    for m in summary["methods"]:
+        cells = [summary["unseen_by_shift"].get(m, {}).get(t) for t in shift_types]
+        lines.append(f"| {label(m)} | " + " | ".join(
+            "" if c is None else f"{c['mean']:.4f} ± {c['std']:.4f}" for c in cells) + " |")
+    lines += ["",
               "## Differences (device accuracy, 95% paired bootstrap over devices and seeds; **bold**: excludes 0)", "",
               "| difference | mean | 95% interval |", "|---|---|---|"]
     for name, d in summary["differences"].items():
@@ -309,3 +332,12 @@ def _plots(results: dict, summary: dict, report: Path) -> None:
     fig.tight_layout()
     save_png(fig, report / "adaptation_time.png", dpi=120)
     plt.close(fig)
+
+
+def rerender(report: str | Path) -> None:
+    """Rewrite a finished comparison's report from its results.json (after a report change)."""
+    report = Path(report)
+    results = json.loads((report / "results.json").read_text())
+    results.pop("summary", None)
+    cfg = ImageCompareConfig.model_validate_json((report / "compare_config.json").read_text())
+    write_report(results, load_images(cfg.data, ("valid",)), report)

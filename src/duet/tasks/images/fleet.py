@@ -36,7 +36,8 @@ class FleetConfig(Strict):
     unseen_per_device: int = Field(60, ge=2, description="samples of an unseen device")
     adapt: int = Field(20, ge=1, description="first samples of a valid/test period: fine-tuning labels, never scored")
     window_len: int = Field(20, ge=1, description="window W: a device's most recent samples, unlabeled")
-    alpha: float = Field(0.3, gt=0, description="Dirichlet concentration of a device's class mix")
+    # 0.1: most devices see one to three classes (the usual strongly non-IID federated setting)
+    alpha: float = Field(0.1, gt=0, description="Dirichlet concentration of a device's class mix")
     pools: tuple[float, float, float] = (0.5, 0.2, 0.3)
     shift_types: tuple[str, ...] = SHIFT_TYPES
     unseen_fraction: float = Field(0.3, gt=0, lt=1, description="npz: share of devices held out as unseen")
