@@ -219,3 +219,11 @@ def test_compare_scores_every_method_on_the_same_devices_and_writes_the_report(f
     assert "| DUET (PPG+SWA) |" in text and "duet - global (unseen)" in text
     assert (tmp_path / "report" / "accuracy_vs_window.png").stat().st_size > 0
     assert (tmp_path / "report" / "adaptation_time.png").stat().st_size > 0
+
+
+def test_data_info_describes_an_image_fleet(fleet_dir):
+    result = runner.invoke(app, ["data", "info", str(fleet_dir)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((fleet_dir / "manifest.json").read_text())
+    assert f"{manifest['counts']['train']['samples']:,}" in result.output
+    assert "unseen" in result.output and "rotation" in result.output

@@ -441,6 +441,35 @@ def export_text(
         typer.echo(f"wrote {records:,} records to {file}")
 
 
+def _image_info(data: Path) -> None:
+    """An image fleet: samples per split, devices by kind and shift type."""
+    from collections import Counter
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from duet.manifest import read_manifest
+    from duet.tasks.images.store import FORMAT
+
+    manifest = read_manifest(data, FORMAT, "duet image dataset")
+    console = Console()
+    console.print(f"[bold]{data}[/bold]  source: {manifest['source']['name']}, {manifest['num_classes']} classes, "
+                  f"images {tuple(manifest['image_shape'])}, W={manifest['window_len']}")
+    table = Table(title="samples per split (scored: after each device's adaptation prefix)")
+    for column in ("split", "samples", "scored", "devices"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for name, c in manifest["counts"].items():
+        table.add_row(name, f"{c['samples']:,}", f"{c['scored']:,}", f"{c['devices']:,}")
+    console.print(table)
+    kinds = Counter((d["kind"], d["split"], d["shift"]["type"]) for d in manifest["devices"])
+    devices = Table(title="devices")
+    for column in ("kind", "scored in", "shift", "devices"):
+        devices.add_column(column, justify="right" if column == "devices" else "left")
+    for (kind, split, shift), n in sorted(kinds.items()):
+        devices.add_row(kind, "valid, test" if kind == "seen" else split, shift, str(n))
+    console.print(devices)
+
+
 @data_app.command("info")
 @user_errors
 def data_info(
@@ -456,6 +485,11 @@ def data_info(
 
     from duet.data.info import plot as write_plot
     from duet.data.info import summarize
+    from duet.tasks import dataset_task
+
+    if dataset_task(data) == "images":
+        _image_info(data)
+        return
 
     info = summarize(data, top=top)
     console = Console()
