@@ -353,6 +353,9 @@ def _plots(results: dict, summary: dict, report: Path) -> None:
     for group, color in (("unseen", "C0"), ("seen", "C1")):
         ax.axhline(summary["table"]["global"][f"accuracy_{group}"]["mean"], color=color, lw=1, ls=":",
                    label=f"global model, {group}")
+        if "duet-static" in summary["table"]:
+            ax.axhline(summary["table"]["duet-static"][f"accuracy_{group}"]["mean"], color=color, lw=1, ls="-.",
+                       label=f"DUET's static part + global head, {group}")
     ax.set_xscale("log")
     ax.set_xlabel("window length W (device's most recent samples, unlabeled)")
     ax.set_ylabel("test accuracy")
