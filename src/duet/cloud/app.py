@@ -128,7 +128,11 @@ def create_app(settings: Settings) -> FastAPI:
             widths = {"embedding": service.feature_dim, "samples": service.sample_width}
             if service.task == "recommendation":
                 properties["window"]["items"]["maximum"] = service.num_items - 1
-            for name in ("window", "samples", "embedding"):
+            # The raw input of the other task is refused (422): not part of this service's schema.
+            other = "samples" if service.raw_field == "window" else "window"
+            del properties[other]
+            body["schema"]["oneOf"] = [one for one in body["schema"]["oneOf"] if one["required"] != [other]]
+            for name in (service.raw_field, "embedding"):
                 properties[name]["maxItems"] = state.model.max_window
                 if name in widths and widths[name]:
                     properties[name]["items"].update(minItems=widths[name], maxItems=widths[name])

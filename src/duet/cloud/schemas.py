@@ -7,7 +7,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ItemId = Annotated[int, Field(ge=1, description="internal item id (1 .. num_items-1; 0 is padding)")]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+FLOAT32_MAX = 3.4028234663852886e38
+# A float32 value: finite and in range; strict: no "1.5" or true.
+Finite = Annotated[float, Field(allow_inf_nan=False, strict=True, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 Row = Annotated[list[Finite], Field(min_length=1, max_length=65_536)]
 INPUTS = ("window", "samples", "embedding")
 
