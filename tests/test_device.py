@@ -201,6 +201,32 @@ def test_keeps_the_last_parameters_after_a_failure(bundle: Bundle) -> None:
     np.testing.assert_array_equal(runtime.score([7], candidates), bundle.score([7], candidates, received))
 
 
+def test_privacy_mode_uploads_item_embeddings_not_ids(bundle: Bundle) -> None:
+    fake = FakeService(bundle, ["ok", "ok"])
+    with fake.running() as url:
+        runtime = DeviceRuntime(bundle, url, "d", retries=0, privacy=True)
+        for item in [3, 4, 5]:
+            runtime.observe(item)
+        assert runtime.refresh() == SERVICE
+        assert runtime.refresh([9, 0, 1, 2, 3, 4, 5]) == SERVICE  # cut to the last W, padding dropped
+    first, second = fake.requests
+    assert set(first) == {"device_id", "embedding", "dtype", "version"}  # no item ids on the wire
+    np.testing.assert_array_equal(np.array(first["embedding"], dtype=np.float32), bundle.item_embedding[[3, 4, 5]])
+    np.testing.assert_array_equal(np.array(second["embedding"], dtype=np.float32),
+                                  bundle.item_embedding[[2, 3, 4, 5][-W:]])
+    candidates = np.arange(1, NUM_ITEMS)
+    head = {name: value[None] for name, value in fake.params.items()}
+    np.testing.assert_array_equal(runtime.score([7], candidates), bundle.score([7], candidates, head))
+
+
+def test_the_client_sends_exactly_one_form_of_the_window(bundle: Bundle) -> None:
+    client = DeviceRuntime(bundle, "http://127.0.0.1:9", "d").client
+    with pytest.raises(ValueError, match="exactly one of window, samples and embedding"):
+        client.fetch("d", [1], embedding=[[0.5]])
+    with pytest.raises(ValueError, match="got none"):
+        client.fetch("d")
+
+
 @pytest.mark.parametrize("failure", ["ok-other-spec", "corrupt", 500, 409])
 def test_unusable_answers_fall_back(bundle: Bundle, failure: str | int) -> None:
     fake = FakeService(bundle, [failure])

@@ -58,7 +58,7 @@ class _Runtime:
             raise ValueError("a loaded Bundle was verified already: give trusted_keys to Bundle(...)")
         self.bundle = bundle if isinstance(bundle, BaseBundle) else self.BUNDLE(bundle, trusted_keys=trusted_keys)
         if not isinstance(self.bundle, self.BUNDLE):
-            raise ValueError(f"{type(self).__name__} runs a {self.BUNDLE.__name__}, got a {type(self.bundle).__name__}")
+            raise ValueError(f"{type(self).__name__} needs a {self.BUNDLE.__name__}, got a {type(self.bundle).__name__}")
         self.client = ParameterClient(service_url, timeout=timeout, retries=retries, backoff=backoff, token=token,
                                       keys=self.bundle.answer_keys)
         self.device_id, self.dtype, self.privacy = device_id, dtype, privacy
