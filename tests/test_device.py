@@ -28,7 +28,8 @@ from duet.simulate import free_port
 NOT_ON_A_DEVICE = ("torch", "pandas", "matplotlib", "fastapi", "typer", "pydantic")
 
 
-def test_device_package_imports_and_scores_without_the_training_stack(bundle_dir: Path) -> None:
+def run_on_a_device(body: str) -> None:
+    """Run `body` in a fresh interpreter where the training stack cannot be imported; it must print ok."""
     script = textwrap.dedent(f"""
         import sys
 
@@ -40,11 +41,7 @@ def test_device_package_imports_and_scores_without_the_training_stack(bundle_dir
                     raise ImportError(name + " is not available on a device")
 
         sys.meta_path.insert(0, NotOnADevice())
-        import numpy as np
-        from duet.device import Bundle, DeviceRuntime
-        runtime = DeviceRuntime({str(bundle_dir)!r}, "http://127.0.0.1:9", "d", retries=0)
-        logits = runtime.score([1, 2, 3], np.arange(1, 6))
-        assert logits.shape == (5,), logits.shape
+    """) + textwrap.dedent(body) + textwrap.dedent("""
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         assert not loaded, loaded
         print("ok")
@@ -52,6 +49,16 @@ def test_device_package_imports_and_scores_without_the_training_stack(bundle_dir
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_device_package_imports_and_scores_without_the_training_stack(bundle_dir: Path) -> None:
+    run_on_a_device(f"""
+        import numpy as np
+        from duet.device import Bundle, DeviceRuntime
+        runtime = DeviceRuntime({str(bundle_dir)!r}, "http://127.0.0.1:9", "d", retries=0)
+        logits = runtime.score([1, 2, 3], np.arange(1, 6))
+        assert logits.shape == (5,), logits.shape
+    """)
 
 
 def test_bundle_refuses_tampered_files(bundle_dir: Path, tmp_path: Path) -> None:

@@ -72,14 +72,21 @@ def input_name(param: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", param)
 
 
-class DeviceGraph(nn.Module):
+class HeadInputs(nn.Module):
+    """A device graph's head parameters are graph inputs, one per spec name (`inputs`: name -> input name)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.names = model.param_spec.names
+        self.inputs = {name: input_name(name) for name in self.names}
+
+
+class DeviceGraph(HeadInputs):
     """What the device runs: one history, C candidates, one head given as inputs."""
 
     def __init__(self, recommender: nn.Module):
-        super().__init__()
+        super().__init__(recommender)
         self.recommender = recommender
-        self.names = recommender.param_spec.names
-        self.inputs = {name: input_name(name) for name in self.names}
 
     def forward(self, history: Tensor, items: Tensor, params: dict[str, Tensor]) -> Tensor:
         """history (1, L), items (C,), params {input name: (1, *shape)} -> logits (C,)."""
@@ -96,14 +103,12 @@ def device_model(model: nn.Module, method: str) -> nn.Module:
     raise ArtifactError(f"cannot export a {method!r} run: export needs a base or DUET run")
 
 
-class ImageDeviceGraph(nn.Module):
+class ImageDeviceGraph(HeadInputs):
     """What an image device runs: N images, one head given as inputs -> logits and static features."""
 
     def __init__(self, classifier: nn.Module):
-        super().__init__()
+        super().__init__(classifier)
         self.classifier = classifier
-        self.names = classifier.param_spec.names
-        self.inputs = {name: input_name(name) for name in self.names}
 
     def forward(self, x: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """x (N, C, H, W), params {input name: (1, *shape)} -> logits (N, classes), features (N, D)."""
