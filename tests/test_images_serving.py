@@ -238,3 +238,13 @@ def test_simulate_an_image_fleet_matches_offline(image_run: Path, image_bundle_d
     assert results["agree"] is True and results["max_abs_logit_diff"] <= 1e-4
     assert results["metrics"]["device"]["records"] == results["records"] > 0
     assert all(abs(d) <= 1e-9 for d in results["metrics"]["diff"].values())
+
+
+def test_image_service_conforms_to_its_schema(service: ServiceProcess) -> None:
+    """Schemathesis against an image run's service: its schema (samples and embedding rows of the run's
+    widths, float32 values, no `window`) is what it accepts and refuses, and it never answers 5xx."""
+    from test_cloud import run_schemathesis
+
+    failures, statuses = run_schemathesis(service.url, examples=30)
+    assert failures == []
+    assert statuses[("POST /v1/parameters", 200)] > 5 and statuses[("POST /v1/parameters", 422)] > 5, statuses
