@@ -111,7 +111,8 @@ def test_a_longer_window_is_cut_to_the_last_w(service: ServiceProcess, windows) 
     ({"samples": [[0.5] * 64, [0.5] * 10 + [float("nan")] + [0.5] * 53]}, "samples[1][10]"),
     ({"samples": []}, "samples"),
     ({"samples": [[0.5] * 64] * (10 * IMAGE_W + 1)}, "samples"),  # over max_window
-    ({"samples": [[0.5] * 64], "embedding": [[0.5] * 8]}, "window"),  # two inputs: the body-level error
+    ({"samples": [[0.5] * 64], "embedding": [[0.5] * 8]}, "samples"),  # two inputs: named by the raw one
+    ({}, "samples"),  # none
     ({"window": [1, 2]}, "window"),  # item ids, to an image model
     ({"embedding": [[0.5] * 64]}, "embedding[0]"),  # images where features belong
     ({"embedding": [[0.5] * 8, [float("-inf")] * 8]}, "embedding[1][0]"),

@@ -75,8 +75,9 @@ REQUEST_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": ParametersRequest.model_json_schema()},
 }}}
 
-# pydantic reports errors about the body as a whole at location (); name them.
-_ROOT_FIELDS = {"value_error": "window"}  # the model validator: not exactly one of window/samples/embedding
+# pydantic reports errors about the body as a whole at location (); the model validator's (not exactly
+# one of window/samples/embedding) names the served task's raw input.
+_ROOT_ERRORS = frozenset({"value_error"})
 
 
 _TASK_NAMES = {"recommendation": "a recommendation model", "images": "an image model"}
@@ -105,8 +106,8 @@ async def parameters(request: Request) -> Response:
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         for e in errors:
-            if not e["loc"] and e["type"] in _ROOT_FIELDS:
-                e["loc"] = (_ROOT_FIELDS[e["type"]],)
+            if not e["loc"] and e["type"] in _ROOT_ERRORS:
+                e["loc"] = (served.service.raw_field,)
         return validation_response(errors, root="body")
     service = served.service
     if body.version is not None and body.version != service.version:
