@@ -111,3 +111,42 @@ def duet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built(tmp_path_factory)["bundle"]
+
+
+# ---------------------------------------------------------------- serving images: tiny fleet, DUET run, bundle
+
+IMAGE_W = 4
+_BUILT_IMAGES: dict[str, Path] = {}
+
+
+def built_images(factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small digits fleet (W = 4), an image DUET run trained one epoch on it and its bundle, made once."""
+    if not _BUILT_IMAGES:
+        from duet.config import GeneratorConfig, ModelConfig, TrainConfig
+        from duet.export import export_bundle
+        from duet.tasks.images.fleet import FleetConfig, prepare_fleet
+        from duet.training.loop import run_config_for, train
+
+        root = factory.mktemp("serving-images")
+        fleet = FleetConfig(seen_devices=6, unseen_valid_devices=2, unseen_test_devices=2, train_per_device=12,
+                            valid_per_device=8, test_per_device=8, unseen_per_device=8, adapt=3, window_len=IMAGE_W)
+        prepare_fleet(root / "data", "digits-fleet", fleet)
+        config = run_config_for(
+            root / "data", model=ModelConfig(backbone="cnn", embed_dim=8, dropout=0.0),
+            generator=GeneratorConfig(encoder="mean", hidden_dim=8, layer_embed_dim=4, decoder_hidden=8),
+            train=TrainConfig(method="duet", epochs=1, batch_size=32, threads=1),
+        )
+        train(config, root / "duet-run", progress=False)
+        export_bundle(root / "duet-run", root / "bundle")
+        _BUILT_IMAGES.update(data=root / "data", run=root / "duet-run", bundle=root / "bundle")
+    return _BUILT_IMAGES
+
+
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return built_images(tmp_path_factory)["run"]
+
+
+@pytest.fixture(scope="session")
+def image_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return built_images(tmp_path_factory)["bundle"]

@@ -28,7 +28,8 @@ from duet.simulate import free_port
 NOT_ON_A_DEVICE = ("torch", "pandas", "matplotlib", "fastapi", "typer", "pydantic")
 
 
-def test_device_package_imports_and_scores_without_the_training_stack(bundle_dir: Path) -> None:
+def run_on_a_device(body: str) -> None:
+    """Run `body` in a fresh interpreter where the training stack cannot be imported; it must print ok."""
     script = textwrap.dedent(f"""
         import sys
 
@@ -40,11 +41,7 @@ def test_device_package_imports_and_scores_without_the_training_stack(bundle_dir
                     raise ImportError(name + " is not available on a device")
 
         sys.meta_path.insert(0, NotOnADevice())
-        import numpy as np
-        from duet.device import Bundle, DeviceRuntime
-        runtime = DeviceRuntime({str(bundle_dir)!r}, "http://127.0.0.1:9", "d", retries=0)
-        logits = runtime.score([1, 2, 3], np.arange(1, 6))
-        assert logits.shape == (5,), logits.shape
+    """) + textwrap.dedent(body) + textwrap.dedent("""
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         assert not loaded, loaded
         print("ok")
@@ -52,6 +49,16 @@ def test_device_package_imports_and_scores_without_the_training_stack(bundle_dir
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_device_package_imports_and_scores_without_the_training_stack(bundle_dir: Path) -> None:
+    run_on_a_device(f"""
+        import numpy as np
+        from duet.device import Bundle, DeviceRuntime
+        runtime = DeviceRuntime({str(bundle_dir)!r}, "http://127.0.0.1:9", "d", retries=0)
+        logits = runtime.score([1, 2, 3], np.arange(1, 6))
+        assert logits.shape == (5,), logits.shape
+    """)
 
 
 def test_bundle_refuses_tampered_files(bundle_dir: Path, tmp_path: Path) -> None:
@@ -199,6 +206,32 @@ def test_keeps_the_last_parameters_after_a_failure(bundle: Bundle) -> None:
         np.testing.assert_array_equal(runtime.params[name], value)
     candidates = np.arange(1, NUM_ITEMS)
     np.testing.assert_array_equal(runtime.score([7], candidates), bundle.score([7], candidates, received))
+
+
+def test_privacy_mode_uploads_item_embeddings_not_ids(bundle: Bundle) -> None:
+    fake = FakeService(bundle, ["ok", "ok"])
+    with fake.running() as url:
+        runtime = DeviceRuntime(bundle, url, "d", retries=0, privacy=True)
+        for item in [3, 4, 5]:
+            runtime.observe(item)
+        assert runtime.refresh() == SERVICE
+        assert runtime.refresh([9, 0, 1, 2, 3, 4, 5]) == SERVICE  # cut to the last W, padding dropped
+    first, second = fake.requests
+    assert set(first) == {"device_id", "embedding", "dtype", "version"}  # no item ids on the wire
+    np.testing.assert_array_equal(np.array(first["embedding"], dtype=np.float32), bundle.item_embedding[[3, 4, 5]])
+    np.testing.assert_array_equal(np.array(second["embedding"], dtype=np.float32),
+                                  bundle.item_embedding[[2, 3, 4, 5][-W:]])
+    candidates = np.arange(1, NUM_ITEMS)
+    head = {name: value[None] for name, value in fake.params.items()}
+    np.testing.assert_array_equal(runtime.score([7], candidates), bundle.score([7], candidates, head))
+
+
+def test_the_client_sends_exactly_one_form_of_the_window(bundle: Bundle) -> None:
+    client = DeviceRuntime(bundle, "http://127.0.0.1:9", "d").client
+    with pytest.raises(ValueError, match="exactly one of window, samples and embedding"):
+        client.fetch("d", [1], embedding=[[0.5]])
+    with pytest.raises(ValueError, match="got none"):
+        client.fetch("d")
 
 
 @pytest.mark.parametrize("failure", ["ok-other-spec", "corrupt", 500, 409])

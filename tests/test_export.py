@@ -24,7 +24,8 @@ def test_bundle_layout(bundle_dir: Path, duet_run: Path, tiny_data: Path) -> Non
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert manifest["format"] == "duet-bundle/1"
     assert manifest["model_version"] == model_version(duet_run)
-    assert set(manifest["files"]) == {"model.onnx", "theta_g.safetensors", "vocab.safetensors", "param_spec.json"}
+    assert set(manifest["files"]) == {"model.onnx", "theta_g.safetensors", "vocab.safetensors", "param_spec.json",
+                                      "item_embedding.safetensors"}
     for name, digest in manifest["files"].items():
         assert sha256_file(bundle_dir / name) == digest
     _, model, _ = load_run(duet_run)
@@ -41,6 +42,10 @@ def test_bundle_layout(bundle_dir: Path, duet_run: Path, tiny_data: Path) -> Non
     assert list(vocab) == ["item_raw"]  # user ids stay in the cloud
     np.testing.assert_array_equal(vocab["item_raw"], load_file(str(tiny_data / "vocab.safetensors"))["item_raw"])
     assert manifest["verified_max_abs_diff"] <= 1e-5
+    # What a device in privacy mode uploads instead of item ids: the generator's own input.
+    table = load_file(str(bundle_dir / "item_embedding.safetensors"))
+    assert list(table) == ["embedding"] and manifest["feature_dim"] == table["embedding"].shape[1]
+    np.testing.assert_array_equal(table["embedding"], recommender.item_embedding.weight.detach().numpy())
 
 
 def assert_onnx_equals_torch(recommender: torch.nn.Module, onnx_file: Path) -> None:

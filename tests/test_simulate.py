@@ -28,6 +28,22 @@ def test_simulate_fp32_agrees_with_offline(duet_run: Path, bundle_dir: Path, tmp
     assert "max |logit diff|" in result.output
 
 
+def test_simulate_privacy_mode_agrees_with_offline(duet_run: Path, bundle_dir: Path, tmp_path: Path) -> None:
+    """Devices upload their windows' item embeddings instead of ids: the same logits as offline."""
+    from duet.cli import app
+
+    out = tmp_path / "sim.json"
+    result = CliRunner().invoke(app, ["simulate", "--run", str(duet_run), "--devices", "4", "--privacy",
+                                      "--bundle", str(bundle_dir), "--concurrency", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    results = json.loads(out.read_text())
+    assert results["privacy"] is True and results["task"] == "recommendation" and results["devices"] == 4
+    assert results["sources"] == {"service": results["events"]}
+    assert results["agree"] is True and results["max_abs_logit_diff"] <= 1e-4
+    assert all(abs(d) <= 1e-6 for d in results["metrics"]["diff"].values())
+    assert "privacy mode" in result.output
+
+
 def test_simulate_fp16_reports_the_difference(duet_run: Path, bundle_dir: Path) -> None:
     results = simulate(duet_run, devices=3, dtype="fp16", bundle=bundle_dir, concurrency=3)
     assert results["devices"] == 3 and results["agree"] is None and results["tolerance"] is None

@@ -529,7 +529,7 @@ def data_info(
 @app.command()
 @user_errors
 def serve(
-    run: Annotated[Path, typer.Option(help="DUET run directory (duet train --method duet), or a symlink to one: "
+    run: Annotated[Path, typer.Option(help="DUET run directory (duet train --method duet; recommendation or images), or a symlink to one: "
                                            "re-point it to hot-reload a new version")],
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
@@ -611,7 +611,8 @@ def export(
     trust: Annotated[list[Path] | None, typer.Option(help="public key file whose answers devices also accept, "
                                                           "e.g. the next serving key (repeatable; needs --sign)")] = None,
 ) -> None:
-    """Export the device bundle: ONNX (static part + head, head params as inputs), theta_g, vocab, manifest."""
+    """Export the device bundle: ONNX (static part + head, head params as inputs), theta_g, manifest; recommendation
+    adds the item vocabulary and embeddings, images output the static features too (privacy mode)."""
     from duet.errors import DuetError
     from duet.signing import Keyring
 
@@ -656,13 +657,15 @@ def keys_generate(
 @app.command()
 @user_errors
 def simulate(
-    run: Annotated[Path, typer.Option(help="DUET run directory")],
+    run: Annotated[Path, typer.Option(help="DUET run directory (recommendation or images)")],
     data: Annotated[Path | None, typer.Option(help="dataset (default: the run's own)")] = None,
-    devices: Annotated[int, typer.Option(help="devices to replay (the first N users of the test split)")] = 100,
+    devices: Annotated[int, typer.Option(help="devices to replay (the first N users, or image devices, of the test split)")] = 100,
     dtype: Annotated[str, typer.Option(help="parameter precision on the wire: fp32 | fp16")] = "fp32",
     bundle: Annotated[Path | None, typer.Option(help="bundle to use, exported there if missing (default: a temp dir)")] = None,
     concurrency: Annotated[int, typer.Option(help="devices replaying at once (threads)")] = 16,
     max_batch: Annotated[int, typer.Option(help="the service's --max-batch")] = 64,
+    privacy: Annotated[bool, typer.Option(help="devices upload their window's features (item embeddings, CNN "
+                                               "features), computed on the device, instead of item ids or images")] = False,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
 ) -> None:
     """Replay the test period through the real service and device runtimes; compare with offline DUET."""
@@ -670,7 +673,7 @@ def simulate(
     from duet.simulate import simulate as run_simulation
 
     results = run_simulation(run, data=data, devices=devices, dtype=dtype, bundle=bundle,
-                             concurrency=concurrency, max_batch=max_batch)
+                             concurrency=concurrency, max_batch=max_batch, privacy=privacy)
     if out is not None:
         from duet.atomic import write_json
 
@@ -687,8 +690,10 @@ def _print_simulation(results: dict) -> None:
     from rich.table import Table
 
     m = results["metrics"]
-    table = Table(title=f"{results['devices']} devices, {results['events']:,} events, {results['records']:,} records "
-                        f"({results['dtype']}, {results['model_version']})")
+    counted = (f"{results['records']:,} samples" if results["task"] == "images"
+               else f"{results['events']:,} events, {results['records']:,} records")
+    mode = ", privacy mode" if results["privacy"] else ""
+    table = Table(title=f"{results['devices']} devices, {counted} ({results['dtype']}{mode}, {results['model_version']})")
     for column in ("metric", "device (service + onnxruntime)", "offline (torch)", "difference"):
         table.add_column(column, justify="right")
     for name, diff in m["diff"].items():

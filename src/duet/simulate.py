@@ -1,11 +1,16 @@
 """`duet simulate`: replay the test period through the real service and real device runtimes.
 
-For N devices (users of the test split): export the bundle, start `duet serve`
-as a subprocess on loopback, and for each test event of each device upload the
+For N devices (users of the test split, or an image fleet's test devices):
+export the bundle, start `duet serve` as a subprocess on loopback, and replay
+each device's test stream. Recommendation: for each test event, upload the
 event's window, receive the parameters over HTTP and score the event's
-candidates with onnxruntime. The logits are then compared with the offline DUET
-evaluation (torch) of the same run on the same records: in fp32 both paths must
-agree within 1e-4; in fp16 the difference is what the smaller answer costs.
+candidates with onnxruntime. Images: observe each sample of the device's stream
+(from the W - 1 before its first scored sample on), and for each scored sample
+refresh (every sample: the window then equals the offline one) and classify it.
+With `privacy`, devices upload their window's features (computed on the device)
+instead of item ids or images. The logits are then compared with the offline
+DUET evaluation (torch) of the same run on the same records: in fp32 both paths
+must agree within 1e-4; in fp16 the difference is what the smaller answer costs.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -139,16 +145,39 @@ def replay_device(runtime: object, split: object, events: np.ndarray, records_of
     return sources, adaptation, answer_bytes
 
 
+@contextlib.contextmanager
+def fleet_service(run: Path, bundle: str | Path | None, data: Path | None, max_batch: int,
+                  max_wait_ms: float) -> Iterator[tuple[object, ServiceProcess]]:
+    """The run's verified device bundle (exported into a temporary folder if not given) and its service."""
+    from duet.device import load_bundle
+    from duet.export import export_bundle, model_version
+
+    with contextlib.ExitStack() as stack:
+        if bundle is None:
+            bundle = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="duet-sim-"))) / "bundle"
+        bundle = Path(bundle)
+        if not (bundle / "manifest.json").is_file():
+            export_bundle(run, bundle, data=data)
+        device_bundle = load_bundle(bundle)
+        if device_bundle.version != model_version(run):
+            raise ArtifactError(f"{bundle}: bundle of version {device_bundle.version}, the run is {model_version(run)}")
+        service = stack.enter_context(ServiceProcess(run, max_batch=max_batch, max_wait_ms=max_wait_ms))
+        log.info("service ready at %s", service.url)
+        yield device_bundle, service
+
+
+def stop_cleanly(service: ServiceProcess) -> int:
+    exit_code = service.stop()
+    if exit_code != 0:
+        raise DuetError(f"`duet serve` did not shut down cleanly (exit code {exit_code}): {service.log_tail()}")
+    return exit_code
+
+
 def simulate(run: str | Path, data: str | Path | None = None, devices: int = 100, dtype: str = "fp32",
              bundle: str | Path | None = None, concurrency: int = 16, max_batch: int = 64,
-             max_wait_ms: float = 0.0) -> dict:
-    """Replay `devices` devices' test events through service + runtime; compare with offline torch."""
+             max_wait_ms: float = 0.0, privacy: bool = False) -> dict:
+    """Replay `devices` devices' test streams through service + runtime; compare with offline torch."""
     from duet.checkpoint import load_run
-    from duet.data.store import load_dataset
-    from duet.device import Bundle, DeviceRuntime
-    from duet.export import export_bundle, model_version
-    from duet.metrics import compute_metrics
-    from duet.training.evaluate import predict
 
     if dtype not in ("fp32", "fp16"):
         raise DuetError(f"--dtype must be fp32 or fp16, got {dtype!r}")
@@ -158,77 +187,139 @@ def simulate(run: str | Path, data: str | Path | None = None, devices: int = 100
     config, model, _ = load_run(run)
     if config.train.method != "duet":
         raise DuetError(f"{run}: simulate needs a DUET run (method duet), got {config.train.method!r}")
+    replay = simulate_images if config.task == "images" else simulate_recommendation
+    results = replay(run, config, model, data, devices, dtype, bundle, concurrency, max_batch, max_wait_ms, privacy)
+    sim, offline = results["metrics"]["device"], results["metrics"]["offline"]
+    results["metrics"]["diff"] = {k: sim[k] - offline[k] for k in sim if isinstance(sim[k], float)}
+    diff = results["max_abs_logit_diff"]
+    adaptation = np.array(results.pop("adaptation")) * 1e3
+    return {
+        "run": str(run), "task": config.task, "privacy": privacy, **results, "dtype": dtype,
+        "concurrency": concurrency, "max_batch": max_batch,
+        "adaptation_ms": {"p50": _pct(adaptation, 50), "p99": _pct(adaptation, 99), "mean": _mean(adaptation)},
+        "tolerance": FP32_TOLERANCE if dtype == "fp32" else None,
+        "agree": bool(diff <= FP32_TOLERANCE) if dtype == "fp32" else None,
+    }
+
+
+def replay_fleet(one: Callable[[int], tuple[list[str], list[float], int]], devices: list[int],
+                 concurrency: int) -> dict:
+    """Run `one(device)` for every device on `concurrency` threads; the shared part of the report."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        outcomes = list(pool.map(one, devices))
+    wall = time.perf_counter() - started
+    return {"wall_seconds": wall, "sources": dict(Counter(s for o in outcomes for s in o[0])),
+            "adaptation": [a for o in outcomes for a in o[1]],
+            "answer_bytes": max((o[2] for o in outcomes), default=0)}
+
+
+def simulate_recommendation(run: Path, config: object, model: object, data: str | Path | None, devices: int,
+                            dtype: str, bundle: str | Path | None, concurrency: int, max_batch: int,
+                            max_wait_ms: float, privacy: bool) -> dict:
+    from duet.data.store import load_dataset
+    from duet.device import DeviceRuntime
+    from duet.metrics import compute_metrics
+    from duet.training.evaluate import predict
+
     dataset = load_dataset(data or config.data, splits=("test",))
     if dataset.hash != config.data_hash:
         raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
     test = dataset["test"]
     chosen = choose_devices(test.user, devices)
     subset = test.select(np.isin(test.user, chosen))
-
     offline = predict(model, subset, config.train.eval_batch_size)
-    with contextlib.ExitStack() as stack:
-        if bundle is None:
-            bundle = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="duet-sim-"))) / "bundle"
-        bundle = Path(bundle)
-        if not (bundle / "manifest.json").is_file():
-            export_bundle(run, bundle, data=dataset.path)
-        device_bundle = Bundle(bundle)
-        if device_bundle.version != model_version(run):
-            raise ArtifactError(f"{bundle}: bundle of version {device_bundle.version}, the run is {model_version(run)}")
-        service = stack.enter_context(ServiceProcess(run, max_batch=max_batch, max_wait_ms=max_wait_ms))
-        log.info("service ready at %s; replaying %d devices", service.url, len(chosen))
 
-        order = np.argsort(subset.line, kind="stable")  # chronological record order
-        records_of: dict[int, np.ndarray] = {}
-        for record in order:
-            records_of.setdefault(int(subset.event[record]), []).append(record)
-        records_of = {e: np.array(r) for e, r in records_of.items()}
-        first_line = {e: subset.line[r].min() for e, r in records_of.items()}
-        event_user = {e: int(subset.user[r[0]]) for e, r in records_of.items()}
-        events_of: dict[int, list[int]] = {}
-        for event in sorted(records_of, key=first_line.get):
-            events_of.setdefault(event_user[event], []).append(event)
+    order = np.argsort(subset.line, kind="stable")  # chronological record order
+    records_of: dict[int, np.ndarray] = {}
+    for record in order:
+        records_of.setdefault(int(subset.event[record]), []).append(record)
+    records_of = {e: np.array(r) for e, r in records_of.items()}
+    first_line = {e: subset.line[r].min() for e, r in records_of.items()}
+    event_user = {e: int(subset.user[r[0]]) for e, r in records_of.items()}
+    events_of: dict[int, list[int]] = {}
+    for event in sorted(records_of, key=first_line.get):
+        events_of.setdefault(event_user[event], []).append(event)
+    device_logits = np.full(len(subset), np.nan, dtype=np.float32)
 
-        device_logits = np.full(len(subset), np.nan, dtype=np.float32)
-
+    with fleet_service(run, bundle, dataset.path, max_batch, max_wait_ms) as (device_bundle, service):
         def one(user: int) -> tuple[list[str], list[float], int]:
-            runtime = DeviceRuntime(device_bundle, service.url, f"user-{user}", dtype=dtype, timeout=10.0)
+            runtime = DeviceRuntime(device_bundle, service.url, f"user-{user}", dtype=dtype, timeout=10.0,
+                                    privacy=privacy)
             return replay_device(runtime, subset, np.array(events_of[user]), records_of, device_logits)
 
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            outcomes = list(pool.map(one, sorted(events_of)))
-        wall = time.perf_counter() - started
-        exit_code = service.stop()
-        if exit_code != 0:
-            raise DuetError(f"`duet serve` did not shut down cleanly (exit code {exit_code}): {service.log_tail()}")
+        replayed = replay_fleet(one, sorted(events_of), concurrency)
+        exit_code = stop_cleanly(service)
 
-    sources = Counter(s for o in outcomes for s in o[0])
-    adaptation = np.array([a for o in outcomes for a in o[1]]) * 1e3
-    metrics_device = compute_metrics(subset.label, device_logits, subset.user, ks=METRIC_KS)
-    metrics_offline = compute_metrics(subset.label, offline, subset.user, ks=METRIC_KS)
-    max_diff = float(np.abs(device_logits - offline).max())
     return {
-        "run": str(run),
-        "model_version": device_bundle.version,
-        "dtype": dtype,
-        "devices": int(len(chosen)),
-        "events": int(subset.num_events),
-        "records": int(len(subset)),
-        "wall_seconds": wall,
-        "events_per_second": subset.num_events / wall,
-        "concurrency": concurrency,
-        "max_batch": max_batch,
+        "model_version": device_bundle.version, "devices": int(len(chosen)), "events": int(subset.num_events),
+        "records": int(len(subset)), **replayed, "events_per_second": subset.num_events / replayed["wall_seconds"],
         "service_exit_code": exit_code,
-        "sources": dict(sources),
-        "answer_bytes": max((o[2] for o in outcomes), default=0),
-        "adaptation_ms": {"p50": _pct(adaptation, 50), "p99": _pct(adaptation, 99), "mean": _mean(adaptation)},
-        "metrics": {"device": metrics_device, "offline": metrics_offline,
-                    "diff": {k: metrics_device[k] - metrics_offline[k] for k in metrics_device
-                             if isinstance(metrics_device[k], float)}},
-        "max_abs_logit_diff": max_diff,
-        "tolerance": FP32_TOLERANCE if dtype == "fp32" else None,
-        "agree": bool(max_diff <= FP32_TOLERANCE) if dtype == "fp32" else None,
+        "metrics": {"device": compute_metrics(subset.label, device_logits, subset.user, ks=METRIC_KS),
+                    "offline": compute_metrics(subset.label, offline, subset.user, ks=METRIC_KS)},
+        "max_abs_logit_diff": float(np.abs(device_logits - offline).max()),
+    }
+
+
+def replay_image_device(runtime: object, data: object, stream: np.ndarray, scored: dict[int, int],
+                        logits: np.ndarray) -> tuple[list[str], list[float], int]:
+    """One image device: observe each row of its stream; for a scored row, refresh, then classify it."""
+    sources, adaptation, answer_bytes = [], [], 0
+    for row in stream:
+        runtime.observe(data.x[row])
+        if int(row) not in scored:
+            continue
+        source = runtime.refresh()
+        sources.append(source)
+        if source == "service":
+            adaptation.append(runtime.adaptation_seconds)
+            answer_bytes = runtime.last_answer_bytes
+        logits[scored[int(row)]] = runtime.classify(data.x[row])[0]
+    return sources, adaptation, answer_bytes
+
+
+def simulate_images(run: Path, config: object, model: object, data: str | Path | None, devices: int,
+                    dtype: str, bundle: str | Path | None, concurrency: int, max_batch: int,
+                    max_wait_ms: float, privacy: bool) -> dict:
+    from duet.device import ImageRuntime
+    from duet.tasks.images.metrics import classification_metrics
+    from duet.tasks.images.store import ImageSplit, load_images
+    from duet.tasks.images.training import device_groups, predict_images
+
+    dataset = load_images(data or config.data, ("test",))
+    if dataset.hash != config.data_hash:
+        raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
+    test = dataset["test"]
+    chosen = choose_devices(test.device, devices)
+    keep = np.isin(test.device, chosen)
+    subset = ImageSplit(test.name, test.rows[keep], test.y[keep], dataset)
+    offline = predict_images(model, subset, config.train.eval_batch_size, config.window_len)
+    scored_of: dict[int, dict[int, int]] = {}  # device -> {sample row: its index in subset}
+    for index, (row, device) in enumerate(zip(subset.rows.tolist(), subset.device.tolist(), strict=True)):
+        scored_of.setdefault(device, {})[row] = index
+    device_logits = np.full(offline.shape, np.nan, dtype=np.float32)
+
+    with fleet_service(run, bundle, None, max_batch, max_wait_ms) as (device_bundle, service):
+        def one(device: int) -> tuple[list[str], list[float], int]:
+            runtime = ImageRuntime(device_bundle, service.url, f"device-{device}", dtype=dtype, timeout=10.0,
+                                   privacy=privacy)
+            rows = sorted(scored_of[device])
+            # From the W - 1 samples before the first scored one (its window), in stream order.
+            start = max(int(dataset.first_row[rows[0]]), rows[0] - config.window_len + 1)
+            return replay_image_device(runtime, dataset, np.arange(start, rows[-1] + 1), scored_of[device],
+                                       device_logits)
+
+        replayed = replay_fleet(one, sorted(scored_of), concurrency)
+        exit_code = stop_cleanly(service)
+
+    groups = device_groups(subset)
+    return {
+        "model_version": device_bundle.version, "devices": int(len(chosen)), "events": int(len(subset)),
+        "records": int(len(subset)), **replayed, "events_per_second": len(subset) / replayed["wall_seconds"],
+        "service_exit_code": exit_code,
+        "metrics": {"device": classification_metrics(subset.y, device_logits, groups),
+                    "offline": classification_metrics(subset.y, offline, groups)},
+        "max_abs_logit_diff": float(np.abs(device_logits - offline).max()),
     }
 
 

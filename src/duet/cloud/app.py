@@ -46,7 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
         torch.set_num_threads(settings.threads)
         # Load off the event loop so /healthz keeps answering while weights are verified.
         state.model = await asyncio.get_running_loop().run_in_executor(None, load_served, settings, state.telemetry)
-        state.telemetry.queue_depth.set_function(lambda: 0 if state.model is None else state.model.batcher.pending)
+        state.telemetry.queue_depth.set_function(lambda: 0 if state.model is None else state.model.pending)
         # A full garbage collection walks every object torch and FastAPI created at
         # start-up: ~100 ms pauses, measured as the p99 of a loaded service. Freeze
         # them out of the collector's view; later collections see only new objects.
@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
-            await state.model.batcher.close()
+            await state.model.close()
             gc.unfreeze()
 
     app = FastAPI(
@@ -124,9 +124,18 @@ def create_app(settings: Settings) -> FastAPI:
                                         "content": {"application/json": {"schema": error_ref}}}
         if state.model is not None:
             body = schema["paths"]["/v1/parameters"]["post"]["requestBody"]["content"]["application/json"]
-            window = body["schema"]["properties"]["window"]
-            window["items"]["maximum"] = state.model.service.num_items - 1
-            window["maxItems"] = state.model.max_window
+            properties, service = body["schema"]["properties"], state.model.service
+            widths = {"embedding": service.feature_dim, "samples": service.sample_width}
+            if service.task == "recommendation":
+                properties["window"]["items"]["maximum"] = service.num_items - 1
+            # The raw input of the other task is refused (422): not part of this service's schema.
+            other = "samples" if service.raw_field == "window" else "window"
+            del properties[other]
+            body["schema"]["oneOf"] = [one for one in body["schema"]["oneOf"] if one["required"] != [other]]
+            for name in (service.raw_field, "embedding"):
+                properties[name]["maxItems"] = state.model.max_window
+                if name in widths and widths[name]:
+                    properties[name]["items"].update(minItems=widths[name], maxItems=widths[name])
             app.openapi_schema = schema  # final until a reload swaps the model
         return schema
 

@@ -1,6 +1,7 @@
 """In-process micro-batching: concurrent requests share one generator forward.
 
-A request's window joins the pending list; a forward starts when `max_batch`
+A request's window (one or more arrays: item ids, or features and their mask)
+joins the pending list; a forward starts when `max_batch`
 windows are pending or the oldest has waited `max_wait` seconds, whichever is
 first, and never while another forward is running (those requests simply
 form the next batch). The decision is taken one event-loop iteration after a
@@ -30,11 +31,12 @@ class QueueFull(Exception):
 
 
 class MicroBatcher:
-    def __init__(self, forward: Callable[[np.ndarray], np.ndarray], max_batch: int, max_wait: float,
+    def __init__(self, forward: Callable[..., np.ndarray], max_batch: int, max_wait: float,
                  min_rows: int = 1, threaded: bool = False,
                  on_batch: Callable[[int, float], None] | None = None,
                  max_queue: int | None = None, delay: float = 0.0):
-        """forward: (E, W) -> (E, ...), row i answers window i. on_batch(size, seconds) after each forward.
+        """forward(*parts): each part stacked over requests, (E, ...) -> (E, ...), row i answers request i.
+        on_batch(size, seconds) after each forward.
 
         delay: seconds every forward's answers are held back (without blocking the
         loop), for tests that need requests to stay in flight; 0 in production.
@@ -42,14 +44,16 @@ class MicroBatcher:
         self.forward, self.max_batch, self.max_wait, self.min_rows = forward, max_batch, max_wait, min_rows
         self.on_batch, self.max_queue, self.delay = on_batch, max_queue, delay
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="duet-generate") if threaded else None
-        self._pending: list[tuple[np.ndarray, asyncio.Future, float]] = []
+        self._pending: list[tuple[tuple[np.ndarray, ...], asyncio.Future, float]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._busy = False
         self._tick_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def submit(self, window: np.ndarray) -> np.ndarray:
-        """window (W,) -> this window's row of the forward's output."""
+    async def submit(self, *parts: np.ndarray) -> np.ndarray:
+        """parts (e.g. a window (W,), or features (W, D) and mask (W,)) -> this request's row of the output.
+
+        Every request of one batcher gives parts of the same shapes."""
         if self.max_queue is not None and len(self._pending) >= self.max_queue:
             # Requests that gave up (deadline, disconnect) do not hold places in the queue.
             self._pending = [item for item in self._pending if not item[1].cancelled()]
@@ -57,7 +61,7 @@ class MicroBatcher:
                 raise QueueFull(f"{len(self._pending)} windows already waiting")
         loop = self._loop = self._loop or asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((window, future, loop.time()))
+        self._pending.append((parts, future, loop.time()))
         if not self._tick_scheduled:
             # After the requests already scheduled in this loop iteration have submitted too.
             self._tick_scheduled = True
@@ -90,20 +94,21 @@ class MicroBatcher:
         if not batch:
             self._maybe_start()
             return
-        rows = np.stack([window for window, _, _ in batch])  # (E, W)
-        if len(rows) < self.min_rows:
-            rows = np.concatenate([rows, np.zeros((self.min_rows - len(rows), rows.shape[1]), rows.dtype)])
+        stacked = [np.stack(part) for part in zip(*(parts for parts, _, _ in batch), strict=True)]  # each (E, ...)
+        if len(batch) < self.min_rows:
+            stacked = [np.concatenate([rows, np.zeros((self.min_rows - len(rows), *rows.shape[1:]), rows.dtype)])
+                       for rows in stacked]
         self._busy = True
         started = time.perf_counter()
         if self._executor is None:
             try:
-                out = self.forward(rows)
+                out = self.forward(*stacked)
             except Exception as exc:  # every waiting request gets the error, the service goes on
                 self._finish(batch, None, exc, started)
             else:
                 self._finish(batch, out, None, started)
             return
-        task = self._loop.run_in_executor(self._executor, self.forward, rows)
+        task = self._loop.run_in_executor(self._executor, self.forward, *stacked)
         task.add_done_callback(lambda done: self._finish(batch, None if done.exception() else done.result(),
                                                          done.exception(), started))
 

@@ -17,7 +17,10 @@ from duet.cloud.telemetry import Telemetry
 
 @dataclass(frozen=True)
 class Served:
-    """One loaded model version with its own micro-batcher, swapped as one on a reload.
+    """One loaded model version with its own micro-batchers, swapped as one on a reload.
+
+    `batcher` batches the run's raw input (item ids, or images), `embedding_batcher`
+    what privacy-mode devices send (the window's features).
 
     A request takes `state.model` once and uses that object to the end, so its
     answer always comes from the version its header names, even across a swap.
@@ -25,8 +28,19 @@ class Served:
 
     service: GeneratorService
     batcher: MicroBatcher
+    embedding_batcher: MicroBatcher
     max_window: int  # longest window accepted (settings.max_window, default 10 x W)
     signature: tuple  # what the run path looked like when this was loaded (see lifecycle.run_signature)
+
+    @property
+    def pending(self) -> int:
+        """Windows waiting for a forward, both inputs together."""
+        return self.batcher.pending + self.embedding_batcher.pending
+
+    async def close(self) -> None:
+        """Answer what is pending, then stop both batchers."""
+        await self.batcher.close()
+        await self.embedding_batcher.close()
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +70,25 @@ class FrozenDecoder(nn.Module):
         return F.linear(F.linear(e, self.w1, self.b1), self.w2, self.b2)
 
 
+def last_rows(rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """rows (n, ...) oldest first -> the last `length`, left-aligned and zero-padded (length, ...), and their mask."""
+    last = rows[-length:]
+    out = np.zeros((length, *rows.shape[1:]), dtype=rows.dtype)
+    out[: len(last)] = last
+    mask = np.zeros(length, dtype=bool)
+    mask[: len(last)] = True
+    return out, mask
+
+
 class GeneratorService:
-    """A DUET run loaded for serving: `generate(windows (E, W)) -> (E, numel)` float32."""
+    """A DUET run loaded for serving: a window (or its features) in, flat head parameters out.
+
+    Three inputs, each batched by the caller: `generate(windows)` for item ids
+    (recommendation), `generate_samples(x, mask)` for a window of images, and
+    `generate_features(features, mask)` for what a device in privacy mode uploads:
+    its window's features, computed on the device (item embeddings, or the CNN's
+    features). All three run the same generator on the same features.
+    """
 
     def __init__(self, run: str | Path):
         from duet.checkpoint import load_run
@@ -83,28 +101,60 @@ class GeneratorService:
         generator = model.generator
         for i, decoder in enumerate(generator.decoders):
             generator.decoders[i] = FrozenDecoder(decoder)
-        self.config, self.model = config, model
-        self.spec: ParamSpec = model.recommender.param_spec
+        self.config, self.model, self.task = config, model, config.task
+        self.spec: ParamSpec = model.device_model.param_spec
         self.spec_hash = self.spec.hash  # a property that hashes JSON: not per request
         self.version = model_version(self.run)
-        self.window_len, self.num_items = config.window_len, config.num_items
+        self.window_len, self.num_items, self.feature_dim = config.window_len, config.num_items, model.feature_dim
+        self.image_shape = tuple(config.image_shape) if config.image_shape else None
         metadata = {"model_version": self.version, "spec_hash": self.spec_hash}
         self.codecs = {dtype: AnswerCodec(self.spec, dtype, metadata) for dtype in DTYPES}
         self._offsets = np.concatenate([[0], np.cumsum(self.spec.sizes)])
 
+    @property
+    def raw_field(self) -> str:
+        """The request field of the raw window: item ids, or images."""
+        return "samples" if self.task == "images" else "window"
+
+    @property
+    def sample_width(self) -> int:
+        """Floats in one flattened image (C*H*W); 0 for recommendation."""
+        return int(np.prod(self.image_shape)) if self.image_shape else 0
+
     def window_row(self, items: list[int]) -> np.ndarray:
         """Item ids oldest first -> the last W, left-aligned and 0-padded (W,) int64."""
-        row = np.zeros(self.window_len, dtype=np.int64)
-        last = items[-self.window_len :]
-        row[: len(last)] = last
-        return row
+        return last_rows(np.asarray(items, dtype=np.int64), self.window_len)[0]
+
+    def sample_rows(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Flattened images (n, C*H*W) oldest first -> the last W as (W, C, H, W) float32, and their mask."""
+        return last_rows(samples.reshape(-1, *self.image_shape), self.window_len)
+
+    def feature_rows(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Features (n, D) oldest first -> the last W as (W, D) float32, and their mask."""
+        return last_rows(features, self.window_len)
 
     def generate(self, windows: np.ndarray) -> np.ndarray:
-        """windows (E, W) int64 -> flat parameters (E, numel) float32 in spec order."""
+        """windows (E, W) int64 item ids -> flat parameters (E, numel) float32 in spec order."""
         with torch.inference_mode():
-            params = self.model.generate(torch.from_numpy(windows))
-            rows = windows.shape[0]
-            return torch.cat([params[name].reshape(rows, -1) for name in self.spec.names], dim=1).numpy()
+            return self._flat(self.model.generate(torch.from_numpy(windows)), len(windows))
+
+    def generate_samples(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """x (E, W, C, H, W) float32 images, mask (E, W) -> flat parameters (E, numel)."""
+        with torch.inference_mode():
+            return self._flat(self.model.generate(torch.from_numpy(x), torch.from_numpy(mask)), len(x))
+
+    def generate_features(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """features (E, W, D) float32, mask (E, W) -> flat parameters (E, numel) (privacy mode)."""
+        with torch.inference_mode():
+            params = self.model.generate_from_features(torch.from_numpy(features), torch.from_numpy(mask))
+            return self._flat(params, len(features))
+
+    def raw_forward(self) -> Callable[..., np.ndarray]:
+        """The batched forward of the raw path (`window` or `samples`)."""
+        return self.generate_samples if self.task == "images" else self.generate
+
+    def _flat(self, params: dict[str, torch.Tensor], rows: int) -> np.ndarray:
+        return torch.cat([params[name].reshape(rows, -1) for name in self.spec.names], dim=1).numpy()
 
     def json_answer(self, flat: np.ndarray, dtype: str) -> bytes:
         """The JSON form of one answer: params as nested lists in `dtype`'s precision.
@@ -122,9 +172,13 @@ class GeneratorService:
                           separators=(",", ":")).encode()
 
     def info(self) -> dict:
-        cfg = self.config
+        cfg, images = self.config, self.task == "images"
         return {
             "version": self.version,
+            "task": self.task,
+            "feature_dim": self.feature_dim,
+            "image_shape": list(self.image_shape) if images else None,
+            "num_classes": cfg.num_classes if images else None,
             "run": self.run.name,
             "method": cfg.train.method,
             "backbone": cfg.model.backbone,
@@ -134,8 +188,8 @@ class GeneratorService:
             "dtypes": list(DTYPES),
             "answer_bytes": {dtype: codec.size for dtype, codec in self.codecs.items()},
             "window_len": cfg.window_len,
-            "history_len": cfg.history_len,
-            "num_items": cfg.num_items,
+            "history_len": None if images else cfg.history_len,
+            "num_items": None if images else cfg.num_items,
         }
 
 

@@ -51,13 +51,17 @@ def load_served(settings: Settings, telemetry: Telemetry) -> Served:
         raise ArtifactError(f"{settings.run}: not a finished duet run (no manifest.json)")
     # Load from the resolved path: a symlink re-pointed meanwhile cannot mix two runs.
     service = GeneratorService(signature[0])
-    batcher = MicroBatcher(
-        service.generate, settings.max_batch, settings.max_wait_ms / 1000, settings.min_rows,
-        threaded=settings.executor == "thread", on_batch=telemetry.observe_batch,
-        max_queue=settings.max_queue, delay=settings.debug_delay_ms / 1000,
-    )
-    return Served(service=service, batcher=batcher, max_window=settings.max_window or 10 * service.window_len,
-                  signature=signature)
+
+    def batcher(forward: Callable[..., object]) -> MicroBatcher:
+        return MicroBatcher(
+            forward, settings.max_batch, settings.max_wait_ms / 1000, settings.min_rows,
+            threaded=settings.executor == "thread", on_batch=telemetry.observe_batch,
+            max_queue=settings.max_queue, delay=settings.debug_delay_ms / 1000,
+        )
+
+    return Served(service=service, batcher=batcher(service.raw_forward()),
+                  embedding_batcher=batcher(service.generate_features),
+                  max_window=settings.max_window or 10 * service.window_len, signature=signature)
 
 
 async def watch(state: AppState, on_swap: Callable[[], None]) -> None:
@@ -89,6 +93,6 @@ async def watch(state: AppState, on_swap: Callable[[], None]) -> None:
         on_swap()
         gc.freeze()  # keep the new model's objects out of full collections, as at start-up
         log.warning("now serving %s (was %s)", served.service.version, old.service.version)
-        task = asyncio.create_task(old.batcher.close())  # the old version answers what it holds
+        task = asyncio.create_task(old.close())  # the old version answers what it holds
         closing.add(task)
         task.add_done_callback(closing.discard)

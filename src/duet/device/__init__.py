@@ -6,10 +6,11 @@ nothing here may import torch, pandas or matplotlib. `pip install '.[device]'`
 installs exactly this.
 """
 
-from duet.device.bundle import Bundle, left_aligned
+from duet.device.bundle import BaseBundle, Bundle, ImageBundle, left_aligned, load_bundle
 from duet.device.client import Answer, ParameterClient, ServiceError, UntrustedAnswer
-from duet.device.runtime import GLOBAL, LAST, SERVICE, DeviceRuntime
+from duet.device.runtime import GLOBAL, LAST, SERVICE, DeviceRuntime, ImageRuntime
 from duet.signing import Keyring, PublicKey
 
-__all__ = ["GLOBAL", "LAST", "SERVICE", "Answer", "Bundle", "DeviceRuntime", "Keyring", "ParameterClient",
-           "PublicKey", "ServiceError", "UntrustedAnswer", "left_aligned"]
+__all__ = ["GLOBAL", "LAST", "SERVICE", "Answer", "BaseBundle", "Bundle", "DeviceRuntime", "ImageBundle",
+           "ImageRuntime", "Keyring", "ParameterClient", "PublicKey", "ServiceError", "UntrustedAnswer",
+           "left_aligned", "load_bundle"]

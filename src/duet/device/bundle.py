@@ -24,9 +24,8 @@ from duet.signing import Keyring, listed_keys, verify_manifest
 from duet.spec import ParamSpec
 
 BUNDLE_FORMAT = "duet-bundle/1"
+IMAGE_BUNDLE_FORMAT = "duet-image-bundle/1"
 PAD = 0
-BUNDLE_FILES = ("model.onnx", "theta_g.safetensors", "vocab.safetensors", "param_spec.json")
-MANIFEST_KEYS = ("model_version", "num_items", "history_len", "window_len", "spec_hash", "inputs", "files")
 
 
 def left_aligned(items: object, length: int) -> np.ndarray:
@@ -38,13 +37,18 @@ def left_aligned(items: object, length: int) -> np.ndarray:
     return out
 
 
-class Bundle:
-    """The bundle's manifest, ParamSpec, global head, vocabulary and an onnxruntime session.
+class BaseBundle:
+    """What every bundle has: the verified manifest, ParamSpec, global head and an onnxruntime session.
 
-    One Bundle can be shared by many DeviceRuntimes (onnxruntime sessions are thread-safe).
+    One bundle can be shared by many runtimes (onnxruntime sessions are thread-safe).
     `trusted_keys` (a Keyring or a public key file): refuse a bundle not signed by one
     of them; None checks the sha256 of every file only (integrity, not origin).
+    A task's bundle adds its files and checks its graph's own inputs.
     """
+
+    FORMAT: str
+    FILES: tuple[str, ...] = ("model.onnx", "theta_g.safetensors", "param_spec.json")
+    MANIFEST_KEYS: tuple[str, ...] = ("model_version", "window_len", "spec_hash", "inputs", "files")
 
     def __init__(self, path: str | Path, threads: int = 1, trusted_keys: Keyring | str | Path | None = None):
         import onnxruntime as ort
@@ -70,10 +74,7 @@ class Bundle:
             raise ArtifactError(f"{self.path / 'theta_g.safetensors'}: does not fit param_spec.json ({exc})") from None
         # Graph inputs are (1, *shape) float32; keep the fallback ready to feed.
         self.theta_g = {name: np.ascontiguousarray(theta_g[name], dtype=np.float32)[None] for name in self.spec.names}
-        vocab = self._tensors("vocab.safetensors")
-        if "item_raw" not in vocab or vocab["item_raw"].shape != (self.num_items,):
-            raise ArtifactError(f"{self.path / 'vocab.safetensors'}: no item_raw of {self.num_items} ids")
-        self.item_raw = vocab["item_raw"]
+        self._load_task_files()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -85,7 +86,9 @@ class Bundle:
                                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         self.input_names = dict(self.manifest["inputs"]["params"])
         self._check_graph()
-        self._raw_to_internal: dict[int, int] | None = None
+
+    def _load_task_files(self) -> None:
+        """Load and check the task's own files (verified already)."""
 
     def _tensors(self, name: str) -> dict[str, np.ndarray]:
         try:
@@ -93,8 +96,8 @@ class Bundle:
         except Exception as exc:  # safetensors raises its own error types for bad headers
             raise ArtifactError(f"{self.path / name}: not a readable safetensors file ({exc})") from None
 
-    def _check_graph(self) -> None:
-        """The graph's inputs are the manifest's, with the spec's shapes: a head that fits the parameters."""
+    def _check_graph(self) -> dict[str, list]:
+        """The graph's head inputs are the manifest's, with the spec's shapes; returns every input's shape."""
         inputs = {i.name: i.shape for i in self.session.get_inputs()}
         if set(self.input_names) != set(self.spec.names):
             raise ArtifactError(f"{self.path / 'manifest.json'}: input names do not cover param_spec.json")
@@ -103,8 +106,7 @@ class Bundle:
             if got is None or list(got) != [1, *shape]:
                 raise ArtifactError(f"{self.path / 'model.onnx'}: input for {name!r} is {got}, the spec says "
                                     f"{[1, *shape]} (graph and param_spec.json are from different heads)")
-        if "history" not in inputs or list(inputs["history"]) != [1, self.history_len] or "items" not in inputs:
-            raise ArtifactError(f"{self.path / 'model.onnx'}: history/items inputs do not match the manifest")
+        return inputs
 
     def _verified_manifest(self) -> dict:
         file = self.path / "manifest.json"
@@ -113,28 +115,56 @@ class Bundle:
         body = file.read_bytes()
         # The signature first, over the very bytes parsed below: nothing in an unverified manifest is believed.
         self.signed_by = None if self.trusted_keys is None else verify_manifest(self.path, body, self.trusted_keys)
-        manifest = parse_manifest(body, file, BUNDLE_FORMAT)
-        missing = [key for key in MANIFEST_KEYS if key not in manifest]
+        manifest = parse_manifest(body, file, self.FORMAT)
+        missing = [key for key in self.MANIFEST_KEYS if key not in manifest]
         if missing:
             raise ArtifactError(f"{file}: missing {', '.join(missing)}")
         files = manifest["files"]
-        unlisted = [name for name in BUNDLE_FILES if not isinstance(files, dict) or name not in files]
+        unlisted = [name for name in self.FILES if not isinstance(files, dict) or name not in files]
         if unlisted:  # an unlisted file would be loaded unverified
             raise ArtifactError(f"{file}: does not list the sha256 of {', '.join(unlisted)}")
         verify_all(self.path, manifest)
         return manifest
+
+    def _feed(self, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {self.input_names[name]: value for name, value in params.items()}
 
     @property
     def version(self) -> str:
         return self.manifest["model_version"]
 
     @property
-    def history_len(self) -> int:
-        return int(self.manifest["history_len"])
-
-    @property
     def window_len(self) -> int:
         return int(self.manifest["window_len"])
+
+
+class Bundle(BaseBundle):
+    """A recommendation bundle: adds the item vocabulary and the item embeddings (privacy mode)."""
+
+    FORMAT = BUNDLE_FORMAT
+    FILES = (*BaseBundle.FILES, "vocab.safetensors", "item_embedding.safetensors")
+    MANIFEST_KEYS = (*BaseBundle.MANIFEST_KEYS, "num_items", "history_len")
+
+    def _load_task_files(self) -> None:
+        vocab = self._tensors("vocab.safetensors")
+        if "item_raw" not in vocab or vocab["item_raw"].shape != (self.num_items,):
+            raise ArtifactError(f"{self.path / 'vocab.safetensors'}: no item_raw of {self.num_items} ids")
+        self.item_raw = vocab["item_raw"]
+        table = self._tensors("item_embedding.safetensors").get("embedding")
+        if table is None or table.ndim != 2 or table.shape[0] != self.num_items:
+            raise ArtifactError(f"{self.path / 'item_embedding.safetensors'}: no embedding of {self.num_items} rows")
+        self.item_embedding = np.ascontiguousarray(table, dtype=np.float32)
+        self._raw_to_internal: dict[int, int] | None = None
+
+    def _check_graph(self) -> dict[str, list]:
+        inputs = super()._check_graph()
+        if "history" not in inputs or list(inputs["history"]) != [1, self.history_len] or "items" not in inputs:
+            raise ArtifactError(f"{self.path / 'model.onnx'}: history/items inputs do not match the manifest")
+        return inputs
+
+    @property
+    def history_len(self) -> int:
+        return int(self.manifest["history_len"])
 
     @property
     def num_items(self) -> int:
@@ -147,12 +177,70 @@ class Bundle:
         return np.array([self._raw_to_internal.get(int(r), PAD) for r in np.asarray(raw_ids).reshape(-1)],
                         dtype=np.int64)
 
+    def embeddings(self, ids: object) -> np.ndarray:
+        """Item ids (no padding) -> their embeddings (n, D): what privacy mode uploads instead of the ids."""
+        return self.item_embedding[np.asarray(ids, dtype=np.int64).reshape(-1)]
+
     def score(self, history: object, items: object, params: dict[str, np.ndarray]) -> np.ndarray:
         """history: item ids oldest first; items (C,); params {name: (1, *shape) float32} -> logits (C,)."""
         feed = {
             "history": left_aligned(history, self.history_len)[None],
             "items": np.ascontiguousarray(items, dtype=np.int64).reshape(-1),
+            **self._feed(params),
         }
-        for name, value in params.items():
-            feed[self.input_names[name]] = value
         return self.session.run(["logits"], feed)[0]
+
+
+class ImageBundle(BaseBundle):
+    """An image bundle: the CNN + head graph, images in, logits and the static features out."""
+
+    FORMAT = IMAGE_BUNDLE_FORMAT
+    MANIFEST_KEYS = (*BaseBundle.MANIFEST_KEYS, "image_shape", "num_classes", "feature_dim")
+
+    def _check_graph(self) -> dict[str, list]:
+        inputs = super()._check_graph()
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "x" not in inputs or list(inputs["x"])[1:] != list(self.image_shape) or outputs != ["logits", "features"]:
+            raise ArtifactError(f"{self.path / 'model.onnx'}: x input or logits/features outputs do not match "
+                                "the manifest")
+        return inputs
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.manifest["image_shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["num_classes"])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.manifest["feature_dim"])
+
+    def images(self, images: object) -> np.ndarray:
+        """One image or a batch, any float layout of the right size -> (N, C, H, W) float32."""
+        x = np.ascontiguousarray(images, dtype=np.float32)
+        size = int(np.prod(self.image_shape))
+        if x.size == 0 or x.size % size:
+            raise ValueError(f"images of shape {x.shape} are not whole {self.image_shape} images")
+        return x.reshape(-1, *self.image_shape)
+
+    def run(self, images: object, params: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """images -> logits (N, classes) and static features (N, D), with head `params` {name: (1, *shape)}."""
+        logits, features = self.session.run(["logits", "features"], {"x": self.images(images), **self._feed(params)})
+        return logits, features
+
+    def features(self, images: object) -> np.ndarray:
+        """images -> their static features (N, D): what privacy mode uploads instead of the images."""
+        return self.run(images, self.theta_g)[1]
+
+
+def load_bundle(path: str | Path, threads: int = 1,
+                trusted_keys: Keyring | str | Path | None = None) -> Bundle | ImageBundle:
+    """The bundle at `path`, of whichever task its manifest's format names (then fully verified)."""
+    try:
+        found = json.loads((Path(path) / "manifest.json").read_bytes()).get("format")
+    except (OSError, ValueError, AttributeError):
+        found = None  # the task class's own check says what is wrong
+    cls = ImageBundle if found == IMAGE_BUNDLE_FORMAT else Bundle
+    return cls(path, threads=threads, trusted_keys=trusted_keys)

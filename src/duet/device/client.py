@@ -80,8 +80,14 @@ class ParameterClient:
     def __repr__(self) -> str:  # never shows the token
         return f"ParameterClient({self.url!r}, auth={'Authorization' in self._headers})"
 
-    def fetch(self, device_id: str, window: list[int], dtype: str = "fp32", version: str | None = None) -> Answer:
-        body = {"device_id": device_id, "window": window, "dtype": dtype}
+    def fetch(self, device_id: str, window: list[int] | None = None, dtype: str = "fp32", version: str | None = None,
+              *, samples: list[list[float]] | None = None, embedding: list[list[float]] | None = None) -> Answer:
+        """One device's parameters for its window: item ids, images (`samples`) or features (`embedding`)."""
+        given = {name: value for name, value in (("window", window), ("samples", samples), ("embedding", embedding))
+                 if value is not None}
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of window, samples and embedding, got {sorted(given) or 'none'}")
+        body = {"device_id": device_id, **given, "dtype": dtype}
         if version is not None:
             body["version"] = version
         data = json.dumps(body, separators=(",", ":")).encode()

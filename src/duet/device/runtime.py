@@ -1,4 +1,7 @@
-"""DeviceRuntime: one device's loop of observe -> refresh (cloud-generated head) -> score (local).
+"""Device runtimes: one device's loop of observe -> refresh (cloud-generated head) -> score (local).
+
+`DeviceRuntime` (recommendation: item ids, candidates scored) and `ImageRuntime`
+(images classified) share everything but what a window is and what is scored.
 
 No gradient is ever computed here: the device uploads its recent window, the
 service answers with its head parameters, and onnxruntime scores candidates.
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from duet.device.bundle import PAD, Bundle, left_aligned
+from duet.device.bundle import PAD, BaseBundle, Bundle, ImageBundle, left_aligned
 from duet.device.client import ParameterClient, ServiceError
 from duet.errors import ArtifactError
 from duet.signing import Keyring
@@ -29,8 +32,8 @@ SERVICE, LAST, GLOBAL = "service", "last", "global"
 DTYPES = ("fp32", "fp16")
 
 
-class DeviceRuntime:
-    """A device: its bundle, its real-time window, the head it currently scores with.
+class _Runtime:
+    """What every device runtime shares: the bundle, the client, the head in use and its fallbacks.
 
     `source` says where the head came from (`service`: the latest refresh
     succeeded; `last`: it failed and the previous answer is kept; `global`: no
@@ -39,20 +42,27 @@ class DeviceRuntime:
     `trusted_keys` (a Keyring or a public key file; for a bundle path): the bundle
     must be signed by one of them, and every answer by one of them or by a key
     the bundle lists. None: no signatures are checked.
+
+    `privacy`: upload the window's features computed here (the generator's input)
+    instead of the raw window; the service answers the same parameters.
     """
 
-    def __init__(self, bundle: str | Path | Bundle, service_url: str, device_id: str, *,
+    BUNDLE: type[BaseBundle] = BaseBundle  # the task's bundle class
+
+    def __init__(self, bundle: str | Path | BaseBundle, service_url: str, device_id: str, *,
                  timeout: float = 2.0, retries: int = 2, backoff: float = 0.05, dtype: str = "fp32",
-                 token: str | None = None, trusted_keys: Keyring | str | Path | None = None):
+                 token: str | None = None, trusted_keys: Keyring | str | Path | None = None, privacy: bool = False):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        if isinstance(bundle, Bundle) and trusted_keys is not None:
+        if isinstance(bundle, BaseBundle) and trusted_keys is not None:
             raise ValueError("a loaded Bundle was verified already: give trusted_keys to Bundle(...)")
-        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, trusted_keys=trusted_keys)
+        self.bundle = bundle if isinstance(bundle, BaseBundle) else self.BUNDLE(bundle, trusted_keys=trusted_keys)
+        if not isinstance(self.bundle, self.BUNDLE):
+            raise ValueError(f"{type(self).__name__} needs a {self.BUNDLE.__name__}, got a {type(self.bundle).__name__}")
         self.client = ParameterClient(service_url, timeout=timeout, retries=retries, backoff=backoff, token=token,
                                       keys=self.bundle.answer_keys)
-        self.device_id, self.dtype = device_id, dtype
-        self.recent: deque[int] = deque(maxlen=self.bundle.window_len)
+        self.device_id, self.dtype, self.privacy = device_id, dtype, privacy
+        self.recent: deque = deque(maxlen=self.bundle.window_len)
         self.params = self.bundle.theta_g
         self.source, self.version = GLOBAL, self.bundle.version
         self.last_error: str | None = None
@@ -68,37 +78,26 @@ class DeviceRuntime:
         and its last good parameters. An accepted one starts from its global head.
         """
         try:
-            new = Bundle(path, threads=self.bundle.threads, trusted_keys=self.bundle.trusted_keys)
+            new = self.BUNDLE(path, threads=self.bundle.threads, trusted_keys=self.bundle.trusted_keys)
         except ArtifactError as exc:
             self.last_error = str(exc)
             log.warning("device %s: new bundle refused (%s); keeping %s", self.device_id, exc, self.bundle.version)
             raise
         self.bundle, self.client.keys = new, new.answer_keys
         self.recent = deque(self.recent, maxlen=new.window_len)
-        self.params, self.source, self.version, self.last_error = new.theta_g, GLOBAL, new.version, None
+        self._use_global()
+
+    def _use_global(self) -> str:
+        """Score with the bundle's global head (nothing to personalise from, or a new bundle)."""
+        self.params, self.source, self.version, self.last_error = self.bundle.theta_g, GLOBAL, self.bundle.version, None
         self._have_service_params = False
+        return self.source
 
-    def observe(self, item_id: int) -> None:
-        """Record an interaction (internal item id) in the real-time window."""
-        if int(item_id) != PAD:
-            self.recent.append(int(item_id))
-
-    @property
-    def window(self) -> list[int]:
-        return list(self.recent)
-
-    def refresh(self, window: object | None = None) -> str:
-        """Ask the service for parameters for `window` (default: the observed one); return `source`."""
-        ids = left_aligned(self.window if window is None else window, self.bundle.window_len)
-        if not ids.any():
-            # Nothing observed yet: there is nothing to personalise from (the service refuses
-            # an empty window), so the device scores with the global head.
-            self.params, self.source, self.version, self.last_error = self.bundle.theta_g, GLOBAL, self.bundle.version, None
-            self._have_service_params = False
-            return self.source
+    def _ask(self, **window: list) -> str:
+        """Ask the service for parameters for one form of the window (`window=`, `samples=` or `embedding=`)."""
         started = time.perf_counter()
         try:
-            answer = self.client.fetch(self.device_id, ids[ids != PAD].tolist(), self.dtype, self.bundle.version)
+            answer = self.client.fetch(self.device_id, dtype=self.dtype, version=self.bundle.version, **window)
             if answer.spec_hash != self.bundle.spec_hash:
                 raise ServiceError(f"parameters for spec {answer.spec_hash!r}, the bundle's is {self.bundle.spec_hash!r}")
             self.bundle.spec.check(answer.params, batched=False)
@@ -119,6 +118,72 @@ class DeviceRuntime:
         log.warning("device %s: refresh failed (%s); using %s parameters", self.device_id, error, self.source)
         return self.source
 
+
+class DeviceRuntime(_Runtime):
+    """A recommendation device: its real-time window of item ids, scoring candidates locally.
+
+    In privacy mode it uploads the window's item embeddings (from the bundle) instead
+    of the ids. This keeps ids off the wire and out of the service's logs, but whoever
+    holds the embedding table (the cloud does) can map embeddings back to ids: it is
+    weaker than the image task's privacy mode, whose features are not a lookup.
+    """
+
+    BUNDLE = Bundle
+    bundle: Bundle
+
+    def observe(self, item_id: int) -> None:
+        """Record an interaction (internal item id) in the real-time window."""
+        if int(item_id) != PAD:
+            self.recent.append(int(item_id))
+
+    @property
+    def window(self) -> list[int]:
+        return list(self.recent)
+
+    def refresh(self, window: object | None = None) -> str:
+        """Ask the service for parameters for `window` (default: the observed one); return `source`."""
+        ids = left_aligned(self.window if window is None else window, self.bundle.window_len)
+        ids = ids[ids != PAD]
+        if not len(ids):
+            # Nothing observed yet: there is nothing to personalise from (the service refuses
+            # an empty window), so the device scores with the global head.
+            return self._use_global()
+        if self.privacy:
+            return self._ask(embedding=self.bundle.embeddings(ids).tolist())
+        return self._ask(window=ids.tolist())
+
     def score(self, history: object, candidates: object) -> np.ndarray:
         """history: item ids oldest first (padding ignored); candidates (C,) -> logits (C,) float32."""
         return self.bundle.score(history, candidates, self.params)
+
+
+class ImageRuntime(_Runtime):
+    """An image device: its W most recent images (unlabeled), classifying locally.
+
+    `observe(image)` adds an image to the window; `refresh()` sends the window (the
+    images, or in privacy mode their static features, computed here as each image is
+    observed) and receives the head; `classify(images)` runs the bundle's graph.
+    """
+
+    BUNDLE = ImageBundle
+    bundle: ImageBundle
+
+    def observe(self, image: object) -> None:
+        """Record one image (C*H*W floats in any layout) in the window; in privacy mode, its features too."""
+        x = self.bundle.images(image)
+        if len(x) != 1:
+            raise ValueError(f"observe takes one image, got {len(x)}")
+        self.recent.append(self.bundle.features(x)[0] if self.privacy else x[0])
+
+    def refresh(self) -> str:
+        """Ask the service for parameters for the observed window; return `source`."""
+        if not self.recent:
+            return self._use_global()
+        window = np.stack(self.recent)
+        if self.privacy:
+            return self._ask(embedding=window.tolist())
+        return self._ask(samples=window.reshape(len(window), -1).tolist())
+
+    def classify(self, images: object) -> np.ndarray:
+        """images (N, C, H, W) (or one image) -> class logits (N, classes) float32 with the current head."""
+        return self.bundle.run(images, self.params)[0]

@@ -1,5 +1,9 @@
 """`POST /v1/parameters`: a device's window in, its dynamic-head parameters out.
 
+The window comes as item ids (`window`), images (`samples`) or, in privacy mode,
+its features computed on the device (`embedding`); the first two share one
+micro-batcher (the run's raw input), features have their own.
+
 Thin on purpose: validate, hand the window to the micro-batcher, serialise
 (and sign, with `--sign`). Auth, rate limit and body size were checked before
 this runs (duet.cloud.guard).
@@ -7,6 +11,7 @@ this runs (duet.cloud.guard).
 
 from __future__ import annotations
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import ValidationError
@@ -54,8 +59,9 @@ RESPONSES = {
     409: error("`version` names a model this service does not serve (field `version`)"),
     413: error("body over the size limit (refused before it is read)"),
     422: error("malformed body: invalid JSON, unknown field, wrong type, item id out of range, empty window or "
-               "longer than `max_window`, both or neither of `window` and `embedding`; `field` names it"),
-    501: error("`embedding` (privacy mode) is not implemented yet"),
+               "longer than `max_window`, a sample or embedding row of the wrong width or not finite, an input "
+               "the served task does not take, not exactly one of `window`, `samples` and `embedding`; "
+               "`field` names it"),
     503: error("model not loaded yet, shutting down, or the queue is full", RETRY_AFTER),
     504: error("no answer within the request timeout (queue + generation)"),
 }
@@ -69,8 +75,22 @@ REQUEST_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": ParametersRequest.model_json_schema()},
 }}}
 
-# pydantic reports errors about the body as a whole at location (); name them.
-_ROOT_FIELDS = {"value_error": "window"}  # the model validator: neither or both of window/embedding
+# pydantic reports errors about the body as a whole at location (); the model validator's (not exactly
+# one of window/samples/embedding) names the served task's raw input.
+_ROOT_ERRORS = frozenset({"value_error"})
+
+
+_TASK_NAMES = {"recommendation": "a recommendation model", "images": "an image model"}
+_UNITS = {"window": "item ids", "samples": "images", "embedding": "embedding rows"}
+
+
+def float_rows(rows: list[list[float]], name: str, width: int, what: str) -> np.ndarray:
+    """Rows of float32 values (the schema checked them) -> (n, width) float32; 422 naming a row of the wrong width."""
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            raise APIError(422, "invalid_request", f"each row of `{name}` holds {width} floats ({what}); "
+                           f"row {i} holds {len(row)}", f"{name}[{i}]")
+    return np.asarray(rows, dtype=np.float32)
 
 
 @router.post("/v1/parameters", response_class=Response, responses=RESPONSES, openapi_extra=REQUEST_BODY,
@@ -86,31 +106,42 @@ async def parameters(request: Request) -> Response:
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         for e in errors:
-            if not e["loc"] and e["type"] in _ROOT_FIELDS:
-                e["loc"] = (_ROOT_FIELDS[e["type"]],)
+            if not e["loc"] and e["type"] in _ROOT_ERRORS:
+                e["loc"] = (served.service.raw_field,)
         return validation_response(errors, root="body")
     service = served.service
     if body.version is not None and body.version != service.version:
         raise APIError(409, "version_not_served",
                            f"version {body.version!r} is not served; this service serves {service.version!r}",
                            "version")
-    if body.embedding is not None:
-        raise APIError(501, "not_implemented", "privacy mode (`embedding`) is not implemented yet; send `window`",
-                           "embedding")
-    window = body.window
-    if len(window) > served.max_window:
-        raise APIError(422, "invalid_request", f"at most {served.max_window} item ids (the last "
-                           f"{service.window_len} are used); got {len(window)}", "window")
-    if max(window) >= service.num_items:
-        i = next(i for i, item in enumerate(window) if item >= service.num_items)
-        raise APIError(422, "invalid_request", f"unknown item id {window[i]} (item ids are 1 .. "
+    name = body.input_field
+    values = getattr(body, name)
+    if name != "embedding" and name != service.raw_field:
+        raise APIError(422, "invalid_request", f"this service serves {_TASK_NAMES[service.task]}: send "
+                       f"`{service.raw_field}` or `embedding`, not `{name}`", name)
+    if len(values) > served.max_window:
+        raise APIError(422, "invalid_request", f"at most {served.max_window} {_UNITS[name]} (the last "
+                       f"{service.window_len} are used); got {len(values)}", name)
+    if name == "window":
+        if max(values) >= service.num_items:
+            i = next(i for i, item in enumerate(values) if item >= service.num_items)
+            raise APIError(422, "invalid_request", f"unknown item id {values[i]} (item ids are 1 .. "
                            f"{service.num_items - 1})", f"window[{i}]")
+        batcher, parts = served.batcher, (service.window_row(values),)
+    else:
+        if name == "embedding":
+            rows = float_rows(values, name, service.feature_dim, "the run's feature_dim, GET /v1/models")
+            batcher, parts = served.embedding_batcher, service.feature_rows(rows)
+        else:
+            shape = "x".join(map(str, service.image_shape))
+            rows = float_rows(values, name, service.sample_width, f"one {shape} image, flattened")
+            batcher, parts = served.batcher, service.sample_rows(rows)
     # While waiting, the guard's deadline may cancel this request (it then answers 504).
     phase = request.scope.get(PHASE_KEY)
     if phase is not None:
         phase.now = WAITING
     try:
-        flat = await served.batcher.submit(service.window_row(window))
+        flat = await batcher.submit(*parts)
     except QueueFull:
         raise APIError(503, "overloaded", "too many requests waiting for generation; retry shortly",
                            headers={"Retry-After": "1"}) from None

@@ -1,0 +1,251 @@
+"""An image DUET run through the service, the device bundle and the torch-free image runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import IMAGE_W
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import load_file
+from test_cloud import get, post
+from test_device import FakeService, run_on_a_device
+
+from duet.atomic import sha256_file
+from duet.checkpoint import load_run
+from duet.device import GLOBAL, SERVICE, ImageBundle, ImageRuntime, load_bundle
+from duet.export import model_version
+from duet.simulate import ServiceProcess, free_port, simulate
+from duet.tasks.images.store import load_images
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def loaded(image_run: Path):
+    config, model, _ = load_run(image_run)
+    return config, model.eval()
+
+
+@pytest.fixture(scope="module")
+def windows(loaded) -> list[np.ndarray]:
+    """Real test windows of the fleet: one full (W images), one of a device's first sample (1 image)."""
+    config, _ = loaded
+    data = load_images(config.data, ("test",))
+    starts = np.flatnonzero(data.first_row == np.arange(len(data.first_row)))
+    rows = np.array([data["test"].rows[-1], starts[-1]])
+    index, mask = data.window_rows(rows, IMAGE_W)
+    return [data.x[index[i][mask[i]]] for i in range(len(rows))]
+
+
+@pytest.fixture(scope="module")
+def service(image_run: Path):
+    with ServiceProcess(image_run, max_wait_ms=5) as running:
+        yield running
+
+
+def offline_params(model: torch.nn.Module, window: np.ndarray) -> dict[str, np.ndarray]:
+    """The head the DUET model generates for one window of images (torch, as `duet evaluate` does)."""
+    x = torch.zeros(1, IMAGE_W, *SHAPE)
+    x[0, : len(window)] = torch.from_numpy(window)
+    mask = torch.arange(IMAGE_W)[None] < len(window)
+    with torch.inference_mode():
+        return {k: v[0].numpy() for k, v in model.generate(x, mask).items()}
+
+
+def features(model: torch.nn.Module, window: np.ndarray) -> list[list[float]]:
+    with torch.inference_mode():
+        return model.classifier.features(torch.from_numpy(window)).tolist()
+
+
+# ---------------------------------------------------------------- the service
+
+def test_models_reports_the_image_task(service: ServiceProcess, image_run: Path, loaded) -> None:
+    config, _ = loaded
+    status, body = get(service.url + "/v1/models")
+    assert status == 200
+    (info,) = json.loads(body)["models"]
+    assert info["version"] == model_version(image_run)
+    assert (info["task"], info["feature_dim"], info["image_shape"], info["num_classes"]) == (
+        "images", 8, list(SHAPE), config.num_classes)
+    assert info["window_len"] == IMAGE_W and info["num_items"] is None and info["history_len"] is None
+    status, body = get(service.url + "/openapi.json")
+    request = json.loads(body)["paths"]["/v1/parameters"]["post"]["requestBody"]["content"]["application/json"]
+    properties = request["schema"]["properties"]
+    assert "window" not in properties and properties["samples"]["items"]["maxItems"] == 64
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_samples_and_privacy_mode_answer_the_offline_head(service: ServiceProcess, loaded, windows, which: int) -> None:
+    _, model = loaded
+    window = windows[which]
+    status, _, raw = post(service.url, {"device_id": "i", "samples": window.reshape(len(window), -1).tolist()})
+    assert status == 200, raw
+    status, _, private = post(service.url, {"device_id": "i", "embedding": features(model, window)})
+    assert status == 200, private
+    raw, private, expected = load_safetensors(raw), load_safetensors(private), offline_params(model, window)
+    assert set(raw) == set(expected)
+    for name, value in expected.items():
+        np.testing.assert_allclose(raw[name], value, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(private[name], value, rtol=0, atol=1e-5)
+
+
+def test_other_windows_get_other_heads(service: ServiceProcess, windows) -> None:
+    answers = [post(service.url, {"device_id": "i", "samples": w.reshape(len(w), -1).tolist()})[2] for w in windows]
+    assert answers[0] != answers[1]
+
+
+def test_a_longer_window_is_cut_to_the_last_w(service: ServiceProcess, windows) -> None:
+    window = windows[0].reshape(IMAGE_W, -1)
+    longer = np.concatenate([windows[1].reshape(1, -1), window])
+    assert post(service.url, {"device_id": "i", "samples": longer.tolist()})[2] == post(
+        service.url, {"device_id": "i", "samples": window.tolist()})[2]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"samples": [[0.5] * 64, [0.5] * 63]}, "samples[1]"),  # not a 1x8x8 image
+    ({"samples": [[0.5] * 64, [0.5] * 10 + [float("nan")] + [0.5] * 53]}, "samples[1][10]"),
+    ({"samples": []}, "samples"),
+    ({"samples": [[0.5] * 64] * (10 * IMAGE_W + 1)}, "samples"),  # over max_window
+    ({"samples": [[0.5] * 64], "embedding": [[0.5] * 8]}, "samples"),  # two inputs: named by the raw one
+    ({}, "samples"),  # none
+    ({"window": [1, 2]}, "window"),  # item ids, to an image model
+    ({"embedding": [[0.5] * 64]}, "embedding[0]"),  # images where features belong
+    ({"embedding": [[0.5] * 8, [float("-inf")] * 8]}, "embedding[1][0]"),
+    ({"embedding": []}, "embedding"),
+])
+def test_bad_image_requests_name_the_field(service: ServiceProcess, body: dict, field: str) -> None:
+    status, _, text = post(service.url, {"device_id": "i", **body})
+    assert status == 422, text
+    error = json.loads(text)["error"]
+    assert error["field"] == field and error["message"], error
+
+
+# ---------------------------------------------------------------- the bundle
+
+def test_image_bundle_layout(image_bundle_dir: Path, image_run: Path, loaded) -> None:
+    config, model = loaded
+    manifest = json.loads((image_bundle_dir / "manifest.json").read_text())
+    assert manifest["format"] == "duet-image-bundle/1" and manifest["task"] == "images"
+    assert manifest["model_version"] == model_version(image_run)
+    assert (manifest["image_shape"], manifest["num_classes"], manifest["feature_dim"], manifest["window_len"]) == (
+        list(SHAPE), config.num_classes, 8, IMAGE_W)
+    assert set(manifest["files"]) == {"model.onnx", "theta_g.safetensors", "param_spec.json"}
+    for name, digest in manifest["files"].items():
+        assert sha256_file(image_bundle_dir / name) == digest
+    theta_g = load_file(str(image_bundle_dir / "theta_g.safetensors"))
+    for name, value in model.classifier.theta_g().items():
+        np.testing.assert_array_equal(theta_g[name], value.detach().numpy())
+    assert manifest["verified_max_abs_diff"] <= 1e-5
+
+
+def test_image_onnx_equals_torch_for_random_parameters(image_bundle_dir: Path, loaded) -> None:
+    """onnxruntime against the classifier itself, 1 to 50 images, random heads: logits and features."""
+    _, model = loaded
+    classifier = model.classifier
+    session = ort.InferenceSession(str(image_bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    assert inputs["x"] == ["samples", *SHAPE]
+    assert [o.name for o in session.get_outputs()] == ["logits", "features"]
+    gen = torch.Generator().manual_seed(1)
+    for n in (1, 3, 50):
+        x = torch.rand(n, *SHAPE, generator=gen)
+        params = {name: torch.randn(1, *shape, generator=gen) for name, shape in classifier.param_spec.entries}
+        with torch.no_grad():  # every image with the one head, batched per image as in the DUET model
+            expected = classifier(x, {k: v.expand(n, *v.shape[1:]) for k, v in params.items()}).numpy()
+            expected_features = classifier.features(x).numpy()
+        logits, got_features = session.run(None, {"x": x.numpy(), **{k.replace(".", "_"): v.numpy()
+                                                                    for k, v in params.items()}})
+        assert logits.shape == (n, classifier.num_classes)
+        np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got_features, expected_features, rtol=0, atol=1e-5)
+
+
+def test_load_bundle_picks_the_task(image_bundle_dir: Path, bundle_dir: Path) -> None:
+    from duet.device import Bundle
+    from duet.errors import ArtifactError
+
+    assert type(load_bundle(image_bundle_dir)) is ImageBundle and type(load_bundle(bundle_dir)) is Bundle
+    with pytest.raises(ArtifactError, match="duet-image-bundle/1"):
+        ImageBundle(bundle_dir)
+    with pytest.raises(ValueError, match="ImageRuntime needs a ImageBundle"):
+        ImageRuntime(load_bundle(bundle_dir), "http://127.0.0.1:9", "d")
+
+
+# ---------------------------------------------------------------- the device runtime
+
+def test_image_runtime_imports_and_classifies_without_torch(image_bundle_dir: Path) -> None:
+    """No torch (so no gradient) on an image device: bundle, runtime, privacy features, classification."""
+    run_on_a_device(f"""
+        import numpy as np
+        from duet.device import ImageRuntime
+        runtime = ImageRuntime({str(image_bundle_dir)!r}, "http://127.0.0.1:9", "d", retries=0, privacy=True)
+        images = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+        for image in images:
+            runtime.observe(image)
+        assert runtime.refresh() == "global"  # nothing listens on port 9
+        logits = runtime.classify(images)
+        assert logits.shape == (3, runtime.bundle.num_classes), logits.shape
+        assert np.stack(runtime.recent).shape == (3, runtime.bundle.feature_dim)
+    """)
+
+
+@pytest.mark.parametrize("privacy", [False, True])
+def test_image_runtime_uploads_its_window(image_bundle_dir: Path, loaded, windows, privacy: bool) -> None:
+    """Raw: the last W images, flattened; privacy: their features (as torch computes them), never the images."""
+    _, model = loaded
+    bundle = ImageBundle(image_bundle_dir)
+    fake = FakeService(bundle, ["ok"])
+    stream = np.concatenate([windows[1], windows[0]])  # W + 1 images: the first falls out of the window
+    with fake.running() as url:
+        runtime = ImageRuntime(bundle, url, "d", retries=0, privacy=privacy)
+        for image in stream:
+            runtime.observe(image.reshape(-1))  # any layout of the right size
+        assert runtime.refresh() == SERVICE
+    (request,) = fake.requests
+    assert "window" not in request and request["device_id"] == "d"
+    if privacy:
+        assert "samples" not in request
+        np.testing.assert_allclose(request["embedding"], features(model, windows[0]), rtol=0, atol=1e-5)
+    else:
+        assert "embedding" not in request
+        np.testing.assert_array_equal(np.array(request["samples"], dtype=np.float32), windows[0].reshape(IMAGE_W, -1))
+    head = {name: value[None] for name, value in fake.params.items()}
+    np.testing.assert_array_equal(runtime.classify(windows[0]), bundle.run(windows[0], head)[0])
+
+
+def test_image_runtime_falls_back_to_the_global_head(image_bundle_dir: Path, windows) -> None:
+    bundle = ImageBundle(image_bundle_dir)
+    runtime = ImageRuntime(bundle, f"http://127.0.0.1:{free_port()}", "d", retries=0, timeout=1)
+    assert runtime.refresh() == GLOBAL and runtime.last_error is None  # nothing observed: nothing asked
+    runtime.observe(windows[0][0])
+    assert runtime.refresh() == GLOBAL and "1 attempts" in runtime.last_error
+    np.testing.assert_array_equal(runtime.classify(windows[0]), bundle.run(windows[0], bundle.theta_g)[0])
+    with pytest.raises(ValueError, match="observe takes one image"):
+        runtime.observe(windows[0][:2])
+
+
+# ---------------------------------------------------------------- the fleet
+
+@pytest.mark.parametrize("privacy", [False, True])
+def test_simulate_an_image_fleet_matches_offline(image_run: Path, image_bundle_dir: Path, privacy: bool) -> None:
+    results = simulate(image_run, devices=3, bundle=image_bundle_dir, concurrency=3, privacy=privacy)
+    assert results["task"] == "images" and results["privacy"] is privacy and results["devices"] == 3
+    assert results["sources"] == {"service": results["records"]}  # one refresh per scored sample
+    assert results["agree"] is True and results["max_abs_logit_diff"] <= 1e-4
+    assert results["metrics"]["device"]["records"] == results["records"] > 0
+    assert all(abs(d) <= 1e-9 for d in results["metrics"]["diff"].values())
+
+
+def test_image_service_conforms_to_its_schema(service: ServiceProcess) -> None:
+    """Schemathesis against an image run's service: its schema (samples and embedding rows of the run's
+    widths, float32 values, no `window`) is what it accepts and refuses, and it never answers 5xx."""
+    from test_cloud import run_schemathesis
+
+    failures, statuses = run_schemathesis(service.url, examples=30)
+    assert failures == []
+    assert statuses[("POST /v1/parameters", 200)] > 5 and statuses[("POST /v1/parameters", 422)] > 5, statuses
