@@ -238,7 +238,10 @@ def test_simulate_an_image_fleet_matches_offline(image_run: Path, image_bundle_d
     assert results["sources"] == {"service": results["records"]}  # one refresh per scored sample
     assert results["agree"] is True and results["max_abs_logit_diff"] <= 1e-4
     assert results["metrics"]["device"]["records"] == results["records"] > 0
-    assert all(abs(d) <= 1e-9 for d in results["metrics"]["diff"].values())
+    diff = results["metrics"]["diff"]
+    # Counted metrics agree exactly; logloss within float32 rounding of logits that differ by ~1e-6.
+    assert all(abs(d) <= 1e-9 for k, d in diff.items() if "logloss" not in k), diff
+    assert all(abs(d) <= 1e-5 for k, d in diff.items() if "logloss" in k), diff
 
 
 def test_image_service_conforms_to_its_schema(service: ServiceProcess) -> None:
