@@ -236,12 +236,37 @@ def compare(
 @user_errors
 def generate(
     run: Annotated[Path, typer.Option(help="DUET run directory")],
-    window: Annotated[str, typer.Option(help="comma-separated item ids, oldest first (internal ids)")],
+    window: Annotated[str | None, typer.Option(help="one window: comma-separated item ids, oldest first (internal ids)")] = None,
+    windows: Annotated[Path | None, typer.Option(help="bulk: a windows file (.npy (N, W) | .safetensors `windows` "
+                                                      "[+ `device_id`] | text, one window a line, [ID<TAB>]ITEMS)")] = None,
+    out: Annotated[Path | None, typer.Option(help="bulk: safetensors file to write (`params` (N, numel) [+ `device_id`])")] = None,
+    chunk_size: Annotated[int, typer.Option(help="bulk: windows per generator forward (bounds memory)")] = 1024,
+    dtype: Annotated[str, typer.Option(help="bulk: fp32 | fp16")] = "fp32",
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="bulk: replace an existing --out")] = False,
+    progress: Annotated[bool, typer.Option(help="bulk: show a progress bar")] = True,
 ) -> None:
-    """Generate one device's head parameters from a window and print their shapes and norms."""
+    """Generate head parameters: one device's (--window, printed as shapes and norms) or a fleet's
+    (--windows FILE --out FILE, streamed to a safetensors file in chunks)."""
+    from duet.errors import DuetError
+
+    if (window is None) == (windows is None):
+        raise DuetError("give exactly one of --window (one device) and --windows FILE (bulk, with --out)")
+    if windows is not None and out is None:
+        raise DuetError("--windows needs --out FILE (where the generated heads go)")
+    if window is not None and out is not None:
+        raise DuetError("--out is for bulk generation (--windows FILE); --window prints its result")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if windows is not None:
+        _generate_bulk(run, windows, out, chunk_size, dtype, overwrite, device, progress)
+        return
     from duet.training.evaluate import generate_for_window
 
-    params, spec_hash = generate_for_window(run, window)
+    params, spec_hash = generate_for_window(run, window, device)
     import numpy as np
     from rich.console import Console
     from rich.table import Table
@@ -252,6 +277,29 @@ def generate(
     for name, value in params.items():
         table.add_row(name, str(tuple(value.shape)), f"{float(np.linalg.norm(value)):.4f}", f"{value.mean():.4f}", f"{value.std():.4f}")
     Console().print(table)
+
+
+def _generate_bulk(run: Path, windows: Path, out: Path, chunk_size: int, dtype: str, overwrite: bool, device: str,
+                   progress: bool) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from duet.cloud.bulk import generate_bulk
+
+    bar = Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("devices"),
+                   TimeRemainingColumn(), disable=not progress, transient=True)
+    with bar:
+        task = bar.add_task("generate", total=None)
+        summary = generate_bulk(run, windows, out, chunk_size=chunk_size, dtype=dtype, overwrite=overwrite,
+                                device=device, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    typer.echo(f"wrote {out}: {summary['devices']:,} devices ({summary['dtype']}, spec {summary['spec_hash']}, "
+               f"{summary['bytes'] / 2**20:,.1f} MiB) in {summary['seconds']:.1f} s, "
+               f"{summary['devices_per_s']:,.0f} devices/s")
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:

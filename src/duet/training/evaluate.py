@@ -107,13 +107,15 @@ def evaluate_run(run: str | Path, split: str, data: str | Path | None = None,
     return metrics
 
 
-def generate_for_window(run: str | Path, window: str) -> tuple[dict[str, np.ndarray], str]:
+def generate_for_window(run: str | Path, window: str, device: str = "cpu") -> tuple[dict[str, np.ndarray], str]:
     """`duet generate`: parse a window of item ids and run the run's generator on it."""
+    from duet.accel import resolve_device
     from duet.checkpoint import load_run
     from duet.data.store import PAD
     from duet.duet_model import DuetModel
     from duet.errors import DuetError
 
+    target = resolve_device(device)
     config, model, _ = load_run(run)
     if not isinstance(model, DuetModel):
         raise DuetError(f"{run}: a {config.train.method} run has no generator; train with --method duet")
@@ -130,5 +132,5 @@ def generate_for_window(run: str | Path, window: str) -> tuple[dict[str, np.ndar
     padded = torch.full((1, config.window_len), PAD, dtype=torch.long)
     padded[0, : len(items)] = torch.tensor(items)
     with torch.inference_mode():
-        params = model.generate(padded)
-    return {k: v[0].numpy() for k, v in params.items()}, model.recommender.param_spec.hash
+        params = model.to(target).generate(padded.to(target))
+    return {k: v[0].cpu().numpy() for k, v in params.items()}, model.recommender.param_spec.hash
