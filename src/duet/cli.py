@@ -321,7 +321,8 @@ _PROTOCOL_HELP = "protocol (raw sources only; default: ProtocolConfig's)"
 @user_errors
 def prepare(
     out: Annotated[Path, typer.Option(help="dataset directory to create")],
-    source: Annotated[str, typer.Option(help="movielens-small | csv | recbole | duet-text")] = "movielens-small",
+    source: Annotated[str, typer.Option(help="movielens-small | csv | recbole | duet-text | synthetic-scale")] = "movielens-small",
+    scale: Annotated[float | None, typer.Option(help="synthetic-scale: size in MovieLens-smalls (100 = ~10M interactions)")] = None,
     path: Annotated[Path | None, typer.Option(help="input file for --source csv / recbole")] = None,
     train: Annotated[Path | None, typer.Option(help="duet-text: train records file")] = None,
     test: Annotated[Path | None, typer.Option(help="duet-text: test records file")] = None,
@@ -362,7 +363,8 @@ def prepare(
         manifest = prepare_dataset(
             out, source, path=path, train=train, test=test, user_col=user_col, item_col=item_col,
             rating_col=rating_col, timestamp_col=timestamp_col, sep=sep, protocol=protocol,
-            named_protocol=protocol_name, max_users=max_users, overwrite=overwrite, progress=status.update,
+            named_protocol=protocol_name, max_users=max_users, scale=scale, overwrite=overwrite,
+            progress=status.update,
         )
     _print_counts(console, f"prepared in {time.perf_counter() - started:.1f} s", manifest)
     typer.echo(f"wrote {out}")

@@ -42,7 +42,7 @@ from duet.errors import DuetError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("movielens-small", "csv", "recbole", "duet-text")
+SOURCES = ("movielens-small", "csv", "recbole", "duet-text", "synthetic-scale")
 NAMED_PROTOCOLS = ("reference",)
 Progress = Callable[[str], None]
 _CHUNK = 1 << 16  # targets per block when gathering sequences, to bound memory
@@ -237,9 +237,16 @@ def read_source(
     rating_col: str | None = None,
     timestamp_col: str | None = None,
     sep: str = ",",
+    scale: float | None = None,
 ) -> tuple[Interactions, dict]:
     if source == "movielens-small":
         return importers.read_movielens_small()
+    if source == "synthetic-scale":
+        from duet.data.synthetic import synthetic_log
+
+        if scale is None:
+            raise DuetError("--source synthetic-scale needs --scale (1 = the size of MovieLens-small)")
+        return synthetic_log(scale)
     if path is None:
         raise DuetError(f"--source {source} needs --path")
     columns = {"user_col": user_col, "item_col": item_col, "rating_col": rating_col,
@@ -266,6 +273,7 @@ def prepare_dataset(
     protocol: ProtocolConfig | None = None,
     named_protocol: str | None = None,
     max_users: int | None = None,
+    scale: float | None = None,
     overwrite: bool = False,
     progress: Progress = _noop,
 ) -> dict:
@@ -300,12 +308,14 @@ def prepare_dataset(
             raise DuetError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
         if train is not None or test is not None:
             raise DuetError("--train/--test are for --source duet-text; use --path")
+        if scale is not None and source != "synthetic-scale":
+            raise DuetError("--scale is for --source synthetic-scale")
         if max_users is not None and max_users < 1:
             raise DuetError(f"--max-users must be >= 1, got {max_users}")
         protocol = protocol or ProtocolConfig()
         progress(f"reading {source}")
         inter, source_info = read_source(source, path, user_col, item_col, rating_col,
-                                         timestamp_col, sep)
+                                         timestamp_col, sep, scale)
         if max_users is not None:
             inter = inter.first_users(max_users)
             source_info["max_users"] = max_users
