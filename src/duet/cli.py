@@ -93,6 +93,7 @@ def train(
     sampled_negatives: Annotated[int, typer.Option(help="extra uniform negatives per train event, new every epoch")] = 4,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto (cuda where there is one)")] = "cpu",
     embed_dim: Annotated[int, typer.Option(help="item embedding size")] = 32,
     num_blocks: Annotated[int, typer.Option(help="SASRec blocks / GRU layers")] = 2,
     num_heads: Annotated[int, typer.Option(help="SASRec attention heads")] = 1,
@@ -136,6 +137,7 @@ def evaluate(
     data: Annotated[Path | None, typer.Option(help="dataset (default: the run's own)")] = None,
     head: Annotated[str, typer.Option(help="DUET runs: generated (theta_d) | global (its static part with theta_g)")] = "generated",
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON object on stdout")] = False,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "cpu",
 ) -> None:
     """Evaluate a trained run on a split: prints a table and writes RUN/metrics_<split>.json."""
     from duet.errors import DuetError
@@ -144,7 +146,7 @@ def evaluate(
         raise DuetError(f"--split must be valid or test, got {split!r}")
     from duet.training.evaluate import evaluate_run
 
-    metrics = evaluate_run(run, split, data, head)
+    metrics = evaluate_run(run, split, data, head, device)
     if as_json:
         import json
 
@@ -488,6 +490,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="most windows sharing one generator forward (1 = no batching)")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="extra wait for others to share a forward (0 = take what arrived)")] = 0.0,
     threads: Annotated[int, typer.Option(help="torch threads per worker")] = 1,
+    device: Annotated[str, typer.Option(help="where generation runs: cpu | cuda | auto")] = "cpu",
     executor: Annotated[str, typer.Option(help="where the forward runs: inline (event loop) | thread")] = "inline",
     log_level: Annotated[str, typer.Option(help="critical | error | warning | info | debug")] = "warning",
     tokens_file: Annotated[Path | None, typer.Option(help="bearer tokens, one per line: turns auth on "
@@ -514,7 +517,7 @@ def serve(
     from duet.errors import DuetError
 
     options = dict(run=run, host=host, port=port, workers=workers, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                   threads=threads, executor=executor, log_level=log_level, max_body_bytes=max_body_bytes,
+                   threads=threads, device=device, executor=executor, log_level=log_level, max_body_bytes=max_body_bytes,
                    request_timeout_s=request_timeout, max_queue=max_queue, rate_limit=rate_limit,
                    rate_burst=rate_burst, watch_interval_s=watch_interval, graceful_timeout_s=graceful_timeout)
     if tokens_file is not None:
@@ -541,7 +544,7 @@ def serve(
 
     # Verify and load the run here: a missing, tampered or wrong run fails in one line,
     # not with a traceback in a worker. (The workers load their own copies.)
-    GeneratorService(run)
+    GeneratorService(run, device=device)
     from duet.cloud.server import serve as run_server
 
     auth = f"auth on ({len(settings.auth_tokens())} tokens)" if settings.auth_tokens() else "auth off"

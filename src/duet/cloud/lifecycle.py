@@ -50,7 +50,7 @@ def load_served(settings: Settings, telemetry: Telemetry) -> Served:
     if signature is None:
         raise ArtifactError(f"{settings.run}: not a finished duet run (no manifest.json)")
     # Load from the resolved path: a symlink re-pointed meanwhile cannot mix two runs.
-    service = GeneratorService(signature[0])
+    service = GeneratorService(signature[0], device=settings.device)
     batcher = MicroBatcher(
         service.generate, settings.max_batch, settings.max_wait_ms / 1000, settings.min_rows,
         threaded=settings.executor == "thread", on_batch=telemetry.observe_batch,
