@@ -378,7 +378,7 @@ def test_every_serve_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch, 
     tokens.write_text("# service tokens\nA1b2C3d4E5f6G7h8I9j0\n\n")
     key, _, signer = write_key_pair(tmp_path / "cloud")
     flags = {"--sign": str(key), "--host": "0.0.0.0", "--port": "1234", "--workers": "2", "--max-batch": "7", "--max-wait-ms": "3.5",
-             "--threads": "2", "--executor": "thread", "--log-level": "info", "--tokens-file": str(tokens),
+             "--threads": "2", "--device": "auto", "--executor": "thread", "--log-level": "info", "--tokens-file": str(tokens),
              "--max-body-bytes": "4096", "--max-window": "33", "--request-timeout": "2.5", "--max-queue": "99",
              "--rate-limit": "12.5", "--rate-burst": "7", "--watch-interval": "0.5", "--graceful-timeout": "3"}
     result = CliRunner().invoke(app, ["serve", "--run", str(duet_run), *[x for kv in flags.items() for x in kv]])
@@ -388,7 +388,7 @@ def test_every_serve_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch, 
     (settings,) = captured
     assert settings.model_dump(exclude={"tokens"}) == {
         "run": duet_run, "host": "0.0.0.0", "port": 1234, "workers": 2, "max_batch": 7, "max_wait_ms": 3.5,
-        "min_rows": 8, "threads": 2, "executor": "thread", "log_level": "info", "tokens_file": tokens,
+        "min_rows": 8, "threads": 2, "device": "auto", "executor": "thread", "log_level": "info", "tokens_file": tokens,
         "max_body_bytes": 4096, "max_window": 33, "request_timeout_s": 2.5, "max_queue": 99, "rate_limit": 12.5,
         "rate_burst": 7.0, "watch_interval_s": 0.5, "graceful_timeout_s": 3.0, "debug_delay_ms": 0.0,
         "sign_key": key}
