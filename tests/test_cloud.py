@@ -340,6 +340,21 @@ def test_served_generator_is_the_model(duet_run: Path) -> None:
     np.testing.assert_array_equal(service.generate(windows, "fp16"), service.generate(windows).astype(np.float16))
 
 
+def test_frozen_decoders_are_bitwise_the_model(duet_run: Path) -> None:
+    """The path low-rank runs are served by (and the benchmark's before): the mixed decoders, frozen."""
+    from duet.checkpoint import load_run
+    from duet.cloud.generation import FlatGenerator
+
+    _, model, _ = load_run(duet_run)
+    windows = torch.from_numpy(np.random.default_rng(2).integers(1, NUM_ITEMS, (16, W)))
+    with torch.inference_mode():
+        params = model.generate(windows)
+        expected = torch.cat([params[n].reshape(16, -1) for n in model.recommender.param_spec.names], 1)
+        frozen = FlatGenerator(load_run(duet_run)[1], fold=False)
+        assert not frozen.folded
+        assert torch.equal(frozen(windows), expected)
+
+
 def test_batcher_groups_and_propagates_errors() -> None:
     from duet.cloud.batcher import MicroBatcher
 

@@ -79,13 +79,14 @@ class FlatGenerator(nn.Module):
     the frozen decoders. Nothing here changes after loading.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, fold: bool = True):
+        """`fold=False` keeps the frozen decoders (the benchmark's before)."""
         super().__init__()
         self.embedding, self.generator = model.recommender.item_embedding, model.generator
         self.names = model.recommender.param_spec.names
         theta_g = model.recommender.theta_g()
         constant = None if model.cfg.mode == "paper" else torch.cat([theta_g[n].detach().reshape(-1) for n in self.names])
-        folded = self.generator.folded(constant)
+        folded = self.generator.folded(constant) if fold else None
         self.folded = folded is not None
         if folded is None:
             for i, decoder in enumerate(self.generator.decoders):
