@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON results (merged into an existing file)")
     parser.add_argument("--plot", type=Path, default=None, help="log-log plot of all results in --out")
     args = parser.parse_args()
-    scales = [float(s) for s in args.scales.split(",")]
+    scales = [float(s) for s in args.scales.split(",") if s]  # none: only re-plot --out
     trains = scales if args.train_scales is None else (
         [] if args.train_scales == "none" else [float(s) for s in args.train_scales.split(",")])
     sys.path.insert(0, str(ROOT / "src"))
