@@ -14,6 +14,10 @@ Measures, on a prepared dataset, in one process per (source tree, variant):
 * `sasrec-duet`: DUET stage 2 on SASRec (generator + static part trained jointly,
   the generated head per event): its speed against `sasrec` is the cost of generation.
 
+On a shared machine the wall-clock rates swing with the other jobs; with `--threads 1`
+the rates per CPU-second of the process (`*_per_cpu_s`) are the steadier measure of the
+code, and the before/after ratios use them.
+
 `--baseline-src DIR` also times the same variants with the duet package found in DIR
 (e.g. `git archive main src | tar -x -C /tmp/old`), alternating old and new process by
 process for `--rounds` rounds, so both see the same machine load; the reported value
@@ -79,18 +83,20 @@ def measure(args: argparse.Namespace, variant: str) -> dict:
     for batch in timed[:5]:
         step(batch)
     reset_peak_rss()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for batch in timed[5:]:
         step(batch)
-    seconds = time.perf_counter() - started
-    entry = {"train_records_per_s": sum(len(b.item) for b in timed[5:]) / seconds,
+    records = sum(len(b.item) for b in timed[5:])
+    entry = {"train_records_per_s": records / (time.perf_counter() - started),
+             "train_records_per_cpu_s": records / (time.process_time() - cpu),
              "train_peak_rss_mib": rss_bytes("VmHWM") / 2**20}
     if not variant.endswith("-per-record"):
         predict(model, data["valid"])  # warm-up
         reset_peak_rss()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         predict(model, data["valid"])
         entry.update(infer_records_per_s=len(data["valid"]) / (time.perf_counter() - started),
+                     infer_records_per_cpu_s=len(data["valid"]) / (time.process_time() - cpu),
                      infer_peak_rss_mib=rss_bytes("VmHWM") / 2**20)
     return entry
 
@@ -147,11 +153,11 @@ def main() -> None:
             for side, src in sides.items():
                 load = other_load()
                 runs[side].append({**in_subprocess(args, variant, src), "load_before": load})
-        best = {side: max(r, key=lambda e: e["train_records_per_s"]) for side, r in runs.items()}
+        best = {side: max(r, key=lambda e: e["train_records_per_cpu_s"]) for side, r in runs.items()}
         entry = {**best["new"], "rounds": runs}
         if "old" in best:
             entry["old"] = best["old"]
-            entry["speedup"] = {k: best["new"][k] / best["old"][k] for k in best["new"] if k.endswith("records_per_s")}
+            entry["speedup"] = {k: best["new"][k] / best["old"][k] for k in best["new"] if k.endswith("_per_cpu_s")}
         results["backbones"][variant] = entry
         line = "  ".join(f"{k} {v:,.0f}" for k, v in best["new"].items() if k != "load_before")
         if "speedup" in entry:
@@ -163,7 +169,7 @@ def main() -> None:
     for side in [s for s in ("old", "new") if s in sides]:
         for key, (top, bottom, words) in ratios.items():
             if {top, bottom} <= set(found):
-                speed = [(found[v] if side == "new" else found[v]["old"])["train_records_per_s"] for v in (top, bottom)]
+                speed = [(found[v] if side == "new" else found[v]["old"])["train_records_per_cpu_s"] for v in (top, bottom)]
                 results[f"{side}_{key}"] = speed[0] / speed[1]
                 print(f"{side}: {words} {results[f'{side}_{key}']:.2f}")
     if args.out:
