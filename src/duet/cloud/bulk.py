@@ -4,8 +4,10 @@ The cloud refreshing millions of devices overnight does not go through HTTP:
 `duet generate --run RUN --windows FILE --out FILE` reads the windows in chunks,
 runs the same `GeneratorService.generate` the service runs (so a device gets the
 bytes it would get from `POST /v1/parameters`) and appends each chunk's rows to
-the output. Memory is bounded by `chunk_size`, not by the fleet: an `.npy` input
-is memory-mapped, a `.safetensors` one read by slices, a text one line by line.
+the output. Nothing of the fleet's size is held: an `.npy` input is memory-mapped,
+a `.safetensors` one read by slices, a text one line by line, and each chunk's
+heads are written out as the next one is generated (a million default heads, 8 GB
+of output, peaked at 920 MiB, most of it torch and glibc's heap; docs/PERFORMANCE.md).
 
 Windows file formats (item ids are the dataset's internal ids, 1 .. num_items-1):
 
