@@ -6,8 +6,8 @@ runs the same `GeneratorService.generate` the service runs (so a device gets the
 bytes it would get from `POST /v1/parameters`) and appends each chunk's rows to
 the output. Nothing of the fleet's size is held: an `.npy` input is memory-mapped,
 a `.safetensors` one read by slices, a text one line by line, and each chunk's
-heads are written out as the next one is generated (a million default heads, 8 GB
-of output, peaked at 920 MiB, most of it torch and glibc's heap; docs/PERFORMANCE.md).
+heads are written out, from a fixed ring of buffers, as the next one is generated
+(peak memory grows only by the input file's resident pages; docs/PERFORMANCE.md).
 
 Windows file formats (item ids are the dataset's internal ids, 1 .. num_items-1):
 
@@ -259,16 +259,24 @@ def generate_bulk(run: str | Path, windows: str | Path, out: str | Path, chunk_s
     started = time.perf_counter()
     generate_seconds = 0.0
     # Writing (a system call that releases the GIL) overlaps the next chunk's generation;
-    # at most `_IN_FLIGHT` chunks wait, so memory stays bounded by the chunk size.
+    # at most `_IN_FLIGHT` chunks wait. The writer reads from a ring of preallocated
+    # buffers: handing it each chunk's fresh array to free in its own thread made glibc
+    # keep the freed memory, and the peak grew with the fleet (~240 bytes a device).
+    ring: list[np.ndarray | None] = [None] * (_IN_FLIGHT + 2)  # > the chunks that can wait
     with atomic_path(out) as tmp, open(tmp, "wb") as f, ThreadPoolExecutor(1) as pool:
         writer = HeadsWriter(f, source.rows, service.spec, dtype, metadata, source.has_ids)
         pending: deque[Future] = deque()
-        for chunk in source.chunks(chunk_size):
+        for index, chunk in enumerate(source.chunks(chunk_size)):
             rows = checked_windows(chunk, source.path, source.kind, service.num_items, service.window_len)
             tick = time.perf_counter()
             flat = service.generate(rows, dtype)
             generate_seconds += time.perf_counter() - tick
-            pending.append(pool.submit(writer.append, flat, chunk.device_id))
+            slot = index % len(ring)  # its previous chunk was written: at most _IN_FLIGHT wait
+            if ring[slot] is None:
+                ring[slot] = np.empty((chunk_size, flat.shape[1]), flat.dtype)
+            buffer = ring[slot][: len(flat)]
+            np.copyto(buffer, flat)
+            pending.append(pool.submit(writer.append, buffer, chunk.device_id))
             while len(pending) > _IN_FLIGHT or (pending and pending[0].done()):
                 pending.popleft().result()
                 if progress is not None:
