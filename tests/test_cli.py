@@ -178,6 +178,7 @@ COMMANDS = {
             "sampled_negatives": (3, {"train.sampled_negatives": 3}),
             "seed": (4, {"train.seed": 4}),
             "threads": (1, {"train.threads": 1}),
+            "device": ("auto", {"train.device": "auto"}),
             "embed_dim": (8, {"model.embed_dim": 8}),
             "num_blocks": (3, {"model.num_blocks": 3}),
             "num_heads": (2, {"model.num_heads": 2}),

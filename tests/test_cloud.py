@@ -362,7 +362,9 @@ def test_codec_writes_what_safetensors_reads() -> None:
                [(n, t["shape"], bytes(t["data"])) for n, t in sorted(deserialize(reference))]
 
 
-def test_frozen_generator_is_bitwise_the_model(duet_run: Path) -> None:
+def test_served_generator_is_the_model(duet_run: Path) -> None:
+    """The service's folded decoders (one matrix instead of three linears per layer, products in
+    float64) give the model's parameters up to float32 rounding."""
     from duet.checkpoint import load_run
     from duet.cloud.generation import GeneratorService
 
@@ -374,7 +376,24 @@ def test_frozen_generator_is_bitwise_the_model(duet_run: Path) -> None:
     with torch.inference_mode():
         params = model.generate(torch.from_numpy(windows))
     expected = torch.cat([params[n].reshape(16, -1) for n in service.spec.names], 1).numpy()
-    np.testing.assert_array_equal(service.generate(windows), expected)
+    assert service.model.folded  # a full-rank run: the folded path is what is tested here
+    np.testing.assert_allclose(service.generate(windows), expected, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(service.generate(windows, "fp16"), service.generate(windows).astype(np.float16))
+
+
+def test_frozen_decoders_are_bitwise_the_model(duet_run: Path) -> None:
+    """The path low-rank runs are served by (and the benchmark's before): the mixed decoders, frozen."""
+    from duet.checkpoint import load_run
+    from duet.cloud.generation import FlatGenerator
+
+    _, model, _ = load_run(duet_run)
+    windows = torch.from_numpy(np.random.default_rng(2).integers(1, NUM_ITEMS, (16, W)))
+    with torch.inference_mode():
+        params = model.generate(windows)
+        expected = torch.cat([params[n].reshape(16, -1) for n in model.recommender.param_spec.names], 1)
+        frozen = FlatGenerator(load_run(duet_run)[1], fold=False)
+        assert not frozen.folded
+        assert torch.equal(frozen(windows), expected)
 
 
 def test_batcher_groups_and_propagates_errors() -> None:
@@ -415,7 +434,7 @@ def test_every_serve_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch, 
     tokens.write_text("# service tokens\nA1b2C3d4E5f6G7h8I9j0\n\n")
     key, _, signer = write_key_pair(tmp_path / "cloud")
     flags = {"--sign": str(key), "--host": "0.0.0.0", "--port": "1234", "--workers": "2", "--max-batch": "7", "--max-wait-ms": "3.5",
-             "--threads": "2", "--executor": "thread", "--log-level": "info", "--tokens-file": str(tokens),
+             "--threads": "2", "--device": "auto", "--executor": "thread", "--log-level": "info", "--tokens-file": str(tokens),
              "--max-body-bytes": "4096", "--max-window": "33", "--request-timeout": "2.5", "--max-queue": "99",
              "--rate-limit": "12.5", "--rate-burst": "7", "--watch-interval": "0.5", "--graceful-timeout": "3"}
     result = CliRunner().invoke(app, ["serve", "--run", str(duet_run), *[x for kv in flags.items() for x in kv]])
@@ -425,7 +444,7 @@ def test_every_serve_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch, 
     (settings,) = captured
     assert settings.model_dump(exclude={"tokens"}) == {
         "run": duet_run, "host": "0.0.0.0", "port": 1234, "workers": 2, "max_batch": 7, "max_wait_ms": 3.5,
-        "min_rows": 8, "threads": 2, "executor": "thread", "log_level": "info", "tokens_file": tokens,
+        "min_rows": 8, "threads": 2, "device": "auto", "executor": "thread", "log_level": "info", "tokens_file": tokens,
         "max_body_bytes": 4096, "max_window": 33, "request_timeout_s": 2.5, "max_queue": 99, "rate_limit": 12.5,
         "rate_burst": 7.0, "watch_interval_s": 0.5, "graceful_timeout_s": 3.0, "debug_delay_ms": 0.0,
         "sign_key": key}

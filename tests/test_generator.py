@@ -151,3 +151,26 @@ def test_residual_mode_starts_near_the_global_head():
         delta = (p - theta[name]).std().item()
         scale = theta[name].std().item()
         assert 0 < delta < 0.5 * scale * 1.8, name
+
+
+@pytest.mark.parametrize("gen", [{}, {"mode": "paper"}, {"encoder": "attention"}, {"num_generators": 1}])
+def test_folded_generator_is_the_generator(gen):
+    """Serving folds layer embedding -> SWA decoder (+ theta_g) into one matrix: same parameters."""
+    model = make(**gen).eval()
+    names = model.recommender.param_spec.names
+    theta_g = model.recommender.theta_g()
+    constant = None if model.cfg.mode == "paper" else torch.cat([theta_g[n].detach().reshape(-1) for n in names])
+    weight, bias = model.generator.folded(constant)
+    w = windows(9)
+    w[::2, 3:] = 0
+    with torch.no_grad():
+        params = model.generate(w)
+        c = model.generator.encoder(model.recommender.item_embedding(w), w != 0)
+        flat = torch.nn.functional.linear(c, weight, bias)
+    expected = torch.cat([params[n].reshape(9, -1) for n in names], 1)
+    assert flat.shape == expected.shape == (9, model.recommender.param_spec.numel)
+    torch.testing.assert_close(flat, expected, rtol=0, atol=1e-6)
+
+
+def test_low_rank_generator_is_not_folded():
+    assert make(rank=2).generator.folded() is None  # U V^T is not linear in the encoder output

@@ -269,8 +269,10 @@ def test_rate_limit_per_token(guarded: ServiceProcess) -> None:
     elapsed = time.monotonic() - started
     connection.close()
     counts = Counter(statuses)
-    assert set(counts) == {200, 429}, counts
+    assert set(counts) <= {200, 429}, counts
     assert 90 <= counts[200] <= 100 + 100 * elapsed + 1, (counts, elapsed)  # burst, plus what refilled
+    if len(statuses) / elapsed > 150:  # a loaded machine may not send faster than the bucket refills
+        assert counts[429] > 0, (counts, elapsed)
     assert all(wait >= 1 for wait in retry_after)
     # Another token has its own bucket; this one refills.
     assert call(guarded.url, "POST", "/v1/parameters", window_body([3, 4]), token=TOKEN_A)[0] == 200

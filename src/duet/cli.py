@@ -93,6 +93,7 @@ def train(
     sampled_negatives: Annotated[int, typer.Option(help="extra uniform negatives per train event, new every epoch")] = 4,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto (cuda where there is one)")] = "cpu",
     embed_dim: Annotated[int, typer.Option(help="item embedding size")] = 32,
     num_blocks: Annotated[int, typer.Option(help="SASRec blocks / GRU layers")] = 2,
     num_heads: Annotated[int, typer.Option(help="SASRec attention heads")] = 1,
@@ -136,6 +137,7 @@ def evaluate(
     data: Annotated[Path | None, typer.Option(help="dataset (default: the run's own)")] = None,
     head: Annotated[str, typer.Option(help="DUET runs: generated (theta_d) | global (its static part with theta_g)")] = "generated",
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as one JSON object on stdout")] = False,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "cpu",
 ) -> None:
     """Evaluate a trained run on a split: prints a table and writes RUN/metrics_<split>.json."""
     from duet.errors import DuetError
@@ -144,7 +146,7 @@ def evaluate(
         raise DuetError(f"--split must be valid or test, got {split!r}")
     from duet.training.evaluate import evaluate_run
 
-    metrics = evaluate_run(run, split, data, head)
+    metrics = evaluate_run(run, split, data, head, device)
     if as_json:
         import json
 
@@ -264,12 +266,37 @@ def _compare_images(data: Path, out: Path, seeds: int | None, quick: bool, epoch
 @user_errors
 def generate(
     run: Annotated[Path, typer.Option(help="DUET run directory")],
-    window: Annotated[str, typer.Option(help="comma-separated item ids, oldest first (internal ids)")],
+    window: Annotated[str | None, typer.Option(help="one window: comma-separated item ids, oldest first (internal ids)")] = None,
+    windows: Annotated[Path | None, typer.Option(help="bulk: a windows file (.npy (N, W) | .safetensors `windows` "
+                                                      "[+ `device_id`] | text, one window a line, [ID<TAB>]ITEMS)")] = None,
+    out: Annotated[Path | None, typer.Option(help="bulk: safetensors file to write (`params` (N, numel) [+ `device_id`])")] = None,
+    chunk_size: Annotated[int, typer.Option(help="bulk: windows per generator forward (bounds memory)")] = 1024,
+    dtype: Annotated[str, typer.Option(help="bulk: fp32 | fp16")] = "fp32",
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto")] = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="bulk: replace an existing --out")] = False,
+    progress: Annotated[bool, typer.Option(help="bulk: show a progress bar")] = True,
 ) -> None:
-    """Generate one device's head parameters from a window and print their shapes and norms."""
+    """Generate head parameters: one device's (--window, printed as shapes and norms) or a fleet's
+    (--windows FILE --out FILE, streamed to a safetensors file in chunks)."""
+    from duet.errors import DuetError
+
+    if (window is None) == (windows is None):
+        raise DuetError("give exactly one of --window (one device) and --windows FILE (bulk, with --out)")
+    if windows is not None and out is None:
+        raise DuetError("--windows needs --out FILE (where the generated heads go)")
+    if window is not None and out is not None:
+        raise DuetError("--out is for bulk generation (--windows FILE); --window prints its result")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if windows is not None:
+        _generate_bulk(run, windows, out, chunk_size, dtype, overwrite, device, progress)
+        return
     from duet.training.evaluate import generate_for_window
 
-    params, spec_hash = generate_for_window(run, window)
+    params, spec_hash = generate_for_window(run, window, device)
     import numpy as np
     from rich.console import Console
     from rich.table import Table
@@ -280,6 +307,29 @@ def generate(
     for name, value in params.items():
         table.add_row(name, str(tuple(value.shape)), f"{float(np.linalg.norm(value)):.4f}", f"{value.mean():.4f}", f"{value.std():.4f}")
     Console().print(table)
+
+
+def _generate_bulk(run: Path, windows: Path, out: Path, chunk_size: int, dtype: str, overwrite: bool, device: str,
+                   progress: bool) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from duet.cloud.bulk import generate_bulk
+
+    bar = Progress(TextColumn("generating"), BarColumn(), MofNCompleteColumn(), TextColumn("devices"),
+                   TimeRemainingColumn(), disable=not progress, transient=True)
+    with bar:
+        task = bar.add_task("generate", total=None)
+        summary = generate_bulk(run, windows, out, chunk_size=chunk_size, dtype=dtype, overwrite=overwrite,
+                                device=device, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    typer.echo(f"wrote {out}: {summary['devices']:,} devices ({summary['dtype']}, spec {summary['spec_hash']}, "
+               f"{summary['bytes'] / 2**20:,.1f} MiB) in {summary['seconds']:.1f} s, "
+               f"{summary['devices_per_s']:,.0f} devices/s")
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -301,7 +351,8 @@ _PROTOCOL_HELP = "protocol (raw sources only; default: ProtocolConfig's)"
 @user_errors
 def prepare(
     out: Annotated[Path, typer.Option(help="dataset directory to create")],
-    source: Annotated[str, typer.Option(help="recommendation: movielens-small | csv | recbole | duet-text; images: digits-fleet | npz")] = "movielens-small",
+    source: Annotated[str, typer.Option(help="recommendation: movielens-small | csv | recbole | duet-text | synthetic-scale; images: digits-fleet | npz")] = "movielens-small",
+    scale: Annotated[float | None, typer.Option(help="synthetic-scale: size in MovieLens-smalls (100 = ~10M interactions)")] = None,
     path: Annotated[Path | None, typer.Option(help="input file for --source csv / recbole / npz (arrays x, y, device)")] = None,
     train: Annotated[Path | None, typer.Option(help="duet-text: train records file")] = None,
     test: Annotated[Path | None, typer.Option(help="duet-text: test records file")] = None,
@@ -335,7 +386,7 @@ def prepare(
         _prepare_images(out, source, path, seed, window_len, adapt, overwrite,
                         ignored={"--protocol": protocol_name, "--history-len": history_len, "--split": split,
                                  "--max-users": max_users, "--train-negatives": train_negatives,
-                                 "--eval-negatives": eval_negatives, "--ratios": ratios})
+                                 "--eval-negatives": eval_negatives, "--ratios": ratios, "--scale": scale})
         return
 
     options = {
@@ -350,7 +401,8 @@ def prepare(
         manifest = prepare_dataset(
             out, source, path=path, train=train, test=test, user_col=user_col, item_col=item_col,
             rating_col=rating_col, timestamp_col=timestamp_col, sep=sep, protocol=protocol,
-            named_protocol=protocol_name, max_users=max_users, overwrite=overwrite, progress=status.update,
+            named_protocol=protocol_name, max_users=max_users, scale=scale, overwrite=overwrite,
+            progress=status.update,
         )
     _print_counts(console, f"prepared in {time.perf_counter() - started:.1f} s", manifest)
     typer.echo(f"wrote {out}")
@@ -537,6 +589,7 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="most windows sharing one generator forward (1 = no batching)")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="extra wait for others to share a forward (0 = take what arrived)")] = 0.0,
     threads: Annotated[int, typer.Option(help="torch threads per worker")] = 1,
+    device: Annotated[str, typer.Option(help="where generation runs: cpu | cuda | auto")] = "cpu",
     executor: Annotated[str, typer.Option(help="where the forward runs: inline (event loop) | thread")] = "inline",
     log_level: Annotated[str, typer.Option(help="critical | error | warning | info | debug")] = "warning",
     tokens_file: Annotated[Path | None, typer.Option(help="bearer tokens, one per line: turns auth on "
@@ -563,7 +616,7 @@ def serve(
     from duet.errors import DuetError
 
     options = dict(run=run, host=host, port=port, workers=workers, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                   threads=threads, executor=executor, log_level=log_level, max_body_bytes=max_body_bytes,
+                   threads=threads, device=device, executor=executor, log_level=log_level, max_body_bytes=max_body_bytes,
                    request_timeout_s=request_timeout, max_queue=max_queue, rate_limit=rate_limit,
                    rate_burst=rate_burst, watch_interval_s=watch_interval, graceful_timeout_s=graceful_timeout)
     if tokens_file is not None:
@@ -590,7 +643,7 @@ def serve(
 
     # Verify and load the run here: a missing, tampered or wrong run fails in one line,
     # not with a traceback in a worker. (The workers load their own copies.)
-    GeneratorService(run)
+    GeneratorService(run, device=device)
     from duet.cloud.server import serve as run_server
 
     auth = f"auth on ({len(settings.auth_tokens())} tokens)" if settings.auth_tokens() else "auth off"

@@ -31,7 +31,7 @@ def train_config(
     num_heads: int, dropout: float, head_hidden: str | None, activation: str, encoder: str, gen_hidden: int,
     layer_embed_dim: int, decoder_hidden: int, rank: int | None, mode: str, gen_dropout: float, num_generators: int,
     temperature: float, freeze_static: bool, init: Path | None, from_scratch: bool = False,
-    lr_schedule: str = "constant", lr_decay: float = 0.5, sampled_negatives: int = 4,
+    lr_schedule: str = "constant", lr_decay: float = 0.5, sampled_negatives: int = 4, device: str = "cpu",
 ) -> RunConfig:
     """Validate every option; a bad value is a one-line DuetError naming the option.
 
@@ -57,7 +57,7 @@ def train_config(
                             clip_norm=clip_norm, patience=patience, seed=seed, threads=threads,
                             freeze_static=freeze_static, init_run=str(init) if init else None,
                             from_scratch=from_scratch, lr_schedule=lr_schedule, lr_decay=lr_decay,
-                            sampled_negatives=sampled_negatives)
+                            sampled_negatives=sampled_negatives, device=device)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "option"

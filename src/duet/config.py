@@ -122,6 +122,7 @@ class TrainConfig(Strict):
     # generator trained together from a random start.
     from_scratch: bool = Field(False, description="DUET: train everything jointly from scratch (no stage 1)")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (None = default)")
+    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", description="cpu | cuda | auto (cuda if there)")
 
     @model_validator(mode="before")
     @classmethod

@@ -50,7 +50,7 @@ def load_served(settings: Settings, telemetry: Telemetry) -> Served:
     if signature is None:
         raise ArtifactError(f"{settings.run}: not a finished duet run (no manifest.json)")
     # Load from the resolved path: a symlink re-pointed meanwhile cannot mix two runs.
-    service = GeneratorService(signature[0])
+    service = GeneratorService(signature[0], device=settings.device)
 
     def batcher(forward: Callable[..., object]) -> MicroBatcher:
         return MicroBatcher(

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     # independent of how many requests happened to share its forward.
     min_rows: int = Field(8, ge=1, description="pad each forward to at least this many rows")
     threads: int = Field(1, ge=1, description="torch intra-op threads per worker")
+    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", description="where generation runs: cpu | cuda | auto")
     # inline: the forward runs on the event loop (measured faster at these sizes,
     # see docs/PERFORMANCE.md); thread: in a one-thread executor.
     executor: Literal["inline", "thread"] = "inline"

@@ -120,6 +120,29 @@ class ParamGenerator(nn.Module):
     def _output_std(self, out_dim: int, in_dim: int) -> Tensor:
         return torch.cat([torch.full((size,), std) for _, size, std in self._chunks(out_dim, in_dim)])
 
+    def folded(self, constant: Tensor | None = None) -> tuple[Tensor, Tensor] | None:
+        """Everything after the encoder as one linear map c (E, H) -> (E, numel) in spec order:
+        (weight (numel, H), bias (numel,)), plus `constant` (numel,) (theta_g in residual mode).
+
+        Per layer, layer embedding -> mixed SWA decoder is a chain of three linear maps with
+        nothing between them, so their product gives the same output up to float rounding,
+        with no per-layer split, reshape or concatenation (one matmul where serving did a dozen
+        small ops). Products in float64, so the folded map is no less exact than the chain.
+        None for low-rank weights: U V^T is not linear in c.
+        """
+        if any(self._chunks(o, i)[0][0] != "weight" for o, i in self.layers):
+            return None
+        weights, biases = [], []
+        with torch.no_grad():
+            for embed, decoder in zip(self.layer_embeddings, self.decoders, strict=True):
+                w1, b1, w2, b2 = (t.double() for t in decoder.mixed())
+                weights.append(w2 @ w1 @ embed.weight.double())  # (size, H)
+                biases.append(w2 @ (w1 @ embed.bias.double() + b1) + b2)  # (size,)
+            bias = torch.cat(biases)
+            if constant is not None:
+                bias = bias + constant.double()
+            return torch.cat(weights).float(), bias.float()
+
     def forward(self, window_emb: Tensor, mask: Tensor) -> dict[str, Tensor]:
         """window_emb (E, W, D), mask (E, W) -> {name: (E, *shape)}."""
         c = self.encoder(window_emb, mask)  # (E, H)

@@ -89,8 +89,10 @@ class SASRec(nn.Module):
         # Query i may attend key j <= i that is not padding; the diagonal is always
         # allowed so a padded query row never has an empty (NaN) softmax.
         causal = torch.ones(L, L, dtype=torch.bool, device=history.device).tril()
-        attn_mask = (causal & mask.unsqueeze(1)) | torch.eye(L, dtype=torch.bool, device=history.device)
-        attn_mask = attn_mask.unsqueeze(1)  # (E, 1, L, L)
+        allowed = (causal & mask.unsqueeze(1)) | torch.eye(L, dtype=torch.bool, device=history.device)
+        # Additive form, made once: sdpa would turn a boolean mask into this in every block.
+        attn_mask = torch.zeros(E, 1, L, L, dtype=x.dtype, device=x.device).masked_fill_(
+            ~allowed.unsqueeze(1), float("-inf"))  # (E, 1, L, L)
         for block in self.blocks:
             x = block(x, attn_mask) * mask.unsqueeze(-1)  # re-apply the padding mask after each block
         return self.norm(x) * mask.unsqueeze(-1)
@@ -130,8 +132,15 @@ class DIN(nn.Module):
     def forward(self, history: Tensor, target: Tensor) -> Tensor:
         """history (B, L), target (B, D) -> [target, pooled history, target * pooled] (B, 3D)."""
         keys = self.items(history)  # (B, L, D)
-        query = target.unsqueeze(1).expand_as(keys)
-        logits = self.attention(torch.cat([keys, query, keys - query, keys * query], -1)).squeeze(-1)  # (B, L)
+        # The attention MLP's first layer on [k, q, k - q, k * q], split by blocks of its
+        # weight: k (Wk + Wd) + q (Wq - Wd) + (k * q) Wp + b. The q term is one row per
+        # record instead of one per history position, and no (B, L, 4D) input is built:
+        # the same function (equal up to float rounding) at about half the cost.
+        first, second = self.attention[0], self.attention[2]
+        wk, wq, wd, wp = first.weight.chunk(4, dim=1)  # (36, D) each
+        per_record = F.linear(target, wq - wd, first.bias).unsqueeze(1)  # (B, 1, 36)
+        hidden = F.linear(keys, wk + wd) + F.linear(keys * target.unsqueeze(1), wp) + per_record  # (B, L, 36)
+        logits = second(torch.sigmoid(hidden)).squeeze(-1)  # (B, L)
         mask = history != PAD
         weights = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=1)
         weights = torch.nan_to_num(weights) * mask  # an empty history pools to zero

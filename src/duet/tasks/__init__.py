@@ -27,8 +27,8 @@ class Task(Protocol):
     def batcher(self, data: Any, config: Any) -> Any:
         """An object with `num_batches()` and `shuffled(seed, epoch, rank, world)` over train batches."""
 
-    def loss(self, model: nn.Module, batch: Any, data: Any, config: Any) -> tuple[Tensor, int]:
-        """(mean loss of the batch, number of records in it)."""
+    def loss(self, model: nn.Module, batch: Any, data: Any, config: Any, device: Any) -> tuple[Tensor, int]:
+        """(mean loss of the batch on `device`, number of records in it)."""
 
     def evaluate(self, model: nn.Module, split: Any, config: Any) -> dict[str, float]: ...
 

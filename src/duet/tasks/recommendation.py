@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -25,9 +26,10 @@ class RecommendationTask:
     def batcher(self, data: Dataset, config) -> EventBatcher:
         return EventBatcher(data["train"], config.train.batch_size)
 
-    def loss(self, model: nn.Module, batch: Batch, data: Dataset, config) -> tuple[Tensor, int]:
-        if config.train.sampled_negatives:
+    def loss(self, model: nn.Module, batch: Batch, data: Dataset, config, device: torch.device) -> tuple[Tensor, int]:
+        if config.train.sampled_negatives:  # drawn on the CPU: the random stream does not depend on the device
             batch = with_sampled_negatives(batch, config.train.sampled_negatives, data.num_items)
+        batch = batch.to(device)
         return F.binary_cross_entropy_with_logits(score_batch(model, batch), batch.label), len(batch.item)
 
     def evaluate(self, model: nn.Module, split: Split, config) -> dict[str, float]:

@@ -26,6 +26,13 @@ class Batch:
     def __len__(self) -> int:
         return len(self.records)
 
+    def to(self, device: torch.device) -> Batch:
+        """The tensors on `device` (built on the CPU: the random streams stay the CPU's)."""
+        if device.type == "cpu":
+            return self
+        return Batch(history=self.history.to(device), window=self.window.to(device), item=self.item.to(device),
+                     label=self.label.to(device), inverse=self.inverse.to(device), records=self.records)
+
 
 class EventBatcher:
     """Yields batches of about `batch_size` records, never splitting an event."""

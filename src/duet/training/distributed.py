@@ -31,13 +31,13 @@ class World:
             dist.barrier()
 
 
-def init_world() -> World:
-    """Join the process group if launched by torchrun (WORLD_SIZE > 1)."""
+def init_world(nccl: bool = False) -> World:
+    """Join the process group if launched by torchrun (WORLD_SIZE > 1): NCCL for CUDA training, else gloo."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend="nccl" if nccl and torch.cuda.is_available() else "gloo")
     return World(rank=dist.get_rank(), size=dist.get_world_size())
 
 

@@ -28,14 +28,19 @@ def score_batch(model: nn.Module, batch: Batch) -> Tensor:
     return model(batch.history, batch.item, batch.inverse)
 
 
-@torch.no_grad()
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
+@torch.inference_mode()
 def predict(model: nn.Module, split: Split, batch_size: int = 8192) -> np.ndarray:
-    """Logits for every record of `split`, in record order."""
+    """Logits for every record of `split`, in record order (the model's device, numpy on the CPU)."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
     logits = np.empty(len(split), dtype=np.float32)
     for batch in EventBatcher(split, batch_size).batches():
-        logits[batch.records] = score_batch(model, batch).numpy()
+        logits[batch.records] = score_batch(model, batch.to(device)).cpu().numpy()
     model.train(was_training)
     return logits
 
@@ -65,25 +70,27 @@ def write_user_auc(path: Path, split: Split, logits: np.ndarray) -> None:
 HEADS = ("generated", "global")
 
 
-def load_scorer(run: str | Path, head: str = "generated") -> tuple:
-    """(config, model) of a finished run; `head="global"` gives a DUET run's own static
-    part with the global head theta_g (no generation)."""
+def load_scorer(run: str | Path, head: str = "generated", device: str = "cpu") -> tuple:
+    """(config, model) of a finished run, on `device`; `head="global"` gives a DUET run's own
+    static part with the global head theta_g (no generation)."""
+    from duet.accel import resolve_device
     from duet.checkpoint import load_run
     from duet.duet_model import DuetModel
     from duet.errors import DuetError
 
     if head not in HEADS:
         raise DuetError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
+    target = resolve_device(device)
     config, model, _ = load_run(run)
     if head == "global":
         if not isinstance(model, DuetModel):
             raise DuetError(f"{run}: --head global is for DUET runs (a {config.train.method} run has only the global head)")
         model = model.device_model
-    return config, model
+    return config, model.to(target)
 
 
 def evaluate_run(run: str | Path, split: str, data: str | Path | None = None,
-                 head: str = "generated") -> dict[str, float]:
+                 head: str = "generated", device: str = "cpu") -> dict[str, float]:
     """Evaluate a finished run on `split` and write RUN/metrics_<split>.json.
 
     `head="global"` scores a DUET run with its own static part and the global head
@@ -95,7 +102,7 @@ def evaluate_run(run: str | Path, split: str, data: str | Path | None = None,
     from duet.data.store import load_dataset
     from duet.errors import ArtifactError
 
-    config, model = load_scorer(run, head)
+    config, model = load_scorer(run, head, device)
     if config.task == "images":
         from duet.tasks.images.evaluation import evaluate_image_run
 
@@ -111,13 +118,15 @@ def evaluate_run(run: str | Path, split: str, data: str | Path | None = None,
     return metrics
 
 
-def generate_for_window(run: str | Path, window: str) -> tuple[dict[str, np.ndarray], str]:
+def generate_for_window(run: str | Path, window: str, device: str = "cpu") -> tuple[dict[str, np.ndarray], str]:
     """`duet generate`: parse a window of item ids and run the run's generator on it."""
+    from duet.accel import resolve_device
     from duet.checkpoint import load_run
     from duet.data.store import PAD
     from duet.duet_model import DuetModel
     from duet.errors import DuetError
 
+    target = resolve_device(device)
     config, model, _ = load_run(run)
     if not isinstance(model, DuetModel):
         raise DuetError(f"{run}: a {config.train.method} run has no generator; train with --method duet")
@@ -134,5 +143,5 @@ def generate_for_window(run: str | Path, window: str) -> tuple[dict[str, np.ndar
     padded = torch.full((1, config.window_len), PAD, dtype=torch.long)
     padded[0, : len(items)] = torch.tensor(items)
     with torch.inference_mode():
-        params = model.generate(padded)
-    return {k: v[0].numpy() for k, v in params.items()}, model.device_model.param_spec.hash
+        params = model.to(target).generate(padded.to(target))
+    return {k: v[0].cpu().numpy() for k, v in params.items()}, model.device_model.param_spec.hash

@@ -62,7 +62,10 @@ def run_config_for(data: str | Path, **sections: object) -> RunConfig:
 
 def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Train one run into `out`; return its summary (best epoch and validation metrics)."""
-    world = init_world()
+    from duet.accel import resolve_device
+
+    device = resolve_device(config.train.device)  # a missing GPU fails here, before anything is written
+    world = init_world(nccl=device.type == "cuda")
     try:
         return _train(config, Path(out), resume, progress, world)
     finally:
@@ -88,7 +91,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, world: Wo
         model = build_model(config)
         if config.train.method == "duet" and not config.train.from_scratch:
             _init_stage1(model, config, out, resume, progress, world)
-        summary, history = fit(model, data, config, out, resume, progress, world, task)
+        summary, history = fit(model.to(_rank_device(config, world)), data, config, out, resume, progress, world, task)
     if world.is_main:
         if config.train.method == "pop":
             save_tensors(out / WEIGHTS, model.state_dict())
@@ -175,7 +178,9 @@ def fit(model: nn.Module, data: Dataset, config: RunConfig, out: Path, resume: b
         state = _load_state(out / STATE_DIR, model, optimizer)
         log.info("resuming %s after epoch %d", out, state["epoch"])
     _set_lr(optimizer, state.setdefault("lr", tc.lr))
-    trainer = nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
+    device = _rank_device(config, world)
+    ids = [device.index] if device.type == "cuda" else None
+    trainer = nn.parallel.DistributedDataParallel(model, device_ids=ids) if world.size > 1 else model
     batcher = task.batcher(data, config)
     for epoch in range(state["epoch"] + 1, tc.epochs):
         if state["bad_epochs"] >= tc.patience:
@@ -188,7 +193,7 @@ def fit(model: nn.Module, data: Dataset, config: RunConfig, out: Path, resume: b
         with _progress(progress and world.is_main) as bar:
             bar_task = bar.add_task(f"epoch {epoch}", total=n_batches, loss=float("nan"), speed=0.0)
             for batch in batcher.shuffled(tc.seed, epoch, world.rank, world.size):
-                loss, records = task.loss(trainer, batch, data, config)
+                loss, records = task.loss(trainer, batch, data, config, device)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, tc.clip_norm)
@@ -226,6 +231,18 @@ def fit(model: nn.Module, data: Dataset, config: RunConfig, out: Path, resume: b
     best = state["history"][[h["epoch"] for h in state["history"]].index(state["best_epoch"])]
     valid = {k.removeprefix("valid_"): v for k, v in best.items() if k.startswith("valid_")}
     return {"best_epoch": state["best_epoch"], "valid": valid}, state["history"]
+
+
+def _rank_device(config: RunConfig, world: World) -> torch.device:
+    """This process's device: under torchrun with CUDA, the GPU of its local rank."""
+    import os
+
+    from duet.accel import resolve_device
+
+    device = resolve_device(config.train.device)
+    if device.type == "cuda" and world.size > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -24,6 +24,12 @@ class ImageBatch:
     mask: Tensor  # (B, W) bool
     rows: np.ndarray  # (B,) sample rows
 
+    def to(self, device: torch.device) -> ImageBatch:
+        if device.type == "cpu":
+            return self
+        return ImageBatch(x=self.x.to(device), y=self.y.to(device), window=self.window.to(device),
+                          mask=self.mask.to(device), rows=self.rows)
+
 
 def make_batch(data: ImageData, rows: np.ndarray, y: np.ndarray, window_len: int) -> ImageBatch:
     index, mask = data.window_rows(rows, window_len)
@@ -74,7 +80,8 @@ def predict_images(model: nn.Module, split: ImageSplit, batch_size: int = 1024,
     model.eval()
     W = window_len or split.data.window_len
     batcher = ImageBatcher(split, batch_size, W)
-    out = np.concatenate([logits_of(model, batch).numpy() for batch in batcher.batches()])
+    device = next(model.parameters()).device
+    out = np.concatenate([logits_of(model, batch.to(device)).cpu().numpy() for batch in batcher.batches()])
     model.train(was_training)
     return out
 
@@ -105,7 +112,9 @@ class ImageTask:
     def batcher(self, data: ImageData, config) -> ImageBatcher:
         return ImageBatcher(data["train"], config.train.batch_size, config.window_len)
 
-    def loss(self, model: nn.Module, batch: ImageBatch, data: ImageData, config) -> tuple[Tensor, int]:  # noqa: ARG002
+    def loss(self, model: nn.Module, batch: ImageBatch, data: ImageData, config,  # noqa: ARG002
+             device: torch.device) -> tuple[Tensor, int]:
+        batch = batch.to(device)
         return F.cross_entropy(logits_of(model, batch), batch.y), len(batch.y)
 
     def evaluate(self, model: nn.Module, split: ImageSplit, config) -> dict[str, float]:
