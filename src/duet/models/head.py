@@ -60,3 +60,22 @@ class DynamicHead(nn.Module):
             bound = 1.0 / math.sqrt(fan_in)
             params[name] = (torch.rand(shape, generator=generator) * 2 - 1) * bound
         return params
+
+
+class WithGlobalHead(nn.Module):
+    """A device model's dynamic head and its global parameters theta_g, stored as module
+    parameters (`global_params`, dots in names replaced) and read back under spec names."""
+
+    def _init_head(self, widths: tuple[int, ...], activation: str) -> None:
+        self.head = DynamicHead(widths, activation)
+        self.global_params = nn.ParameterDict(
+            {name.replace(".", "_"): nn.Parameter(t) for name, t in self.head.init_params().items()}
+        )
+
+    @property
+    def param_spec(self) -> ParamSpec:
+        return self.head.param_spec
+
+    def theta_g(self) -> Params:
+        """The global head parameters under their spec names."""
+        return {name: self.global_params[name.replace(".", "_")] for name in self.param_spec.names}

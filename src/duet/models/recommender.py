@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from duet.config import ModelConfig
 from duet.models.backbones import BACKBONES
-from duet.models.head import DynamicHead, Params
+from duet.models.head import Params, WithGlobalHead
 
 
 def head_widths(cfg: ModelConfig) -> tuple[int, ...]:
@@ -18,7 +18,7 @@ def head_widths(cfg: ModelConfig) -> tuple[int, ...]:
     return (cfg.embed_dim, *hidden, cfg.embed_dim)
 
 
-class Recommender(nn.Module):
+class Recommender(WithGlobalHead):
     """Scores (history, candidate item) pairs. `params=None` uses theta_g.
 
     Inputs are grouped by event: `history` (E, L) once per event, `item` (B,)
@@ -33,22 +33,11 @@ class Recommender(nn.Module):
         self.cfg = cfg
         self.num_items, self.history_len = num_items, history_len
         self.backbone = BACKBONES[cfg.backbone](num_items, history_len, cfg)
-        self.head = DynamicHead(head_widths(cfg), cfg.activation)
-        self.global_params = nn.ParameterDict(
-            {name.replace(".", "_"): nn.Parameter(t) for name, t in self.head.init_params().items()}
-        )
-
-    @property
-    def param_spec(self):
-        return self.head.param_spec
+        self._init_head(head_widths(cfg), cfg.activation)
 
     @property
     def item_embedding(self) -> nn.Embedding:
         return self.backbone.items.embedding
-
-    def theta_g(self) -> Params:
-        """The global head parameters under their spec names."""
-        return {name: self.global_params[name.replace(".", "_")] for name in self.param_spec.names}
 
     def static_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())

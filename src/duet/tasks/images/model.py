@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from duet.config import ModelConfig
-from duet.models.head import DynamicHead, Params
+from duet.models.head import Params, WithGlobalHead
 
 
 def image_head_widths(cfg: ModelConfig, num_classes: int) -> tuple[int, ...]:
@@ -38,7 +38,7 @@ class SmallCNN(nn.Module):
         return self.project(self.conv(x))
 
 
-class ImageClassifier(nn.Module):
+class ImageClassifier(WithGlobalHead):
     """Classifies images. `params=None` uses theta_g; per-sample params are `(N, *shape)`."""
 
     def __init__(self, image_shape: tuple[int, int, int], num_classes: int, cfg: ModelConfig):
@@ -47,21 +47,11 @@ class ImageClassifier(nn.Module):
             raise ValueError(f"the image task's static part is cnn, got {cfg.backbone!r}")
         self.cfg, self.image_shape, self.num_classes = cfg, tuple(image_shape), num_classes
         self.backbone = SmallCNN(self.image_shape, cfg)
-        self.head = DynamicHead(image_head_widths(cfg, num_classes), cfg.activation)
-        self.global_params = nn.ParameterDict(
-            {name.replace(".", "_"): nn.Parameter(t) for name, t in self.head.init_params().items()}
-        )
-
-    @property
-    def param_spec(self):
-        return self.head.param_spec
+        self._init_head(image_head_widths(cfg, num_classes), cfg.activation)
 
     @property
     def feature_dim(self) -> int:
         return self.cfg.embed_dim
-
-    def theta_g(self) -> Params:
-        return {name: self.global_params[name.replace(".", "_")] for name in self.param_spec.names}
 
     def static_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())

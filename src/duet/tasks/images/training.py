@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from duet.tasks.images.metrics import classification_metrics
 from duet.tasks.images.store import ImageData, ImageSplit, load_images
+from duet.training.batches import rank_share
 
 
 @dataclass
@@ -54,13 +55,7 @@ class ImageBatcher:
 
     def shuffled(self, seed: int, epoch: int, rank: int = 0, world: int = 1) -> Iterator[ImageBatch]:
         order = np.random.default_rng([seed, epoch]).permutation(len(self.split))
-        batches = self.batches(order)
-        if world == 1:
-            yield from batches
-            return
-        batches = list(batches)
-        usable = len(batches) - len(batches) % world
-        yield from batches[rank:usable:world]
+        yield from rank_share(self.batches(order), rank, world)
 
 
 def logits_of(model: nn.Module, batch: ImageBatch) -> Tensor:
