@@ -273,7 +273,7 @@ _PROTOCOL_HELP = "protocol (raw sources only; default: ProtocolConfig's)"
 @user_errors
 def prepare(
     out: Annotated[Path, typer.Option(help="dataset directory to create")],
-    source: Annotated[str, typer.Option(help="movielens-small | csv | recbole | duet-text")] = "movielens-small",
+    source: Annotated[str, typer.Option(help="movielens-small | csv | recbole | duet-text | synthetic-shift")] = "movielens-small",
     path: Annotated[Path | None, typer.Option(help="input file for --source csv / recbole")] = None,
     train: Annotated[Path | None, typer.Option(help="duet-text: train records file")] = None,
     test: Annotated[Path | None, typer.Option(help="duet-text: test records file")] = None,
@@ -293,9 +293,16 @@ def prepare(
     split: Annotated[str | None, typer.Option(help=f"ratio | loo; {_PROTOCOL_HELP}")] = None,
     ratios: Annotated[str | None, typer.Option(help="train,valid,test ratios of each user's targets, e.g. 0.8,0.1,0.1")] = None,
     seed: Annotated[int | None, typer.Option(help=f"negative-sampling seed; {_PROTOCOL_HELP}")] = None,
+    users: Annotated[int | None, typer.Option(help="synthetic-shift: users (default 500)")] = None,
+    items: Annotated[int | None, typer.Option(help="synthetic-shift: items (default 400)")] = None,
+    profiles: Annotated[int | None, typer.Option(help="synthetic-shift: latent taste profiles (default 8)")] = None,
+    switch_rate: Annotated[float | None, typer.Option(help="synthetic-shift: chance of a profile switch before each click (default 0.05)")] = None,
+    generator_seed: Annotated[int | None, typer.Option(help="synthetic-shift: seed of the click model and the clicks (default 0)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
 ) -> None:
-    """Build a dataset directory (train/valid/test records + manifest) from a raw source."""
+    """Build a dataset directory (train/valid/test records + manifest) from a raw source,
+    or generate one (synthetic-shift: profile switches with a known click model, whose
+    test uauc is written to the manifest as oracle_uauc)."""
     import time
 
     from rich.console import Console
@@ -308,15 +315,26 @@ def prepare(
         "eval_negatives": eval_negatives, "split": split, "ratios": _ratios(ratios), "seed": seed,
     }
     protocol = _protocol({k: v for k, v in options.items() if v is not None})
+    generator = {"users": users, "items": items, "profiles": profiles, "switch_rate": switch_rate,
+                 "seed": generator_seed}
+    shift = None
+    if any(v is not None for v in generator.values()):
+        from duet.data.synthetic import ShiftConfig
+
+        shift = ShiftConfig(**{k: v for k, v in generator.items() if v is not None})
     console = Console()
     started = time.perf_counter()
     with console.status("preparing") as status:
         manifest = prepare_dataset(
             out, source, path=path, train=train, test=test, user_col=user_col, item_col=item_col,
             rating_col=rating_col, timestamp_col=timestamp_col, sep=sep, protocol=protocol,
-            named_protocol=protocol_name, max_users=max_users, overwrite=overwrite, progress=status.update,
+            named_protocol=protocol_name, max_users=max_users, shift=shift, overwrite=overwrite,
+            progress=status.update,
         )
     _print_counts(console, f"prepared in {time.perf_counter() - started:.1f} s", manifest)
+    if "oracle_uauc" in manifest:
+        typer.echo(f"test uauc of the true click model (oracle) {manifest['oracle_uauc']:.4f}, of a Bayes observer "
+                   f"of the clicks {manifest['observer_uauc']:.4f}")
     typer.echo(f"wrote {out}")
 
 

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,9 +41,12 @@ from duet.data.importers import Interactions
 from duet.data.store import PAD, SPLITS, Split, write_dataset
 from duet.errors import DuetError
 
+if TYPE_CHECKING:
+    from duet.data.synthetic import ShiftConfig, ShiftTruth
+
 log = logging.getLogger(__name__)
 
-SOURCES = ("movielens-small", "csv", "recbole", "duet-text")
+SOURCES = ("movielens-small", "csv", "recbole", "duet-text", "synthetic-shift")
 NAMED_PROTOCOLS = ("reference",)
 Progress = Callable[[str], None]
 _CHUNK = 1 << 16  # targets per block when gathering sequences, to bound memory
@@ -53,6 +57,9 @@ class Prepared:
     splits: dict[str, Split]
     item_raw: np.ndarray  # (num_items,) int64, item_raw[0] = -1 (padding)
     user_raw: np.ndarray  # (num_users,) int64
+    # Per split, (E,) the source row of each event's target: what a generated source
+    # needs to find the truth behind a record (synthetic-shift's oracle).
+    target_row: dict[str, np.ndarray]
 
 
 def _noop(_: str) -> None:
@@ -187,7 +194,7 @@ def build(inter: Interactions, protocol: ProtocolConfig, progress: Progress = _n
 
     progress(f"building sequences of {num_users:,} users")
     order = np.lexsort((rows, inter.timestamp[rows], user))  # user, then time, then source row
-    user, item = user[order], item[order]
+    user, item, source_row = user[order], item[order], rows[order]
     count = np.bincount(user, minlength=num_users)
     start = np.cumsum(count) - count
     position = np.arange(len(user)) - start[user]
@@ -208,7 +215,7 @@ def build(inter: Interactions, protocol: ProtocolConfig, progress: Progress = _n
     first_line = np.cumsum(per_target) - per_target
     sampler = NegativeSampler(user, item, num_users, num_items)
     rng = np.random.default_rng(protocol.seed)
-    splits = {}
+    splits, target_row = {}, {}
     for s, name in enumerate(SPLITS):
         sel = np.flatnonzero(split_of == s)
         k_neg = negatives[s]
@@ -226,7 +233,20 @@ def build(inter: Interactions, protocol: ProtocolConfig, progress: Progress = _n
             history=history[sel],
             window=window[sel],
         )
-    return Prepared(splits=splits, item_raw=item_raw, user_raw=user_raw)
+        target_row[name] = source_row[target[sel]]
+    return Prepared(splits=splits, item_raw=item_raw, user_raw=user_raw, target_row=target_row)
+
+
+def truth_uauc(built: Prepared, split: str, truth: ShiftTruth) -> tuple[float, float]:
+    """uauc on a split's records of the true click model (the oracle: it knows the current
+    profile) and of the Bayes observer (knows the model, infers the profile from the clicks)."""
+    from duet.metrics import uauc
+
+    records = built.splits[split]
+    row = built.target_row[split][records.event]  # (N,) source row of each record's target
+    item = built.item_raw[records.item]
+    return (uauc(records.label, truth.click_logits(truth.profile[row], item), records.user),
+            uauc(records.label, truth.observer_logits(row, item), records.user))
 
 
 def read_source(
@@ -266,6 +286,7 @@ def prepare_dataset(
     protocol: ProtocolConfig | None = None,
     named_protocol: str | None = None,
     max_users: int | None = None,
+    shift: ShiftConfig | None = None,
     overwrite: bool = False,
     progress: Progress = _noop,
 ) -> dict:
@@ -274,11 +295,17 @@ def prepare_dataset(
     `protocol` applies to raw sources (None = defaults); `named_protocol="reference"`
     builds the published code's layout instead (`duet.data.reference`, no protocol
     options); the duet-text source takes its records as they are and accepts neither.
+    `shift` sets the synthetic-shift generator (None = its defaults); that source also
+    writes `oracle_uauc` (test) and `oracle_uauc_valid` into the manifest.
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
     started = time.perf_counter()
+    if shift is not None and source != "synthetic-shift":
+        raise DuetError("the generator options (--users, --items, --profiles, --switch-rate, --generator-seed) "
+                        "are for --source synthetic-shift")
+    extra: dict = {}
     if named_protocol not in (None, *NAMED_PROTOCOLS):
         raise DuetError(f"unknown --protocol {named_protocol!r}; expected one of {', '.join(NAMED_PROTOCOLS)}")
     if named_protocol is not None and (protocol is not None or source == "duet-text"):
@@ -304,8 +331,20 @@ def prepare_dataset(
             raise DuetError(f"--max-users must be >= 1, got {max_users}")
         protocol = protocol or ProtocolConfig()
         progress(f"reading {source}")
-        inter, source_info = read_source(source, path, user_col, item_col, rating_col,
-                                         timestamp_col, sep)
+        truth = None
+        if source == "synthetic-shift":
+            if path is not None:
+                raise DuetError("--source synthetic-shift generates its data: drop --path")
+            from duet.data.synthetic import ShiftConfig, generate
+            from duet.data.synthetic import source_info as shift_info
+
+            shift = shift or ShiftConfig()
+            progress("generating synthetic-shift clicks")
+            inter, truth = generate(shift)
+            source_info = shift_info(shift)
+        else:
+            inter, source_info = read_source(source, path, user_col, item_col, rating_col,
+                                             timestamp_col, sep)
         if max_users is not None:
             inter = inter.first_users(max_users)
             source_info["max_users"] = max_users
@@ -322,8 +361,12 @@ def prepare_dataset(
             built = build(inter, protocol, progress)
             splits, item_raw, user_raw = built.splits, built.item_raw, built.user_raw
             protocol_info = protocol.model_dump(mode="json")
+            if truth is not None:
+                extra = {f"{kind}_uauc{'' if name == 'test' else '_' + name}": value
+                         for name in ("test", "valid")
+                         for kind, value in zip(("oracle", "observer"), truth_uauc(built, name, truth), strict=True)}
     progress(f"writing {out}")
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        manifest = write_dataset(tmp, splits, item_raw, user_raw, source_info, protocol_info)
+        manifest = write_dataset(tmp, splits, item_raw, user_raw, source_info, protocol_info, extra)
     log.info("prepared %s in %.2f s", out, time.perf_counter() - started)
     return manifest
