@@ -583,13 +583,24 @@ def simulate(
     concurrency: Annotated[int, typer.Option(help="devices replaying at once (threads)")] = 16,
     max_batch: Annotated[int, typer.Option(help="the service's --max-batch")] = 64,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
+    policy: Annotated[str, typer.Option(help="when a device asks for parameters: always | every | drift")] = "always",
+    every: Annotated[int, typer.Option(help="policy every: ask once this many new items entered the window")] = 10,
+    threshold: Annotated[float, typer.Option(help="policy drift: ask once the window's mean item embedding moved "
+                                                  "by this cosine distance")] = 0.1,
 ) -> None:
     """Replay the test period through the real service and device runtimes; compare with offline DUET."""
+    from duet.device.policy import RequestPolicy
+    from duet.errors import DuetError
+
+    try:
+        request_policy = RequestPolicy(policy, k=every, threshold=threshold)
+    except ValueError as exc:
+        raise DuetError(f"--policy: {exc}") from None
     _setup_logging()
     from duet.simulate import simulate as run_simulation
 
     results = run_simulation(run, data=data, devices=devices, dtype=dtype, bundle=bundle,
-                             concurrency=concurrency, max_batch=max_batch)
+                             concurrency=concurrency, max_batch=max_batch, policy=request_policy)
     if out is not None:
         from duet.atomic import write_json
 
@@ -618,6 +629,9 @@ def _print_simulation(results: dict) -> None:
     p50 = "n/a" if adaptation["p50"] is None else f"{adaptation['p50']:.2f} ms"
     p99 = "n/a" if adaptation["p99"] is None else f"{adaptation['p99']:.2f} ms"
     verdict = {True: "agree", False: "DISAGREE", None: "reported only"}[results["agree"]]
+    console.print(f"policy {results['policy']}: {results['requests']:,} requests ({results['request_fraction']:.1%} "
+                  f"of events), {results['requests_per_device']:.1f} and {results['bytes_per_device']:,.0f} B per "
+                  f"device; device uauc {m['device']['uauc']:.4f}")
     console.print(f"max |logit diff| {results['max_abs_logit_diff']:.2e} ({verdict}); parameters from "
                   f"{results['sources']}; answer {results['answer_bytes']:,} B; adaptation p50 {p50}, p99 {p99}; "
                   f"{results['events_per_second']:,.0f} events/s over {results['wall_seconds']:.1f} s")

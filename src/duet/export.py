@@ -4,7 +4,8 @@ A bundle directory holds:
 
     model.onnx             static part + dynamic head; the head parameters are graph inputs
     theta_g.safetensors    the global head (the device's fallback), spec names, unbatched shapes
-    vocab.safetensors      `item_raw`: the raw item id of each internal id (0 = padding -> -1)
+    vocab.safetensors      `item_raw`: the raw item id of each internal id (0 = padding -> -1);
+                           `item_embedding` (num_items, D): the static part's item embedding
     param_spec.json        the head's ParamSpec and its hash
     manifest.json          format, model version, input names, shapes and the sha256 of every file;
                            signed: also `trusted_keys`, the public keys whose answers devices accept
@@ -190,8 +191,11 @@ def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = No
             raise ArtifactError(f"{run}: exported graph differs from torch by {diff:.2e} (> {EXPORT_ATOL})")
         theta_g = {name: t.detach().float().numpy() for name, t in recommender.theta_g().items()}
         save_file(theta_g, str(tmp / THETA_G_FILE), metadata={"spec_hash": spec.hash})
-        # Only items: the user vocabulary has no business on a device.
-        save_file({"item_raw": np.ascontiguousarray(item_raw, dtype=np.int64)}, str(tmp / VOCAB_FILE))
+        # Only items: the user vocabulary has no business on a device. The item embedding
+        # (also inside the graph) lets a device measure how far its window moved (drift policy).
+        embedding = recommender.item_embedding.weight.detach().float().numpy()
+        save_file({"item_raw": np.ascontiguousarray(item_raw, dtype=np.int64),
+                   "item_embedding": np.ascontiguousarray(embedding)}, str(tmp / VOCAB_FILE))
         write_json(tmp / SPEC_FILE, {"hash": spec.hash, "params": spec.to_json()})
         files = {name: sha256_file(tmp / name) for name in (MODEL_FILE, THETA_G_FILE, VOCAB_FILE, SPEC_FILE)}
         manifest = {

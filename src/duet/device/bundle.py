@@ -74,6 +74,8 @@ class Bundle:
         if "item_raw" not in vocab or vocab["item_raw"].shape != (self.num_items,):
             raise ArtifactError(f"{self.path / 'vocab.safetensors'}: no item_raw of {self.num_items} ids")
         self.item_raw = vocab["item_raw"]
+        # Bundles exported before the drift policy have none; only that policy needs it.
+        self.item_embedding: np.ndarray | None = vocab.get("item_embedding")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

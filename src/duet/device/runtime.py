@@ -7,6 +7,9 @@ head, or, with trusted keys, an answer that is not signed by one of them), the
 device keeps the last parameters it received, or uses the bundle's global head
 theta_g if it has none yet. A new bundle that fails verification is refused
 the same way: the device keeps its bundle and its parameters.
+
+A request policy (`duet.device.policy`) decides whether a refresh asks the service
+at all: when it is not due, the device keeps the parameters it has (`kept`).
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ import numpy as np
 
 from duet.device.bundle import PAD, Bundle, left_aligned
 from duet.device.client import ParameterClient, ServiceError
+from duet.device.policy import RequestPolicy
 from duet.errors import ArtifactError
 from duet.signing import Keyring
 
 log = logging.getLogger("duet.device")
 
-SERVICE, LAST, GLOBAL = "service", "last", "global"
+SERVICE, LAST, GLOBAL, KEPT = "service", "last", "global", "kept"
 DTYPES = ("fp32", "fp16")
 
 
@@ -34,7 +38,9 @@ class DeviceRuntime:
 
     `source` says where the head came from (`service`: the latest refresh
     succeeded; `last`: it failed and the previous answer is kept; `global`: no
-    answer yet, theta_g) and `version` which model version produced it.
+    answer yet, theta_g; `kept`: the policy did not ask, the previous answer is kept)
+    and `version` which model version produced it. `requests` and `bytes_received`
+    count what the device sent for and got.
 
     `trusted_keys` (a Keyring or a public key file; for a bundle path): the bundle
     must be signed by one of them, and every answer by one of them or by a key
@@ -43,7 +49,8 @@ class DeviceRuntime:
 
     def __init__(self, bundle: str | Path | Bundle, service_url: str, device_id: str, *,
                  timeout: float = 2.0, retries: int = 2, backoff: float = 0.05, dtype: str = "fp32",
-                 token: str | None = None, trusted_keys: Keyring | str | Path | None = None):
+                 token: str | None = None, trusted_keys: Keyring | str | Path | None = None,
+                 policy: RequestPolicy | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if isinstance(bundle, Bundle) and trusted_keys is not None:
@@ -58,7 +65,12 @@ class DeviceRuntime:
         self.last_error: str | None = None
         self.adaptation_seconds: float | None = None  # request sent -> parameters applied, last success
         self.last_answer_bytes = 0
+        self.policy = policy or RequestPolicy()
+        if self.policy.kind == "drift" and self.bundle.item_embedding is None:
+            raise ValueError(f"{self.bundle.path}: the drift policy needs item embeddings; re-export the bundle")
+        self.requests, self.bytes_received = 0, 0
         self._have_service_params = False
+        self._generated_for: np.ndarray | None = None  # the window the service's parameters were made for
 
     def update_bundle(self, path: str | Path) -> None:
         """Switch to a new bundle (new static layers), verified with the same trusted keys.
@@ -96,7 +108,12 @@ class DeviceRuntime:
             self.params, self.source, self.version, self.last_error = self.bundle.theta_g, GLOBAL, self.bundle.version, None
             self._have_service_params = False
             return self.source
+        if not self.policy.due(self._generated_for if self._have_service_params else None, ids,
+                               self.bundle.item_embedding):
+            self.source = KEPT
+            return self.source
         started = time.perf_counter()
+        self.requests += 1
         try:
             answer = self.client.fetch(self.device_id, ids[ids != PAD].tolist(), self.dtype, self.bundle.version)
             if answer.spec_hash != self.bundle.spec_hash:
@@ -107,6 +124,8 @@ class DeviceRuntime:
         self.params = {name: np.asarray(answer.params[name], dtype=np.float32)[None] for name in self.bundle.spec.names}
         self.adaptation_seconds = time.perf_counter() - started
         self.last_answer_bytes = answer.size
+        self.bytes_received += answer.size
+        self._generated_for = ids
         self.source, self.version, self.last_error = SERVICE, answer.version, None
         self._have_service_params = True
         return self.source
