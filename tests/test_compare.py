@@ -54,11 +54,15 @@ def test_compare_writes_a_complete_report(tiny_dir, tmp_path):
             assert summary[method][metric] == pytest.approx({"mean": np.mean(per_seed), "std": np.std(per_seed, ddof=1)})
     assert summary["base"]["uauc"]["std"] > 0  # two seeds, two different base models
     assert summary["duet"]["adapt_ms_per_device"]["mean"] < summary["finetune"]["adapt_ms_per_device"]["mean"]
-    for name in ("results.md", "results.json", "uauc.png", "adaptation.png", "curves.png"):
+    events = results["runs"]["sasrec"]["seed0"]["base"]["test"]["n_records"] // 5  # 1 positive + 4 negatives
+    for method in METHODS:  # every test event lands in one bin of items seen
+        bins = results["runs"]["sasrec"]["seed0"][method]["by_seen"]
+        assert sum(b["events"] for b in bins.values()) == events, method
+    for name in ("results.md", "results.json", "uauc.png", "adaptation.png", "curves.png", "cold.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     markdown = (tmp_path / "results.md").read_text()
     assert "DUET (PPG+SWA)" in markdown and "fine-tune" in markdown and "±" in markdown
-    assert "95% interval" in markdown and "full_ndcg@10" in markdown
+    assert "95% interval" in markdown and "full_ndcg@10" in markdown and "items the device had seen" in markdown
     assert f"**{results['runs']['sasrec']['seed0']['duet']['variant']}**" in markdown
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["summary"]["sasrec"]["base"]["uauc"]["mean"] == summary["base"]["uauc"]["mean"]
