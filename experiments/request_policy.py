@@ -6,8 +6,10 @@
 Each device replays its events in time order; before each event the policy
 (`duet.device.policy`, the code the device runtime runs) decides whether to ask
 for parameters for the current window or to keep those made for an earlier one.
-The events are then scored offline with the run's torch model, each with the
-window its parameters were generated for: `duet simulate` shows that the device
+A device enters the period holding the parameters made for its last window of
+the period before (it asked then), so a policy can go a whole period without
+asking. The events are then scored offline with the run's torch model, each with
+the window its parameters were generated for: `duet simulate` shows that the device
 path reproduces this (fp32, `always`), and `--check` replays two settings through
 the real service and device runtimes to confirm it for stale parameters too.
 
@@ -48,12 +50,24 @@ def device_timelines(split: Split) -> list[np.ndarray]:
     return np.split(order, cuts)
 
 
-def schedule(split: Split, policy: RequestPolicy, embedding: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """(E, W) the window each event's parameters were generated for, requests, events that could ask."""
+def last_windows(split: Split) -> dict[int, np.ndarray]:
+    """Each device's window at its last event of `split`."""
+    return {int(split.user[split.event == events[-1]][0]): split.window[events[-1]] for events in device_timelines(split)}
+
+
+def schedule(split: Split, policy: RequestPolicy, embedding: np.ndarray,
+             start: dict[int, np.ndarray]) -> tuple[np.ndarray, int, int]:
+    """(E, W) the window each event's parameters were generated for, requests, events that could ask.
+
+    `start`: the window each device's parameters were made for when the period begins
+    (its last window of the period before, where it asked; a device not in it starts
+    with none and asks at once)."""
     used = split.window.copy()
     requests = eligible = 0
+    event_user = np.zeros(split.num_events, np.int64)
+    event_user[split.event] = split.user
     for events in device_timelines(split):
-        last = None
+        last = start.get(int(event_user[events[0]]))
         for event in events:
             window = split.window[event]
             if not (window != PAD).any():  # nothing observed: the global head, no request
@@ -67,18 +81,19 @@ def schedule(split: Split, policy: RequestPolicy, embedding: np.ndarray) -> tupl
     return used, requests, eligible
 
 
-def evaluate_policy(model: torch.nn.Module, split: Split, policy: RequestPolicy, embedding: np.ndarray) -> dict:
-    used, requests, eligible = schedule(split, policy, embedding)
+def evaluate_policy(model: torch.nn.Module, split: Split, policy: RequestPolicy, embedding: np.ndarray,
+                    start: dict[int, np.ndarray]) -> dict:
+    used, requests, eligible = schedule(split, policy, embedding, start)
     stale = Split(**{**split.__dict__, "window": used})
     metrics = compute_metrics(split.label, predict(model, stale), split.user)
     return {"policy": policy.name, "kind": policy.kind, "requests": requests,
             "fraction": requests / max(eligible, 1), "uauc": metrics["uauc"], "auc": metrics["auc"]}
 
 
-def sweep(model: torch.nn.Module, split: Split, embedding: np.ndarray) -> list[dict]:
+def sweep(model: torch.nn.Module, split: Split, embedding: np.ndarray, start: dict[int, np.ndarray]) -> list[dict]:
     policies = [RequestPolicy()] + [RequestPolicy("every", k=k) for k in EVERY] + \
                [RequestPolicy("drift", threshold=t) for t in DRIFT]
-    return [evaluate_policy(model, split, p, embedding) for p in policies]
+    return [evaluate_policy(model, split, p, embedding, start) for p in policies]
 
 
 def chosen(valid: list[dict], test: list[dict], tolerance: float) -> dict[str, dict]:
@@ -143,9 +158,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config, model, _ = load_run(args.run)
-    data = load_dataset(config.data, splits=("valid", "test"))
+    data = load_dataset(config.data)
     embedding = model.recommender.item_embedding.weight.detach().numpy()  # what the bundle ships
-    valid, test = sweep(model, data["valid"], embedding), sweep(model, data["test"], embedding)
+    # A device enters each period holding parameters for its last window of the period before.
+    valid = sweep(model, data["valid"], embedding, last_windows(data["train"]))
+    test = sweep(model, data["test"], embedding, last_windows(data["valid"]))
     global_uauc = compute_metrics(data["test"].label, predict(model.recommender, data["test"]), data["test"].user)["uauc"]
     results = {"run": str(args.run), "tolerance": args.tolerance, "global_head_test_uauc": global_uauc,
                "valid": valid, "test": test, "chosen": chosen(valid, test, args.tolerance)}

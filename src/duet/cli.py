@@ -290,7 +290,8 @@ def prepare(
     window_len: Annotated[int | None, typer.Option(help=f"real-time window length W; {_PROTOCOL_HELP}")] = None,
     train_negatives: Annotated[int | None, typer.Option(help=f"negatives per train positive; {_PROTOCOL_HELP}")] = None,
     eval_negatives: Annotated[int | None, typer.Option(help="negatives per valid/test positive (default 4, loo: 99)")] = None,
-    split: Annotated[str | None, typer.Option(help=f"ratio | loo; {_PROTOCOL_HELP}")] = None,
+    split: Annotated[str | None, typer.Option(help=f"ratio | loo | cutoff (new devices after a global time T); {_PROTOCOL_HELP}")] = None,
+    cutoff_quantile: Annotated[float | None, typer.Option(help="split cutoff: T at this quantile of all timestamps (default 0.7)")] = None,
     ratios: Annotated[str | None, typer.Option(help="train,valid,test ratios of each user's targets, e.g. 0.8,0.1,0.1")] = None,
     seed: Annotated[int | None, typer.Option(help=f"negative-sampling seed; {_PROTOCOL_HELP}")] = None,
     users: Annotated[int | None, typer.Option(help="synthetic-shift: users (default 500)")] = None,
@@ -313,6 +314,7 @@ def prepare(
         "min_user_interactions": min_user_interactions, "min_item_interactions": min_item_interactions,
         "history_len": history_len, "window_len": window_len, "train_negatives": train_negatives,
         "eval_negatives": eval_negatives, "split": split, "ratios": _ratios(ratios), "seed": seed,
+        "cutoff_quantile": cutoff_quantile,
     }
     protocol = _protocol({k: v for k, v in options.items() if v is not None})
     generator = {"users": users, "items": items, "profiles": profiles, "switch_rate": switch_rate,

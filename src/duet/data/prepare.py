@@ -13,7 +13,11 @@ The protocol (see `ProtocolConfig`), for raw sources:
 5. Each user's targets split chronologically: `ratio` (counts per user rounded,
    at least one valid and one test target for users with >= 3 targets, at least
    one train target always) or `loo` (last = test, second-last = valid, rest =
-   train; users with 2 targets get no valid, users with 1 no test either).
+   train; users with 2 targets get no valid, users with 1 no test either) or
+   `cutoff` (new devices: a global time T at `cutoff_quantile` of all timestamps;
+   train = targets before T of users who started before T, their later targets
+   dropped; valid and test = all targets of the users who started at or after T,
+   half of those users each; train negatives avoid only items clicked before T).
 6. Negatives per positive drawn uniformly, without replacement, from the items the
    user never interacted with, by one numpy Generator seeded from the protocol seed.
    A positive and its negatives share one event (history/window row); the positive
@@ -106,6 +110,29 @@ def split_counts(targets: np.ndarray, protocol: ProtocolConfig) -> tuple[np.ndar
     test = np.minimum(test, np.maximum(targets - 1, 0))
     valid = np.minimum(valid, np.maximum(targets - 1 - test, 0))
     return valid, test
+
+
+def cutoff_splits(user: np.ndarray, time: np.ndarray, target: np.ndarray, protocol: ProtocolConfig,
+                  num_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cutoff split (see ProtocolConfig): the split of each target (-1: dropped, a target
+    at or after T of a user who started before T) and the mask of interactions before T.
+
+    Users are sorted by time within each user, so a user's first interaction is its first row."""
+    cutoff = np.quantile(time, protocol.cutoff_quantile)
+    first = np.full(num_users, np.inf)
+    np.minimum.at(first, user, time.astype(np.float64))
+    new_users = np.flatnonzero(first >= cutoff)
+    if not len(new_users) or len(new_users) == num_users:
+        raise DuetError(f"--cutoff-quantile {protocol.cutoff_quantile}: T leaves no "
+                        f"{'new' if not len(new_users) else 'old'} users")
+    # half of the new users validate, half test: a seeded shuffle, independent of the negatives
+    shuffled = np.random.default_rng(protocol.seed + 1).permutation(new_users)
+    role = np.full(num_users, 0)
+    role[shuffled[: len(shuffled) // 2]] = 1
+    role[shuffled[len(shuffled) // 2 :]] = 2
+    t_user, t_time = user[target], time[target]
+    split_of = np.where(role[t_user] > 0, role[t_user], np.where(t_time < cutoff, 0, -1))
+    return split_of.astype(np.int64), (time < cutoff) & (role[user] == 0)
 
 
 class NegativeSampler:
@@ -203,25 +230,35 @@ def build(inter: Interactions, protocol: ProtocolConfig, progress: Progress = _n
     history = context(item, target, t_pos, protocol.history_len)
     window = context(item, target, t_pos, protocol.window_len)
 
-    targets = np.maximum(count - 1, 0)
-    valid, test = split_counts(targets, protocol)
-    first_valid = (targets - valid - test)[t_user]  # index among the user's targets
-    k = t_pos - 1
-    split_of = (k >= first_valid).astype(np.int64) + (k >= first_valid + valid[t_user])
+    time_sorted = inter.timestamp[source_row]
+    pre_cutoff = None
+    if protocol.split == "cutoff":
+        split_of, pre_cutoff = cutoff_splits(user, time_sorted, target, protocol, num_users)
+        kept = split_of >= 0
+        target, t_user, t_pos = target[kept], t_user[kept], t_pos[kept]
+        history, window, split_of = history[kept], window[kept], split_of[kept]
+    else:
+        targets = np.maximum(count - 1, 0)
+        valid, test = split_counts(targets, protocol)
+        first_valid = (targets - valid - test)[t_user]  # index among the user's targets
+        k = t_pos - 1
+        split_of = (k >= first_valid).astype(np.int64) + (k >= first_valid + valid[t_user])
 
     progress("sampling negatives")
     negatives = (protocol.train_negatives, protocol.eval_negatives_resolved, protocol.eval_negatives_resolved)
     per_target = 1 + np.asarray(negatives)[split_of]
     first_line = np.cumsum(per_target) - per_target
     sampler = NegativeSampler(user, item, num_users, num_items)
+    # cutoff: train negatives avoid only what users clicked before T (nothing after T reaches training)
+    train_sampler = sampler if pre_cutoff is None else NegativeSampler(
+        user[pre_cutoff], item[pre_cutoff], num_users, num_items)
     rng = np.random.default_rng(protocol.seed)
     splits, target_row = {}, {}
     for s, name in enumerate(SPLITS):
         sel = np.flatnonzero(split_of == s)
         k_neg = negatives[s]
-        candidates = np.concatenate(
-            [item[target[sel]][:, None], sampler.sample(t_user[sel], k_neg, rng)], axis=1,
-        )  # (P, 1 + k): positive first
+        draw = (train_sampler if s == 0 else sampler).sample(t_user[sel], k_neg, rng)
+        candidates = np.concatenate([item[target[sel]][:, None], draw], axis=1)  # (P, 1 + k): positive first
         label = np.zeros(candidates.shape, np.float32)
         label[:, 0] = 1.0
         splits[name] = Split(
