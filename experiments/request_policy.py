@@ -33,6 +33,7 @@ from duet.checkpoint import load_run
 from duet.data.store import PAD, Split, load_dataset
 from duet.device.policy import RequestPolicy
 from duet.metrics import compute_metrics
+from duet.report.cold import event_user_line
 from duet.training.evaluate import predict
 
 EVERY = (2, 3, 5, 10, 20, 50, 1000)
@@ -41,10 +42,7 @@ DRIFT = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 
 def device_timelines(split: Split) -> list[np.ndarray]:
     """Each device's events in time order (by their first record's line)."""
-    first = np.full(split.num_events, np.iinfo(np.int64).max)
-    np.minimum.at(first, split.event, split.line.astype(np.int64))
-    user = np.zeros(split.num_events, np.int64)
-    user[split.event] = split.user
+    user, first = event_user_line(split)
     order = np.lexsort((first, user))
     cuts = np.flatnonzero(np.diff(user[order])) + 1
     return np.split(order, cuts)
@@ -64,8 +62,7 @@ def schedule(split: Split, policy: RequestPolicy, embedding: np.ndarray,
     with none and asks at once)."""
     used = split.window.copy()
     requests = eligible = 0
-    event_user = np.zeros(split.num_events, np.int64)
-    event_user[split.event] = split.user
+    event_user, _ = event_user_line(split)
     for events in device_timelines(split):
         last = start.get(int(event_user[events[0]]))
         for event in events:

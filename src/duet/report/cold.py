@@ -26,7 +26,7 @@ def bin_label(lo: int, hi: int | None) -> str:
 LABELS = tuple(bin_label(lo, hi) for lo, hi in BINS)
 
 
-def _events(split: Split) -> tuple[np.ndarray, np.ndarray]:
+def event_user_line(split: Split) -> tuple[np.ndarray, np.ndarray]:
     """(E,) user and first record line of each event."""
     user = np.zeros(split.num_events, np.int64)
     user[split.event] = split.user
@@ -44,7 +44,7 @@ def items_seen(data: Dataset, split: str) -> np.ndarray:
     """
     users, lines, firsts, owner = [], [], [], []
     for name, s in data.splits.items():
-        user, line = _events(s)
+        user, line = event_user_line(s)
         users.append(user)
         lines.append(line)
         firsts.append((s.history != PAD).sum(1))
