@@ -37,6 +37,7 @@ from duet.report.cold import event_user_line
 from duet.training.evaluate import predict
 
 EVERY = (2, 3, 5, 10, 20, 50, 1000)
+FLOOR = 0.003
 DRIFT = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 
 
@@ -114,14 +115,15 @@ def plot(test: list[dict], global_uauc: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     always = test[0]["uauc"]
     for kind, marker in (("every", "o"), ("drift", "s")):
-        points = sorted((r["fraction"], r["uauc"]) for r in test if r["kind"] == kind)
+        # log axis: a setting that never asked in the period is drawn at FLOOR
+        points = sorted((max(r["fraction"], FLOOR), r["uauc"]) for r in test if r["kind"] == kind)
         ax.plot(*zip(*points, strict=True), marker=marker, label=kind)
     ax.axhline(always, color="k", lw=0.8, label=f"always ({always:.4f})")
     ax.axhspan(always - 0.001, always, color="k", alpha=0.1, label="within 0.001 of always")
     ax.axhline(global_uauc, color="grey", ls="--", lw=0.8, label=f"global head, no request ({global_uauc:.4f})")
     ax.axvline(0.1, color="tab:red", ls=":", lw=0.8, label="10% of the requests")
     ax.set_xscale("log")
-    ax.set_xlabel("requests / requests of always")
+    ax.set_xlabel(f"requests / requests of always (no request in the period: drawn at {FLOOR:g})")
     ax.set_ylabel("test uauc")
     ax.legend(fontsize=7)
     fig.tight_layout()
