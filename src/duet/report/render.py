@@ -175,6 +175,8 @@ def _plot_cold(summary: dict, path: Path) -> None:
     for ax, backbone in zip(axes[0], backbones, strict=True):
         for method in METHODS:
             bins = summary[backbone].get(method, {}).get("by_seen", {})
+            if not bins:  # a method this comparison did not run
+                continue
             xs = [i for i, b in enumerate(BINS) if b in bins]
             ax.plot(xs, [bins[BINS[i]]["uauc"] for i in xs], marker="o", label=LABELS[method])
         ax.set_xticks(range(len(BINS)), BINS)
