@@ -88,9 +88,10 @@ def evaluate_policy(model: torch.nn.Module, split: Split, policy: RequestPolicy,
             "fraction": requests / max(eligible, 1), "uauc": metrics["uauc"], "auc": metrics["auc"]}
 
 
-def sweep(model: torch.nn.Module, split: Split, embedding: np.ndarray, start: dict[int, np.ndarray]) -> list[dict]:
+def sweep(model: torch.nn.Module, split: Split, embedding: np.ndarray, start: dict[int, np.ndarray],
+          recent: int | None) -> list[dict]:
     policies = [RequestPolicy()] + [RequestPolicy("every", k=k) for k in EVERY] + \
-               [RequestPolicy("drift", threshold=t) for t in DRIFT]
+               [RequestPolicy("drift", threshold=t, recent=recent) for t in DRIFT]
     return [evaluate_policy(model, split, p, embedding, start) for p in policies]
 
 
@@ -138,7 +139,8 @@ def check_with_service(run: Path, devices: int, results: dict) -> list[dict]:
     for kind, entry in results["chosen"].items():
         name = entry["setting"]
         policy = RequestPolicy(kind, k=int(name.split("-")[1]) if kind == "every" else 1,
-                               threshold=float(name.split("-")[1]) if kind == "drift" else 0.1)
+                               threshold=float(name.split("-")[1]) if kind == "drift" else 0.1,
+                               recent=results["recent"] if kind == "drift" else None)
         sim = simulate(run, devices=devices, policy=policy)
         checks.append({"policy": name, "devices": sim["devices"], "requests": sim["requests"],
                        "fraction": sim["request_fraction"], "device_uauc": sim["metrics"]["device"]["uauc"],
@@ -152,6 +154,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.png")
     parser.add_argument("--tolerance", type=float, default=0.001)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--recent", type=int, help="drift over the window's newest items only")
     parser.add_argument("--check", type=int, default=0, help="also replay the chosen settings through the "
                                                              "service for this many devices")
     args = parser.parse_args()
@@ -160,10 +163,10 @@ def main() -> None:
     data = load_dataset(config.data)
     embedding = model.recommender.item_embedding.weight.detach().numpy()  # what the bundle ships
     # A device enters each period holding parameters for its last window of the period before.
-    valid = sweep(model, data["valid"], embedding, last_windows(data["train"]))
-    test = sweep(model, data["test"], embedding, last_windows(data["valid"]))
+    valid = sweep(model, data["valid"], embedding, last_windows(data["train"]), args.recent)
+    test = sweep(model, data["test"], embedding, last_windows(data["valid"]), args.recent)
     global_uauc = compute_metrics(data["test"].label, predict(model.recommender, data["test"]), data["test"].user)["uauc"]
-    results = {"run": str(args.run), "tolerance": args.tolerance, "global_head_test_uauc": global_uauc,
+    results = {"run": str(args.run), "tolerance": args.tolerance, "recent": args.recent, "global_head_test_uauc": global_uauc,
                "valid": valid, "test": test, "chosen": chosen(valid, test, args.tolerance)}
     if args.check:
         results["service_check"] = check_with_service(args.run, args.check, results)

@@ -32,6 +32,9 @@ def test_window_drift_is_a_cosine_distance() -> None:
     assert window_drift(embedding, np.array([1, 2]), np.array([2, 1, 0])) == pytest.approx(0.0)
     assert window_drift(embedding, np.array([1]), np.array([3])) == pytest.approx(1.0)
     assert window_drift(embedding, np.array([1]), np.array([1, 3])) == pytest.approx(1 - 2**-0.5)
+    # over the newest item only, a window that just turned is all new
+    assert window_drift(embedding, np.array([1, 2]), np.array([2, 3]), recent=1) == pytest.approx(1.0)
+    assert window_drift(embedding, np.array([1, 2]), np.array([2, 3])) == pytest.approx(1 - 2**-0.5)
 
 
 def replay(bundle: Bundle, policy: RequestPolicy) -> tuple[list[str], int, list[list[int]]]:
@@ -77,7 +80,8 @@ def test_drift_asks_when_the_taste_moves(bundle_dir: Path) -> None:
 
 
 def test_bad_policies_are_refused() -> None:
-    for kwargs in ({"kind": "sometimes"}, {"kind": "every", "k": 0}, {"kind": "drift", "threshold": -1}):
+    for kwargs in ({"kind": "sometimes"}, {"kind": "every", "k": 0}, {"kind": "drift", "threshold": -1},
+                   {"kind": "drift", "recent": 0}):
         with pytest.raises(ValueError):
             RequestPolicy(**kwargs)
 

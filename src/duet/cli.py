@@ -589,13 +589,15 @@ def simulate(
     every: Annotated[int, typer.Option(help="policy every: ask once this many new items entered the window")] = 10,
     threshold: Annotated[float, typer.Option(help="policy drift: ask once the window's mean item embedding moved "
                                                   "by this cosine distance")] = 0.1,
+    recent: Annotated[int | None, typer.Option(help="policy drift: over the window's newest N items only "
+                                                    "(default: all)")] = None,
 ) -> None:
     """Replay the test period through the real service and device runtimes; compare with offline DUET."""
     from duet.device.policy import RequestPolicy
     from duet.errors import DuetError
 
     try:
-        request_policy = RequestPolicy(policy, k=every, threshold=threshold)
+        request_policy = RequestPolicy(policy, k=every, threshold=threshold, recent=recent)
     except ValueError as exc:
         raise DuetError(f"--policy: {exc}") from None
     _setup_logging()
