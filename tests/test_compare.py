@@ -54,11 +54,15 @@ def test_compare_writes_a_complete_report(tiny_dir, tmp_path):
             assert summary[method][metric] == pytest.approx({"mean": np.mean(per_seed), "std": np.std(per_seed, ddof=1)})
     assert summary["base"]["uauc"]["std"] > 0  # two seeds, two different base models
     assert summary["duet"]["adapt_ms_per_device"]["mean"] < summary["finetune"]["adapt_ms_per_device"]["mean"]
-    for name in ("results.md", "results.json", "uauc.png", "adaptation.png", "curves.png"):
+    events = results["runs"]["sasrec"]["seed0"]["base"]["test"]["n_records"] // 5  # 1 positive + 4 negatives
+    for method in METHODS:  # every test event lands in one bin of items seen
+        bins = results["runs"]["sasrec"]["seed0"][method]["by_seen"]
+        assert sum(b["events"] for b in bins.values()) == events, method
+    for name in ("results.md", "results.json", "uauc.png", "adaptation.png", "curves.png", "cold.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     markdown = (tmp_path / "results.md").read_text()
     assert "DUET (PPG+SWA)" in markdown and "fine-tune" in markdown and "±" in markdown
-    assert "95% interval" in markdown and "full_ndcg@10" in markdown
+    assert "95% interval" in markdown and "full_ndcg@10" in markdown and "items the device had seen" in markdown
     assert f"**{results['runs']['sasrec']['seed0']['duet']['variant']}**" in markdown
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["summary"]["sasrec"]["base"]["uauc"]["mean"] == summary["base"]["uauc"]["mean"]
@@ -108,3 +112,26 @@ def test_summary_pairs_each_method_with_the_base_of_its_own_seed():
     assert summary["duet"]["uauc_minus_base"]["mean"] == pytest.approx(0.003)
     assert summary["duet"]["uauc_minus_base"]["std"] == pytest.approx(np.std([0.002, 0.004], ddof=1))
     assert "uauc_minus_base" not in summary["base"]
+
+
+def test_compare_on_new_devices_keeps_the_global_model_for_fine_tuning(tmp_path):
+    """Cutoff split: test devices have no labels of their own, so fine-tuning is the global
+    model and has no cost to report; the coldest bin (1-2 items seen) is filled."""
+    import pandas as pd
+
+    from duet.config import ProtocolConfig
+    from duet.data.prepare import prepare_dataset
+
+    rng = np.random.default_rng(0)
+    rows = [(u, int(i), u * 10 + j * 7) for u in range(40)
+            for j, i in enumerate(rng.choice(np.arange(1, 60), size=12, replace=False))]
+    pd.DataFrame(rows, columns=["user", "item", "timestamp"]).to_csv(tmp_path / "inter.csv", index=False)
+    prepare_dataset(tmp_path / "d", "csv", path=tmp_path / "inter.csv", protocol=ProtocolConfig(
+        split="cutoff", min_user_interactions=1, min_item_interactions=1, history_len=8, window_len=4))
+    cfg = CompareConfig(data=str(tmp_path / "d"), backbones=("sasrec",), seeds=1, epochs=1, duet_epochs=1,
+                        patience=1, finetune_steps=1, threads=1, duet_variants=VARIANTS[:1], scratch=False,
+                        full_ranking_positives=20)
+    seed0 = compare(cfg, tmp_path / "report", progress=False)["runs"]["sasrec"]["seed0"]
+    assert "adapt_ms_per_device" not in seed0["finetune"]
+    assert seed0["finetune"]["test"]["uauc"] == pytest.approx(seed0["base"]["test"]["uauc"])
+    assert "1-2" in seed0["base"]["by_seen"] and "1-2" in seed0["duet"]["by_seen"]

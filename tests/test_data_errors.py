@@ -178,7 +178,7 @@ def test_missing_file(tmp_path):
         (["--history-len", "0"], "--history-len: Input should be greater than or equal to 1"),
         (["--ratios", "0.5,0.5,0.5"], "ratios must be positive and sum to 1"),
         (["--ratios", "a,b,c"], "--ratios: expected three numbers"),
-        (["--split", "random"], "--split: Input should be 'ratio' or 'loo'"),
+        (["--split", "random"], "--split: Input should be 'ratio', 'loo' or 'cutoff'"),
         (["--max-users", "0"], "--max-users must be >= 1"),
         (["--source", "csv"], "--source csv needs --path"),
         (["--source", "parquet", "--path", "x"], "unknown source 'parquet'"),

@@ -322,3 +322,36 @@ def test_csv_duplicates_and_ties(tmp_path):
         for user, items in ((0, {10, 11, 12, 13}), (1, {14, 15, 16, 17, 10})):
             negatives = raw[s.item[(s.user == user) & (s.label == 0)]]
             assert not set(negatives.tolist()) & items
+
+
+def test_cutoff_never_trains_after_T_and_tests_only_new_users(tmp_path):
+    """Users join at spread-out times; T is the 0.7 quantile of all timestamps."""
+    import pandas as pd
+
+    from duet.config import ProtocolConfig
+    from duet.data.prepare import prepare_dataset
+    from duet.data.store import load_dataset, load_vocab
+
+    rng = np.random.default_rng(0)
+    rows = [(u, int(i), u * 10 + j * 7) for u in range(40) for j, i in
+            enumerate(rng.choice(np.arange(1, 60), size=12, replace=False))]
+    frame = pd.DataFrame(rows, columns=["user", "item", "timestamp"])
+    frame.to_csv(tmp_path / "inter.csv", index=False)
+    protocol = ProtocolConfig(split="cutoff", min_user_interactions=1, min_item_interactions=1, history_len=20)
+    prepare_dataset(tmp_path / "d", "csv", path=tmp_path / "inter.csv", protocol=protocol)
+    cutoff = np.quantile(frame.timestamp, 0.7)
+    when = {(u, i): t for u, i, t in rows}
+    first = frame.groupby("user").timestamp.min()
+    data, vocab = load_dataset(tmp_path / "d"), load_vocab(tmp_path / "d")
+    users = {name: set(vocab["user_raw"][data[name].user].tolist()) for name in ("train", "valid", "test")}
+    train = data["train"]
+    for record in np.flatnonzero(train.label == 1):
+        user = int(vocab["user_raw"][train.user[record]])
+        seen = [train.item[record], *train.history[train.event[record]], *train.window[train.event[record]]]
+        times = [when[(user, int(vocab["item_raw"][i]))] for i in seen if i != 0]
+        assert max(times) < cutoff
+    assert users["test"] and users["valid"] and not (users["test"] | users["valid"]) & users["train"]
+    assert all(first[u] >= cutoff for u in users["test"] | users["valid"])
+    assert all(first[u] < cutoff for u in users["train"])
+    # every target of a new user is evaluated: all but each user's first interaction
+    assert (data["test"].label == 1).sum() == sum((frame.user == u).sum() - 1 for u in users["test"])

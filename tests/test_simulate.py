@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import USERS
 from typer.testing import CliRunner
 
@@ -21,6 +22,8 @@ def test_simulate_fp32_agrees_with_offline(duet_run: Path, bundle_dir: Path, tmp
     results = json.loads(out.read_text())
     assert results["devices"] == USERS  # every user of the test split, no more
     assert results["sources"] == {"service": results["events"]}
+    assert results["policy"] == "always" and results["requests"] == results["events"]
+    assert results["bytes_received"] > 0
     assert results["agree"] is True and results["max_abs_logit_diff"] <= 1e-4
     assert results["service_exit_code"] == 0
     assert all(abs(d) <= 1e-6 for d in results["metrics"]["diff"].values())
@@ -50,3 +53,14 @@ def test_simulate_fp16_reports_the_difference(duet_run: Path, bundle_dir: Path) 
     assert 0 < results["max_abs_logit_diff"] < 0.05
     assert results["sources"] == {"service": results["events"]}
     assert results["adaptation_ms"]["p50"] > 0
+
+
+def test_simulate_every_k_asks_once_per_k_new_items(duet_run: Path, bundle_dir: Path) -> None:
+    """With a k beyond any window's length each device asks once, at its first event."""
+    from duet.device.policy import RequestPolicy
+
+    results = simulate(duet_run, devices=USERS, bundle=bundle_dir, concurrency=4, policy=RequestPolicy("every", k=100))
+    assert results["requests"] == results["devices"] == USERS
+    assert results["sources"]["service"] == USERS and results["sources"]["kept"] == results["events"] - USERS
+    assert results["agree"] is None  # stale parameters by design: reported, not checked
+    assert results["request_fraction"] == pytest.approx(USERS / results["events"])

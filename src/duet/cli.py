@@ -351,7 +351,7 @@ _PROTOCOL_HELP = "protocol (raw sources only; default: ProtocolConfig's)"
 @user_errors
 def prepare(
     out: Annotated[Path, typer.Option(help="dataset directory to create")],
-    source: Annotated[str, typer.Option(help="recommendation: movielens-small | csv | recbole | duet-text | synthetic-scale; images: digits-fleet | npz")] = "movielens-small",
+    source: Annotated[str, typer.Option(help="recommendation: movielens-small | csv | recbole | duet-text | synthetic-scale | synthetic-shift; images: digits-fleet | npz")] = "movielens-small",
     scale: Annotated[float | None, typer.Option(help="synthetic-scale: size in MovieLens-smalls (100 = ~10M interactions)")] = None,
     path: Annotated[Path | None, typer.Option(help="input file for --source csv / recbole / npz (arrays x, y, device)")] = None,
     train: Annotated[Path | None, typer.Option(help="duet-text: train records file")] = None,
@@ -369,13 +369,21 @@ def prepare(
     window_len: Annotated[int | None, typer.Option(help=f"real-time window length W; {_PROTOCOL_HELP}")] = None,
     train_negatives: Annotated[int | None, typer.Option(help=f"negatives per train positive; {_PROTOCOL_HELP}")] = None,
     eval_negatives: Annotated[int | None, typer.Option(help="negatives per valid/test positive (default 4, loo: 99)")] = None,
-    split: Annotated[str | None, typer.Option(help=f"ratio | loo; {_PROTOCOL_HELP}")] = None,
+    split: Annotated[str | None, typer.Option(help=f"ratio | loo | cutoff (new devices after a global time T); {_PROTOCOL_HELP}")] = None,
+    cutoff_quantile: Annotated[float | None, typer.Option(help="split cutoff: T at this quantile of all timestamps (default 0.7)")] = None,
     ratios: Annotated[str | None, typer.Option(help="train,valid,test ratios of each user's targets, e.g. 0.8,0.1,0.1")] = None,
     seed: Annotated[int | None, typer.Option(help=f"negative-sampling seed; {_PROTOCOL_HELP}")] = None,
     adapt: Annotated[int | None, typer.Option(help="images: first samples of each valid/test period kept for per-device fine-tuning labels (default 20)")] = None,
+    users: Annotated[int | None, typer.Option(help="synthetic-shift: users (default 500)")] = None,
+    items: Annotated[int | None, typer.Option(help="synthetic-shift: items (default 400)")] = None,
+    profiles: Annotated[int | None, typer.Option(help="synthetic-shift: latent taste profiles (default 8)")] = None,
+    switch_rate: Annotated[float | None, typer.Option(help="synthetic-shift: chance of a profile switch before each click (default 0.05)")] = None,
+    generator_seed: Annotated[int | None, typer.Option(help="synthetic-shift: seed of the click model and the clicks (default 0)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
 ) -> None:
-    """Build a dataset directory (train/valid/test records + manifest) from a raw source."""
+    """Build a dataset directory (train/valid/test records + manifest) from a raw source,
+    or generate one (synthetic-shift: profile switches with a known click model, whose
+    test uauc is written to the manifest as oracle_uauc)."""
     import time
 
     from rich.console import Console
@@ -386,25 +394,39 @@ def prepare(
         _prepare_images(out, source, path, seed, window_len, adapt, overwrite,
                         ignored={"--protocol": protocol_name, "--history-len": history_len, "--split": split,
                                  "--max-users": max_users, "--train-negatives": train_negatives,
-                                 "--eval-negatives": eval_negatives, "--ratios": ratios, "--scale": scale})
+                                 "--eval-negatives": eval_negatives, "--ratios": ratios, "--scale": scale,
+                                 "--cutoff-quantile": cutoff_quantile, "--users": users, "--items": items,
+                                 "--profiles": profiles, "--switch-rate": switch_rate,
+                                 "--generator-seed": generator_seed})
         return
 
     options = {
         "min_user_interactions": min_user_interactions, "min_item_interactions": min_item_interactions,
         "history_len": history_len, "window_len": window_len, "train_negatives": train_negatives,
         "eval_negatives": eval_negatives, "split": split, "ratios": _ratios(ratios), "seed": seed,
+        "cutoff_quantile": cutoff_quantile,
     }
     protocol = _protocol({k: v for k, v in options.items() if v is not None})
+    generator = {"users": users, "items": items, "profiles": profiles, "switch_rate": switch_rate,
+                 "seed": generator_seed}
+    shift = None
+    if any(v is not None for v in generator.values()):
+        from duet.data.synthetic_shift import ShiftConfig
+
+        shift = ShiftConfig(**{k: v for k, v in generator.items() if v is not None})
     console = Console()
     started = time.perf_counter()
     with console.status("preparing") as status:
         manifest = prepare_dataset(
             out, source, path=path, train=train, test=test, user_col=user_col, item_col=item_col,
             rating_col=rating_col, timestamp_col=timestamp_col, sep=sep, protocol=protocol,
-            named_protocol=protocol_name, max_users=max_users, scale=scale, overwrite=overwrite,
+            named_protocol=protocol_name, max_users=max_users, scale=scale, shift=shift, overwrite=overwrite,
             progress=status.update,
         )
     _print_counts(console, f"prepared in {time.perf_counter() - started:.1f} s", manifest)
+    if "oracle_uauc" in manifest:
+        typer.echo(f"test uauc of the true click model (oracle) {manifest['oracle_uauc']:.4f}, of a Bayes observer "
+                   f"of the clicks {manifest['observer_uauc']:.4f}")
     typer.echo(f"wrote {out}")
 
 
@@ -720,13 +742,26 @@ def simulate(
     privacy: Annotated[bool, typer.Option(help="devices upload their window's features (item embeddings, CNN "
                                                "features), computed on the device, instead of item ids or images")] = False,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
+    policy: Annotated[str, typer.Option(help="when a device asks for parameters: always | every | drift")] = "always",
+    every: Annotated[int, typer.Option(help="policy every: ask once this many new items entered the window")] = 10,
+    threshold: Annotated[float, typer.Option(help="policy drift: ask once the window's mean item embedding moved "
+                                                  "by this cosine distance")] = 0.1,
+    recent: Annotated[int | None, typer.Option(help="policy drift: over the window's newest N items only "
+                                                    "(default: all)")] = None,
 ) -> None:
     """Replay the test period through the real service and device runtimes; compare with offline DUET."""
+    from duet.device.policy import RequestPolicy
+    from duet.errors import DuetError
+
+    try:
+        request_policy = RequestPolicy(policy, k=every, threshold=threshold, recent=recent)
+    except ValueError as exc:
+        raise DuetError(f"--policy: {exc}") from None
     _setup_logging()
     from duet.simulate import simulate as run_simulation
 
     results = run_simulation(run, data=data, devices=devices, dtype=dtype, bundle=bundle,
-                             concurrency=concurrency, max_batch=max_batch, privacy=privacy)
+                             concurrency=concurrency, max_batch=max_batch, privacy=privacy, policy=request_policy)
     if out is not None:
         from duet.atomic import write_json
 
@@ -757,6 +792,10 @@ def _print_simulation(results: dict) -> None:
     p50 = "n/a" if adaptation["p50"] is None else f"{adaptation['p50']:.2f} ms"
     p99 = "n/a" if adaptation["p99"] is None else f"{adaptation['p99']:.2f} ms"
     verdict = {True: "agree", False: "DISAGREE", None: "reported only"}[results["agree"]]
+    headline = "accuracy" if results["task"] == "images" else "uauc"
+    console.print(f"policy {results['policy']}: {results['requests']:,} requests ({results['request_fraction']:.1%} "
+                  f"of events), {results['requests_per_device']:.1f} and {results['bytes_per_device']:,.0f} B per "
+                  f"device; device {headline} {m['device'][headline]:.4f}")
     console.print(f"max |logit diff| {results['max_abs_logit_diff']:.2e} ({verdict}); parameters from "
                   f"{results['sources']}; answer {results['answer_bytes']:,} B; adaptation p50 {p50}, p99 {p99}; "
                   f"{results['events_per_second']:,.0f} events/s over {results['wall_seconds']:.1f} s")

@@ -31,10 +31,14 @@ class ProtocolConfig(Strict):
     train_negatives: int = Field(4, ge=0, description="negatives per train positive")
     # None = 4 for the ratio split, 99 for leave-one-out (the usual LOO protocol).
     eval_negatives: int | None = Field(None, ge=1, description="negatives per valid/test positive")
-    split: Literal["ratio", "loo"] = "ratio"
+    split: Literal["ratio", "loo", "cutoff"] = "ratio"
     # Chronological per-user ratio of each user's targets: the cloud trains on the
     # first 80%, the device period is the last 10% (test) after 10% validation.
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # cutoff: a global time T at this quantile of all timestamps; train = targets
+    # before T of the users who started before T; valid and test = every target of
+    # the users who started at or after T (new devices), half of them each.
+    cutoff_quantile: float = Field(0.7, gt=0.0, lt=1.0, description="cutoff split: T's quantile of timestamps")
     seed: int = 42
 
     @model_validator(mode="after")

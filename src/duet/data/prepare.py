@@ -13,7 +13,11 @@ The protocol (see `ProtocolConfig`), for raw sources:
 5. Each user's targets split chronologically: `ratio` (counts per user rounded,
    at least one valid and one test target for users with >= 3 targets, at least
    one train target always) or `loo` (last = test, second-last = valid, rest =
-   train; users with 2 targets get no valid, users with 1 no test either).
+   train; users with 2 targets get no valid, users with 1 no test either) or
+   `cutoff` (new devices: a global time T at `cutoff_quantile` of all timestamps;
+   train = targets before T of users who started before T, their later targets
+   dropped; valid and test = all targets of the users who started at or after T,
+   half of those users each; train negatives avoid only items clicked before T).
 6. Negatives per positive drawn uniformly, without replacement, from the items the
    user never interacted with, by one numpy Generator seeded from the protocol seed.
    A positive and its negatives share one event (history/window row); the positive
@@ -30,6 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,9 +45,12 @@ from duet.data.importers import Interactions
 from duet.data.store import PAD, SPLITS, Split, write_dataset
 from duet.errors import DuetError
 
+if TYPE_CHECKING:
+    from duet.data.synthetic_shift import ShiftConfig, ShiftTruth
+
 log = logging.getLogger(__name__)
 
-SOURCES = ("movielens-small", "csv", "recbole", "duet-text", "synthetic-scale")
+SOURCES = ("movielens-small", "csv", "recbole", "duet-text", "synthetic-scale", "synthetic-shift")
 NAMED_PROTOCOLS = ("reference",)
 Progress = Callable[[str], None]
 _CHUNK = 1 << 16  # targets per block when gathering sequences, to bound memory
@@ -53,6 +61,9 @@ class Prepared:
     splits: dict[str, Split]
     item_raw: np.ndarray  # (num_items,) int64, item_raw[0] = -1 (padding)
     user_raw: np.ndarray  # (num_users,) int64
+    # Per split, (E,) the source row of each event's target: what a generated source
+    # needs to find the truth behind a record (synthetic-shift's oracle).
+    target_row: dict[str, np.ndarray]
 
 
 def _noop(_: str) -> None:
@@ -99,6 +110,29 @@ def split_counts(targets: np.ndarray, protocol: ProtocolConfig) -> tuple[np.ndar
     test = np.minimum(test, np.maximum(targets - 1, 0))
     valid = np.minimum(valid, np.maximum(targets - 1 - test, 0))
     return valid, test
+
+
+def cutoff_splits(user: np.ndarray, time: np.ndarray, target: np.ndarray, protocol: ProtocolConfig,
+                  num_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cutoff split (see ProtocolConfig): the split of each target (-1: dropped, a target
+    at or after T of a user who started before T) and the mask of interactions before T.
+
+    Users are sorted by time within each user, so a user's first interaction is its first row."""
+    cutoff = np.quantile(time, protocol.cutoff_quantile)
+    first = np.full(num_users, np.inf)
+    np.minimum.at(first, user, time.astype(np.float64))
+    new_users = np.flatnonzero(first >= cutoff)
+    if not len(new_users) or len(new_users) == num_users:
+        raise DuetError(f"--cutoff-quantile {protocol.cutoff_quantile}: T leaves no "
+                        f"{'new' if not len(new_users) else 'old'} users")
+    # half of the new users validate, half test: a seeded shuffle, independent of the negatives
+    shuffled = np.random.default_rng(protocol.seed + 1).permutation(new_users)
+    role = np.full(num_users, 0)
+    role[shuffled[: len(shuffled) // 2]] = 1
+    role[shuffled[len(shuffled) // 2 :]] = 2
+    t_user, t_time = user[target], time[target]
+    split_of = np.where(role[t_user] > 0, role[t_user], np.where(t_time < cutoff, 0, -1))
+    return split_of.astype(np.int64), (time < cutoff) & (role[user] == 0)
 
 
 class NegativeSampler:
@@ -187,32 +221,41 @@ def build(inter: Interactions, protocol: ProtocolConfig, progress: Progress = _n
 
     progress(f"building sequences of {num_users:,} users")
     order = np.lexsort((rows, inter.timestamp[rows], user))  # user, then time, then source row
-    user, item = user[order], item[order]
+    user, item, source_row = user[order], item[order], rows[order]
     count = np.bincount(user, minlength=num_users)
     start = np.cumsum(count) - count
     position = np.arange(len(user)) - start[user]
     target = np.flatnonzero(position >= 1)  # global indices of targets
     t_user, t_pos = user[target], position[target]
 
-    targets = np.maximum(count - 1, 0)
-    valid, test = split_counts(targets, protocol)
-    first_valid = (targets - valid - test)[t_user]  # index among the user's targets
-    k = t_pos - 1
-    split_of = (k >= first_valid).astype(np.int64) + (k >= first_valid + valid[t_user])
+    time_sorted = inter.timestamp[source_row]
+    pre_cutoff = None
+    if protocol.split == "cutoff":
+        split_of, pre_cutoff = cutoff_splits(user, time_sorted, target, protocol, num_users)
+        kept = split_of >= 0
+        target, t_user, t_pos, split_of = target[kept], t_user[kept], t_pos[kept], split_of[kept]
+    else:
+        targets = np.maximum(count - 1, 0)
+        valid, test = split_counts(targets, protocol)
+        first_valid = (targets - valid - test)[t_user]  # index among the user's targets
+        k = t_pos - 1
+        split_of = (k >= first_valid).astype(np.int64) + (k >= first_valid + valid[t_user])
 
     progress("sampling negatives")
     negatives = (protocol.train_negatives, protocol.eval_negatives_resolved, protocol.eval_negatives_resolved)
     per_target = 1 + np.asarray(negatives)[split_of]
     first_line = np.cumsum(per_target) - per_target
     sampler = NegativeSampler(user, item, num_users, num_items)
+    # cutoff: train negatives avoid only what users clicked before T (nothing after T reaches training)
+    train_sampler = sampler if pre_cutoff is None else NegativeSampler(
+        user[pre_cutoff], item[pre_cutoff], num_users, num_items)
     rng = np.random.default_rng(protocol.seed)
-    splits = {}
+    splits, target_row = {}, {}
     for s, name in enumerate(SPLITS):
         sel = np.flatnonzero(split_of == s)
         k_neg = negatives[s]
-        candidates = np.concatenate(
-            [item[target[sel]][:, None], sampler.sample(t_user[sel], k_neg, rng)], axis=1,
-        )  # (P, 1 + k): positive first
+        draw = (train_sampler if s == 0 else sampler).sample(t_user[sel], k_neg, rng)
+        candidates = np.concatenate([item[target[sel]][:, None], draw], axis=1)  # (P, 1 + k): positive first
         label = np.zeros(candidates.shape, np.float32)
         label[:, 0] = 1.0
         splits[name] = Split(
@@ -226,7 +269,20 @@ def build(inter: Interactions, protocol: ProtocolConfig, progress: Progress = _n
             history=context(item, target[sel], t_pos[sel], protocol.history_len),
             window=context(item, target[sel], t_pos[sel], protocol.window_len),
         )
-    return Prepared(splits=splits, item_raw=item_raw, user_raw=user_raw)
+        target_row[name] = source_row[target[sel]]
+    return Prepared(splits=splits, item_raw=item_raw, user_raw=user_raw, target_row=target_row)
+
+
+def truth_uauc(built: Prepared, split: str, truth: ShiftTruth) -> tuple[float, float]:
+    """uauc on a split's records of the true click model (the oracle: it knows the current
+    profile) and of the Bayes observer (knows the model, infers the profile from the clicks)."""
+    from duet.metrics import uauc
+
+    records = built.splits[split]
+    row = built.target_row[split][records.event]  # (N,) source row of each record's target
+    item = built.item_raw[records.item]
+    return (uauc(records.label, truth.click_logits(truth.profile[row], item), records.user),
+            uauc(records.label, truth.observer_logits(row, item), records.user))
 
 
 def read_source(
@@ -274,6 +330,7 @@ def prepare_dataset(
     named_protocol: str | None = None,
     max_users: int | None = None,
     scale: float | None = None,
+    shift: ShiftConfig | None = None,
     overwrite: bool = False,
     progress: Progress = _noop,
 ) -> dict:
@@ -282,11 +339,17 @@ def prepare_dataset(
     `protocol` applies to raw sources (None = defaults); `named_protocol="reference"`
     builds the published code's layout instead (`duet.data.reference`, no protocol
     options); the duet-text source takes its records as they are and accepts neither.
+    `shift` sets the synthetic-shift generator (None = its defaults); that source also
+    writes `oracle_uauc` (test) and `oracle_uauc_valid` into the manifest.
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
     started = time.perf_counter()
+    if shift is not None and source != "synthetic-shift":
+        raise DuetError("the generator options (--users, --items, --profiles, --switch-rate, --generator-seed) "
+                        "are for --source synthetic-shift")
+    extra: dict = {}
     if named_protocol not in (None, *NAMED_PROTOCOLS):
         raise DuetError(f"unknown --protocol {named_protocol!r}; expected one of {', '.join(NAMED_PROTOCOLS)}")
     if named_protocol is not None and (protocol is not None or source == "duet-text"):
@@ -314,8 +377,20 @@ def prepare_dataset(
             raise DuetError(f"--max-users must be >= 1, got {max_users}")
         protocol = protocol or ProtocolConfig()
         progress(f"reading {source}")
-        inter, source_info = read_source(source, path, user_col, item_col, rating_col,
-                                         timestamp_col, sep, scale)
+        truth = None
+        if source == "synthetic-shift":
+            if path is not None:
+                raise DuetError("--source synthetic-shift generates its data: drop --path")
+            from duet.data.synthetic_shift import ShiftConfig, generate
+            from duet.data.synthetic_shift import source_info as shift_info
+
+            shift = shift or ShiftConfig()
+            progress("generating synthetic-shift clicks")
+            inter, truth = generate(shift)
+            source_info = shift_info(shift)
+        else:
+            inter, source_info = read_source(source, path, user_col, item_col, rating_col,
+                                             timestamp_col, sep, scale)
         if max_users is not None:
             inter = inter.first_users(max_users)
             source_info["max_users"] = max_users
@@ -332,8 +407,12 @@ def prepare_dataset(
             built = build(inter, protocol, progress)
             splits, item_raw, user_raw = built.splits, built.item_raw, built.user_raw
             protocol_info = protocol.model_dump(mode="json")
+            if truth is not None:
+                extra = {f"{kind}_uauc{'' if name == 'test' else '_' + name}": value
+                         for name in ("test", "valid")
+                         for kind, value in zip(("oracle", "observer"), truth_uauc(built, name, truth), strict=True)}
     progress(f"writing {out}")
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        manifest = write_dataset(tmp, splits, item_raw, user_raw, source_info, protocol_info)
+        manifest = write_dataset(tmp, splits, item_raw, user_raw, source_info, protocol_info, extra)
     log.info("prepared %s in %.2f s", out, time.perf_counter() - started)
     return manifest

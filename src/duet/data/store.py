@@ -132,8 +132,10 @@ def write_dataset(
     user_raw: np.ndarray,
     source: dict,
     protocol: dict,
+    extra: dict | None = None,
 ) -> dict:
-    """Write the files of a dataset into `out` (a fresh temporary directory) and its manifest."""
+    """Write the files of a dataset into `out` (a fresh temporary directory) and its manifest;
+    `extra` adds top-level manifest keys (a synthetic source's `oracle_uauc`)."""
     histories = {s.history.shape[1] for s in splits.values()}
     windows = {s.window.shape[1] for s in splits.values()}
     if len(histories) != 1 or len(windows) != 1:
@@ -166,6 +168,7 @@ def write_dataset(
         "history_len": histories.pop(),
         "window_len": windows.pop(),
         "counts": counts,
+        **(extra or {}),
         "files": files,
     }
     write_json(out / "manifest.json", manifest)

@@ -10,6 +10,9 @@ head, or, with trusted keys, an answer that is not signed by one of them), the
 device keeps the last parameters it received, or uses the bundle's global head
 theta_g if it has none yet. A new bundle that fails verification is refused
 the same way: the device keeps its bundle and its parameters.
+
+A request policy (`duet.device.policy`) decides whether a refresh asks the service
+at all: when it is not due, the device keeps the parameters it has (`kept`).
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import numpy as np
 
 from duet.device.bundle import PAD, BaseBundle, Bundle, ImageBundle, left_aligned
 from duet.device.client import ParameterClient, ServiceError
+from duet.device.policy import RequestPolicy
 from duet.errors import ArtifactError
 from duet.signing import Keyring
 
 log = logging.getLogger("duet.device")
 
-SERVICE, LAST, GLOBAL = "service", "last", "global"
+SERVICE, LAST, GLOBAL, KEPT = "service", "last", "global", "kept"
 DTYPES = ("fp32", "fp16")
 
 
@@ -37,7 +41,9 @@ class _Runtime:
 
     `source` says where the head came from (`service`: the latest refresh
     succeeded; `last`: it failed and the previous answer is kept; `global`: no
-    answer yet, theta_g) and `version` which model version produced it.
+    answer yet, theta_g; `kept`: the policy did not ask, the previous answer is kept)
+    and `version` which model version produced it. `requests` and `bytes_received`
+    count what the device sent for and got.
 
     `trusted_keys` (a Keyring or a public key file; for a bundle path): the bundle
     must be signed by one of them, and every answer by one of them or by a key
@@ -51,7 +57,8 @@ class _Runtime:
 
     def __init__(self, bundle: str | Path | BaseBundle, service_url: str, device_id: str, *,
                  timeout: float = 2.0, retries: int = 2, backoff: float = 0.05, dtype: str = "fp32",
-                 token: str | None = None, trusted_keys: Keyring | str | Path | None = None, privacy: bool = False):
+                 token: str | None = None, trusted_keys: Keyring | str | Path | None = None, privacy: bool = False,
+                 policy: RequestPolicy | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if isinstance(bundle, BaseBundle) and trusted_keys is not None:
@@ -68,6 +75,10 @@ class _Runtime:
         self.last_error: str | None = None
         self.adaptation_seconds: float | None = None  # request sent -> parameters applied, last success
         self.last_answer_bytes = 0
+        self.policy = policy or RequestPolicy()
+        if self.policy.kind == "drift" and getattr(self.bundle, "item_embedding", None) is None:
+            raise ValueError(f"{self.bundle.path}: the drift policy needs the bundle's item embeddings")
+        self.requests, self.bytes_received = 0, 0
         self._have_service_params = False
 
     def update_bundle(self, path: str | Path) -> None:
@@ -96,6 +107,7 @@ class _Runtime:
     def _ask(self, **window: list) -> str:
         """Ask the service for parameters for one form of the window (`window=`, `samples=` or `embedding=`)."""
         started = time.perf_counter()
+        self.requests += 1
         try:
             answer = self.client.fetch(self.device_id, dtype=self.dtype, version=self.bundle.version, **window)
             if answer.spec_hash != self.bundle.spec_hash:
@@ -106,6 +118,7 @@ class _Runtime:
         self.params = {name: np.asarray(answer.params[name], dtype=np.float32)[None] for name in self.bundle.spec.names}
         self.adaptation_seconds = time.perf_counter() - started
         self.last_answer_bytes = answer.size
+        self.bytes_received += answer.size
         self.source, self.version, self.last_error = SERVICE, answer.version, None
         self._have_service_params = True
         return self.source
@@ -130,6 +143,7 @@ class DeviceRuntime(_Runtime):
 
     BUNDLE = Bundle
     bundle: Bundle
+    _generated_for: np.ndarray | None = None  # the window the service's parameters were made for
 
     def observe(self, item_id: int) -> None:
         """Record an interaction (internal item id) in the real-time window."""
@@ -142,15 +156,21 @@ class DeviceRuntime(_Runtime):
 
     def refresh(self, window: object | None = None) -> str:
         """Ask the service for parameters for `window` (default: the observed one); return `source`."""
-        ids = left_aligned(self.window if window is None else window, self.bundle.window_len)
-        ids = ids[ids != PAD]
+        padded = left_aligned(self.window if window is None else window, self.bundle.window_len)
+        ids = padded[padded != PAD]
         if not len(ids):
             # Nothing observed yet: there is nothing to personalise from (the service refuses
             # an empty window), so the device scores with the global head.
             return self._use_global()
-        if self.privacy:
-            return self._ask(embedding=self.bundle.embeddings(ids).tolist())
-        return self._ask(window=ids.tolist())
+        if not self.policy.due(self._generated_for if self._have_service_params else None, padded,
+                               self.bundle.item_embedding):
+            self.source = KEPT
+            return self.source
+        source = (self._ask(embedding=self.bundle.embeddings(ids).tolist()) if self.privacy
+                  else self._ask(window=ids.tolist()))
+        if source == SERVICE:
+            self._generated_for = padded
+        return source
 
     def score(self, history: object, candidates: object) -> np.ndarray:
         """history: item ids oldest first (padding ignored); candidates (C,) -> logits (C,) float32."""
@@ -167,6 +187,12 @@ class ImageRuntime(_Runtime):
 
     BUNDLE = ImageBundle
     bundle: ImageBundle
+
+    def __init__(self, *args: object, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        if self.policy.kind != "always":
+            raise ValueError(f"the image runtime asks on every refresh; policy {self.policy.kind!r} is for "
+                             "recommendation devices")
 
     def observe(self, image: object) -> None:
         """Record one image (C*H*W floats in any layout) in the window; in privacy mode, its features too."""

@@ -22,8 +22,9 @@ from duet.atomic import write_json
 from duet.checkpoint import is_finished_run, load_run
 from duet.config import BACKBONE_NAMES, GeneratorConfig, ModelConfig, Strict, TrainConfig
 from duet.errors import DuetError
+from duet.report.cold import by_seen, items_seen
 from duet.report.stats import difference_matrix, paired_bootstrap
-from duet.training.evaluate import evaluate_run, load_scorer, user_auc_file
+from duet.training.evaluate import evaluate_run, load_scorer, scores_file, user_auc_file
 from duet.training.full_ranking import full_ranking, interacted_items
 
 log = logging.getLogger("duet.compare")
@@ -172,19 +173,20 @@ def compare(cfg: CompareConfig, report: str | Path, progress: bool = True) -> di
     write_json(saved, cfg.model_dump(mode="json"))
     data = load_dataset(cfg.data)
     seen = interacted_items(data, data.num_users)  # for full ranking: the same for every run
+    seen_count = items_seen(data, "test")  # (E,) items each test event's device had seen: the cold-device bins
     results: dict = {"config": cfg.model_dump(mode="json"), "runs": {}}
     # Seed-major, and the report is rewritten after every (seed, backbone): an
     # interrupted comparison still leaves a complete report of what finished.
     for seed in range(cfg.seeds):
         for backbone in cfg.backbones:
-            entry = _run_all(cfg, report, backbone, seed, data, seen, progress)
+            entry = _run_all(cfg, report, backbone, seed, data, seen, seen_count, progress)
             results["runs"].setdefault(backbone, {})[f"seed{seed}"] = entry
             write_report(results, report)
     return results
 
 
 def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, seen: list[set[int]],
-             progress: bool) -> dict:
+             seen_count: np.ndarray, progress: bool) -> dict:
     """Train/fine-tune/evaluate every method for one (backbone, seed); test metrics per method."""
     from duet.training.finetune import FinetuneConfig, finetune
 
@@ -213,15 +215,18 @@ def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, s
         head = "global" if method == "duet-global" else "generated"
         if method == "finetune":
             summary = json.loads(ft_file.read_text())
-            entry[method] = {"test": summary["metrics"],
-                             "adapt_ms_per_device": summary["seconds_per_device"]["p50"] * 1e3,
-                             "peak_bytes_per_device": summary["peak_bytes_per_device"]["max"]}
+            entry[method] = {"test": summary["metrics"]}
+            if summary["devices"]:  # new devices (the cutoff split) have no labels to fine-tune on
+                entry[method].update(adapt_ms_per_device=summary["seconds_per_device"]["p50"] * 1e3,
+                                     peak_bytes_per_device=summary["peak_bytes_per_device"]["max"])
         else:
             entry[method] = {"test": evaluate_run(run, "test", head=head)}
             _, model = load_scorer(run, head)
             entry[method]["test"].update(full_ranking(model, data["test"], seen, data.num_items,
                                                       max_positives=cfg.full_ranking_positives, seed=seed))
         entry[method]["user_auc"] = json.loads(user_auc_file(run, "test", head).read_text())
+        if scores_file(run, "test", head).exists():  # a fine-tuning run from before scores were saved has none
+            entry[method]["by_seen"] = by_seen(data["test"], seen_count, scores_file(run, "test", head))
         if method in ("duet", "duet-noswa"):
             entry[method]["variant"] = run.name
             entry[method]["valid_uauc_per_variant"] = chosen[method][1]
@@ -267,6 +272,12 @@ def summarize(results: dict) -> dict:
                       for seed in seeds.values() if method in seed and "base" in seed]
             if method != "base" and paired:
                 stats["uauc_minus_base"] = _mean_std(np.array(paired))
+            bins = [e["by_seen"] for e in entries if "by_seen" in e]
+            if bins:  # mean uauc over the seeds that have the bin; events of one seed (the same split)
+                stats["by_seen"] = {label: {"uauc": float(np.mean([b[label]["uauc"] for b in bins if label in b])),
+                                            "events": next(b[label]["events"] for b in bins if label in b),
+                                            "users": next(b[label]["users"] for b in bins if label in b)}
+                                    for label in dict.fromkeys(k for b in bins for k in b)}
             for key in ("adapt_ms_per_device", "adapt_ms_single_device"):
                 if key in entries[0]:
                     stats[key] = _mean_std(np.array([e[key] for e in entries], dtype=float))

@@ -50,8 +50,10 @@ def write_markdown(results: dict, report: Path) -> None:
                       f"(**{ft['mean'] / gen['mean']:,.0f}x** faster), {single['mean']:.3f} ms for a device alone "
                       f"({ft['mean'] / single['mean']:,.0f}x)."]
         lines += ["", *_difference_lines(methods.get("differences", {})), ""]
+        lines += ["", *_cold_lines(methods), ""]
         lines += ["", *_variant_lines(results["runs"][backbone]), ""]
-    lines += ["![uauc](uauc.png)", "", "![adaptation time](adaptation.png)", "", "![validation curves](curves.png)", ""]
+    lines += ["![uauc](uauc.png)", "", "![adaptation time](adaptation.png)", "", "![validation curves](curves.png)", "",
+              "![uauc by items seen](cold.png)", ""]
     write_bytes(report / "results.md", "\n".join(lines).encode())
 
 
@@ -69,6 +71,26 @@ def _difference_lines(differences: dict) -> list[str]:
         mean = f"**{d['mean']:+.4f}**" if d["significant"] else f"{d['mean']:+.4f}"
         lines.append(f"| {label} | {mean} | [{d['lo']:+.4f}, {d['hi']:+.4f}] | "
                      f"{'yes' if d['significant'] else 'no'} | {d['seeds']} x {d['users']} |")
+    return lines
+
+
+def _cold_lines(methods: dict) -> list[str]:
+    """Test uauc per bin of items the device had seen before the event (cold devices first)."""
+    from duet.report.cold import LABELS as BINS
+    from duet.report.compare import METHODS
+
+    rows = [m for m in METHODS if "by_seen" in methods.get(m, {})]
+    if not rows:
+        return []
+    bins = [b for b in BINS if any(b in methods[m]["by_seen"] for m in rows)]
+    counts = {b: next(methods[m]["by_seen"][b] for m in rows if b in methods[m]["by_seen"]) for b in bins}
+    lines = ["Test uauc by items the device had seen before the event (mean over seeds; events and users per bin "
+             "in the header):", "",
+             "| method | " + " | ".join(f"{b} ({counts[b]['events']:,} ev, {counts[b]['users']:,} users)" for b in bins)
+             + " |", "|---|" + "---|" * len(bins)]
+    for m in rows:
+        cells = [f"{methods[m]['by_seen'][b]['uauc']:.4f}" if b in methods[m]["by_seen"] else "–" for b in bins]
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -138,6 +160,31 @@ def write_plots(results: dict, report: Path) -> None:
         ax.set_ylabel("valid uauc")
         ax.legend(fontsize=6)
     _save(fig, report / "curves.png")
+    _plot_cold(summary, report / "cold.png")
+
+
+def _plot_cold(summary: dict, path: Path) -> None:
+    """uauc per items-seen bin, one panel per backbone, one line per method."""
+    import matplotlib.pyplot as plt
+
+    from duet.report.cold import LABELS as BINS
+    from duet.report.compare import METHODS
+
+    backbones = list(summary)
+    fig, axes = plt.subplots(1, len(backbones), figsize=(4.5 * len(backbones), 3.2), squeeze=False)
+    for ax, backbone in zip(axes[0], backbones, strict=True):
+        for method in METHODS:
+            bins = summary[backbone].get(method, {}).get("by_seen", {})
+            if not bins:  # a method this comparison did not run
+                continue
+            xs = [i for i, b in enumerate(BINS) if b in bins]
+            ax.plot(xs, [bins[BINS[i]]["uauc"] for i in xs], marker="o", label=LABELS[method])
+        ax.set_xticks(range(len(BINS)), BINS)
+        ax.set_xlabel("items the device had seen")
+        ax.set_ylabel("test uauc")
+        ax.set_title(backbone)
+        ax.legend(fontsize=6)
+    _save(fig, path)
 
 
 def _save(fig, path: Path) -> None:

@@ -60,11 +60,23 @@ def user_auc_file(run: str | Path, split: str, head: str = "generated") -> Path:
     return Path(run) / f"user_auc_{split}{_suffix(head)}.json"
 
 
-def write_user_auc(path: Path, split: Split, logits: np.ndarray) -> None:
-    from duet.atomic import write_json
+def scores_file(run: str | Path, split: str, head: str = "generated") -> Path:
+    """Where `evaluate_run` keeps a run's per-record logits (`line`, `logits`): reports that
+    slice the records (by how many items a device has seen) score them without the model."""
+    return Path(run) / f"scores_{split}{_suffix(head)}.safetensors"
+
+
+def write_scores(run: Path, split_name: str, head: str, split: Split, logits: np.ndarray) -> None:
+    """The per-user AUCs (for paired intervals) and the per-record logits of a scored split."""
+    from safetensors.numpy import save_file
+
+    from duet.atomic import atomic_path, write_json
     from duet.report.stats import per_user_auc
 
-    write_json(path, {str(u): round(a, 6) for u, a in per_user_auc(split.label, logits, split.user).items()})
+    aucs = per_user_auc(split.label, logits, split.user)
+    write_json(user_auc_file(run, split_name, head), {str(u): round(a, 6) for u, a in aucs.items()})
+    with atomic_path(scores_file(run, split_name, head)) as tmp:
+        save_file({"line": split.line.astype(np.int64), "logits": logits.astype(np.float32)}, str(tmp))
 
 
 HEADS = ("generated", "global")
@@ -114,7 +126,7 @@ def evaluate_run(run: str | Path, split: str, data: str | Path | None = None,
     logits = predict(model, records, config.train.eval_batch_size)
     metrics = compute_metrics(records.label, logits, records.user, ks=METRIC_KS)
     write_json(Path(run) / f"metrics_{split}{_suffix(head)}.json", metrics)
-    write_user_auc(user_auc_file(run, split, head), records, logits)
+    write_scores(Path(run), split, head, records, logits)
     return metrics
 
 

@@ -29,7 +29,7 @@ from duet.errors import DuetError
 from duet.metrics import compute_metrics
 from duet.models.recommender import Recommender
 from duet.training.batches import EventBatcher
-from duet.training.evaluate import METRIC_KS, predict, user_auc_file, write_user_auc
+from duet.training.evaluate import METRIC_KS, predict, write_scores
 
 
 class FinetuneConfig(Strict):
@@ -147,7 +147,7 @@ def _finetune_all(cfg: FinetuneConfig, config, model: Recommender, data, own: tu
         write_json(out / "config.json", cfg.model_dump(mode="json"))
         write_json(out / f"metrics_{cfg.split}.json", metrics)
         write_json(out / "finetune.json", summary)
-        write_user_auc(user_auc_file(out, cfg.split), evaluated.select(done), logits[done])
+        write_scores(out, cfg.split, "generated", evaluated.select(done), logits[done])
         write_manifest(out, {"method": "finetune", "backbone": config.model.backbone, "base_run": cfg.base_run})
     return summary
 
