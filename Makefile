@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data/movielens
 REPORT ?= reports/quick
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo demo-images test lint clean
 
 setup: $(VENV)/.installed
 
@@ -18,6 +18,11 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/duet prepare --source movielens-small --out $(DATA) --overwrite
 	$(BIN)/duet compare --data $(DATA) --backbones sasrec --seeds 1 --quick --out $(REPORT) --overwrite
+
+# The image task: a fleet of devices from sklearn's bundled digits, one seed, short training.
+demo-images: setup
+	$(BIN)/duet prepare --source digits-fleet --out data/digits-fleet --overwrite
+	$(BIN)/duet compare --data data/digits-fleet --quick --threads 1 --out reports/digits-quick --overwrite
 
 # --durations=25: the slowest tests, to keep the suite under 10 minutes on a 2-core machine.
 test: setup

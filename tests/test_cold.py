@@ -11,7 +11,7 @@ from safetensors.numpy import save_file
 from duet.config import ProtocolConfig
 from duet.data.prepare import prepare_dataset
 from duet.data.store import Split, load_dataset
-from duet.data.synthetic import ShiftConfig
+from duet.data.synthetic_shift import ShiftConfig
 from duet.report.cold import LABELS, bin_of, by_seen, items_seen
 
 

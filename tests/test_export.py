@@ -39,10 +39,8 @@ def test_bundle_layout(bundle_dir: Path, duet_run: Path, tiny_data: Path) -> Non
     for name, value in recommender.theta_g().items():
         np.testing.assert_array_equal(theta_g[name], value.detach().numpy())
     vocab = load_file(str(bundle_dir / "vocab.safetensors"))
-    assert sorted(vocab) == ["item_embedding", "item_raw"]  # user ids stay in the cloud
+    assert sorted(vocab) == ["item_raw"]  # user ids stay in the cloud
     np.testing.assert_array_equal(vocab["item_raw"], load_file(str(tiny_data / "vocab.safetensors"))["item_raw"])
-    # the static part's item embedding, for the drift request policy
-    np.testing.assert_array_equal(vocab["item_embedding"], recommender.item_embedding.weight.detach().numpy())
     assert manifest["verified_max_abs_diff"] <= 1e-5
     # What a device in privacy mode uploads instead of item ids: the generator's own input.
     table = load_file(str(bundle_dir / "item_embedding.safetensors"))
