@@ -47,15 +47,19 @@ def adaptation_rows(data: ImageData, split: str, device: int) -> np.ndarray:
 
 
 def per_device(model: ImageClassifier, split: ImageSplit, adapt: Callable[[ImageClassifier, int], nn.Module],
-               threads: int = 1) -> Adapted:
-    """Run `adapt(model, device)` for every device of the split and score its samples with the result."""
+               threads: int = 1, label: str | None = None) -> Adapted:
+    """Run `adapt(model, device)` for every device of the split and score its samples with the
+    result; `label` shows a progress bar under that name."""
+    from rich.progress import track
+
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     logits = np.zeros((len(split), model.num_classes), dtype=np.float32)
     devices = np.unique(split.device)
     seconds, peaks = np.zeros(len(devices)), np.zeros(len(devices), dtype=np.int64)
+    shown = track(devices, description=label, transient=True) if label else devices
     try:
-        for i, device in enumerate(devices):
+        for i, device in enumerate(shown):
             measurable = reset_peak_rss()
             before = rss_bytes("VmRSS")
             started = time.perf_counter()
@@ -71,7 +75,7 @@ def per_device(model: ImageClassifier, split: ImageSplit, adapt: Callable[[Image
 
 
 def finetune_images(model: ImageClassifier, split: ImageSplit, k: int, steps: int, lr: float,
-                    scope: str = "all") -> Adapted:
+                    scope: str = "all", progress: bool = False) -> Adapted:
     """Fine-tune a copy per device on its first `k` labelled adaptation samples."""
     data = split.data
     labels = dict(zip(*data.split_labels(split.name), strict=True))
@@ -91,14 +95,15 @@ def finetune_images(model: ImageClassifier, split: ImageSplit, k: int, steps: in
             optimizer.step()
         return local
 
-    return per_device(model, split, adapt)
+    label = f"fine-tune {k} labels, {steps} steps, lr {lr:g} ({split.name})" if progress else None
+    return per_device(model, split, adapt, label=label)
 
 
 def batch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:
     return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
 
 
-def tent_images(model: ImageClassifier, split: ImageSplit, steps: int, lr: float) -> Adapted:
+def tent_images(model: ImageClassifier, split: ImageSplit, steps: int, lr: float, progress: bool = False) -> Adapted:
     """TENT per device on its unlabeled adaptation samples; returns the adapted copies' logits."""
     data = split.data
 
@@ -129,7 +134,7 @@ def tent_images(model: ImageClassifier, split: ImageSplit, steps: int, lr: float
         local.eval()
         return local
 
-    return per_device(model, split, adapt)
+    return per_device(model, split, adapt, label=f"TENT, {steps} steps, lr {lr:g} ({split.name})" if progress else None)
 
 
 def subset(split: ImageSplit, mask: np.ndarray) -> ImageSplit:

@@ -155,19 +155,25 @@ def compare_images(cfg: ImageCompareConfig, report: str | Path, progress: bool =
                 scored["duet-static"] = _score(predict_images(model.device_model, test), test)
         for k in cfg.ks:
             grid = [(s, lr) for s in cfg.finetune_steps for lr in cfg.finetune_lrs]
-            (steps, lr), acc = _choose(valid, grid, lambda split, s, lr, k=k, b=base: finetune_images(b, split, k, s, lr))
+            log.info("seed %d: fine-tuning with %d labels, %d settings chosen on validation", seed, k, len(grid))
+            (steps, lr), acc = _choose(valid, grid, lambda split, s, lr, k=k, b=base: finetune_images(
+                b, split, k, s, lr, progress=progress))
             results["choices"].setdefault(f"finetune-{k}", []).append({"steps": steps, "lr": lr, "valid": acc})
-            adapted = finetune_images(base, test, k, steps, lr)
+            adapted = finetune_images(base, test, k, steps, lr, progress=progress)
             scored[f"finetune-{k}"] = _score(adapted.logits, test)
             costs[f"finetune-{k}"] = _costs(adapted)
         grid = [(s, lr) for s in cfg.tent_steps for lr in cfg.tent_lrs]
-        (steps, lr), acc = _choose(valid, grid, lambda split, s, lr, b=base: tent_images(b, split, s, lr))
+        log.info("seed %d: TENT, %d settings chosen on validation", seed, len(grid))
+        (steps, lr), acc = _choose(valid, grid, lambda split, s, lr, b=base: tent_images(b, split, s, lr,
+                                                                                          progress=progress))
         results["choices"].setdefault("tent", []).append({"steps": steps, "lr": lr, "valid": acc})
-        adapted = tent_images(base, test, steps, lr)
+        adapted = tent_images(base, test, steps, lr, progress=progress)
         scored["tent"] = _score(adapted.logits, test)
         costs["tent"] = _costs(adapted)
         if cfg.oracle:
+            log.info("seed %d: an oracle per shift type", seed)
             scored["oracle"] = _score(_oracle_logits(base, data, window_len, seed), test)
+        log.info("seed %d: generation cost and the accuracy-vs-W curve", seed)
         costs["duet"] = generation_seconds(duet_run, test, window_len)
         curve = {}
         for name, run in (("duet", duet_run), ("duet-noswa", noswa_run)):
