@@ -244,12 +244,9 @@ def compare(
 
 def _compare_images(data: Path, out: Path, seeds: int | None, quick: bool, epochs: int | None,
                     duet_epochs: int | None, threads: int | None, progress: bool, ignored: dict[str, object]) -> None:
-    from duet.errors import DuetError
     from duet.tasks.images.compare import ImageCompareConfig, compare_images
 
-    given = [flag for flag, value in ignored.items() if value is not None]
-    if given:
-        raise DuetError(f"{data} is an image fleet: {', '.join(given)} are recommendation options")
+    _refuse_given(ignored, f"{data} is an image fleet: {{}} are recommendation options")
     chosen = {"seeds": seeds or (1 if quick else None), "epochs": epochs or (10 if quick else None),
               "duet_epochs": duet_epochs or (3 if quick else None), "threads": threads}
     cfg = ImageCompareConfig(data=str(data), **{k: v for k, v in chosen.items() if v is not None})
@@ -433,6 +430,15 @@ def prepare(
 IMAGE_SOURCES = ("digits-fleet", "npz")
 
 
+def _refuse_given(options: dict[str, object], message: str) -> None:
+    """A one-line error naming the options given (not None) that do not apply; `message` has a {} for them."""
+    from duet.errors import DuetError
+
+    given = [flag for flag, value in options.items() if value is not None]
+    if given:
+        raise DuetError(message.format(", ".join(given)))
+
+
 def _prepare_images(out: Path, source: str, path: Path | None, seed: int | None, window_len: int | None,
                     adapt: int | None, overwrite: bool, ignored: dict[str, object]) -> None:
     import time
@@ -442,9 +448,7 @@ def _prepare_images(out: Path, source: str, path: Path | None, seed: int | None,
     from duet.errors import DuetError
     from duet.tasks.images.fleet import FleetConfig, prepare_fleet
 
-    given = [flag for flag, value in ignored.items() if value is not None]
-    if given:
-        raise DuetError(f"--source {source} builds an image fleet: {', '.join(given)} do not apply")
+    _refuse_given(ignored, f"--source {source} builds an image fleet: {{}} do not apply")
     options = {"seed": seed, "window_len": window_len, "adapt": adapt}
     try:
         cfg = FleetConfig(**{k: v for k, v in options.items() if v is not None})

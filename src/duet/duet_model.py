@@ -11,31 +11,36 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from duet.config import GeneratorConfig
-from duet.data.store import PAD
 from duet.generator.ppg import ParamGenerator
 from duet.models.head import Params
 
 
 class DuetModel(nn.Module):
-    """Recommendation: `forward(history, window, item, inverse)`; the device model is `recommender`."""
+    """Recommendation: `forward(history, window, item, inverse)`; the device model is `recommender`.
 
-    def __init__(self, recommender: nn.Module, window_len: int, cfg: GeneratorConfig):
+    The device model (attribute `DEVICE_MODEL`, which names its state-dict prefix) gives
+    `param_spec`, `theta_g()`, `feature_dim` and `window_features(window, mask)`."""
+
+    DEVICE_MODEL = "recommender"
+
+    def __init__(self, device_model: nn.Module, window_len: int, cfg: GeneratorConfig):
         super().__init__()
-        self.recommender, self.cfg = recommender, cfg
-        self.generator = ParamGenerator(recommender.param_spec, self.feature_dim, window_len, cfg)
+        setattr(self, self.DEVICE_MODEL, device_model)
+        self.cfg = cfg
+        self.generator = ParamGenerator(device_model.param_spec, device_model.feature_dim, window_len, cfg)
 
     @property
     def device_model(self) -> nn.Module:
-        """The model a device runs (static part + head); its state-dict prefix differs per task."""
-        return self.recommender
+        """The model a device runs (static part + head)."""
+        return getattr(self, self.DEVICE_MODEL)
 
     @property
     def feature_dim(self) -> int:
-        return self.recommender.cfg.embed_dim
+        return self.device_model.feature_dim
 
-    def window_features(self, window: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:  # noqa: ARG002
-        """window (E, W) item ids, oldest first, left-aligned -> embeddings (E, W, D) and mask."""
-        return self.recommender.item_embedding(window), window != PAD
+    def window_features(self, window: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The window as the generator reads it: features (E, W, D) and mask (E, W)."""
+        return self.device_model.window_features(window, mask)
 
     def generate_from_features(self, features: Tensor, mask: Tensor) -> Params:
         """features (E, W, D), mask (E, W) -> theta_d {name: (E, *shape)}."""
@@ -55,22 +60,7 @@ class DuetModel(nn.Module):
 class ImageDuet(DuetModel):
     """Images: `forward(x, window, mask)`, one generated head per sample from its device's window."""
 
-    def __init__(self, classifier: nn.Module, window_len: int, cfg: GeneratorConfig):
-        nn.Module.__init__(self)
-        self.classifier, self.cfg = classifier, cfg
-        self.generator = ParamGenerator(classifier.param_spec, classifier.feature_dim, window_len, cfg)
-
-    @property
-    def device_model(self) -> nn.Module:
-        return self.classifier
-
-    @property
-    def feature_dim(self) -> int:
-        return self.classifier.feature_dim
-
-    def window_features(self, window: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """window (E, W, C, H, W) images, mask (E, W) -> static features (E, W, D) and mask."""
-        return self.classifier.window_features(window, mask)
+    DEVICE_MODEL = "classifier"
 
     def forward(self, x: Tensor, window: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         return self.classifier(x, self.generate(window, mask))

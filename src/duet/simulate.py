@@ -305,7 +305,7 @@ def simulate_images(run: Path, config: object, model: object, data: str | Path |
                     max_wait_ms: float, privacy: bool) -> dict:
     from duet.device import ImageRuntime
     from duet.tasks.images.metrics import classification_metrics
-    from duet.tasks.images.store import ImageSplit, load_images
+    from duet.tasks.images.store import load_images
     from duet.tasks.images.training import device_groups, predict_images
 
     dataset = load_images(data or config.data, ("test",))
@@ -314,7 +314,7 @@ def simulate_images(run: Path, config: object, model: object, data: str | Path |
     test = dataset["test"]
     chosen = choose_devices(test.device, devices)
     keep = np.isin(test.device, chosen)
-    subset = ImageSplit(test.name, test.rows[keep], test.y[keep], dataset)
+    subset = test.select(keep)
     offline = predict_images(model, subset, config.train.eval_batch_size, config.window_len)
     scored_of: dict[int, dict[int, int]] = {}  # device -> {sample row: its index in subset}
     for index, (row, device) in enumerate(zip(subset.rows.tolist(), subset.device.tolist(), strict=True)):

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from duet.config import ModelConfig
+from duet.data.store import PAD
 from duet.models.backbones import BACKBONES
 from duet.models.head import Params, WithGlobalHead
 
@@ -38,6 +39,15 @@ class Recommender(WithGlobalHead):
     @property
     def item_embedding(self) -> nn.Embedding:
         return self.backbone.items.embedding
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of what the generator reads: an item embedding."""
+        return self.cfg.embed_dim
+
+    def window_features(self, window: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:  # noqa: ARG002
+        """window (E, W) item ids, oldest first, left-aligned -> embeddings (E, W, D) and its mask."""
+        return self.item_embedding(window), window != PAD
 
     def static_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())

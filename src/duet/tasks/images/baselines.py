@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from duet.tasks.images.model import ImageClassifier
-from duet.tasks.images.store import ImageData, ImageSplit
+from duet.tasks.images.store import SPLIT_CODE, ImageData, ImageSplit
 from duet.tasks.images.training import ImageBatcher, predict_images
 from duet.training.finetune import reset_peak_rss, rss_bytes
 
@@ -42,8 +42,7 @@ class Adapted:
 
 def adaptation_rows(data: ImageData, split: str, device: int) -> np.ndarray:
     """Rows of a device's adaptation prefix in `split` (labels usable by fine-tuning only)."""
-    return np.flatnonzero((data.device == device) & (data.split == ("train", "valid", "test").index(split))
-                          & (data.adapt == 1))
+    return np.flatnonzero((data.device == device) & (data.split == SPLIT_CODE[split]) & (data.adapt == 1))
 
 
 def per_device(model: ImageClassifier, split: ImageSplit, adapt: Callable[[ImageClassifier, int], nn.Module],
@@ -135,10 +134,6 @@ def tent_images(model: ImageClassifier, split: ImageSplit, steps: int, lr: float
         return local
 
     return per_device(model, split, adapt, label=f"TENT, {steps} steps, lr {lr:g} ({split.name})" if progress else None)
-
-
-def subset(split: ImageSplit, mask: np.ndarray) -> ImageSplit:
-    return ImageSplit(split.name, split.rows[mask], split.y[mask], split.data)
 
 
 def train_oracle(model: ImageClassifier, train: ImageSplit, valid: ImageSplit, window_len: int, seed: int,

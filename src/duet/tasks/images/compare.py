@@ -22,9 +22,9 @@ from duet.atomic import write_json
 from duet.checkpoint import is_finished_run, load_run
 from duet.config import GeneratorConfig, ModelConfig, Strict, TrainConfig
 from duet.report.stats import difference_matrix, paired_bootstrap
-from duet.tasks.images.baselines import Adapted, finetune_images, subset, tent_images, train_oracle
+from duet.tasks.images.baselines import Adapted, finetune_images, tent_images, train_oracle
 from duet.tasks.images.metrics import classification_metrics, per_group_accuracy
-from duet.tasks.images.store import ImageSplit, load_images
+from duet.tasks.images.store import ImageData, ImageSplit, load_images
 from duet.tasks.images.training import device_groups, predict_images
 
 log = logging.getLogger("duet.compare")
@@ -120,14 +120,20 @@ def remeasure_generation(report: str | Path) -> None:
     """Measure DUET's generation cost again for every seed of a finished report (e.g. after
     the measurement changed), then rewrite the report."""
     report = Path(report)
-    results = json.loads((report / "results.json").read_text())
-    cfg = ImageCompareConfig.model_validate_json((report / "compare_config.json").read_text())
-    data = load_images(cfg.data, ("test",))
+    results, data = _finished(report, "test")
     for seed, entry in results["seeds"].items():
         entry["costs"]["duet"] = generation_seconds(report / "runs" / f"seed{seed}" / "duet", data["test"],
                                                     data.window_len)
-    results.pop("summary", None)
     write_report(results, data, report)
+
+
+def _finished(report: Path, split: str) -> tuple[dict, ImageData]:
+    """A finished report's results (without their summary, which write_report recomputes)
+    and its dataset with the labels of `split`."""
+    results = json.loads((report / "results.json").read_text())
+    results.pop("summary", None)
+    cfg = ImageCompareConfig.model_validate_json((report / "compare_config.json").read_text())
+    return results, load_images(cfg.data, (split,))
 
 
 def compare_images(cfg: ImageCompareConfig, report: str | Path, progress: bool = True) -> dict:
@@ -201,9 +207,9 @@ def _oracle_logits(base, data, window_len: int, seed: int) -> np.ndarray:
     for kind in sorted(set(types.values())):
         of_kind = {d for d, t in types.items() if t == kind}
         masks = {name: np.isin(data[name].device, list(of_kind)) for name in ("train", "valid", "test")}
-        oracle = train_oracle(base, subset(data["train"], masks["train"]), subset(data["valid"], masks["valid"]),
+        oracle = train_oracle(base, data["train"].select(masks["train"]), data["valid"].select(masks["valid"]),
                               window_len, seed)
-        logits[masks["test"]] = predict_images(oracle, subset(test, masks["test"]))
+        logits[masks["test"]] = predict_images(oracle, test.select(masks["test"]))
     return logits
 
 
@@ -389,7 +395,4 @@ def _plots(results: dict, summary: dict, report: Path) -> None:
 def rerender(report: str | Path) -> None:
     """Rewrite a finished comparison's report from its results.json (after a report change)."""
     report = Path(report)
-    results = json.loads((report / "results.json").read_text())
-    results.pop("summary", None)
-    cfg = ImageCompareConfig.model_validate_json((report / "compare_config.json").read_text())
-    write_report(results, load_images(cfg.data, ("valid",)), report)
+    write_report(*_finished(report, "valid"), report)

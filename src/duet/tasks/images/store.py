@@ -63,6 +63,10 @@ class ImageSplit:
     def device(self) -> np.ndarray:
         return self.data.device[self.rows]
 
+    def select(self, mask: np.ndarray) -> ImageSplit:
+        """The records where `mask` holds (some devices, a shift type), same split and data."""
+        return ImageSplit(self.name, self.rows[mask], self.y[mask], self.data)
+
 
 @dataclass
 class ImageData:

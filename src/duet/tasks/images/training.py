@@ -73,9 +73,11 @@ def predict_images(model: nn.Module, split: ImageSplit, batch_size: int = 1024,
     """Logits (N, classes) of a split's scored samples; `window_len` overrides the dataset's W."""
     was_training = model.training
     model.eval()
+    from duet.training.evaluate import model_device
+
     W = window_len or split.data.window_len
     batcher = ImageBatcher(split, batch_size, W)
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = np.concatenate([logits_of(model, batch.to(device)).cpu().numpy() for batch in batcher.batches()])
     model.train(was_training)
     return out
