@@ -51,7 +51,7 @@ def main() -> None:
     from duet.atomic import write_json
     from duet.checkpoint import load_config
     from duet.cloud.bulk import generate_bulk
-    from duet.data.store import load_dataset
+    from duet.tasks.recommendation.data.store import load_dataset
 
     config = load_config(args.run)
     test = load_dataset(config.data, splits=("test",))["test"].window

@@ -62,7 +62,7 @@ def untrained_run(data: Path, out: Path, method: str) -> Path:
     model = build_model(config)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", json.loads(config.model_dump_json()))
-    spec = model.param_spec if method == "base" else model.recommender.param_spec
+    spec = model.param_spec if method == "base" else model.device_model.param_spec
     write_json(out / "param_spec.json", {"hash": spec.hash, "params": spec.to_json()})
     save_tensors(out / WEIGHTS, model.state_dict())
     write_manifest(out, {"method": method, "backbone": config.model.backbone, "best_epoch": 0,
@@ -73,7 +73,7 @@ def untrained_run(data: Path, out: Path, method: str) -> Path:
 def test_windows(data: Path, out: Path) -> int:
     import numpy as np
 
-    from duet.data.store import load_dataset
+    from duet.tasks.recommendation.data.store import load_dataset
 
     windows = load_dataset(data, splits=("test",))["test"].window
     np.save(out, windows)

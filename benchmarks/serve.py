@@ -58,7 +58,7 @@ TARGETS = {
 def make_run(workdir: Path) -> Path:
     """A default-architecture DUET run on a synthetic dataset (1 epoch each stage)."""
     from duet.config import GeneratorConfig, ModelConfig, TrainConfig
-    from duet.data.store import Split, tail_window, write_dataset
+    from duet.tasks.recommendation.data.store import Split, tail_window, write_dataset
     from duet.training.loop import run_config_for, train
 
     rng = np.random.default_rng(0)
@@ -334,12 +334,12 @@ def bench_finetune(run: Path, steps: int, finetune_json: Path | None) -> dict:
     import torch
 
     from duet.checkpoint import load_run
-    from duet.data.store import load_dataset
-    from duet.training.finetune import FinetuneConfig, finetune_device
+    from duet.tasks.recommendation.data.store import load_dataset
+    from duet.tasks.recommendation.finetune import FinetuneConfig, finetune_device
 
     torch.set_num_threads(1)
     config, model, _ = load_run(run)
-    recommender = model.recommender if config.train.method == "duet" else model
+    recommender = model.device_model if config.train.method == "duet" else model
     train = load_dataset(config.data, splits=("train",))["train"]
     user = int(np.bincount(train.user).argmax())
     mine = train.select(train.user == user)

@@ -21,7 +21,7 @@ import numpy as np
 from duet.atomic import write_bytes, write_json
 from duet.checkpoint import is_finished_run
 from duet.config import ModelConfig, TrainConfig
-from duet.training.evaluate import evaluate_run
+from duet.tasks.recommendation.evaluate import evaluate_run
 from duet.training.loop import run_config_for, train
 
 # name -> (what it tests, TrainConfig overrides, ModelConfig overrides). Each spells
@@ -55,7 +55,7 @@ def refit_data(data: Path, out: Path) -> Path:
     the refit run's own valid scores are meaningless and never used)."""
     from safetensors.numpy import load_file
 
-    from duet.data.store import Split, load_dataset, write_dataset
+    from duet.tasks.recommendation.data.store import Split, load_dataset, write_dataset
 
     target = out / "data-refit"
     if (target / "manifest.json").exists():

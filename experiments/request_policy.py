@@ -30,11 +30,11 @@ import torch
 
 from duet.atomic import save_png, write_json
 from duet.checkpoint import load_run
-from duet.data.store import PAD, Split, load_dataset
+from duet.tasks.recommendation.data.store import PAD, Split, load_dataset
 from duet.device.policy import RequestPolicy
 from duet.metrics import compute_metrics
-from duet.report.cold import event_user_line
-from duet.training.evaluate import predict
+from duet.tasks.recommendation.report.cold import event_user_line
+from duet.tasks.recommendation.evaluate import predict
 
 EVERY = (2, 3, 5, 10, 20, 50, 1000)
 FLOOR = 0.003
@@ -161,11 +161,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config, model, _ = load_run(args.run)
     data = load_dataset(config.data)
-    embedding = model.recommender.item_embedding.weight.detach().numpy()  # what the bundle ships
+    embedding = model.device_model.item_embedding.weight.detach().numpy()  # what the bundle ships
     # A device enters each period holding parameters for its last window of the period before.
     valid = sweep(model, data["valid"], embedding, last_windows(data["train"]), args.recent)
     test = sweep(model, data["test"], embedding, last_windows(data["valid"]), args.recent)
-    global_uauc = compute_metrics(data["test"].label, predict(model.recommender, data["test"]), data["test"].user)["uauc"]
+    global_uauc = compute_metrics(data["test"].label, predict(model.device_model, data["test"]), data["test"].user)["uauc"]
     results = {"run": str(args.run), "tolerance": args.tolerance, "recent": args.recent, "global_head_test_uauc": global_uauc,
                "valid": valid, "test": test, "chosen": chosen(valid, test, args.tolerance)}
     if args.check:

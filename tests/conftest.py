@@ -23,7 +23,7 @@ TINY_USERS = 60
 @pytest.fixture(scope="session")
 def movielens_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """movielens-small prepared with the default protocol (about half a second)."""
-    from duet.data.prepare import prepare_dataset
+    from duet.tasks.recommendation.data.prepare import prepare_dataset
 
     out = tmp_path_factory.mktemp("data") / "movielens"
     prepare_dataset(out, "movielens-small")
@@ -33,7 +33,7 @@ def movielens_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The first 60 users of movielens-small, L=20, W=5 (default k-core, negatives, split)."""
-    from duet.data.prepare import prepare_dataset
+    from duet.tasks.recommendation.data.prepare import prepare_dataset
 
     out = tmp_path_factory.mktemp("data") / "tiny"
     prepare_dataset(out, "movielens-small", protocol=TINY_PROTOCOL, max_users=TINY_USERS)
@@ -48,7 +48,7 @@ _BUILT: dict[str, Path] = {}
 
 def write_tiny_dataset(out: Path, seed: int = 0) -> Path:
     """Per-user chronological events; the positive is the item after the history (learnable)."""
-    from duet.data.store import Split, tail_window, write_dataset
+    from duet.tasks.recommendation.data.store import Split, tail_window, write_dataset
 
     rng = np.random.default_rng(seed)
 

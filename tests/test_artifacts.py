@@ -36,7 +36,7 @@ def test_loading_datasets_and_runs_never_unpickles(tiny_dir, tmp_path, no_pickle
     del no_pickle
     from duet.checkpoint import load_run
     from duet.config import ModelConfig, TrainConfig
-    from duet.data.store import load_dataset
+    from duet.tasks.recommendation.data.store import load_dataset
     from duet.training.loop import run_config_for, train
 
     load_dataset(tiny_dir)
@@ -50,7 +50,7 @@ def test_loading_datasets_and_runs_never_unpickles(tiny_dir, tmp_path, no_pickle
 def test_damaged_dataset_file_is_refused(tiny_dir, tmp_path, damage):
     import shutil
 
-    from duet.data.store import load_dataset
+    from duet.tasks.recommendation.data.store import load_dataset
     from duet.errors import ArtifactError
 
     data = tmp_path / "data"

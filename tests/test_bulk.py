@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from duet.cli import app
 from duet.cloud.bulk import load_heads
 from duet.cloud.generation import GeneratorService
-from duet.data.store import tail_window
+from duet.tasks.recommendation.data.store import tail_window
 
 runner = CliRunner()
 
@@ -63,7 +63,7 @@ def test_bulk_heads_are_the_services_and_the_single_windows(duet_run: Path, tmp_
     np.testing.assert_array_equal(rows, tail_window(windows, W))
     np.testing.assert_allclose(params, service.generate(rows), rtol=0, atol=1e-6)
     # `duet generate --window`: the unfolded model, one window at a time.
-    from duet.training.evaluate import generate_for_window
+    from duet.tasks.recommendation.evaluate import generate_for_window
 
     for b in (0, 5, len(windows) - 1):
         single, _ = generate_for_window(duet_run, ",".join(str(i) for i in windows[b][windows[b] != 0]))

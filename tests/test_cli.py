@@ -122,26 +122,26 @@ def _train_defaults(data: Path, tmp: Path) -> dict[str, object]:
 
 
 def _finetune_defaults(data: Path, _tmp: Path) -> dict[str, object]:
-    from duet.training.finetune import FinetuneConfig
+    from duet.tasks.recommendation.finetune import FinetuneConfig
 
     return fields(FinetuneConfig(base_run="base/run", data=str(data)), out=None, progress=True)
 
 
 def _compare_defaults(data: Path, tmp: Path) -> dict[str, object]:
-    from duet.report.compare import CompareConfig
+    from duet.tasks.recommendation.report.compare import CompareConfig
 
     return fields(CompareConfig(data=str(data)), out=tmp / "out", progress=True)
 
 
 def _quick(data: Path) -> dict[str, object]:
-    from duet.report.compare import CompareConfig, quick_config
+    from duet.tasks.recommendation.report.compare import CompareConfig, quick_config
 
     full, quick = CompareConfig(data=str(data)), quick_config(str(data))
     return {name: getattr(quick, name) for name in type(full).model_fields if getattr(full, name) != getattr(quick, name)}
 
 
 def _variant() -> tuple:
-    from duet.report.compare import DuetVariant
+    from duet.tasks.recommendation.report.compare import DuetVariant
 
     return (DuetVariant(freeze_static=True, rank=2, dropout=0.1),)
 
@@ -201,7 +201,7 @@ COMMANDS = {
         },
     ),
     "finetune": Command(
-        "finetune", "duet.training.finetune", "finetune", _finetune_fake,
+        "finetune", "duet.tasks.recommendation.finetune", "finetune", _finetune_fake,
         required=lambda data, _tmp: {"data": data, "base": "base/run"},
         defaults=_finetune_defaults,
         flags=lambda tmp: {
@@ -219,7 +219,7 @@ COMMANDS = {
         },
     ),
     "compare": Command(
-        "compare", "duet.report.compare", "compare", _compare_fake,
+        "compare", "duet.tasks.recommendation.report.compare", "compare", _compare_fake,
         required=lambda data, tmp: {"data": data, "out": tmp / "out"},
         defaults=_compare_defaults,
         reset=_remove_outs,
@@ -281,7 +281,7 @@ def test_compare_refuses_an_existing_report_without_overwrite(datasets, monkeypa
     (datasets / "out").mkdir()
     (datasets / "out" / "results.md").write_text("# an earlier report\n")
     called = []
-    monkeypatch.setattr("duet.report.compare.compare", lambda *args, **_kwargs: called.append(args))
+    monkeypatch.setattr("duet.tasks.recommendation.report.compare.compare", lambda *args, **_kwargs: called.append(args))
     argv = ["compare", "--data", str(datasets / "data"), "--out", str(datasets / "out")]
     result = runner.invoke(app, argv)
     assert result.exit_code == 2 and "--overwrite" in one_line(result.stderr) and called == []

@@ -116,7 +116,7 @@ def item_embeddings(run: Path, items: list[int]) -> list[list[float]]:
     from duet.checkpoint import load_run
 
     _, model, _ = load_run(run)
-    return model.recommender.item_embedding.weight.detach()[items].tolist()
+    return model.device_model.item_embedding.weight.detach()[items].tolist()
 
 
 @pytest.mark.parametrize("window", [[3, 1, 4], [7, 8, 9, 10, 11, 12, 13]])  # shorter and longer than W
@@ -390,7 +390,7 @@ def test_frozen_decoders_are_bitwise_the_model(duet_run: Path) -> None:
     windows = torch.from_numpy(np.random.default_rng(2).integers(1, NUM_ITEMS, (16, W)))
     with torch.inference_mode():
         params = model.generate(windows)
-        expected = torch.cat([params[n].reshape(16, -1) for n in model.recommender.param_spec.names], 1)
+        expected = torch.cat([params[n].reshape(16, -1) for n in model.device_model.param_spec.names], 1)
         frozen = FlatGenerator(load_run(duet_run)[1], fold=False)
         assert not frozen.folded
         assert torch.equal(frozen(windows), expected)

@@ -9,10 +9,10 @@ import pytest
 from safetensors.numpy import save_file
 
 from duet.config import ProtocolConfig
-from duet.data.prepare import prepare_dataset
-from duet.data.store import Split, load_dataset
-from duet.data.synthetic_shift import ShiftConfig
-from duet.report.cold import LABELS, bin_of, by_seen, items_seen
+from duet.tasks.recommendation.data.prepare import prepare_dataset
+from duet.tasks.recommendation.data.store import Split, load_dataset
+from duet.tasks.recommendation.data.synthetic_shift import ShiftConfig
+from duet.tasks.recommendation.report.cold import LABELS, bin_of, by_seen, items_seen
 
 
 def test_items_seen_is_the_targets_position(tmp_path: Path) -> None:

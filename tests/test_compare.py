@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from duet.errors import DuetError
-from duet.report.compare import (
+from duet.tasks.recommendation.report.compare import (
     DIFFERENCES,
     METHODS,
     CompareConfig,
@@ -100,7 +100,7 @@ def test_oscillation_on_worked_examples():
 
 
 def test_summary_pairs_each_method_with_the_base_of_its_own_seed():
-    from duet.report.compare import summarize
+    from duet.tasks.recommendation.report.compare import summarize
 
     def entry(uauc: float) -> dict:
         return {"test": {"auc": uauc, "uauc": uauc, "ndcg@10": 0.5, "hit@10": 0.9, "logloss": 0.4}}
@@ -120,7 +120,7 @@ def test_compare_on_new_devices_keeps_the_global_model_for_fine_tuning(tmp_path)
     import pandas as pd
 
     from duet.config import ProtocolConfig
-    from duet.data.prepare import prepare_dataset
+    from duet.tasks.recommendation.data.prepare import prepare_dataset
 
     rng = np.random.default_rng(0)
     rows = [(u, int(i), u * 10 + j * 7) for u in range(40)

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from duet.cli import app
-from duet.data.store import load_dataset
+from duet.tasks.recommendation.data.store import load_dataset
 
 runner = CliRunner()
 
@@ -210,7 +210,7 @@ def test_existing_output_needs_overwrite(tmp_path):
 
 
 def test_failure_while_writing_leaves_nothing(tmp_path, monkeypatch):
-    import duet.data.prepare as prepare
+    import duet.tasks.recommendation.data.prepare as prepare
 
     def broken(out, *_args, **_kwargs):
         (out / "train.safetensors").write_bytes(b"partial")

@@ -7,8 +7,8 @@ import pytest
 from typer.testing import CliRunner
 
 from duet.cli import app
-from duet.data.info import gini, summarize
-from duet.data.store import SPLITS, load_dataset
+from duet.tasks.recommendation.data.info import gini, summarize
+from duet.tasks.recommendation.data.store import SPLITS, load_dataset
 
 runner = CliRunner()
 

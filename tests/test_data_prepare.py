@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 from duet.atomic import sha256_file
 from duet.cli import app
 from duet.config import ProtocolConfig
-from duet.data.prepare import NegativeSampler, context, kcore, prepare_dataset, split_counts
-from duet.data.store import PAD, SPLITS, load_dataset, load_vocab
+from duet.tasks.recommendation.data.prepare import NegativeSampler, context, kcore, prepare_dataset, split_counts
+from duet.tasks.recommendation.data.store import PAD, SPLITS, load_dataset, load_vocab
 
 # The `tiny_dir` fixture's settings (tests/conftest.py).
 TINY_PROTOCOL = ProtocolConfig(history_len=20, window_len=5)
@@ -329,8 +329,8 @@ def test_cutoff_never_trains_after_T_and_tests_only_new_users(tmp_path):
     import pandas as pd
 
     from duet.config import ProtocolConfig
-    from duet.data.prepare import prepare_dataset
-    from duet.data.store import load_dataset, load_vocab
+    from duet.tasks.recommendation.data.prepare import prepare_dataset
+    from duet.tasks.recommendation.data.store import load_dataset, load_vocab
 
     rng = np.random.default_rng(0)
     rows = [(u, int(i), u * 10 + j * 7) for u in range(40) for j, i in

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from duet.data.store import PAD, tail_window
+from duet.tasks.recommendation.data.store import PAD, tail_window
 
 
 def test_tail_window_is_the_last_items_left_aligned():

@@ -17,7 +17,7 @@ from duet.atomic import sha256_file
 from duet.checkpoint import load_run
 from duet.config import ModelConfig
 from duet.export import export_bundle, export_onnx, model_version, verify_onnx
-from duet.models.recommender import Recommender
+from duet.tasks.recommendation.models.recommender import Recommender
 
 
 def test_bundle_layout(bundle_dir: Path, duet_run: Path, tiny_data: Path) -> None:
@@ -29,7 +29,7 @@ def test_bundle_layout(bundle_dir: Path, duet_run: Path, tiny_data: Path) -> Non
     for name, digest in manifest["files"].items():
         assert sha256_file(bundle_dir / name) == digest
     _, model, _ = load_run(duet_run)
-    recommender = model.recommender
+    recommender = model.device_model
     spec = recommender.param_spec
     assert json.loads((bundle_dir / "param_spec.json").read_text()) == {"hash": spec.hash, "params": spec.to_json()}
     assert manifest["spec_hash"] == spec.hash
@@ -72,7 +72,7 @@ def assert_onnx_equals_torch(recommender: torch.nn.Module, onnx_file: Path) -> N
 
 def test_onnx_equals_torch_for_random_parameters(bundle_dir: Path, duet_run: Path) -> None:
     _, model, _ = load_run(duet_run)
-    assert_onnx_equals_torch(model.recommender, bundle_dir / "model.onnx")
+    assert_onnx_equals_torch(model.device_model, bundle_dir / "model.onnx")
 
 
 @pytest.mark.parametrize("backbone", ["gru4rec", "din"])

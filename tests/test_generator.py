@@ -8,7 +8,7 @@ import torch
 from duet.config import GeneratorConfig, ModelConfig
 from duet.duet_model import DuetModel
 from duet.generator.swa import SWADecoder, swa_weights
-from duet.models.recommender import Recommender
+from duet.tasks.recommendation.models.recommender import Recommender
 
 NUM_ITEMS, L, W = 60, 10, 5
 
@@ -33,7 +33,7 @@ def test_every_generator_tensor_is_trained(gen):
     optimizer = torch.optim.Adam(model.generator.parameters(), lr=1e-2)
     h = torch.randint(1, NUM_ITEMS, (4, L))
     items = torch.randint(1, NUM_ITEMS, (4,))
-    loss = model(h, windows(), items).pow(2).mean()
+    loss = model(h, items, window=windows()).pow(2).mean()
     loss.backward()
     for name, p in model.generator.named_parameters():
         assert p.grad is not None and torch.count_nonzero(p.grad) > 0, name
@@ -62,7 +62,7 @@ def test_generator_survives_save_and_load(tmp_path):
 def test_generated_shapes_match_the_head(backbone, gen):
     model = make(backbone, **gen)
     params = model.generate(windows(7))
-    spec = model.recommender.param_spec
+    spec = model.device_model.param_spec
     assert list(params) == spec.names
     for name, shape in spec.entries:
         assert tuple(params[name].shape) == (7, *shape)
@@ -146,7 +146,7 @@ def test_residual_mode_starts_near_the_global_head():
     model = make(mode="residual")
     with torch.no_grad():
         params = model.generate(windows(64))
-    theta = model.recommender.theta_g()
+    theta = model.device_model.theta_g()
     for name, p in params.items():
         delta = (p - theta[name]).std().item()
         scale = theta[name].std().item()
@@ -157,18 +157,18 @@ def test_residual_mode_starts_near_the_global_head():
 def test_folded_generator_is_the_generator(gen):
     """Serving folds layer embedding -> SWA decoder (+ theta_g) into one matrix: same parameters."""
     model = make(**gen).eval()
-    names = model.recommender.param_spec.names
-    theta_g = model.recommender.theta_g()
+    names = model.device_model.param_spec.names
+    theta_g = model.device_model.theta_g()
     constant = None if model.cfg.mode == "paper" else torch.cat([theta_g[n].detach().reshape(-1) for n in names])
     weight, bias = model.generator.folded(constant)
     w = windows(9)
     w[::2, 3:] = 0
     with torch.no_grad():
         params = model.generate(w)
-        c = model.generator.encoder(model.recommender.item_embedding(w), w != 0)
+        c = model.generator.encoder(model.device_model.item_embedding(w), w != 0)
         flat = torch.nn.functional.linear(c, weight, bias)
     expected = torch.cat([params[n].reshape(9, -1) for n in names], 1)
-    assert flat.shape == expected.shape == (9, model.recommender.param_spec.numel)
+    assert flat.shape == expected.shape == (9, model.device_model.param_spec.numel)
     torch.testing.assert_close(flat, expected, rtol=0, atol=1e-6)
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from duet.cli import app
 from duet.config import GeneratorConfig, ModelConfig
-from duet.duet_model import ImageDuet
+from duet.duet_model import DuetModel
 from duet.errors import DuetError
 from duet.tasks.images.baselines import batch_norms, finetune_images, tent_images
 from duet.tasks.images.fleet import FleetConfig, build_digits_fleet, digits, prepare_fleet
@@ -98,10 +98,10 @@ def test_scored_samples_exclude_each_devices_adaptation_prefix(fleet_dir):
         assert set(per_device[per_device > 0].tolist()) == {SMALL.adapt}
 
 
-def _image_duet(encoder: str) -> ImageDuet:
+def _image_duet(encoder: str) -> DuetModel:
     torch.manual_seed(0)
     classifier = ImageClassifier((1, 8, 8), 10, ModelConfig(backbone="cnn", embed_dim=16))
-    return ImageDuet(classifier, 6, GeneratorConfig(encoder=encoder, dropout=0.0)).eval()
+    return DuetModel(classifier, 6, GeneratorConfig(encoder=encoder, dropout=0.0)).eval()
 
 
 @pytest.mark.parametrize("encoder", ["mean", "attnpool"])
@@ -202,7 +202,7 @@ def test_commands_train_and_evaluate_an_image_fleet(fleet_dir, tmp_path):
 
 def test_compare_scores_every_method_on_the_same_devices_and_writes_the_report(fleet_dir, tmp_path):
     from duet.tasks.images.compare import ImageCompareConfig, compare_images
-    from duet.training.evaluate import evaluate_run
+    from duet.tasks.recommendation.evaluate import evaluate_run
 
     cfg = ImageCompareConfig(data=str(fleet_dir), seeds=1, epochs=2, duet_epochs=1, ks=(3,), finetune_steps=(3,),
                              finetune_lrs=(1e-2,), tent_steps=(2,), tent_lrs=(1e-2,), windows=(1, 6))

@@ -59,7 +59,7 @@ def offline_params(model: torch.nn.Module, window: np.ndarray) -> dict[str, np.n
 
 def features(model: torch.nn.Module, window: np.ndarray) -> list[list[float]]:
     with torch.inference_mode():
-        return model.classifier.features(torch.from_numpy(window)).tolist()
+        return model.device_model.features(torch.from_numpy(window)).tolist()
 
 
 # ---------------------------------------------------------------- the service
@@ -138,7 +138,7 @@ def test_image_bundle_layout(image_bundle_dir: Path, image_run: Path, loaded) ->
     for name, digest in manifest["files"].items():
         assert sha256_file(image_bundle_dir / name) == digest
     theta_g = load_file(str(image_bundle_dir / "theta_g.safetensors"))
-    for name, value in model.classifier.theta_g().items():
+    for name, value in model.device_model.theta_g().items():
         np.testing.assert_array_equal(theta_g[name], value.detach().numpy())
     assert manifest["verified_max_abs_diff"] <= 1e-5
 
@@ -146,7 +146,7 @@ def test_image_bundle_layout(image_bundle_dir: Path, image_run: Path, loaded) ->
 def test_image_onnx_equals_torch_for_random_parameters(image_bundle_dir: Path, loaded) -> None:
     """onnxruntime against the classifier itself, 1 to 50 images, random heads: logits and features."""
     _, model = loaded
-    classifier = model.classifier
+    classifier = model.device_model
     session = ort.InferenceSession(str(image_bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     inputs = {i.name: i.shape for i in session.get_inputs()}
     assert inputs["x"] == ["samples", *SHAPE]

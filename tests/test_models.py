@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from duet.config import ModelConfig
-from duet.data.store import PAD
-from duet.models.backbones import GRU4Rec, SASRec
+from duet.tasks.recommendation.data.store import PAD
+from duet.tasks.recommendation.models.backbones import GRU4Rec, SASRec
 from duet.models.head import DynamicHead
-from duet.models.recommender import Recommender
+from duet.tasks.recommendation.models.recommender import Recommender
 
 BACKBONES = ["sasrec", "gru4rec", "din"]
 NUM_ITEMS, L = 50, 8

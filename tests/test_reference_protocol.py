@@ -13,8 +13,8 @@ from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
 from duet.cli import app
-from duet.data.importers import read_movielens_small
-from duet.data.store import load_dataset
+from duet.tasks.recommendation.data.importers import read_movielens_small
+from duet.tasks.recommendation.data.store import load_dataset
 
 runner = CliRunner()
 

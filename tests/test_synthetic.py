@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from duet.cli import app
-from duet.data.store import load_dataset
-from duet.data.synthetic import DAY, MIN_PER_USER, synthetic_log
+from duet.tasks.recommendation.data.store import load_dataset
+from duet.tasks.recommendation.data.synthetic import DAY, MIN_PER_USER, synthetic_log
 
 runner = CliRunner()
 

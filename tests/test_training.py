@@ -15,15 +15,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import duet.tasks.recommendation as recommendation
+import duet.tasks.recommendation.task as recommendation
 import duet.training.loop as loop
 from duet.checkpoint import is_finished_run, load_run, read_run_manifest
 from duet.cli import app
 from duet.config import GeneratorConfig, ModelConfig, TrainConfig
-from duet.data.store import PAD, load_dataset
+from duet.tasks.recommendation.data.store import PAD, load_dataset
 from duet.errors import ArtifactError
 from duet.metrics import compute_metrics
-from duet.training.evaluate import evaluate, evaluate_run, predict
+from duet.tasks.recommendation.evaluate import evaluate, evaluate_run, predict
 from duet.training.loop import run_config_for, train
 
 SMALL = {"embed_dim": 16, "num_blocks": 1}
@@ -105,7 +105,7 @@ def test_duet_with_frozen_static_keeps_the_global_model(base_run, tiny_dir, tmp_
     _, base, _ = load_run(base_run)
     _, duet, _ = load_run(out)
     for name, tensor in base.state_dict().items():
-        assert torch.equal(tensor, duet.recommender.state_dict()[name]), name
+        assert torch.equal(tensor, duet.device_model.state_dict()[name]), name
     history = json.loads((out / "history.json").read_text())
     # residual mode starts at theta_g: one epoch over a frozen static part stays near the global model
     base_valid = json.loads((base_run / "metrics_valid.json").read_text())["uauc"]
@@ -113,7 +113,7 @@ def test_duet_with_frozen_static_keeps_the_global_model(base_run, tiny_dir, tmp_
 
 
 def test_finetuning_never_changes_the_global_model(base_run, tiny_dir):
-    from duet.training.finetune import FinetuneConfig, finetune, finetune_device
+    from duet.tasks.recommendation.finetune import FinetuneConfig, finetune, finetune_device
 
     _, model, _ = load_run(base_run)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -140,7 +140,7 @@ def test_finetuning_never_changes_the_global_model(base_run, tiny_dir):
 def test_finetuning_trains_only_on_the_devices_own_earlier_records(base_run, tiny_dir, monkeypatch, split, own):
     """For the test split a device tunes on its train and valid records, for the valid split on its train
     records: all of them, never another device's, never the split it is scored on."""
-    import duet.training.finetune as finetune_module
+    import duet.tasks.recommendation.finetune as finetune_module
 
     seen = {}
     real = finetune_module.finetune_device
@@ -161,7 +161,7 @@ def test_finetuning_trains_only_on_the_devices_own_earlier_records(base_run, tin
 
 
 def test_head_only_finetuning_changes_only_the_head(base_run, tiny_dir):
-    from duet.training.finetune import FinetuneConfig, finetune_device
+    from duet.tasks.recommendation.finetune import FinetuneConfig, finetune_device
 
     _, model, _ = load_run(base_run)
     split = load_dataset(tiny_dir, splits=("train",))["train"]
@@ -224,8 +224,8 @@ def test_torchrun_two_processes_match_single_process_quality(tiny_dir, tmp_path)
 
 
 def test_training_end_to_end_on_the_reference_text_format(tiny_dir, tmp_path):
-    from duet.data.prepare import prepare_dataset
-    from duet.data.textformat import export_text
+    from duet.tasks.recommendation.data.prepare import prepare_dataset
+    from duet.tasks.recommendation.data.textformat import export_text
 
     export_text(tiny_dir, tmp_path / "train.txt", tmp_path / "test.txt")
     imported = tmp_path / "imported"
@@ -364,7 +364,7 @@ def test_duet_train_trains_the_generator(base_run, tiny_dir, tmp_path, monkeypat
     _, global_model, _ = load_run(base_run)
     static = {f"recommender.{k}": v for k, v in global_model.state_dict().items()}
     assert all(torch.equal(trained[k], v) for k, v in static.items()) == freeze  # joint moves the static part
-    assert torch.count_nonzero(model.recommender.item_embedding.weight[PAD]) == 0
+    assert torch.count_nonzero(model.device_model.item_embedding.weight[PAD]) == 0
 
     windows = np.unique(load_dataset(tiny_dir, splits=("valid",))["valid"].window, axis=0)
     windows = torch.from_numpy(windows[(windows != PAD).sum(1) >= 2][:6].astype(np.int64))
@@ -378,7 +378,7 @@ def test_duet_train_trains_the_generator(base_run, tiny_dir, tmp_path, monkeypat
 
 
 def test_sampled_negatives_are_fresh_labelled_zero_and_attached_to_their_event():
-    from duet.training.batches import Batch, with_sampled_negatives
+    from duet.tasks.recommendation.batches import Batch, with_sampled_negatives
 
     batch = Batch(history=torch.ones(3, 4, dtype=torch.long), window=torch.ones(3, 2, dtype=torch.long),
                   item=torch.tensor([5, 6, 7, 8]), label=torch.tensor([1.0, 0.0, 1.0, 1.0]),

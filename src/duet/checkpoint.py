@@ -13,6 +13,7 @@ Nothing is ever unpickled: weights are safetensors, everything else JSON.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -21,45 +22,25 @@ from torch import nn
 
 from duet.atomic import atomic_path, sha256_file, write_json
 from duet.config import RunConfig
+from duet.duet_model import DuetModel
 from duet.errors import ArtifactError
 from duet.manifest import read_manifest, verify_all
+from duet.task import Task, builder_of, load_task
 
 RUN_FORMAT = "duet-run/1"
 WEIGHTS = "model.safetensors"
 
 
-def build_model(config: RunConfig) -> nn.Module:
-    """Popularity for pop runs, the task's device model for base runs, a DuetModel for DUET runs."""
-    from duet.models.recommender import Recommender
-
-    if config.task == "images":
-        return _build_image_model(config)
-    if config.train.method == "pop":
-        from duet.models.popularity import Popularity
-
-        return Popularity(config.num_items)
-    recommender = Recommender(config.num_items, config.history_len, config.model)
+def build_model(config: RunConfig, task: Task | None = None) -> nn.Module:
+    """The task's device model for base runs, a DuetModel around it for DUET runs, and what the
+    task fits without gradients for its own methods (e.g. popularity)."""
+    task = task or load_task(config.builder)
+    device_model = task.build(config)  # for a task's own method (not base or duet), that method's model
     if config.train.method != "duet":
-        return recommender
-    from duet.duet_model import DuetModel
-
+        return device_model
     if config.generator is None:
         raise ArtifactError("a DUET run config needs a `generator` section")
-    return DuetModel(recommender, config.window_len, config.generator)
-
-
-def _build_image_model(config: RunConfig) -> nn.Module:
-    from duet.duet_model import ImageDuet
-    from duet.tasks.images.model import ImageClassifier
-
-    if config.train.method == "pop" or config.image_shape is None:
-        raise ArtifactError("an image run needs method base or duet and the dataset's image shape")
-    classifier = ImageClassifier(config.image_shape, config.num_classes, config.model)
-    if config.train.method != "duet":
-        return classifier
-    if config.generator is None:
-        raise ArtifactError("a DUET run config needs a `generator` section")
-    return ImageDuet(classifier, config.window_len, config.generator)
+    return DuetModel(device_model, config.window_len, config.generator)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -104,7 +85,10 @@ def verify_run(run: str | Path) -> dict:
 def load_config(run: str | Path) -> RunConfig:
     file = Path(run) / "config.json"
     try:
-        return RunConfig.model_validate_json(file.read_text())
+        raw = json.loads(file.read_text())
+        if isinstance(raw, dict):
+            builder_of(raw, file)  # a run from before tasks were plug-ins: say what to redo
+        return RunConfig.model_validate(raw)
     except FileNotFoundError:
         raise ArtifactError(f"{file}: missing") from None
     except ValueError as exc:
@@ -112,15 +96,15 @@ def load_config(run: str | Path) -> RunConfig:
         raise ArtifactError(f"{file}: invalid run config ({'; '.join(first[:3])})") from None
 
 
-def load_run(run: str | Path) -> tuple[RunConfig, nn.Module, dict]:
-    """Verify, rebuild and load a run's selected model (eval mode)."""
+def load_run(run: str | Path, task: Task | None = None) -> tuple[RunConfig, nn.Module, dict]:
+    """Verify, rebuild and load a run's selected model (eval mode); the task is the run's recorded one."""
     run = Path(run)
     manifest = verify_run(run)
     unlisted = [name for name in ("config.json", WEIGHTS) if name not in manifest.get("files", {})]
     if unlisted:  # an unlisted file would be loaded unverified
         raise ArtifactError(f"{run / 'manifest.json'}: does not list the sha256 of {', '.join(unlisted)}")
     config = load_config(run)
-    model = build_model(config)
+    model = build_model(config, task)
     state = load_tensors(run / WEIGHTS)
     try:
         model.load_state_dict(state, strict=True)

@@ -144,7 +144,7 @@ def evaluate(
 
     if split not in ("valid", "test"):  # a DuetError: one line, like every other user mistake
         raise DuetError(f"--split must be valid or test, got {split!r}")
-    from duet.training.evaluate import evaluate_run
+    from duet.tasks.recommendation.evaluate import evaluate_run
 
     metrics = evaluate_run(run, split, data, head, device)
     if as_json:
@@ -174,8 +174,8 @@ def finetune(
     from pydantic import ValidationError
 
     from duet.errors import DuetError
-    from duet.training.finetune import FinetuneConfig
-    from duet.training.finetune import finetune as run_finetune
+    from duet.tasks.recommendation.finetune import FinetuneConfig
+    from duet.tasks.recommendation.finetune import finetune as run_finetune
 
     try:
         cfg = FinetuneConfig(base_run=str(base), data=str(data), split=split, steps=steps, lr=lr, scope=scope,
@@ -213,8 +213,8 @@ def compare(
 ) -> None:
     """Pop, base, fine-tune and DUET with/without SWA on the same splits -> OUT/results.md and plots."""
     from duet.errors import DuetError
-    from duet.report.compare import CompareConfig, DuetVariant, quick_config
-    from duet.report.compare import compare as run_compare
+    from duet.tasks.recommendation.report.compare import CompareConfig, DuetVariant, quick_config
+    from duet.tasks.recommendation.report.compare import compare as run_compare
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DuetError(f"{out} already exists; pass --overwrite to resume or extend it")
@@ -291,7 +291,7 @@ def generate(
     if windows is not None:
         _generate_bulk(run, windows, out, chunk_size, dtype, overwrite, device, progress)
         return
-    from duet.training.evaluate import generate_for_window
+    from duet.tasks.recommendation.evaluate import generate_for_window
 
     params, spec_hash = generate_for_window(run, window, device)
     import numpy as np
@@ -385,7 +385,7 @@ def prepare(
 
     from rich.console import Console
 
-    from duet.data.prepare import prepare_dataset
+    from duet.tasks.recommendation.data.prepare import prepare_dataset
 
     if source in IMAGE_SOURCES:
         _prepare_images(out, source, path, seed, window_len, adapt, overwrite,
@@ -408,7 +408,7 @@ def prepare(
                  "seed": generator_seed}
     shift = None
     if any(v is not None for v in generator.values()):
-        from duet.data.synthetic_shift import ShiftConfig
+        from duet.tasks.recommendation.data.synthetic_shift import ShiftConfig
 
         shift = ShiftConfig(**{k: v for k, v in generator.items() if v is not None})
     console = Console()
@@ -513,7 +513,7 @@ def export_text(
     overwrite: Annotated[bool, typer.Option(help="replace existing files")] = False,
 ) -> None:
     """Write a dataset in the reference text format user_id;item_id;trigger_seq;click_seq;label."""
-    from duet.data.textformat import export_text as run_export
+    from duet.tasks.recommendation.data.textformat import export_text as run_export
 
     for file, records in run_export(data, train, test, overwrite=overwrite).items():
         typer.echo(f"wrote {records:,} records to {file}")
@@ -561,8 +561,8 @@ def data_info(
     from rich.console import Console
     from rich.table import Table
 
-    from duet.data.info import plot as write_plot
-    from duet.data.info import summarize
+    from duet.tasks.recommendation.data.info import plot as write_plot
+    from duet.tasks.recommendation.data.info import summarize
     from duet.tasks import dataset_task
 
     if dataset_task(data) == "images":

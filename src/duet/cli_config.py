@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from duet.config import TASK_BACKBONES, GeneratorConfig, ModelConfig, RunConfig, TrainConfig
+from duet.config import GeneratorConfig, ModelConfig, RunConfig, TrainConfig
 from duet.errors import DuetError
 
 
@@ -17,12 +17,6 @@ def _ints(text: str | None) -> tuple[int, ...] | None:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
         raise DuetError(f"--head-hidden: expected comma-separated integers, got {text!r}") from None
-
-
-# Per-task defaults of options the command line leaves unset: the image task's windows
-# are sets of samples (an order-free encoder) and its training set is small (smaller batches).
-TASK_DEFAULTS = {"recommendation": {"encoder": "gru", "batch_size": 1024},
-                 "images": {"encoder": "mean", "batch_size": 128}}
 
 
 def train_config(
@@ -40,13 +34,13 @@ def train_config(
     from duet.training.loop import run_config_for
 
     task = dataset_task(data)
-    choices = TASK_BACKBONES[task]
+    choices = task.backbones
     backbone = backbone or choices[0]
     if backbone not in choices:
-        raise DuetError(f"--backbone: {backbone!r} is not a static part of the {task} task; choose one of "
+        raise DuetError(f"--backbone: {backbone!r} is not a static part of the {task.name} task; choose one of "
                         f"{', '.join(choices)}")
-    encoder = encoder or TASK_DEFAULTS[task]["encoder"]
-    batch_size = batch_size or TASK_DEFAULTS[task]["batch_size"]
+    encoder = encoder or task.defaults.get("encoder", "mean")
+    batch_size = batch_size or task.defaults.get("batch_size", 128)
     try:
         model = ModelConfig(backbone=backbone, embed_dim=embed_dim, num_blocks=num_blocks, num_heads=num_heads,
                             dropout=dropout, head_hidden=_ints(head_hidden), activation=activation)
@@ -62,4 +56,4 @@ def train_config(
         err = exc.errors()[0]
         field = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "option"
         raise DuetError(f"{field}: {err['msg']} (got {err.get('input')!r})") from None
-    return run_config_for(data, model=model, train=train, generator=generator if method == "duet" else None)
+    return run_config_for(data, task, model=model, train=train, generator=generator if method == "duet" else None)

@@ -6,15 +6,13 @@ config fails loudly instead of being ignored.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-BackboneName = Literal["sasrec", "gru4rec", "din", "cnn"]
-TaskName = Literal["recommendation", "images"]
-# The static parts each task offers; the first is its default.
-TASK_BACKBONES: dict[str, tuple[str, ...]] = {"recommendation": ("sasrec", "gru4rec", "din"), "images": ("cnn",)}
-BACKBONE_NAMES: tuple[str, ...] = TASK_BACKBONES["recommendation"]
+# Method names: `base` and `duet` are trained by the shared loop; a task may fit others
+# without gradients (`Task.fit_without_gradients`, e.g. popularity).
+GRADIENT_METHODS = ("base", "duet")
 
 
 class Strict(BaseModel):
@@ -57,7 +55,8 @@ class ProtocolConfig(Strict):
 class ModelConfig(Strict):
     """Static part (backbone) and dynamic head of the device model."""
 
-    backbone: BackboneName = "sasrec"
+    # The task's static part (its `backbones`; the task checks the name when it builds the model).
+    backbone: str = Field("sasrec", min_length=1)
     embed_dim: int = Field(32, ge=2)
     num_blocks: int = Field(2, ge=1, description="SASRec blocks / GRU layers")
     num_heads: int = Field(1, ge=1)
@@ -101,7 +100,7 @@ class TrainConfig(Strict):
     """`lr`, `epochs` and `patience` left out take SCRATCH_SCHEDULE or, for DUET stage 2
     (method duet, not from scratch), STAGE2_SCHEDULE."""
 
-    method: Literal["pop", "base", "duet"] = "base"
+    method: str = Field("base", pattern=r"^[a-z][a-z0-9_-]*$", description="base | duet | a task's own method")
     epochs: int = Field(SCRATCH_SCHEDULE["epochs"], ge=1)
     batch_size: int = Field(1024, ge=1)
     eval_batch_size: int = Field(8192, ge=1)
@@ -146,16 +145,19 @@ class TrainConfig(Strict):
 
 
 class RunConfig(Strict):
-    """Everything needed to reproduce and rebuild a run."""
+    """Everything needed to reproduce and rebuild a run.
+
+    `task` and `builder` name the task and how to import it (`package.module:function`);
+    `facts` are the dataset facts the task's model needs (vocabulary, classes, shapes),
+    validated by the task (`Task.facts`), never read by the core.
+    """
 
     data: str
     data_hash: str = Field(description="sha256 of the dataset manifest, checked on load")
-    task: TaskName = "recommendation"
-    num_items: int = Field(0, ge=0, description="recommendation: item vocabulary incl. padding")
-    history_len: int = Field(0, ge=0, description="recommendation: click-history length L")
-    window_len: int
-    num_classes: int = Field(0, ge=0, description="images: number of classes")
-    image_shape: tuple[int, int, int] | None = Field(None, description="images: (channels, height, width)")
+    task: str = Field(min_length=1)
+    builder: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="package.module:function of the task")
+    facts: dict[str, Any] = Field(default_factory=dict, description="the task's dataset facts")
+    window_len: int = Field(ge=1)
     model: ModelConfig = ModelConfig()
     generator: GeneratorConfig | None = None
     train: TrainConfig = TrainConfig()

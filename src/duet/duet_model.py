@@ -16,23 +16,15 @@ from duet.models.head import Params
 
 
 class DuetModel(nn.Module):
-    """Recommendation: `forward(history, window, item, inverse)`; the device model is `recommender`.
-
-    The device model (attribute `DEVICE_MODEL`, which names its state-dict prefix) gives
-    `param_spec`, `theta_g()`, `feature_dim` and `window_features(window, mask)`."""
-
-    DEVICE_MODEL = "recommender"
+    """`forward(*inputs, window=, mask=)`: the device model on its inputs with a head generated
+    from each row's window. The device model gives `param_spec`, `theta_g()`, `feature_dim`,
+    `window_features(window, mask)` and `forward(*inputs, params=None)`."""
 
     def __init__(self, device_model: nn.Module, window_len: int, cfg: GeneratorConfig):
         super().__init__()
-        setattr(self, self.DEVICE_MODEL, device_model)
+        self.device_model = device_model
         self.cfg = cfg
         self.generator = ParamGenerator(device_model.param_spec, device_model.feature_dim, window_len, cfg)
-
-    @property
-    def device_model(self) -> nn.Module:
-        """The model a device runs (static part + head)."""
-        return getattr(self, self.DEVICE_MODEL)
 
     @property
     def feature_dim(self) -> int:
@@ -53,14 +45,6 @@ class DuetModel(nn.Module):
     def generate(self, window: Tensor, mask: Tensor | None = None) -> Params:
         return self.generate_from_features(*self.window_features(window, mask))
 
-    def forward(self, history: Tensor, window: Tensor, item: Tensor, inverse: Tensor | None = None) -> Tensor:
-        return self.recommender(history, item, inverse, self.generate(window))
-
-
-class ImageDuet(DuetModel):
-    """Images: `forward(x, window, mask)`, one generated head per sample from its device's window."""
-
-    DEVICE_MODEL = "classifier"
-
-    def forward(self, x: Tensor, window: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        return self.classifier(x, self.generate(window, mask))
+    def forward(self, *inputs: Tensor, window: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The device model's forward on `inputs`, row e (or event e) with the head generated from window e."""
+        return self.device_model(*inputs, params=self.generate(window, mask))

@@ -237,7 +237,7 @@ def recommendation_files(config: object, recommender: nn.Module, data: str | Pat
     """Graph, vocabulary and item embeddings of a recommendation bundle; returns its manifest facts."""
     from safetensors.numpy import save_file
 
-    from duet.data.store import load_vocab, manifest_hash
+    from duet.tasks.recommendation.data.store import load_vocab, manifest_hash
 
     data = Path(data or config.data)
     if manifest_hash(data) != config.data_hash:

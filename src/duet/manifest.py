@@ -21,6 +21,22 @@ def read_manifest(folder: str | Path, expected_format: str, what: str) -> dict:
     return parse_manifest(file.read_bytes(), file, expected_format)
 
 
+def read_any_manifest(folder: str | Path, what: str, keys: tuple[str, ...]) -> dict:
+    """FOLDER/manifest.json of any format, with `keys` present (each task's datasets have their own format)."""
+    folder = Path(folder)
+    file = folder / "manifest.json"
+    if not file.is_file():
+        raise ArtifactError(f"{folder}: not a {what} (no manifest.json)")
+    try:
+        manifest = json.loads(file.read_bytes())
+    except ValueError as exc:
+        raise ArtifactError(f"{file}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
+    missing = [key for key in keys if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise ArtifactError(f"{file}: missing {', '.join(missing)} (written by an older duet? redo it)")
+    return manifest
+
+
 def parse_manifest(body: bytes, file: Path, expected_format: str) -> dict:
     """A manifest from bytes already read: a signature is checked over exactly the bytes parsed."""
     try:

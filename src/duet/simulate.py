@@ -239,10 +239,10 @@ def replay_fleet(one: Callable[[int], Outcome], devices: list[int], concurrency:
 def simulate_recommendation(run: Path, config: object, model: object, data: str | Path | None, devices: int,
                             dtype: str, bundle: str | Path | None, concurrency: int, max_batch: int,
                             max_wait_ms: float, privacy: bool, policy: RequestPolicy) -> dict:
-    from duet.data.store import load_dataset
+    from duet.tasks.recommendation.data.store import load_dataset
     from duet.device import DeviceRuntime
     from duet.metrics import compute_metrics
-    from duet.training.evaluate import predict
+    from duet.tasks.recommendation.evaluate import predict
 
     dataset = load_dataset(data or config.data, splits=("test",))
     if dataset.hash != config.data_hash:

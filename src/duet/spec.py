@@ -88,3 +88,105 @@ class ParamSpec:
             want_tail = got[1:] if batched else got
             if want_tail != shape:
                 raise ValueError(f"parameter {name!r} has shape {got}, expected {'(B, ' if batched else '('}{', '.join(map(str, shape))})")
+
+
+DTYPES = ("int64", "float32")
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One raw sample of a device's window, as the service and the device see it.
+
+    An integer sample of shape () is a token (an item id) and comes as `window`; any
+    other sample comes as `samples`, one flattened row of floats each. `low`/`high`
+    bound integer values (inclusive). The request schema and the OpenAPI document are
+    built from this description.
+    """
+
+    dtype: str
+    shape: tuple[int, ...] = ()
+    low: int | None = None
+    high: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"sample dtype must be one of {DTYPES}, got {self.dtype!r}")
+
+    @property
+    def is_token(self) -> bool:
+        return self.dtype == "int64" and self.shape == ()
+
+    @property
+    def field(self) -> str:
+        """The request field of a raw window of such samples."""
+        return "window" if self.is_token else "samples"
+
+    @property
+    def width(self) -> int:
+        """Values in one flattened sample."""
+        return prod(self.shape)
+
+    def to_json(self) -> dict:
+        return {"dtype": self.dtype, "shape": list(self.shape), "low": self.low, "high": self.high}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SampleSpec:
+        return cls(str(data["dtype"]), tuple(int(d) for d in data["shape"]), data.get("low"), data.get("high"))
+
+    def rows(self, values: object) -> np.ndarray:
+        """Samples (n, *shape) in this dtype from any layout of whole samples; ValueError naming the bad one."""
+        x = np.asarray(values, dtype=self.dtype)
+        if x.size == 0 or x.size % self.width:
+            raise ValueError(f"values of shape {x.shape} are not whole samples of shape {self.shape}")
+        x = x.reshape(-1, *self.shape)
+        if self.dtype == "int64":
+            flat = x.reshape(len(x), -1)
+            bad = ((flat < self.low) if self.low is not None else np.zeros_like(flat, bool)) | (
+                (flat > self.high) if self.high is not None else np.zeros_like(flat, bool))
+            if bad.any():
+                row = int(np.nonzero(bad.any(1))[0][0])
+                raise ValueError(f"sample {row} has a value outside {self.low}..{self.high}")
+        elif not np.isfinite(x).all():
+            row = int(np.nonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))[0][0])
+            raise ValueError(f"sample {row} is not finite")
+        return x
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """One input of a device graph: dtype and shape (None for a dynamic dimension).
+
+    `pad` makes it a sequence (the last dimension): values oldest first, the last ones
+    kept, left-aligned, padded with `pad` (which is also dropped from the values given).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+    pad: int | None = None
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "pad": self.pad}
+
+    @classmethod
+    def from_json(cls, data: dict) -> GraphInput:
+        shape = tuple(None if d is None else int(d) for d in data["shape"])
+        return cls(str(data["name"]), str(data["dtype"]), shape, data.get("pad"))
+
+    def encode(self, value: object) -> np.ndarray:
+        """A value in any layout -> this input's dtype and shape (numpy only: the device's encoding)."""
+        if self.pad is not None:
+            length = int(self.shape[-1])  # type: ignore[arg-type]
+            ids = np.asarray(value, dtype=self.dtype).reshape(-1)
+            ids = ids[ids != self.pad][-length:] if length else ids[:0]
+            out = np.full(length, self.pad, dtype=self.dtype)
+            out[: len(ids)] = ids
+            return out.reshape([1 if d is None else d for d in self.shape])
+        x = np.ascontiguousarray(value, dtype=self.dtype)
+        fixed = [d for d in self.shape if d is not None]
+        if None not in self.shape:
+            return x.reshape(self.shape)
+        size = prod(fixed)
+        if x.size == 0 or x.size % max(size, 1):
+            raise ValueError(f"input {self.name!r}: {x.shape} does not fit {list(self.shape)}")
+        return x.reshape([-1 if d is None else d for d in self.shape])

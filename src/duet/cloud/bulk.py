@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from duet.atomic import atomic_path
-from duet.data.store import PAD, tail_window
+from duet.tasks.recommendation.data.store import PAD, tail_window
 from duet.errors import DuetError, InputError
 from duet.spec import ParamSpec
 

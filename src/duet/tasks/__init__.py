@@ -1,52 +1,48 @@
-"""The task seam: what is specific to a task (what a record is, how a dataset is
-loaded and batched, the loss, the metrics) behind one small interface, so the
-generator, head, train loop, checkpoints, service, export and device runtime are shared.
+"""The tasks: each a folder with a `Task` (duet.task) and the one dict below.
 
-    tasks/recommendation.py   click-through records grouped by event (duet.data, duet.models)
-    tasks/images/             an image fleet: per-device shift, CNN static part
+    tasks/recommendation/   click-through records grouped by event: SASRec / GRU4Rec / DIN
+    tasks/images/           an image fleet: per-device shift, CNN static part
 
-`task_for(name)` is a plain function, not a registry: adding a task is one branch here.
+Every dataset, run and bundle records its task's name and builder (`package.module:function`);
+the core imports the builder (duet.task.load_task) and never names a task. Adding a task is a
+folder and one entry in TASKS. A user's own task needs no entry: its builder is recorded.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
 
-from torch import Tensor, nn
+from duet.errors import DuetError
+from duet.task import Task, load_task, task_of
+from duet.tasks import images, recommendation
 
-
-class Task(Protocol):
-    """What the shared train loop needs from a task."""
-
-    name: str
-    select_metric: str  # validation metric that selects the epoch (higher is better)
-
-    def load(self, path: str | Path, splits: tuple[str, ...]) -> Any: ...
-
-    def batcher(self, data: Any, config: Any) -> Any:
-        """An object with `num_batches()` and `shuffled(seed, epoch, rank, world)` over train batches."""
-
-    def loss(self, model: nn.Module, batch: Any, data: Any, config: Any, device: Any) -> tuple[Tensor, int]:
-        """(mean loss of the batch on `device`, number of records in it)."""
-
-    def evaluate(self, model: nn.Module, split: Any, config: Any) -> dict[str, float]: ...
+# Task name -> its builder. The first is the default of `duet prepare`.
+TASKS: dict[str, str] = {
+    recommendation.NAME: recommendation.BUILDER,
+    images.NAME: images.BUILDER,
+}
 
 
-def task_for(name: str) -> Task:
-    if name == "recommendation":
-        from duet.tasks.recommendation import RecommendationTask
-
-        return RecommendationTask()
-    if name == "images":
-        from duet.tasks.images.training import ImageTask
-
-        return ImageTask()
-    raise ValueError(f"unknown task {name!r}; expected recommendation or images")
+def task_named(name: str) -> Task:
+    """The built-in task called `name` (one line naming the choices otherwise)."""
+    if name not in TASKS:
+        raise DuetError(f"unknown task {name!r}; the tasks are {', '.join(TASKS)}")
+    return load_task(TASKS[name])
 
 
-def dataset_task(path: str | Path) -> str:
-    """The task a prepared dataset is for (its manifest's format says)."""
-    from duet.tasks.images.store import is_image_dataset
+def dataset_task(path: str | Path) -> Task:
+    """The task a prepared dataset records in its manifest."""
+    from duet.manifest import read_any_manifest
 
-    return "images" if is_image_dataset(path) else "recommendation"
+    return task_of(read_any_manifest(path, "prepared dataset (run `duet prepare`)", ("task",)),
+                   Path(path) / "manifest.json")
+
+
+def source_task(source: str) -> Task:
+    """The task whose `duet prepare` source is `source`."""
+    for name in TASKS:
+        task = task_named(name)
+        if source in task.sources:
+            return task
+    choices = [s for name in TASKS for s in task_named(name).sources]
+    raise DuetError(f"--source: unknown {source!r}; choose one of {', '.join(choices)}")

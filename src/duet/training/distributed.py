@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -44,3 +47,26 @@ def init_world(nccl: bool = False) -> World:
 def close_world(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+T = TypeVar("T")
+
+
+def rank_share(batches: Iterator[T], rank: int, world: int) -> Iterator[T]:
+    """This rank's batches of one shared order: every world-th, all ranks the same count
+    (DDP needs equal step counts). With one process, all of them, lazily."""
+    if world == 1:
+        yield from batches
+        return
+    listed = list(batches)
+    usable = len(listed) - len(listed) % world
+    yield from listed[rank:usable:world]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device

@@ -1,6 +1,6 @@
-"""`duet train`: the base model (UMN), the popularity baseline and DUET stage 2.
+"""`duet train`: the base model (UMN), a task's own baselines (e.g. popularity) and DUET stage 2.
 
-Model selection and early stopping use the validation `uauc` only; the test
+Model selection and early stopping use the task's validation metric only; the test
 split is never loaded here. A run can be resumed after a crash: its state is
 saved atomically at every epoch end and every epoch's randomness is derived
 from (seed, epoch), so a resumed run ends exactly where an uninterrupted one does.
@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -26,38 +27,34 @@ from duet.checkpoint import (
     save_tensors,
     write_manifest,
 )
-from duet.config import RunConfig, TrainConfig
-from duet.data.store import Dataset, manifest_hash
+from duet.atomic import sha256_file
+from duet.config import GRADIENT_METHODS, RunConfig, TrainConfig
 from duet.errors import ArtifactError, DuetError
-from duet.models.popularity import Popularity
-from duet.tasks import Task, task_for
+from duet.spec import ParamSpec
+from duet.task import Task, load_task
 from duet.training.distributed import World, close_world, init_world
-from duet.training.evaluate import evaluate
 
 log = logging.getLogger("duet.train")
 STATE_DIR = "state"
 
 
-def run_config_for(data: str | Path, **sections: object) -> RunConfig:
-    """A RunConfig whose dataset facts (task, vocabulary or classes, L, W, hash) come from the dataset manifest."""
-    from duet.data.store import read_manifest
-    from duet.tasks import dataset_task
+def run_config_for(data: str | Path, task: Task | None = None, **sections: object) -> RunConfig:
+    """A RunConfig whose dataset facts (task, its facts, W, hash) come from the dataset manifest."""
+    from duet.task import builder_of
 
-    if dataset_task(data) == "images":
-        from duet.manifest import read_manifest as read_any
-        from duet.tasks.images.store import FORMAT
+    manifest = read_dataset_manifest(data)
+    builder = builder_of(manifest, Path(data) / "manifest.json")
+    task = task or load_task(builder)
+    return RunConfig(data=str(Path(data).resolve()), data_hash=sha256_file(Path(data) / "manifest.json"),
+                     task=task.name, builder=builder, facts=task.facts(manifest),
+                     window_len=manifest["window_len"], **sections)
 
-        manifest = read_any(data, FORMAT, "duet image dataset")
-        return RunConfig(
-            data=str(Path(data).resolve()), data_hash=manifest_hash(data), task="images",
-            window_len=manifest["window_len"], num_classes=manifest["num_classes"],
-            image_shape=tuple(manifest["image_shape"]), **sections,
-        )
-    manifest = read_manifest(data)
-    return RunConfig(
-        data=str(Path(data).resolve()), data_hash=manifest_hash(data), num_items=manifest["num_items"],
-        history_len=manifest["history_len"], window_len=manifest["window_len"], **sections,
-    )
+
+def read_dataset_manifest(data: str | Path) -> dict:
+    """Any task's dataset manifest (every one records its task, builder and window length W)."""
+    from duet.manifest import read_any_manifest
+
+    return read_any_manifest(data, "prepared dataset (run `duet prepare`)", ("task", "window_len"))
 
 
 def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
@@ -76,28 +73,28 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, world: Wo
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     _prepare_out(config, out, resume, world)
-    task = task_for(config.task)
+    task = load_task(config.builder)
     data = task.load(config.data, ("train", "valid"))  # never the test split
     if data.hash != config.data_hash:
         raise ArtifactError(f"{config.data}: dataset changed since this run was configured (manifest hash differs)")
     torch.manual_seed(config.train.seed)
-    if config.train.method == "pop":
-        if config.task != "recommendation":
-            raise DuetError("--method pop is for recommendation datasets")
-        model: nn.Module = Popularity.fit(data.num_items, data["train"].item, data["train"].label)
-        summary = {"best_epoch": 0, "valid": evaluate(model, data["valid"], config.train.eval_batch_size)}
+    gradients = config.train.method in GRADIENT_METHODS
+    if not gradients:
+        model: nn.Module = task.fit_without_gradients(config, data)
+        summary = {"best_epoch": 0, "valid": task.evaluate(model, data["valid"], config)}
         history: list[dict] = []
     else:
-        model = build_model(config)
+        model = build_model(config, task)
         if config.train.method == "duet" and not config.train.from_scratch:
             _init_stage1(model, config, out, resume, progress, world)
         summary, history = fit(model.to(_rank_device(config, world)), data, config, out, resume, progress, world, task)
     if world.is_main:
-        if config.train.method == "pop":
+        if not gradients:
             save_tensors(out / WEIGHTS, model.state_dict())
         write_json(out / "history.json", history)
         write_json(out / "metrics_valid.json", summary["valid"])
-        write_manifest(out, {"method": config.train.method, "backbone": config.model.backbone,
+        write_manifest(out, {"task": config.task, "builder": config.builder,
+                             "method": config.train.method, "backbone": config.model.backbone,
                              "best_epoch": summary["best_epoch"], "data_hash": config.data_hash})
     world.barrier()
     return summary
@@ -126,19 +123,11 @@ def _prepare_out(config: RunConfig, out: Path, resume: bool, world: World) -> No
     world.barrier()
 
 
-def head_spec(config: RunConfig):
-    """The ParamSpec of a run's dynamic head, from its config alone."""
-    from duet.models.head import DynamicHead
-
-    if config.task == "images":
-        from duet.tasks.images.model import image_head_widths
-
-        widths = image_head_widths(config.model, config.num_classes)
-    else:
-        from duet.models.recommender import head_widths
-
-        widths = head_widths(config.model)
-    return DynamicHead(widths, config.model.activation).param_spec
+def head_spec(config: RunConfig) -> ParamSpec:
+    """The ParamSpec of a run's dynamic head, from its config alone (the task builds the device model)."""
+    if config.train.method not in GRADIENT_METHODS:
+        return ParamSpec(())
+    return load_task(config.builder).build(config).param_spec
 
 
 def _init_stage1(model: nn.Module, config: RunConfig, out: Path, resume: bool, progress: bool, world: World) -> None:
@@ -164,11 +153,10 @@ def _init_stage1(model: nn.Module, config: RunConfig, out: Path, resume: bool, p
         model.device_model.requires_grad_(False)
 
 
-def fit(model: nn.Module, data: Dataset, config: RunConfig, out: Path, resume: bool, progress: bool,
+def fit(model: nn.Module, data: Any, config: RunConfig, out: Path, resume: bool, progress: bool,
         world: World, task: Task | None = None) -> tuple[dict, list[dict]]:
-    """Mini-batch Adam with gradient clipping; early stopping on the task's validation metric
-    (uauc for recommendation, accuracy for images)."""
-    task = task or task_for(config.task)
+    """Mini-batch Adam with gradient clipping; early stopping on the task's validation metric."""
+    task = task or load_task(config.builder)
     select = task.select_metric
     tc = config.train
     params = [p for p in model.parameters() if p.requires_grad]

@@ -28,7 +28,7 @@ from torch import nn
 from duet.tasks.images.model import ImageClassifier
 from duet.tasks.images.store import SPLIT_CODE, ImageData, ImageSplit
 from duet.tasks.images.training import ImageBatcher, predict_images
-from duet.training.finetune import reset_peak_rss, rss_bytes
+from duet.tasks.recommendation.finetune import reset_peak_rss, rss_bytes
 
 
 @dataclass

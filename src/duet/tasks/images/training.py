@@ -5,16 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from duet.tasks.images.metrics import classification_metrics
-from duet.tasks.images.store import ImageData, ImageSplit, load_images
-from duet.training.batches import rank_share
+from duet.tasks.images.store import ImageData, ImageSplit
+from duet.training.distributed import model_device, rank_share, unwrap
 
 
 @dataclass
@@ -60,10 +58,9 @@ class ImageBatcher:
 
 def logits_of(model: nn.Module, batch: ImageBatch) -> Tensor:
     from duet.duet_model import DuetModel
-    from duet.training.evaluate import unwrap
 
     if isinstance(unwrap(model), DuetModel):
-        return model(batch.x, batch.window, batch.mask)
+        return model(batch.x, window=batch.window, mask=batch.mask)
     return model(batch.x)
 
 
@@ -73,7 +70,6 @@ def predict_images(model: nn.Module, split: ImageSplit, batch_size: int = 1024,
     """Logits (N, classes) of a split's scored samples; `window_len` overrides the dataset's W."""
     was_training = model.training
     model.eval()
-    from duet.training.evaluate import model_device
 
     W = window_len or split.data.window_len
     batcher = ImageBatcher(split, batch_size, W)
@@ -97,22 +93,3 @@ def evaluate_images(model: nn.Module, split: ImageSplit, batch_size: int = 1024,
                     window_len: int | None = None) -> dict[str, float]:
     logits = predict_images(model, split, batch_size, window_len)
     return classification_metrics(split.y, logits, device_groups(split))
-
-
-class ImageTask:
-    name = "images"
-    select_metric = "accuracy"
-
-    def load(self, path: str | Path, splits: tuple[str, ...]) -> ImageData:
-        return load_images(path, splits)
-
-    def batcher(self, data: ImageData, config) -> ImageBatcher:
-        return ImageBatcher(data["train"], config.train.batch_size, config.window_len)
-
-    def loss(self, model: nn.Module, batch: ImageBatch, data: ImageData, config,  # noqa: ARG002
-             device: torch.device) -> tuple[Tensor, int]:
-        batch = batch.to(device)
-        return F.cross_entropy(logits_of(model, batch), batch.y), len(batch.y)
-
-    def evaluate(self, model: nn.Module, split: ImageSplit, config) -> dict[str, float]:
-        return evaluate_images(model, split, config.train.eval_batch_size, config.window_len)

@@ -159,8 +159,12 @@ def write_dataset(
         }
         for name, s in splits.items()
     }
+    from duet.tasks.recommendation import BUILDER, NAME
+
     manifest = {
         "format": FORMAT,
+        "task": NAME,
+        "builder": BUILDER,
         "source": source,
         "protocol": protocol,
         "num_items": int(len(item_raw)),

@@ -16,7 +16,7 @@ def _fmt(stat: dict) -> str:
 
 
 def write_markdown(results: dict, report: Path) -> None:
-    from duet.report.compare import FULL_RANKED, METHODS, REPORTED
+    from duet.tasks.recommendation.report.compare import FULL_RANKED, METHODS, REPORTED
 
     cfg = results["config"]
     lines = [
@@ -76,8 +76,8 @@ def _difference_lines(differences: dict) -> list[str]:
 
 def _cold_lines(methods: dict) -> list[str]:
     """Test uauc per bin of items the device had seen before the event (cold devices first)."""
-    from duet.report.cold import LABELS as BINS
-    from duet.report.compare import METHODS
+    from duet.tasks.recommendation.report.cold import LABELS as BINS
+    from duet.tasks.recommendation.report.compare import METHODS
 
     rows = [m for m in METHODS if "by_seen" in methods.get(m, {})]
     if not rows:
@@ -113,7 +113,7 @@ def write_plots(results: dict, report: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from duet.report.compare import METHODS
+    from duet.tasks.recommendation.report.compare import METHODS
 
     summary = results["summary"]
     backbones = list(summary)
@@ -167,8 +167,8 @@ def _plot_cold(summary: dict, path: Path) -> None:
     """uauc per items-seen bin, one panel per backbone, one line per method."""
     import matplotlib.pyplot as plt
 
-    from duet.report.cold import LABELS as BINS
-    from duet.report.compare import METHODS
+    from duet.tasks.recommendation.report.cold import LABELS as BINS
+    from duet.tasks.recommendation.report.compare import METHODS
 
     backbones = list(summary)
     fig, axes = plt.subplots(1, len(backbones), figsize=(4.5 * len(backbones), 3.2), squeeze=False)

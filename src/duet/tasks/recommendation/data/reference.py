@@ -17,7 +17,7 @@ on the same records. The steps, each done once, in this order:
 
 The result is two lists of text-format records (train, test) in file order: user
 by user, target by target, the positive line first. Validation is carved from the
-train records exactly as for imported files (`duet.data.textformat.text_splits`),
+train records exactly as for imported files (`duet.tasks.recommendation.data.textformat.text_splits`),
 so building here and importing the exported files give the same dataset.
 """
 
@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from duet.data.importers import Interactions
-from duet.data.prepare import NegativeSampler, context
-from duet.data.textformat import TextRecords
+from duet.tasks.recommendation.data.importers import Interactions
+from duet.tasks.recommendation.data.prepare import NegativeSampler, context
+from duet.tasks.recommendation.data.textformat import TextRecords
 from duet.errors import DuetError
 
 

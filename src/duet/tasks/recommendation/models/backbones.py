@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from duet.config import ModelConfig
-from duet.data.store import PAD
+from duet.tasks.recommendation.data.store import PAD
 
 
 def last_valid(states: Tensor, mask: Tensor) -> Tensor:

@@ -40,13 +40,13 @@ import numpy as np
 
 from duet.atomic import atomic_dir
 from duet.config import ProtocolConfig
-from duet.data import importers
-from duet.data.importers import Interactions
-from duet.data.store import PAD, SPLITS, Split, write_dataset
+from duet.tasks.recommendation.data import importers
+from duet.tasks.recommendation.data.importers import Interactions
+from duet.tasks.recommendation.data.store import PAD, SPLITS, Split, write_dataset
 from duet.errors import DuetError
 
 if TYPE_CHECKING:
-    from duet.data.synthetic_shift import ShiftConfig, ShiftTruth
+    from duet.tasks.recommendation.data.synthetic_shift import ShiftConfig, ShiftTruth
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ def read_source(
     if source == "movielens-small":
         return importers.read_movielens_small()
     if source == "synthetic-scale":
-        from duet.data.synthetic import synthetic_log
+        from duet.tasks.recommendation.data.synthetic import synthetic_log
 
         if scale is None:
             raise DuetError("--source synthetic-scale needs --scale (1 = the size of MovieLens-small)")
@@ -337,7 +337,7 @@ def prepare_dataset(
     """Build the dataset directory `out` (atomically) and return its manifest.
 
     `protocol` applies to raw sources (None = defaults); `named_protocol="reference"`
-    builds the published code's layout instead (`duet.data.reference`, no protocol
+    builds the published code's layout instead (`duet.tasks.recommendation.data.reference`, no protocol
     options); the duet-text source takes its records as they are and accepts neither.
     `shift` sets the synthetic-shift generator (None = its defaults); that source also
     writes `oracle_uauc` (test) and `oracle_uauc_valid` into the manifest.
@@ -361,7 +361,7 @@ def prepare_dataset(
                             "used as they are (no protocol options, --max-users or --path)")
         if train is None or test is None:
             raise DuetError("--source duet-text needs --train and --test")
-        from duet.data.textformat import VALID_FRACTION, import_text
+        from duet.tasks.recommendation.data.textformat import VALID_FRACTION, import_text
 
         progress(f"reading {train} and {test}")
         splits, item_raw, user_raw, source_info = import_text(train, test)
@@ -381,8 +381,8 @@ def prepare_dataset(
         if source == "synthetic-shift":
             if path is not None:
                 raise DuetError("--source synthetic-shift generates its data: drop --path")
-            from duet.data.synthetic_shift import ShiftConfig, generate
-            from duet.data.synthetic_shift import source_info as shift_info
+            from duet.tasks.recommendation.data.synthetic_shift import ShiftConfig, generate
+            from duet.tasks.recommendation.data.synthetic_shift import source_info as shift_info
 
             shift = shift or ShiftConfig()
             progress("generating synthetic-shift clicks")
@@ -395,8 +395,8 @@ def prepare_dataset(
             inter = inter.first_users(max_users)
             source_info["max_users"] = max_users
         if named_protocol == "reference":
-            from duet.data.reference import ReferenceProtocol, build_reference
-            from duet.data.textformat import VALID_FRACTION, text_splits
+            from duet.tasks.recommendation.data.reference import ReferenceProtocol, build_reference
+            from duet.tasks.recommendation.data.textformat import VALID_FRACTION, text_splits
 
             progress("building the reference protocol's records")
             reference = ReferenceProtocol()

@@ -8,15 +8,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from duet.data.store import Split
+from duet.tasks.recommendation.data.store import Split
 from duet.metrics import compute_metrics
-from duet.training.batches import Batch, EventBatcher
+from duet.tasks.recommendation.batches import Batch, EventBatcher
+from duet.training.distributed import model_device, unwrap
 
 METRIC_KS = (10,)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def score_batch(model: nn.Module, batch: Batch) -> Tensor:
@@ -24,12 +21,8 @@ def score_batch(model: nn.Module, batch: Batch) -> Tensor:
     from duet.duet_model import DuetModel
 
     if isinstance(unwrap(model), DuetModel):
-        return model(batch.history, batch.window, batch.item, batch.inverse)
+        return model(batch.history, batch.item, batch.inverse, window=batch.window)
     return model(batch.history, batch.item, batch.inverse)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters(), torch.empty(0)).device
 
 
 @torch.inference_mode()
@@ -111,7 +104,7 @@ def evaluate_run(run: str | Path, split: str, data: str | Path | None = None,
     trained for longer in stage 2.
     """
     from duet.atomic import write_json
-    from duet.data.store import load_dataset
+    from duet.tasks.recommendation.data.store import load_dataset
     from duet.errors import ArtifactError
 
     config, model = load_scorer(run, head, device)
@@ -134,7 +127,7 @@ def generate_for_window(run: str | Path, window: str, device: str = "cpu") -> tu
     """`duet generate`: parse a window of item ids and run the run's generator on it."""
     from duet.accel import resolve_device
     from duet.checkpoint import load_run
-    from duet.data.store import PAD
+    from duet.tasks.recommendation.data.store import PAD
     from duet.duet_model import DuetModel
     from duet.errors import DuetError
 

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from duet.data.store import Split
-
-T = TypeVar("T")
+from duet.tasks.recommendation.data.store import Split
+from duet.training.distributed import rank_share
 
 
 @dataclass
@@ -81,17 +79,6 @@ class EventBatcher:
         ranks get the same number of batches (DDP needs equal step counts)."""
         rng = np.random.default_rng([seed, epoch])
         yield from rank_share(self.batches(rng.permutation(self.split.num_events)), rank, world)
-
-
-def rank_share(batches: Iterator[T], rank: int, world: int) -> Iterator[T]:
-    """This rank's batches of one shared order: every world-th, all ranks the same count
-    (DDP needs equal step counts). With one process, all of them, lazily."""
-    if world == 1:
-        yield from batches
-        return
-    listed = list(batches)
-    usable = len(listed) - len(listed) % world
-    yield from listed[rank:usable:world]
 
 
 def with_sampled_negatives(batch: Batch, per_event: int, num_items: int) -> Batch:

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from duet.data.store import PAD, Dataset, Split
-from duet.training.evaluate import unwrap
+from duet.tasks.recommendation.data.store import PAD, Dataset, Split
+from duet.training.distributed import unwrap
 
 PAIRS_PER_CHUNK = 1 << 17  # (event, item) pairs scored at once: bounds memory for pair-scoring backbones
 
@@ -55,7 +55,7 @@ def full_ranking(model: nn.Module, split: Split, interacted: list[set[int]], num
     all_items = torch.arange(num_items)
     ranks = np.empty(len(positives), np.int64)
     duet = isinstance(unwrap(model), DuetModel)
-    recommender = unwrap(model).recommender if duet else unwrap(model)
+    recommender = unwrap(model).device_model if duet else unwrap(model)
     head_on = getattr(getattr(recommender, "backbone", None), "head_on", "event")
     per_chunk = 32 if head_on == "event" else max(1, PAIRS_PER_CHUNK // num_items // 8)
     for lo in range(0, len(positives), per_chunk):
@@ -67,7 +67,7 @@ def full_ranking(model: nn.Module, split: Split, interacted: list[set[int]], num
         inverse = torch.arange(n).repeat_interleave(num_items)
         if duet:
             window = torch.from_numpy(split.window[events].astype(np.int64))
-            scores = model(history, window, item, inverse)
+            scores = model(history, item, inverse, window=window)
         else:
             scores = model(history, item, inverse)
         scores = scores.view(n, num_items).numpy().astype(np.float64)

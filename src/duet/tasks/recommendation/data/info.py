@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from duet.atomic import save_png
-from duet.data.store import PAD, Dataset, load_dataset, load_vocab
+from duet.tasks.recommendation.data.store import PAD, Dataset, load_dataset, load_vocab
 
 
 def _lengths(values: np.ndarray) -> dict[str, float]:

@@ -22,10 +22,10 @@ from duet.atomic import write_json
 from duet.checkpoint import is_finished_run, load_run
 from duet.config import BACKBONE_NAMES, GeneratorConfig, ModelConfig, Strict, TrainConfig
 from duet.errors import DuetError
-from duet.report.cold import by_seen, items_seen
+from duet.tasks.recommendation.report.cold import by_seen, items_seen
 from duet.report.stats import difference_matrix, paired_bootstrap
-from duet.training.evaluate import evaluate_run, load_scorer, scores_file, user_auc_file
-from duet.training.full_ranking import full_ranking, interacted_items
+from duet.tasks.recommendation.evaluate import evaluate_run, load_scorer, scores_file, user_auc_file
+from duet.tasks.recommendation.full_ranking import full_ranking, interacted_items
 
 log = logging.getLogger("duet.compare")
 
@@ -160,7 +160,7 @@ def generation_cost(run: Path, windows: np.ndarray, batch: int = 1024, repeats: 
 
 
 def compare(cfg: CompareConfig, report: str | Path, progress: bool = True) -> dict:
-    from duet.data.store import load_dataset
+    from duet.tasks.recommendation.data.store import load_dataset
 
     for backbone in (*cfg.backbones, *cfg.backbone_epochs):
         if backbone not in BACKBONE_NAMES:
@@ -188,7 +188,7 @@ def compare(cfg: CompareConfig, report: str | Path, progress: bool = True) -> di
 def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, seen: list[set[int]],
              seen_count: np.ndarray, progress: bool) -> dict:
     """Train/fine-tune/evaluate every method for one (backbone, seed); test metrics per method."""
-    from duet.training.finetune import FinetuneConfig, finetune
+    from duet.tasks.recommendation.finetune import FinetuneConfig, finetune
 
     runs = {m: _run_dir(report, backbone, seed, m) for m in METHODS if m != "duet-global"}
     if not cfg.scratch:
@@ -245,7 +245,7 @@ def _select_variant(folder: Path, variants: tuple[DuetVariant, ...]) -> tuple[Pa
 
 
 def write_report(results: dict, report: Path) -> None:
-    from duet.report.render import write_markdown, write_plots
+    from duet.tasks.recommendation.report.render import write_markdown, write_plots
 
     results["summary"] = summarize(results)
     write_json(report / "results.json", results)

@@ -19,7 +19,7 @@ The click model, all of it seeded:
   which the true model would not).
 
 Timestamps are the click index; the rest (k-core, splits, negatives) is the
-ordinary protocol of `duet.data.prepare`.
+ordinary protocol of `duet.tasks.recommendation.data.prepare`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from duet.data.importers import Interactions
+from duet.tasks.recommendation.data.importers import Interactions
 from duet.errors import DuetError
 
 

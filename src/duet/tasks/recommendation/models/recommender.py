@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from duet.config import ModelConfig
-from duet.data.store import PAD
-from duet.models.backbones import BACKBONES
+from duet.tasks.recommendation.data.store import PAD
+from duet.tasks.recommendation.models.backbones import BACKBONES
 from duet.models.head import Params, WithGlobalHead
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from duet.data.importers import Interactions
+from duet.tasks.recommendation.data.importers import Interactions
 from duet.errors import DuetError
 
 BASE_USERS, BASE_ITEMS, MEAN_PER_USER, MIN_PER_USER = 671, 9_000, 149, 20

@@ -1,0 +1,138 @@
+"""Image classification on a device fleet as a task: batches of samples with their device's
+window, cross-entropy, accuracy selected on validation, devices as the unit of intervals."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from duet.config import Strict
+from duet.errors import ArtifactError, DuetError
+from duet.spec import GraphInput, SampleSpec
+from duet.task import DeviceGraph, DeviceStep, Extras, Simulation
+from duet.tasks.images import BUILDER, NAME
+from duet.tasks.images.metrics import classification_metrics
+from duet.tasks.images.store import ImageData, ImageSplit, load_images
+from duet.tasks.images.training import ImageBatch, ImageBatcher, device_groups, evaluate_images, logits_of
+
+
+class Facts(Strict):
+    """What an image run needs to know of its dataset."""
+
+    num_classes: int = Field(ge=2)
+    image_shape: tuple[int, int, int] = Field(description="(channels, height, width)")
+
+
+class ImageGraph(nn.Module):
+    """What an image device runs: N images, one head given as inputs -> logits (N, classes)."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        head = {n: p[0] for n, p in params.items()}  # one head shared by the N images
+        return self.classifier(x, head)
+
+
+class ImageTask:
+    name = NAME
+    builder = BUILDER
+    select_metric = "accuracy"
+    unit = "device"
+    backbones = ("cnn",)
+    # A window is a set of samples (an order-free encoder); the training set is small (smaller batches).
+    defaults: Mapping[str, Any] = {"encoder": "mean", "batch_size": 128}
+
+    def facts(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        return Facts(num_classes=manifest["num_classes"], image_shape=manifest["image_shape"]).model_dump()
+
+    def load(self, path: str | Path, splits: tuple[str, ...]) -> ImageData:
+        return load_images(path, splits)
+
+    def batcher(self, data: ImageData, config) -> ImageBatcher:
+        return ImageBatcher(data["train"], config.train.batch_size, config.window_len)
+
+    def build(self, config) -> nn.Module:
+        from duet.tasks.images.model import ImageClassifier
+
+        facts = Facts.model_validate(config.facts)
+        if config.train.method not in ("base", "duet"):
+            raise ArtifactError(f"method {config.train.method!r}: image runs are base or duet")
+        if config.model.backbone not in self.backbones:
+            raise ArtifactError(f"backbone {config.model.backbone!r} is not an image static part "
+                                f"({', '.join(self.backbones)})")
+        return ImageClassifier(facts.image_shape, facts.num_classes, config.model)
+
+    def fit_without_gradients(self, config, data: ImageData) -> nn.Module:  # noqa: ARG002
+        raise DuetError(f"--method {config.train.method}: image methods are base and duet")
+
+    def loss(self, model: nn.Module, batch: ImageBatch, data: ImageData, config,  # noqa: ARG002
+             device: torch.device) -> tuple[Tensor, int]:
+        batch = batch.to(device)
+        return F.cross_entropy(logits_of(model, batch), batch.y), len(batch.y)
+
+    def evaluate(self, model: nn.Module, split: ImageSplit, config) -> dict[str, float]:
+        return evaluate_images(model, split, config.train.eval_batch_size, config.window_len)
+
+    def evaluate_run(self, run: Path, config, model: nn.Module, split: str, data: str | Path | None,
+                     suffix: str) -> dict[str, float]:
+        from duet.tasks.images.evaluation import evaluate_image_run
+
+        return evaluate_image_run(run, config, model, split, data, suffix)
+
+    # --- device side
+    def sample(self, config) -> SampleSpec:
+        return SampleSpec("float32", tuple(Facts.model_validate(config.facts).image_shape))
+
+    def device_graph(self, model: nn.Module) -> DeviceGraph:
+        def examples(count: int, gen: torch.Generator) -> tuple[Tensor]:
+            return (torch.rand(count, *model.image_shape, generator=gen),)
+
+        return DeviceGraph(ImageGraph(model), inputs=(GraphInput("x", "float32", (None, *model.image_shape)),),
+                           outputs=("logits",), examples=examples)
+
+    def bundle_extras(self, config, model: nn.Module, data: str | Path | None) -> Extras:  # noqa: ARG002
+        return Extras()
+
+    def simulation(self, config, model: nn.Module, data: str | Path | None, devices: int) -> Simulation:
+        """The first `devices` test devices: observe each sample of the stream (from the W - 1
+        before the first scored one), and for each scored sample refresh, then classify it."""
+        from duet.tasks.images.training import predict_images
+
+        dataset = load_images(data or config.data, ("test",))
+        if dataset.hash != config.data_hash:
+            raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
+        test = dataset["test"]
+        chosen = np.unique(test.device)[:devices]
+        subset = test.select(np.isin(test.device, chosen))
+        offline = predict_images(model, subset, config.train.eval_batch_size, config.window_len)
+        scored_of: dict[int, dict[int, int]] = {}  # device -> {sample row: its index in subset}
+        for index, (row, device) in enumerate(zip(subset.rows.tolist(), subset.device.tolist(), strict=True)):
+            scored_of.setdefault(device, {})[row] = index
+        streams: dict[str, list[DeviceStep]] = {}
+        for device, scored in sorted(scored_of.items()):
+            rows = sorted(scored)
+            start = max(int(dataset.first_row[rows[0]]), rows[0] - config.window_len + 1)
+            steps, observed = [], []
+            for row in range(start, rows[-1] + 1):
+                observed.append(dataset.x[row])
+                if row in scored:
+                    steps.append(DeviceStep(observed=observed, window=None, inputs={"x": dataset.x[row][None]},
+                                            records=np.array([scored[row]])))
+                    observed = []
+            streams[f"device-{device}"] = steps
+        groups = device_groups(subset)
+        return Simulation(offline=offline, streams=streams, events=len(subset),
+                          metrics=lambda logits: classification_metrics(subset.y, logits, groups))
+
+
+def task() -> ImageTask:
+    return ImageTask()

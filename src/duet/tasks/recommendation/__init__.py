@@ -1,0 +1,5 @@
+"""Sequential recommendation: click-through records grouped by event, SASRec / GRU4Rec / DIN static
+parts, uauc selected on validation, fine-tuning and the popularity baseline, `duet compare`."""
+
+NAME = "recommendation"
+BUILDER = "duet.tasks.recommendation.task:task"  # recorded in every dataset, run and bundle of the task

@@ -1,0 +1,1 @@
+"""Recommendation backbones (static parts), the Recommender device model and popularity."""
