@@ -50,8 +50,8 @@ def test_loading_datasets_and_runs_never_unpickles(tiny_dir, tmp_path, no_pickle
 def test_damaged_dataset_file_is_refused(tiny_dir, tmp_path, damage):
     import shutil
 
-    from duet.tasks.recommendation.data.store import load_dataset
     from duet.errors import ArtifactError
+    from duet.tasks.recommendation.data.store import load_dataset
 
     data = tmp_path / "data"
     shutil.copytree(tiny_dir, data)

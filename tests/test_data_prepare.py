@@ -14,7 +14,13 @@ from typer.testing import CliRunner
 from duet.atomic import sha256_file
 from duet.cli import app
 from duet.config import ProtocolConfig
-from duet.tasks.recommendation.data.prepare import NegativeSampler, context, kcore, prepare_dataset, split_counts
+from duet.tasks.recommendation.data.prepare import (
+    NegativeSampler,
+    context,
+    kcore,
+    prepare_dataset,
+    split_counts,
+)
 from duet.tasks.recommendation.data.store import PAD, SPLITS, load_dataset, load_vocab
 
 # The `tiny_dir` fixture's settings (tests/conftest.py).

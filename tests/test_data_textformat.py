@@ -13,7 +13,12 @@ from duet.atomic import sha256_file
 from duet.cli import app
 from duet.tasks.recommendation.data.prepare import prepare_dataset
 from duet.tasks.recommendation.data.store import SPLITS, load_dataset, load_vocab, read_manifest
-from duet.tasks.recommendation.data.textformat import export_text, format_text, read_text, valid_mask
+from duet.tasks.recommendation.data.textformat import (
+    export_text,
+    format_text,
+    read_text,
+    valid_mask,
+)
 
 runner = CliRunner()
 

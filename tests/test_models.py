@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from duet.config import ModelConfig
+from duet.models.head import DynamicHead
 from duet.tasks.recommendation.data.store import PAD
 from duet.tasks.recommendation.models.backbones import GRU4Rec, SASRec
-from duet.models.head import DynamicHead
 from duet.tasks.recommendation.models.recommender import Recommender
 
 BACKBONES = ["sasrec", "gru4rec", "din"]

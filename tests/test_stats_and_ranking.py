@@ -14,9 +14,13 @@ from typer.testing import CliRunner
 
 from duet.checkpoint import load_run
 from duet.cli import app
-from duet.tasks.recommendation.data.store import load_dataset
 from duet.report.stats import difference_matrix, paired_bootstrap
-from duet.tasks.recommendation.full_ranking import full_ranking, interacted_items, ranking_from_ranks
+from duet.tasks.recommendation.data.store import load_dataset
+from duet.tasks.recommendation.full_ranking import (
+    full_ranking,
+    interacted_items,
+    ranking_from_ranks,
+)
 
 
 @pytest.mark.parametrize("seeds", [1, 3])

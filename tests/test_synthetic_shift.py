@@ -10,10 +10,10 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from duet.config import ProtocolConfig
+from duet.errors import DuetError
 from duet.tasks.recommendation.data.prepare import prepare_dataset
 from duet.tasks.recommendation.data.store import load_dataset, load_vocab
 from duet.tasks.recommendation.data.synthetic_shift import ShiftConfig, generate
-from duet.errors import DuetError
 
 SMALL = ShiftConfig(users=60, items=150, min_clicks=20, max_clicks=40)
 

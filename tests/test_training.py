@@ -20,9 +20,9 @@ import duet.training.loop as loop
 from duet.checkpoint import is_finished_run, load_run, read_run_manifest
 from duet.cli import app
 from duet.config import GeneratorConfig, ModelConfig, TrainConfig
-from duet.tasks.recommendation.data.store import PAD, load_dataset
 from duet.errors import ArtifactError
 from duet.metrics import compute_metrics
+from duet.tasks.recommendation.data.store import PAD, load_dataset
 from duet.tasks.recommendation.evaluate import evaluate, evaluate_run, predict
 from duet.training.loop import run_config_for, train
 

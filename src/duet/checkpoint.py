@@ -14,6 +14,7 @@ Nothing is ever unpickled: weights are safetensors, everything else JSON.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -112,3 +113,14 @@ def load_run(run: str | Path, task: Task | None = None) -> tuple[RunConfig, nn.M
         raise ArtifactError(f"{run / WEIGHTS}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
     model.eval()
     return config, model, manifest
+
+
+def model_version(run: str | Path) -> str:
+    """Short id of a finished run: `<run dir name>-<12 hex of sha256(manifest.json)>`.
+
+    The manifest lists the sha256 of the weights and config, so a retrained or
+    modified run gets a new version; the cloud and the bundle derive it alike.
+    """
+    run = Path(run).resolve()
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", run.name).strip("-.")[:40] or "run"
+    return f"{name}-{sha256_file(run / 'manifest.json')[:12]}"

@@ -561,9 +561,9 @@ def data_info(
     from rich.console import Console
     from rich.table import Table
 
+    from duet.tasks import dataset_task
     from duet.tasks.recommendation.data.info import plot as write_plot
     from duet.tasks.recommendation.data.info import summarize
-    from duet.tasks import dataset_task
 
     if dataset_task(data) == "images":
         _image_info(data)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from duet.atomic import atomic_dir, sha256_file, write_json
+from duet.checkpoint import model_version
 from duet.errors import ArtifactError
 from duet.signing import PublicKey, SigningKey, sign_manifest
 
@@ -54,17 +55,6 @@ CANDIDATES_DIM = "candidates"
 SAMPLES_DIM = "samples"
 # The exported graph must reproduce torch within this (fp32, max |logit diff|).
 EXPORT_ATOL = 1e-5
-
-
-def model_version(run: str | Path) -> str:
-    """Short id of a finished run: `<run dir name>-<12 hex of sha256(manifest.json)>`.
-
-    The manifest lists the sha256 of the weights and config, so a retrained or
-    modified run gets a new version; the cloud and the bundle derive it alike.
-    """
-    run = Path(run).resolve()
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", run.name).strip("-.")[:40] or "run"
-    return f"{name}-{sha256_file(run / 'manifest.json')[:12]}"
 
 
 def input_name(param: str) -> str:

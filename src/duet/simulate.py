@@ -154,8 +154,9 @@ def replay_device(runtime: object, split: object, events: np.ndarray, records_of
 def fleet_service(run: Path, bundle: str | Path | None, data: Path | None, max_batch: int,
                   max_wait_ms: float) -> Iterator[tuple[object, ServiceProcess]]:
     """The run's verified device bundle (exported into a temporary folder if not given) and its service."""
+    from duet.checkpoint import model_version
     from duet.device import load_bundle
-    from duet.export import export_bundle, model_version
+    from duet.export import export_bundle
 
     with contextlib.ExitStack() as stack:
         if bundle is None:
@@ -239,9 +240,9 @@ def replay_fleet(one: Callable[[int], Outcome], devices: list[int], concurrency:
 def simulate_recommendation(run: Path, config: object, model: object, data: str | Path | None, devices: int,
                             dtype: str, bundle: str | Path | None, concurrency: int, max_batch: int,
                             max_wait_ms: float, privacy: bool, policy: RequestPolicy) -> dict:
-    from duet.tasks.recommendation.data.store import load_dataset
     from duet.device import DeviceRuntime
     from duet.metrics import compute_metrics
+    from duet.tasks.recommendation.data.store import load_dataset
     from duet.tasks.recommendation.evaluate import predict
 
     dataset = load_dataset(data or config.data, splits=("test",))

@@ -44,9 +44,9 @@ from pathlib import Path
 import numpy as np
 
 from duet.atomic import atomic_path
-from duet.tasks.recommendation.data.store import PAD, tail_window
 from duet.errors import DuetError, InputError
 from duet.spec import ParamSpec
+from duet.tasks.recommendation.data.store import PAD, tail_window
 
 HEADS_FORMAT = "duet-heads/1"
 # Rows per generator forward. Measured on one core (docs/PERFORMANCE.md): 1,024 beats 4,096

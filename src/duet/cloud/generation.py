@@ -133,8 +133,7 @@ class GeneratorService:
 
     def __init__(self, run: str | Path, device: str = "cpu"):
         from duet.accel import resolve_device
-        from duet.checkpoint import load_run
-        from duet.export import model_version
+        from duet.checkpoint import load_run, model_version
 
         self.run = Path(run)
         self.device = resolve_device(device)

@@ -66,7 +66,7 @@ def load_served(settings: Settings, telemetry: Telemetry) -> Served:
 
 async def watch(state: AppState, on_swap: Callable[[], None]) -> None:
     """Poll the run path and swap in each new version (runs until cancelled)."""
-    from duet.export import model_version
+    from duet.checkpoint import model_version
 
     settings, loop = state.settings, asyncio.get_running_loop()
     failed: tuple | None = None

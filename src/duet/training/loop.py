@@ -18,7 +18,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
-from duet.atomic import write_json
+from duet.atomic import sha256_file, write_json
 from duet.checkpoint import (
     WEIGHTS,
     build_model,
@@ -27,7 +27,6 @@ from duet.checkpoint import (
     save_tensors,
     write_manifest,
 )
-from duet.atomic import sha256_file
 from duet.config import GRADIENT_METHODS, RunConfig, TrainConfig
 from duet.errors import ArtifactError, DuetError
 from duet.spec import ParamSpec

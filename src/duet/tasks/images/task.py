@@ -20,7 +20,13 @@ from duet.task import DeviceGraph, DeviceStep, Extras, Simulation
 from duet.tasks.images import BUILDER, NAME
 from duet.tasks.images.metrics import classification_metrics
 from duet.tasks.images.store import ImageData, ImageSplit, load_images
-from duet.tasks.images.training import ImageBatch, ImageBatcher, device_groups, evaluate_images, logits_of
+from duet.tasks.images.training import (
+    ImageBatch,
+    ImageBatcher,
+    device_groups,
+    evaluate_images,
+    logits_of,
+)
 
 
 class Facts(Strict):

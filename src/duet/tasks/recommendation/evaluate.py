@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from duet.tasks.recommendation.data.store import Split
 from duet.metrics import compute_metrics
 from duet.tasks.recommendation.batches import Batch, EventBatcher
+from duet.tasks.recommendation.data.store import Split
 from duet.training.distributed import model_device, unwrap
 
 METRIC_KS = (10,)
@@ -104,8 +104,8 @@ def evaluate_run(run: str | Path, split: str, data: str | Path | None = None,
     trained for longer in stage 2.
     """
     from duet.atomic import write_json
-    from duet.tasks.recommendation.data.store import load_dataset
     from duet.errors import ArtifactError
+    from duet.tasks.recommendation.data.store import load_dataset
 
     config, model = load_scorer(run, head, device)
     if config.task == "images":
@@ -127,9 +127,9 @@ def generate_for_window(run: str | Path, window: str, device: str = "cpu") -> tu
     """`duet generate`: parse a window of item ids and run the run's generator on it."""
     from duet.accel import resolve_device
     from duet.checkpoint import load_run
-    from duet.tasks.recommendation.data.store import PAD
     from duet.duet_model import DuetModel
     from duet.errors import DuetError
+    from duet.tasks.recommendation.data.store import PAD
 
     target = resolve_device(device)
     config, model, _ = load_run(run)

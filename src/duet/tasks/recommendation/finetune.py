@@ -24,12 +24,12 @@ from rich.progress import track
 from duet.atomic import write_json
 from duet.checkpoint import load_run, write_manifest
 from duet.config import Strict
-from duet.tasks.recommendation.data.store import Split, load_dataset
 from duet.errors import DuetError
 from duet.metrics import compute_metrics
-from duet.tasks.recommendation.models.recommender import Recommender
 from duet.tasks.recommendation.batches import EventBatcher
+from duet.tasks.recommendation.data.store import Split, load_dataset
 from duet.tasks.recommendation.evaluate import METRIC_KS, predict, write_scores
+from duet.tasks.recommendation.models.recommender import Recommender
 
 
 class FinetuneConfig(Strict):

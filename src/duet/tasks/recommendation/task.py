@@ -23,7 +23,13 @@ from duet.task import DeviceGraph, DeviceStep, Extras, Simulation
 from duet.tasks.recommendation import BUILDER, NAME
 from duet.tasks.recommendation.batches import Batch, EventBatcher, with_sampled_negatives
 from duet.tasks.recommendation.data.store import PAD, Dataset, Split, load_dataset, load_vocab
-from duet.tasks.recommendation.evaluate import METRIC_KS, evaluate, predict, score_batch, write_scores
+from duet.tasks.recommendation.evaluate import (
+    METRIC_KS,
+    evaluate,
+    predict,
+    score_batch,
+    write_scores,
+)
 
 
 class Facts(Strict):

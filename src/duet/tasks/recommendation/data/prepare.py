@@ -40,10 +40,10 @@ import numpy as np
 
 from duet.atomic import atomic_dir
 from duet.config import ProtocolConfig
+from duet.errors import DuetError
 from duet.tasks.recommendation.data import importers
 from duet.tasks.recommendation.data.importers import Interactions
 from duet.tasks.recommendation.data.store import PAD, SPLITS, Split, write_dataset
-from duet.errors import DuetError
 
 if TYPE_CHECKING:
     from duet.tasks.recommendation.data.synthetic_shift import ShiftConfig, ShiftTruth

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from duet.errors import DuetError
 from duet.tasks.recommendation.data.importers import Interactions
 from duet.tasks.recommendation.data.prepare import NegativeSampler, context
 from duet.tasks.recommendation.data.textformat import TextRecords
-from duet.errors import DuetError
 
 
 @dataclass(frozen=True)

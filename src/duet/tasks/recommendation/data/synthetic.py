@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from duet.tasks.recommendation.data.importers import Interactions
 from duet.errors import DuetError
+from duet.tasks.recommendation.data.importers import Interactions
 
 BASE_USERS, BASE_ITEMS, MEAN_PER_USER, MIN_PER_USER = 671, 9_000, 149, 20
 ZIPF = 1.0  # item popularity exponent

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from duet.tasks.recommendation.data.importers import Interactions
 from duet.errors import DuetError
+from duet.tasks.recommendation.data.importers import Interactions
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from duet.atomic import atomic_path, sha256_file
+from duet.errors import InputError
 from duet.tasks.recommendation.data.importers import check_file
 from duet.tasks.recommendation.data.store import PAD, Split, load_dataset
-from duet.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import torch
 from torch import Tensor, nn
 
 from duet.config import ModelConfig
+from duet.models.head import Params, WithGlobalHead
 from duet.tasks.recommendation.data.store import PAD
 from duet.tasks.recommendation.models.backbones import BACKBONES
-from duet.models.head import Params, WithGlobalHead
 
 
 def head_widths(cfg: ModelConfig) -> tuple[int, ...]:

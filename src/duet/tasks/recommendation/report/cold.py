@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from duet.tasks.recommendation.data.store import PAD, Dataset, Split
 from duet.metrics import auc, per_group_auc
+from duet.tasks.recommendation.data.store import PAD, Dataset, Split
 
 BINS: tuple[tuple[int, int | None], ...] = ((1, 2), (3, 5), (6, 10), (11, 50), (51, None))
 

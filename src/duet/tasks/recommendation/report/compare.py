@@ -22,10 +22,10 @@ from duet.atomic import write_json
 from duet.checkpoint import is_finished_run, load_run
 from duet.config import BACKBONE_NAMES, GeneratorConfig, ModelConfig, Strict, TrainConfig
 from duet.errors import DuetError
-from duet.tasks.recommendation.report.cold import by_seen, items_seen
 from duet.report.stats import difference_matrix, paired_bootstrap
 from duet.tasks.recommendation.evaluate import evaluate_run, load_scorer, scores_file, user_auc_file
 from duet.tasks.recommendation.full_ranking import full_ranking, interacted_items
+from duet.tasks.recommendation.report.cold import by_seen, items_seen
 
 log = logging.getLogger("duet.compare")
 
