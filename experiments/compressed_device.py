@@ -34,7 +34,8 @@ from duet.checkpoint import is_finished_run
 from duet.config import GeneratorConfig, ModelConfig, TrainConfig
 from duet.tasks.recommendation.data.store import load_dataset
 from duet.report.stats import difference_matrix, paired_bootstrap
-from duet.tasks.recommendation.evaluate import evaluate_run, user_auc_file
+from duet.tasks.recommendation.evaluate import user_auc_file
+from duet.training.evaluation import evaluate_run
 from duet.tasks.recommendation.finetune import FinetuneConfig, finetune
 from duet.training.loop import run_config_for, train
 

@@ -21,7 +21,7 @@ import numpy as np
 from duet.atomic import write_bytes, write_json
 from duet.checkpoint import is_finished_run
 from duet.config import ModelConfig, TrainConfig
-from duet.tasks.recommendation.evaluate import evaluate_run
+from duet.training.evaluation import evaluate_run
 from duet.training.loop import run_config_for, train
 
 # name -> (what it tests, TrainConfig overrides, ModelConfig overrides). Each spells

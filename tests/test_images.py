@@ -202,7 +202,7 @@ def test_commands_train_and_evaluate_an_image_fleet(fleet_dir, tmp_path):
 
 def test_compare_scores_every_method_on_the_same_devices_and_writes_the_report(fleet_dir, tmp_path):
     from duet.tasks.images.compare import ImageCompareConfig, compare_images
-    from duet.tasks.recommendation.evaluate import evaluate_run
+    from duet.training.evaluation import evaluate_run
 
     cfg = ImageCompareConfig(data=str(fleet_dir), seeds=1, epochs=2, duet_epochs=1, ks=(3,), finetune_steps=(3,),
                              finetune_lrs=(1e-2,), tent_steps=(2,), tent_lrs=(1e-2,), windows=(1, 6))

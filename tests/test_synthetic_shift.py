@@ -77,7 +77,7 @@ def test_duet_beats_base_where_the_window_holds_what_the_backbone_lacks(tmp_path
     the generated heads must beat the global model they start from by a clear margin. A
     generator that silently stops learning (unregistered weights, a detached window) fails."""
     from duet.config import GeneratorConfig, ModelConfig, TrainConfig
-    from duet.tasks.recommendation.evaluate import evaluate_run
+    from duet.training.evaluation import evaluate_run
     from duet.training.loop import run_config_for, train
 
     shift = ShiftConfig(users=150, items=150, min_clicks=20, max_clicks=40, seed=3)

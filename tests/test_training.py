@@ -23,7 +23,8 @@ from duet.config import GeneratorConfig, ModelConfig, TrainConfig
 from duet.errors import ArtifactError
 from duet.metrics import compute_metrics
 from duet.tasks.recommendation.data.store import PAD, load_dataset
-from duet.tasks.recommendation.evaluate import evaluate, evaluate_run, predict
+from duet.tasks.recommendation.evaluate import evaluate, predict
+from duet.training.evaluation import evaluate_run
 from duet.training.loop import run_config_for, train
 
 SMALL = {"embed_dim": 16, "num_blocks": 1}

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from duet.signing import SigningKey
 
 app = typer.Typer(
-    help="duet: device-cloud collaborative parameter generation (DUET) for on-device recommendation.",
+    help="duet: device-cloud collaborative parameter generation (DUET): a cloud generator writes each device model's head from the device's recent data.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -79,11 +79,11 @@ def _setup_logging(verbose: bool = True) -> None:
 def train(
     data: Annotated[Path, typer.Option(help="prepared dataset directory (duet prepare)")],
     out: Annotated[Path, typer.Option(help="run directory to create")],
-    backbone: Annotated[str | None, typer.Option(help="recommendation: sasrec (default) | gru4rec | din; images: cnn")] = None,
+    backbone: Annotated[str | None, typer.Option(help="the static part, one of the dataset task's (default: its first)")] = None,
     method: Annotated[str, typer.Option(help="pop | base | duet")] = "base",
     resume: Annotated[bool, typer.Option(help="continue an interrupted run in --out")] = False,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs (default 50; DUET stage 2: 10)")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="records per mini-batch (default: recommendation 1024, images 128)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="records per mini-batch (default: the task's)")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate (default 3e-3; DUET stage 2: 1e-3)")] = None,
     weight_decay: Annotated[float, typer.Option(help="Adam weight decay")] = 0.0,
     clip_norm: Annotated[float, typer.Option(help="gradient-norm clipping")] = 5.0,
@@ -100,7 +100,7 @@ def train(
     dropout: Annotated[float, typer.Option(help="dropout rate")] = 0.2,
     head_hidden: Annotated[str | None, typer.Option(help="dynamic head hidden widths, e.g. 32 or 64,32")] = None,
     activation: Annotated[str, typer.Option(help="head activation: tanh | relu")] = "tanh",
-    encoder: Annotated[str | None, typer.Option(help="DUET window encoder: gru | attention (in order; recommendation default gru) | mean | attnpool (order-free; images default mean)")] = None,
+    encoder: Annotated[str | None, typer.Option(help="DUET window encoder: gru | attention (in order) | mean | attnpool (order-free); default: the task's")] = None,
     gen_hidden: Annotated[int, typer.Option(help="DUET window-encoder width")] = 32,
     layer_embed_dim: Annotated[int, typer.Option(help="DUET per-layer embedding size")] = 16,
     decoder_hidden: Annotated[int, typer.Option(help="DUET decoder hidden width")] = 32,
@@ -114,7 +114,7 @@ def train(
     from_scratch: Annotated[bool, typer.Option(help="DUET: no stage 1; static part and generator trained jointly from scratch (the published schedule)")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
-    """Train a popularity, base (global UMN) or DUET run; select on validation uauc."""
+    """Train a base (global UMN), DUET or task-specific (e.g. pop) run; select on the task's validation metric."""
     options = {k: v for k, v in locals().items() if k not in ("resume", "progress", "out")}
     from duet.cli_config import train_config
 
@@ -144,7 +144,7 @@ def evaluate(
 
     if split not in ("valid", "test"):  # a DuetError: one line, like every other user mistake
         raise DuetError(f"--split must be valid or test, got {split!r}")
-    from duet.tasks.recommendation.evaluate import evaluate_run
+    from duet.training.evaluation import evaluate_run
 
     metrics = evaluate_run(run, split, data, head, device)
     if as_json:
@@ -171,19 +171,16 @@ def finetune(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Per-device fine-tuning baseline: copy, train k steps on the device's own data, score, discard."""
-    from pydantic import ValidationError
-
     from duet.errors import DuetError
-    from duet.tasks.recommendation.finetune import FinetuneConfig
-    from duet.tasks.recommendation.finetune import finetune as run_finetune
+    from duet.tasks import dataset_task
 
-    try:
-        cfg = FinetuneConfig(base_run=str(base), data=str(data), split=split, steps=steps, lr=lr, scope=scope,
-                             batch_size=batch_size, max_devices=max_devices, seed=seed)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise DuetError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
-    summary = run_finetune(cfg, out, progress=progress)
+    task = dataset_task(data)
+    if not hasattr(task, "finetune"):
+        raise DuetError(f"{data}: `duet finetune` does not apply to {task.name} datasets (its fine-tuning "
+                        "baselines run inside `duet compare`)")
+    options = {"base_run": str(base), "data": str(data), "split": split, "steps": steps, "lr": lr, "scope": scope,
+               "batch_size": batch_size, "max_devices": max_devices, "seed": seed}
+    summary = task.finetune(options, out, progress)
     _print_metrics(f"fine-tune {base} ({split})", summary["metrics"])
     if summary["devices"]:
         typer.echo(f"{summary['devices']} devices: {summary['seconds_per_device']['p50'] * 1e3:.1f} ms "
@@ -195,7 +192,7 @@ def finetune(
 def compare(
     data: Annotated[Path, typer.Option(help="prepared dataset directory")],
     out: Annotated[Path, typer.Option(help="report directory (results.md, results.json, plots, runs/)")],
-    backbones: Annotated[str | None, typer.Option(help="comma-separated (default sasrec,gru4rec,din; quick: sasrec)")] = None,
+    backbones: Annotated[str | None, typer.Option(help="comma-separated static parts (default: the task's; quick: its first)")] = None,
     seeds: Annotated[int | None, typer.Option(help="number of seeds for mean +- std (default 3; quick: 1)")] = None,
     quick: Annotated[bool, typer.Option(help="few epochs, for the README demo")] = False,
     epochs: Annotated[int | None, typer.Option(help="max epochs for every base run (default: duet train's, 50)")] = None,
@@ -211,52 +208,24 @@ def compare(
     overwrite: Annotated[bool, typer.Option(help="reuse an existing report directory")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Pop, base, fine-tune and DUET with/without SWA on the same splits -> OUT/results.md and plots."""
+    """Every method and baseline of the dataset's task on the same splits -> OUT/results.md and plots.
+    Options a task does not take are refused in one line."""
     from duet.errors import DuetError
-    from duet.tasks.recommendation.report.compare import CompareConfig, DuetVariant, quick_config
-    from duet.tasks.recommendation.report.compare import compare as run_compare
+    from duet.tasks import dataset_task
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DuetError(f"{out} already exists; pass --overwrite to resume or extend it")
-    from duet.tasks import dataset_task
-
-    if dataset_task(data) == "images":
-        _compare_images(data, out, seeds, quick, epochs, duet_epochs, threads, progress,
-                        ignored={"--backbones": backbones, "--variants": variants, "--finetune-steps": finetune_steps,
-                                 "--finetune-scope": finetune_scope, "--scratch": scratch,
-                                 "--full-ranking-positives": full_ranking_positives})
-        return
-    base = quick_config(str(data)) if quick else CompareConfig(data=str(data))
-    chosen = {"backbones": tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else None,
-              "seeds": seeds, "epochs": epochs, "backbone_epochs": {} if epochs else None, "duet_epochs": duet_epochs,
-              "duet_variants": tuple(DuetVariant.parse(v) for v in variants.split(",")) if variants else None,
-              "finetune_steps": finetune_steps, "finetune_scope": finetune_scope, "scratch": scratch,
-              "full_ranking_positives": full_ranking_positives, "threads": threads}
-    cfg = CompareConfig.model_validate({**base.model_dump(), **{k: v for k, v in chosen.items() if v is not None}})
+    task = dataset_task(data)
+    options = {k: v for k, v in locals().items() if k not in ("data", "out", "overwrite", "progress", "task")}
+    options = {k: v for k, v in options.items() if v is not None and v is not False}
     _setup_logging()
-    run_compare(cfg, out, progress=progress)
+    results = task.compare(data, out, options, progress)
     from rich.console import Console
     from rich.markdown import Markdown
 
-    Console().print(Markdown((out / "results.md").read_text().split("![")[0]))
-    typer.echo(f"report: {out / 'results.md'} (plots: uauc.png, adaptation.png, curves.png)")
-
-
-def _compare_images(data: Path, out: Path, seeds: int | None, quick: bool, epochs: int | None,
-                    duet_epochs: int | None, threads: int | None, progress: bool, ignored: dict[str, object]) -> None:
-    from duet.tasks.images.compare import ImageCompareConfig, compare_images
-
-    _refuse_given(ignored, f"{data} is an image fleet: {{}} are recommendation options")
-    chosen = {"seeds": seeds or (1 if quick else None), "epochs": epochs or (10 if quick else None),
-              "duet_epochs": duet_epochs or (3 if quick else None), "threads": threads}
-    cfg = ImageCompareConfig(data=str(data), **{k: v for k, v in chosen.items() if v is not None})
-    _setup_logging()
-    compare_images(cfg, out, progress=progress)
-    from rich.console import Console
-    from rich.markdown import Markdown
-
-    Console().print(Markdown((out / "results.md").read_text().split("![")[0]))
-    typer.echo(f"report: {out / 'results.md'} (plots: accuracy_vs_window.png, adaptation_time.png)")
+    Console().print(Markdown(results.read_text().split("![")[0]))
+    plots = ", ".join(sorted(p.name for p in out.glob("*.png")))
+    typer.echo(f"report: {results} (plots: {plots})")
 
 
 @app.command()
@@ -348,7 +317,7 @@ _PROTOCOL_HELP = "protocol (raw sources only; default: ProtocolConfig's)"
 @user_errors
 def prepare(
     out: Annotated[Path, typer.Option(help="dataset directory to create")],
-    source: Annotated[str, typer.Option(help="recommendation: movielens-small | csv | recbole | duet-text | synthetic-scale | synthetic-shift; images: digits-fleet | npz")] = "movielens-small",
+    source: Annotated[str, typer.Option(help="a source of any task (the task's dict in duet.tasks lists them; `duet prepare --source ?` prints them)")] = "movielens-small",
     scale: Annotated[float | None, typer.Option(help="synthetic-scale: size in MovieLens-smalls (100 = ~10M interactions)")] = None,
     path: Annotated[Path | None, typer.Option(help="input file for --source csv / recbole / npz (arrays x, y, device)")] = None,
     train: Annotated[Path | None, typer.Option(help="duet-text: train records file")] = None,
@@ -357,7 +326,7 @@ def prepare(
     item_col: Annotated[str | None, typer.Option(help="item id column (csv: item, recbole: item_id)")] = None,
     rating_col: Annotated[str | None, typer.Option(help="rating column, checked if present, required if named")] = None,
     timestamp_col: Annotated[str | None, typer.Option(help="timestamp column (default: timestamp)")] = None,
-    sep: Annotated[str, typer.Option(help="csv field separator")] = ",",
+    sep: Annotated[str | None, typer.Option(help="csv field separator (default ,)")] = None,
     max_users: Annotated[int | None, typer.Option(help="keep only the first N users of the source")] = None,
     protocol_name: Annotated[str | None, typer.Option("--protocol", help="a named protocol instead of the options below: reference (the published code's layout: L 30, W 10, 1/4 negatives, 80/20 by position)")] = None,
     min_user_interactions: Annotated[int | None, typer.Option(help=f"k-core minimum per user; {_PROTOCOL_HELP}")] = None,
@@ -369,8 +338,8 @@ def prepare(
     split: Annotated[str | None, typer.Option(help=f"ratio | loo | cutoff (new devices after a global time T); {_PROTOCOL_HELP}")] = None,
     cutoff_quantile: Annotated[float | None, typer.Option(help="split cutoff: T at this quantile of all timestamps (default 0.7)")] = None,
     ratios: Annotated[str | None, typer.Option(help="train,valid,test ratios of each user's targets, e.g. 0.8,0.1,0.1")] = None,
-    seed: Annotated[int | None, typer.Option(help=f"negative-sampling seed; {_PROTOCOL_HELP}")] = None,
-    adapt: Annotated[int | None, typer.Option(help="images: first samples of each valid/test period kept for per-device fine-tuning labels (default 20)")] = None,
+    seed: Annotated[int | None, typer.Option(help=f"negative-sampling or fleet seed; {_PROTOCOL_HELP}")] = None,
+    adapt: Annotated[int | None, typer.Option(help="device fleets: first samples of each valid/test period kept for per-device fine-tuning labels (default 20)")] = None,
     users: Annotated[int | None, typer.Option(help="synthetic-shift: users (default 500)")] = None,
     items: Annotated[int | None, typer.Option(help="synthetic-shift: items (default 400)")] = None,
     profiles: Annotated[int | None, typer.Option(help="synthetic-shift: latent taste profiles (default 8)")] = None,
@@ -378,130 +347,14 @@ def prepare(
     generator_seed: Annotated[int | None, typer.Option(help="synthetic-shift: seed of the click model and the clicks (default 0)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out")] = False,
 ) -> None:
-    """Build a dataset directory (train/valid/test records + manifest) from a raw source,
-    or generate one (synthetic-shift: profile switches with a known click model, whose
-    test uauc is written to the manifest as oracle_uauc)."""
-    import time
+    """Build a dataset directory (splits + manifest recording its task) from a source of any task.
+    Options the source's task does not take are refused in one line."""
+    from duet.tasks import source_task
 
-    from rich.console import Console
-
-    from duet.tasks.recommendation.data.prepare import prepare_dataset
-
-    if source in IMAGE_SOURCES:
-        _prepare_images(out, source, path, seed, window_len, adapt, overwrite,
-                        ignored={"--protocol": protocol_name, "--history-len": history_len, "--split": split,
-                                 "--max-users": max_users, "--train-negatives": train_negatives,
-                                 "--eval-negatives": eval_negatives, "--ratios": ratios, "--scale": scale,
-                                 "--cutoff-quantile": cutoff_quantile, "--users": users, "--items": items,
-                                 "--profiles": profiles, "--switch-rate": switch_rate,
-                                 "--generator-seed": generator_seed})
-        return
-
-    options = {
-        "min_user_interactions": min_user_interactions, "min_item_interactions": min_item_interactions,
-        "history_len": history_len, "window_len": window_len, "train_negatives": train_negatives,
-        "eval_negatives": eval_negatives, "split": split, "ratios": _ratios(ratios), "seed": seed,
-        "cutoff_quantile": cutoff_quantile,
-    }
-    protocol = _protocol({k: v for k, v in options.items() if v is not None})
-    generator = {"users": users, "items": items, "profiles": profiles, "switch_rate": switch_rate,
-                 "seed": generator_seed}
-    shift = None
-    if any(v is not None for v in generator.values()):
-        from duet.tasks.recommendation.data.synthetic_shift import ShiftConfig
-
-        shift = ShiftConfig(**{k: v for k, v in generator.items() if v is not None})
-    console = Console()
-    started = time.perf_counter()
-    with console.status("preparing") as status:
-        manifest = prepare_dataset(
-            out, source, path=path, train=train, test=test, user_col=user_col, item_col=item_col,
-            rating_col=rating_col, timestamp_col=timestamp_col, sep=sep, protocol=protocol,
-            named_protocol=protocol_name, max_users=max_users, scale=scale, shift=shift, overwrite=overwrite,
-            progress=status.update,
-        )
-    _print_counts(console, f"prepared in {time.perf_counter() - started:.1f} s", manifest)
-    if "oracle_uauc" in manifest:
-        typer.echo(f"test uauc of the true click model (oracle) {manifest['oracle_uauc']:.4f}, of a Bayes observer "
-                   f"of the clicks {manifest['observer_uauc']:.4f}")
+    task = source_task(source)
+    options = {k: v for k, v in locals().items() if k not in ("out", "source", "overwrite", "task") and v is not None}
+    task.prepare(source, out, options, overwrite)
     typer.echo(f"wrote {out}")
-
-
-IMAGE_SOURCES = ("digits-fleet", "npz")
-
-
-def _refuse_given(options: dict[str, object], message: str) -> None:
-    """A one-line error naming the options given (not None) that do not apply; `message` has a {} for them."""
-    from duet.errors import DuetError
-
-    given = [flag for flag, value in options.items() if value is not None]
-    if given:
-        raise DuetError(message.format(", ".join(given)))
-
-
-def _prepare_images(out: Path, source: str, path: Path | None, seed: int | None, window_len: int | None,
-                    adapt: int | None, overwrite: bool, ignored: dict[str, object]) -> None:
-    import time
-
-    from pydantic import ValidationError
-
-    from duet.errors import DuetError
-    from duet.tasks.images.fleet import FleetConfig, prepare_fleet
-
-    _refuse_given(ignored, f"--source {source} builds an image fleet: {{}} do not apply")
-    options = {"seed": seed, "window_len": window_len, "adapt": adapt}
-    try:
-        cfg = FleetConfig(**{k: v for k, v in options.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise DuetError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
-    started = time.perf_counter()
-    manifest = prepare_fleet(out, source, cfg, path=path, overwrite=overwrite)
-    counts = ", ".join(f"{name} {c['scored']} scored of {c['samples']} samples on {c['devices']} devices"
-                       for name, c in manifest["counts"].items())
-    typer.echo(f"prepared in {time.perf_counter() - started:.1f} s: {counts}")
-    typer.echo(f"wrote {out}")
-
-
-def _ratios(text: str | None) -> tuple[float, ...] | None:
-    from duet.errors import DuetError
-
-    if text is None:
-        return None
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise DuetError(f"--ratios: expected three numbers like 0.8,0.1,0.1, got {text!r}") from None
-
-
-def _protocol(options: dict[str, Any]) -> Any:
-    """A ProtocolConfig from the options given, or None when none was."""
-    from pydantic import ValidationError
-
-    from duet.config import ProtocolConfig
-    from duet.errors import DuetError
-
-    if not options:
-        return None
-    try:
-        return ProtocolConfig(**options)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        name = f"--{str(err['loc'][0]).replace('_', '-')}: " if err["loc"] else ""
-        raise DuetError(f"{name}{err['msg']}") from None
-
-
-def _print_counts(console: Any, title: str, manifest: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in ("split", "records", "positives", "events", "users", "items"):
-        table.add_column(column, justify="left" if column == "split" else "right")
-    for name, c in manifest["counts"].items():
-        table.add_row(name, *(f"{c[k]:,}" for k in ("records", "positives", "events", "users", "items")))
-    table.caption = (f"{manifest['num_users']:,} users, {manifest['num_items'] - 1:,} items, "
-                     f"L={manifest['history_len']}, W={manifest['window_len']}")
-    console.print(table)
 
 
 @app.command("export-text")
@@ -513,95 +366,27 @@ def export_text(
     overwrite: Annotated[bool, typer.Option(help="replace existing files")] = False,
 ) -> None:
     """Write a dataset in the reference text format user_id;item_id;trigger_seq;click_seq;label."""
-    from duet.tasks.recommendation.data.textformat import export_text as run_export
+    from duet.errors import DuetError
+    from duet.tasks import dataset_task
 
-    for file, records in run_export(data, train, test, overwrite=overwrite).items():
+    task = dataset_task(data)
+    if not hasattr(task, "export_text"):
+        raise DuetError(f"{data}: `duet export-text` does not apply to {task.name} datasets")
+    for file, records in task.export_text(data, train, test, overwrite).items():
         typer.echo(f"wrote {records:,} records to {file}")
-
-
-def _image_info(data: Path) -> None:
-    """An image fleet: samples per split, devices by kind and shift type."""
-    from collections import Counter
-
-    from rich.console import Console
-    from rich.table import Table
-
-    from duet.manifest import read_manifest
-    from duet.tasks.images.store import FORMAT
-
-    manifest = read_manifest(data, FORMAT, "duet image dataset")
-    console = Console()
-    console.print(f"[bold]{data}[/bold]  source: {manifest['source']['name']}, {manifest['num_classes']} classes, "
-                  f"images {tuple(manifest['image_shape'])}, W={manifest['window_len']}")
-    table = Table(title="samples per split (scored: after each device's adaptation prefix)")
-    for column in ("split", "samples", "scored", "devices"):
-        table.add_column(column, justify="left" if column == "split" else "right")
-    for name, c in manifest["counts"].items():
-        table.add_row(name, f"{c['samples']:,}", f"{c['scored']:,}", f"{c['devices']:,}")
-    console.print(table)
-    kinds = Counter((d["kind"], d["split"], d["shift"]["type"]) for d in manifest["devices"])
-    devices = Table(title="devices")
-    for column in ("kind", "scored in", "shift", "devices"):
-        devices.add_column(column, justify="right" if column == "devices" else "left")
-    for (kind, split, shift), n in sorted(kinds.items()):
-        devices.add_row(kind, "valid, test" if kind == "seen" else split, shift, str(n))
-    console.print(devices)
 
 
 @data_app.command("info")
 @user_errors
 def data_info(
     data: Annotated[Path, typer.Argument(help="prepared dataset directory")],
-    plot: Annotated[Path | None, typer.Option(help="also write a PNG: history lengths + item popularity")] = None,
+    plot: Annotated[Path | None, typer.Option(help="also write a PNG where the task has one (history lengths + item popularity)")] = None,
     top: Annotated[int, typer.Option(help="most popular items to list")] = 10,
 ) -> None:
-    """Counts per split, sequence lengths and item popularity of a prepared dataset."""
-    import json
-
-    from rich.console import Console
-    from rich.table import Table
-
+    """What a prepared dataset holds: counts per split and what its task describes."""
     from duet.tasks import dataset_task
-    from duet.tasks.recommendation.data.info import plot as write_plot
-    from duet.tasks.recommendation.data.info import summarize
 
-    if dataset_task(data) == "images":
-        _image_info(data)
-        return
-
-    info = summarize(data, top=top)
-    console = Console()
-    console.print(f"[bold]{info['path']}[/bold]  source: {json.dumps(info['source'])}")
-    console.print(f"protocol: {json.dumps(info['protocol'])}")
-    table = Table(title=f"{info['num_users']:,} users, {info['num_items'] - 1:,} items, "
-                        f"L={info['history_len']}, W={info['window_len']}")
-    table.add_column("split")
-    for column in ("records", "positives", "events", "users", "items"):
-        table.add_column(column, justify="right")
-    lengths = Table(title="non-padding sequence lengths of the positives")
-    lengths.add_column("split")
-    lengths.add_column("sequence")
-    for stat in ("min", "median", "mean", "max"):
-        lengths.add_column(stat, justify="right")
-    for name, s in info["splits"].items():
-        table.add_row(name, *(f"{s[k]:,}" for k in ("records", "positives", "events", "users", "items")))
-        for key in ("history", "window"):
-            lengths.add_row(name, key, *(f"{s[key][stat]:.4g}" for stat in ("min", "median", "mean", "max")))
-    console.print(table)
-    console.print(lengths)
-    pop = info["popularity"]
-    console.print(f"item popularity over {pop['positives']:,} positives: "
-                  f"{pop['items_with_positives']:,} items with positives, gini {pop['gini']:.3f}, "
-                  f"top 10% of items hold {pop['top10pct_share']:.1%}")
-    items = Table(title=f"top {len(pop['top'])} items")
-    for column in ("item", "raw id", "positives", "share"):
-        items.add_column(column, justify="right")
-    for row in pop["top"]:
-        items.add_row(str(row["item"]), str(row["raw"]), f"{row['positives']:,}", f"{row['share']:.2%}")
-    console.print(items)
-    if plot is not None:
-        write_plot(data, plot)
-        console.print(f"wrote {plot}")
+    dataset_task(data).describe(data, plot, top)
 
 
 @app.command()

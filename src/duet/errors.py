@@ -16,3 +16,17 @@ class InputError(DuetError):
 
 class ArtifactError(DuetError):
     """A dataset, run or bundle that is missing, tampered with, or of the wrong kind."""
+
+
+def refuse_given(options: dict[str, object], message: str) -> None:
+    """A one-line DuetError naming the options given (not None) that do not apply; `message` has a {} for them."""
+    given = [flag for flag, value in options.items() if value is not None]
+    if given:
+        raise DuetError(message.format(", ".join(given)))
+
+
+def option_error(exc: Exception) -> DuetError:
+    """A pydantic ValidationError of an options model as one line naming the option (`--max-devices: ...`)."""
+    err = exc.errors()[0]  # type: ignore[attr-defined]
+    name = f"--{str(err['loc'][0]).replace('_', '-')}: " if err["loc"] else ""
+    return DuetError(f"{name}{err['msg']}")

@@ -118,6 +118,19 @@ class Task(Protocol):
                      suffix: str) -> dict[str, float]:
         """`duet evaluate`: score a split, write RUN/metrics_<split><suffix>.json and the per-unit scores."""
 
+    # --- command line
+    sources: tuple[str, ...]  # `duet prepare --source` names it builds
+
+    def prepare(self, source: str, out: Path, options: dict[str, Any], overwrite: bool) -> None:
+        """`duet prepare`: build a dataset from `source`; `options` are the options given (refuse the others)."""
+
+    def compare(self, data: Path, out: Path, options: dict[str, Any], progress: bool) -> Path:
+        """`duet compare`: every method and baseline on the same splits, with paired intervals over
+        `unit`s and seeds; returns the report's results.md."""
+
+    def describe(self, data: Path, plot: Path | None, top: int) -> None:
+        """`duet data info`: print what a prepared dataset holds."""
+
     # --- device
     def sample(self, config: RunConfig) -> SampleSpec:
         """One raw window sample as the service and the device see it (dtype, shape, valid range)."""

@@ -17,7 +17,7 @@ from duet.config import Strict
 from duet.errors import ArtifactError, DuetError
 from duet.spec import GraphInput, SampleSpec
 from duet.task import DeviceGraph, DeviceStep, Extras, Simulation
-from duet.tasks.images import BUILDER, NAME
+from duet.tasks.images import BUILDER, NAME, commands
 from duet.tasks.images.metrics import classification_metrics
 from duet.tasks.images.store import ImageData, ImageSplit, load_images
 from duet.tasks.images.training import (
@@ -93,6 +93,18 @@ class ImageTask:
         from duet.tasks.images.evaluation import evaluate_image_run
 
         return evaluate_image_run(run, config, model, split, data, suffix)
+
+    # --- command line (`duet prepare`, `duet compare`, `duet data info`)
+    sources = commands.SOURCES
+
+    def prepare(self, source: str, out: Path, options: dict[str, Any], overwrite: bool) -> None:
+        commands.prepare(source, out, options, overwrite)
+
+    def compare(self, data: Path, out: Path, options: dict[str, Any], progress: bool) -> Path:
+        return commands.compare(data, out, options, progress)
+
+    def describe(self, data: Path, plot: Path | None, top: int) -> None:
+        commands.describe(data, plot, top)
 
     # --- device side
     def sample(self, config) -> SampleSpec:

@@ -12,6 +12,7 @@ from duet.metrics import compute_metrics
 from duet.tasks.recommendation.batches import Batch, EventBatcher
 from duet.tasks.recommendation.data.store import Split
 from duet.training.distributed import model_device, unwrap
+from duet.training.evaluation import head_suffix
 
 METRIC_KS = (10,)
 
@@ -44,19 +45,15 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 8192) -> dict[str
     return compute_metrics(split.label, logits, split.user, ks=METRIC_KS)
 
 
-def _suffix(head: str) -> str:
-    return "_global" if head == "global" else ""
-
-
 def user_auc_file(run: str | Path, split: str, head: str = "generated") -> Path:
     """Where `evaluate_run` keeps the per-user AUCs behind a run's uauc (for paired intervals)."""
-    return Path(run) / f"user_auc_{split}{_suffix(head)}.json"
+    return Path(run) / f"user_auc_{split}{head_suffix(head)}.json"
 
 
 def scores_file(run: str | Path, split: str, head: str = "generated") -> Path:
     """Where `evaluate_run` keeps a run's per-record logits (`line`, `logits`): reports that
     slice the records (by how many items a device has seen) score them without the model."""
-    return Path(run) / f"scores_{split}{_suffix(head)}.safetensors"
+    return Path(run) / f"scores_{split}{head_suffix(head)}.safetensors"
 
 
 def write_scores(run: Path, split_name: str, head: str, split: Split, logits: np.ndarray) -> None:
@@ -70,57 +67,6 @@ def write_scores(run: Path, split_name: str, head: str, split: Split, logits: np
     write_json(user_auc_file(run, split_name, head), {str(u): round(a, 6) for u, a in aucs.items()})
     with atomic_path(scores_file(run, split_name, head)) as tmp:
         save_file({"line": split.line.astype(np.int64), "logits": logits.astype(np.float32)}, str(tmp))
-
-
-HEADS = ("generated", "global")
-
-
-def load_scorer(run: str | Path, head: str = "generated", device: str = "cpu") -> tuple:
-    """(config, model) of a finished run, on `device`; `head="global"` gives a DUET run's own
-    static part with the global head theta_g (no generation)."""
-    from duet.accel import resolve_device
-    from duet.checkpoint import load_run
-    from duet.duet_model import DuetModel
-    from duet.errors import DuetError
-
-    if head not in HEADS:
-        raise DuetError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
-    target = resolve_device(device)
-    config, model, _ = load_run(run)
-    if head == "global":
-        if not isinstance(model, DuetModel):
-            raise DuetError(f"{run}: --head global is for DUET runs (a {config.train.method} run has only the global head)")
-        model = model.device_model
-    return config, model.to(target)
-
-
-def evaluate_run(run: str | Path, split: str, data: str | Path | None = None,
-                 head: str = "generated", device: str = "cpu") -> dict[str, float]:
-    """Evaluate a finished run on `split` and write RUN/metrics_<split>.json.
-
-    `head="global"` scores a DUET run with its own static part and the global head
-    theta_g, no generation (written to metrics_<split>_global.json): the difference
-    to the generated heads is what generation itself adds, beyond a static part
-    trained for longer in stage 2.
-    """
-    from duet.atomic import write_json
-    from duet.errors import ArtifactError
-    from duet.tasks.recommendation.data.store import load_dataset
-
-    config, model = load_scorer(run, head, device)
-    if config.task == "images":
-        from duet.tasks.images.evaluation import evaluate_image_run
-
-        return evaluate_image_run(run, config, model, split, data, _suffix(head))
-    dataset = load_dataset(data or config.data, splits=(split,))
-    if dataset.hash != config.data_hash:
-        raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
-    records = dataset[split]
-    logits = predict(model, records, config.train.eval_batch_size)
-    metrics = compute_metrics(records.label, logits, records.user, ks=METRIC_KS)
-    write_json(Path(run) / f"metrics_{split}{_suffix(head)}.json", metrics)
-    write_scores(Path(run), split, head, records, logits)
-    return metrics
 
 
 def generate_for_window(run: str | Path, window: str, device: str = "cpu") -> tuple[dict[str, np.ndarray], str]:

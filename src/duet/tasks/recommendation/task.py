@@ -20,7 +20,7 @@ from duet.config import Strict
 from duet.errors import ArtifactError, DuetError
 from duet.spec import GraphInput, SampleSpec
 from duet.task import DeviceGraph, DeviceStep, Extras, Simulation
-from duet.tasks.recommendation import BUILDER, NAME
+from duet.tasks.recommendation import BUILDER, NAME, commands
 from duet.tasks.recommendation.batches import Batch, EventBatcher, with_sampled_negatives
 from duet.tasks.recommendation.data.store import PAD, Dataset, Split, load_dataset, load_vocab
 from duet.tasks.recommendation.evaluate import (
@@ -109,6 +109,26 @@ class RecommendationTask:
         write_json(Path(run) / f"metrics_{split}{suffix}.json", metrics)
         write_scores(Path(run), split, "global" if suffix else "generated", records, logits)
         return metrics
+
+    # --- command line (`duet prepare`, `duet compare`, `duet data info`)
+    sources = commands.SOURCES
+
+    def prepare(self, source: str, out: Path, options: dict[str, Any], overwrite: bool) -> None:
+        commands.prepare(source, out, options, overwrite)
+
+    def compare(self, data: Path, out: Path, options: dict[str, Any], progress: bool) -> Path:
+        return commands.compare(data, out, options, progress)
+
+    def describe(self, data: Path, plot: Path | None, top: int) -> None:
+        commands.describe(data, plot, top)
+
+    def finetune(self, options: dict[str, Any], out: Path | None, progress: bool) -> dict:
+        """`duet finetune`: per-device fine-tuning of a base run."""
+        return commands.finetune(options, out, progress)
+
+    def export_text(self, data: Path, train: Path, test: Path, overwrite: bool) -> dict[Path, int]:
+        """`duet export-text`: the dataset in the published code's text format."""
+        return commands.export_text(data, train, test, overwrite)
 
     # --- device side
     def sample(self, config) -> SampleSpec:

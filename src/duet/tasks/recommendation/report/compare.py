@@ -23,7 +23,8 @@ from duet.checkpoint import is_finished_run, load_run
 from duet.config import BACKBONE_NAMES, GeneratorConfig, ModelConfig, Strict, TrainConfig
 from duet.errors import DuetError
 from duet.report.stats import difference_matrix, paired_bootstrap
-from duet.tasks.recommendation.evaluate import evaluate_run, load_scorer, scores_file, user_auc_file
+from duet.tasks.recommendation.evaluate import scores_file, user_auc_file
+from duet.training.evaluation import evaluate_run, load_scorer
 from duet.tasks.recommendation.full_ranking import full_ranking, interacted_items
 from duet.tasks.recommendation.report.cold import by_seen, items_seen
 
