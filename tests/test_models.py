@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from duet.config import ModelConfig
-from duet.models.head import DynamicHead
+from duet.models.head import DynamicHead, ModuleHead
 from duet.tasks.recommendation.data.store import PAD
 from duet.tasks.recommendation.models.backbones import GRU4Rec, SASRec
 from duet.tasks.recommendation.models.recommender import Recommender
@@ -104,6 +104,73 @@ def test_batched_head_uses_each_rows_own_params():
     for b in range(3):
         row = head(x[b : b + 1], {k: v[b] for k, v in params.items()})
         torch.testing.assert_close(out[b : b + 1], row)
+
+
+class ChannelScale(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.rand(channels) + 0.5)
+        self.shift = nn.Parameter(torch.randn(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale[:, None, None] + self.shift[:, None, None]
+
+
+def module_heads() -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
+    """name -> (head module, shape of one input row)."""
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), ChannelScale(4),
+                         nn.Conv2d(4, 2, 1, bias=False), nn.Flatten(), nn.Linear(2 * 5 * 5, 3))
+    mlp = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 2, bias=False))
+    return {"conv": (conv, (3, 5, 5)), "mlp": (mlp, (6,)), "bare": (nn.Linear(4, 3), (4,))}
+
+
+@pytest.mark.parametrize("name", ["conv", "mlp", "bare"])
+def test_module_head_spec_and_shared_params_are_the_module(name):
+    module, row = module_heads()[name]
+    head = ModuleHead(module)
+    assert head.param_spec.entries == tuple((n, tuple(p.shape)) for n, p in module.named_parameters())
+    assert list(head.parameters()) == [] and list(head.state_dict()) == []  # inputs, not weights
+    x = torch.randn(4, *row)
+    params = head.init_params()
+    with torch.no_grad():
+        torch.testing.assert_close(head(x, params), module(x), rtol=0, atol=0)
+        for p in params.values():
+            p.add_(1.0)  # a copy: the head's own initial values stay
+        assert all(torch.equal(head.init_params()[n], p) for n, p in module.named_parameters())
+        moved = head(x, params)
+    assert not torch.allclose(moved, module(x))
+
+
+@pytest.mark.parametrize("name", ["conv", "mlp", "bare"])
+def test_module_head_batched_params_equal_a_per_row_loop(name):
+    module, row = module_heads()[name]
+    head = ModuleHead(module)
+    B = 5
+    g = torch.Generator().manual_seed(1)
+    params = {n: torch.randn(B, *shape, generator=g, requires_grad=True) for n, shape in head.param_spec.entries}
+    x = torch.randn(B, *row, generator=g)
+    out = head(x, params)
+    out.pow(2).sum().backward()
+    for b in range(B):  # a plain module per row, loaded with that row's params
+        plain = copy.deepcopy(module)
+        with torch.no_grad():
+            for n, p in plain.named_parameters():
+                p.copy_(params[n][b])
+        expected = plain(x[b : b + 1])
+        torch.testing.assert_close(out[b : b + 1], expected)
+        expected.pow(2).sum().backward()
+        for n, p in plain.named_parameters():  # gradients reach row b's params and no other row's
+            torch.testing.assert_close(params[n].grad[b], p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_module_head_refuses_params_that_do_not_fit():
+    head = ModuleHead(module_heads()["conv"][0])
+    params = head.init_params()
+    with pytest.raises(ValueError, match="0.weight"):
+        head(torch.randn(2, 3, 5, 5), {**params, "0.weight": torch.zeros(2, 4, 3, 3, 2)})
+    with pytest.raises(ValueError, match="missing"):
+        head(torch.randn(2, 3, 5, 5), {k: v for k, v in params.items() if k != "2.shift"})
 
 
 @pytest.mark.parametrize("backbone", BACKBONES)

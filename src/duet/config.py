@@ -86,6 +86,10 @@ class GeneratorConfig(Strict):
     dropout: float = Field(0.3, ge=0.0, lt=1.0, description="dropout in the window encoder")
     num_generators: int = Field(3, ge=1, description="SWA N_p; 1 turns SWA off")
     temperature: float = Field(1.0, gt=0.0, description="SWA softmax temperature tau")
+    # hypnettorch's chunked hypernetwork: a unit (a weight and its bias, or one tensor)
+    # larger than this is produced chunk_size outputs at a time by one decoder shared by
+    # every chunk, told apart by a learned chunk embedding; None = a decoder per unit.
+    chunk_size: int | None = Field(None, ge=1, description="generate large tensors in chunks of this size")
 
 
 # Defaults that depend on what is trained (chosen on validation, docs/RESULTS.md):

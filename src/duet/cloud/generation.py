@@ -87,8 +87,8 @@ class FlatGenerator(nn.Module):
     (E, numel) in spec order.
 
     The decoders' chain is folded into one matrix (`ParamGenerator.folded`: about 1.3-1.6x
-    the devices/s of the frozen decoders on one core, equal to ~1e-7); low-rank runs keep
-    the frozen decoders. Nothing here changes after loading.
+    the devices/s of the frozen decoders on one core, equal to ~1e-7), chunked or not;
+    low-rank runs keep the frozen decoders. Nothing here changes after loading.
     """
 
     def __init__(self, model: nn.Module, fold: bool = True):
@@ -103,6 +103,8 @@ class FlatGenerator(nn.Module):
         if folded is None:
             for i, decoder in enumerate(self.generator.decoders):
                 self.generator.decoders[i] = FrozenDecoder(decoder)
+            if self.generator.chunk_decoder is not None:
+                self.generator.chunk_decoder = FrozenDecoder(self.generator.chunk_decoder)
         else:
             self.register_buffer("weight", folded[0], persistent=False)
             self.register_buffer("bias", folded[1], persistent=False)

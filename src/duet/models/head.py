@@ -1,18 +1,21 @@
-"""The dynamic head: an MLP whose weights are an input, not module attributes.
+"""The dynamic head: a module whose weights are an input, not module attributes.
 
 The same forward runs with the global parameters theta_g (each tensor of shape
 `shape`) or with a batch of per-device parameters (each of shape `(B, *shape)`,
-row b of the input uses row b of the parameters). Weights use `nn.Linear`'s
-`[out, in]` layout so a static `nn.Linear` stack and this head agree.
+row b of the input uses row b of the parameters). `DynamicHead` is the MLP the
+tasks use (weights in `nn.Linear`'s `[out, in]` layout, so a static `nn.Linear`
+stack and this head agree); `ModuleHead` makes any `nn.Module` such a head.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call, vmap
 
 from duet.spec import ParamSpec
 
@@ -62,12 +65,64 @@ class DynamicHead(nn.Module):
         return params
 
 
+class ModuleHead(nn.Module):
+    """Any head module (convolutions, per-channel scales, ...) made functional like `DynamicHead`.
+
+    `param_spec` lists the module's parameters as `named_parameters()` names them
+    (`0.weight`, ...), in that order. A copy of the module is kept with its
+    parameters turned into non-persistent buffers (their initial values, for
+    `init_params`), so a model holding this head neither trains nor saves them:
+    what runs is always the `params` passed to `forward`. The module's own buffers
+    stay as they are, shared by every row (a BatchNorm that updates its running
+    stats in train mode cannot run batched).
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        module = copy.deepcopy(module)
+        named = list(module.named_parameters())
+        if not named:
+            raise ValueError(f"{type(module).__name__} has no parameters to generate")
+        self.param_spec = ParamSpec.from_pairs((name, tuple(p.shape)) for name, p in named)
+        for name, p in named:
+            owner, _, attr = name.rpartition(".")
+            sub = module.get_submodule(owner)
+            delattr(sub, attr)
+            sub.register_buffer(attr, p.detach().clone(), persistent=False)
+        if next(module.parameters(), None) is not None:  # a tied alias named_parameters() left out
+            raise ValueError(f"{type(module).__name__} shares parameters between submodules; give each its own")
+        self.module = module
+
+    def forward(self, x: Tensor, params: Params) -> Tensor:
+        """x (B, ...). params[name]: `shape` (shared by every row) or `(B, *shape)` (row b uses row b)."""
+        name, shape = self.param_spec.entries[0]
+        batched = params[name].dim() == len(shape) + 1
+        self.param_spec.check(params, batched)
+        if not batched:
+            return functional_call(self.module, dict(params), (x,))
+
+        def one_row(row_params: Params, row: Tensor) -> Tensor:
+            return functional_call(self.module, row_params, (row.unsqueeze(0),)).squeeze(0)
+
+        # randomness="different": dropout in the head draws per row, as in a plain batch.
+        return vmap(one_row, randomness="different")(dict(params), x)
+
+    def init_params(self) -> Params:
+        """A copy of the wrapped module's initial parameters (whatever init it chose)."""
+        return {name: self.module.get_buffer(name).detach().clone() for name in self.param_spec.names}
+
+
 class WithGlobalHead(nn.Module):
     """A device model's dynamic head and its global parameters theta_g, stored as module
     parameters (`global_params`, dots in names replaced) and read back under spec names."""
 
     def _init_head(self, widths: tuple[int, ...], activation: str) -> None:
-        self.head = DynamicHead(widths, activation)
+        self._set_head(DynamicHead(widths, activation))
+
+    def _set_head(self, head: DynamicHead | ModuleHead) -> None:
+        """Use any functional head (`param_spec`, `forward(x, params)`, `init_params()`);
+        theta_g starts at its `init_params()`."""
+        self.head = head
         self.global_params = nn.ParameterDict(
             {name.replace(".", "_"): nn.Parameter(t) for name, t in self.head.init_params().items()}
         )
