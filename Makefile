@@ -27,10 +27,12 @@ demo-images: setup
 # --durations=25: the slowest tests, to keep the suite under 10 minutes on a 2-core machine.
 test: setup
 	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q --durations=25
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) data reports runs

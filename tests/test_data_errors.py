@@ -181,7 +181,7 @@ def test_missing_file(tmp_path):
         (["--split", "random"], "--split: Input should be 'ratio', 'loo' or 'cutoff'"),
         (["--max-users", "0"], "--max-users must be >= 1"),
         (["--source", "csv"], "--source csv needs --path"),
-        (["--source", "parquet", "--path", "x"], "unknown source 'parquet'"),
+        (["--source", "parquet", "--path", "x"], "unknown 'parquet'"),
         (["--source", "duet-text", "--train", "a", "--test", "b", "--seed", "3"], "--source duet-text takes"),
         (["--source", "duet-text", "--train", "a"], "--source duet-text needs --train and --test"),
         (["--train", "a"], "--train/--test are for --source duet-text"),

@@ -66,7 +66,7 @@ def test_full_ranking_matches_brute_force(tiny_data: Path, tmp_path: Path, metho
     data = load_dataset(tiny_data)
     test = data["test"]
     seen = interacted_items(data, int(test.user.max()) + 1)
-    got = full_ranking(model, test, seen, config.num_items, k=5)
+    got = full_ranking(model, test, seen, config.facts["num_items"], k=5)
     ranks = []
     model.eval()
     with torch.no_grad():
@@ -75,7 +75,7 @@ def test_full_ranking_matches_brute_force(tiny_data: Path, tmp_path: Path, metho
             history = torch.from_numpy(test.history[e:e + 1].astype(np.int64))
             window = torch.from_numpy(test.window[e:e + 1].astype(np.int64))
             score = {}
-            for item in range(1, config.num_items):
+            for item in range(1, config.facts["num_items"]):
                 if item != target and item in seen[user]:
                     continue
                 args = (history, window) if method == "duet" else (history,)

@@ -342,8 +342,8 @@ def test_duet_train_trains_the_generator(base_run, tiny_dir, tmp_path, monkeypat
 
     initial = []
 
-    def build(config):
-        model = build_model(config)
+    def build(config, task=None):
+        model = build_model(config, task)
         initial.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return model
 

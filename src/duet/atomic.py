@@ -90,12 +90,15 @@ def write_bytes(path: str | Path, data: bytes, mode: int | None = None) -> None:
 
 
 def save_png(fig: object, path: str | Path, dpi: int) -> None:
-    """Write a matplotlib figure as PNG, atomically, then release it (pyplot keeps figures alive)."""
-    import matplotlib.pyplot as plt
+    """Write a matplotlib figure as PNG, atomically, then release it (pyplot keeps figures alive).
 
+    pyplot is looked up, not imported: a figure made with it means it is loaded, and this module
+    stays importable on a device install (no matplotlib)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
-    plt.close(fig)
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)
 
 
 def write_json(path: str | Path, obj: object) -> None:

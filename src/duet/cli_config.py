@@ -39,6 +39,9 @@ def train_config(
     if backbone not in choices:
         raise DuetError(f"--backbone: {backbone!r} is not a static part of the {task.name} task; choose one of "
                         f"{', '.join(choices)}")
+    if method not in task.methods:
+        raise DuetError(f"--method: {method!r} is not a method of the {task.name} task; choose one of "
+                        f"{', '.join(task.methods)}")
     encoder = encoder or task.defaults.get("encoder", "mean")
     batch_size = batch_size or task.defaults.get("batch_size", 128)
     try:

@@ -87,6 +87,7 @@ class Task(Protocol):
     select_metric: str  # the validation metric that selects the epoch (higher is better)
     unit: str  # what paired intervals resample: "user", "device", ...
     backbones: tuple[str, ...]  # the static parts it offers; the first is the default
+    methods: tuple[str, ...]  # base, duet and the task's own (fitted by `fit_without_gradients`)
     defaults: Mapping[str, Any]  # defaults of options left unset (e.g. encoder, batch_size)
 
     # --- data

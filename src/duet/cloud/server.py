@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
+from duet.cloud.logs import configure_logging
 from duet.cloud.settings import Settings
-
-
-def configure_logging(level: str) -> None:
-    """The service's own log lines (`duet.*`) to stderr, beside uvicorn's. Never a header or a token."""
-    logger = logging.getLogger("duet")
-    if not any(getattr(h, "_duet", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     [%(process)d] %(name)s: %(message)s"))
-        handler._duet = True
-        logger.addHandler(handler)
-    logger.setLevel(level.upper())
-    logger.propagate = False
 
 
 def serve(settings: Settings) -> None:

@@ -134,7 +134,7 @@ class WindowEncoder(nn.Module):
         elif cfg.encoder == "gru":
             self.gru = nn.GRU(embed_dim, cfg.hidden_dim, batch_first=True)
         else:
-            from duet.tasks.recommendation.models.backbones import SelfAttentionBlock
+            from duet.models.layers import SelfAttentionBlock
 
             self.proj = nn.Linear(embed_dim, cfg.hidden_dim)
             self.positions = nn.Embedding(window_len, cfg.hidden_dim)
@@ -143,7 +143,7 @@ class WindowEncoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, emb: Tensor, mask: Tensor) -> Tensor:
-        from duet.tasks.recommendation.models.backbones import last_valid
+        from duet.models.layers import last_valid
 
         emb = self.drop(emb)
         if self.kind in ("mean", "attnpool"):

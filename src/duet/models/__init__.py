@@ -1,1 +1,1 @@
-"""Device model: backbones (static part) and the functional dynamic head."""
+"""Task-agnostic model parts: the functional dynamic heads and shared sequence layers."""

@@ -1,1 +1,1 @@
-"""`duet compare`: pop, base, fine-tune and DUET (with and without SWA) on the same splits."""
+"""Statistics shared by every task's comparison: paired bootstrap intervals and stability summaries."""

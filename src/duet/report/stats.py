@@ -52,3 +52,17 @@ def paired_bootstrap(diff: np.ndarray, n_boot: int = BOOTSTRAP, level: float = L
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return {"mean": float(diff.mean()), "lo": float(lo), "hi": float(hi),
             "significant": bool(lo > 0 or hi < 0), "seeds": n_seeds, "users": n_users}
+
+
+def seed_interval(diff: np.ndarray, level: float = LEVEL) -> dict[str, float | bool | None]:
+    """A t-interval over the seed means of a (seeds, units) difference matrix: the uncertainty of
+    training itself, which the paired bootstrap understates with few seeds. None bounds with one seed."""
+    from scipy.stats import t
+
+    means = np.atleast_2d(np.asarray(diff, dtype=float)).mean(axis=1)
+    if len(means) < 2:
+        return {"mean": float(means.mean()), "lo": None, "hi": None, "significant": None, "seeds": len(means)}
+    half = float(t.ppf((1 + level) / 2, len(means) - 1) * means.std(ddof=1) / np.sqrt(len(means)))
+    lo, hi = float(means.mean()) - half, float(means.mean()) + half
+    return {"mean": float(means.mean()), "lo": lo, "hi": hi, "significant": bool(lo > 0 or hi < 0),
+            "seeds": len(means)}

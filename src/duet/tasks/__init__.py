@@ -34,7 +34,7 @@ def dataset_task(path: str | Path) -> Task:
     """The task a prepared dataset records in its manifest."""
     from duet.manifest import read_any_manifest
 
-    return task_of(read_any_manifest(path, "prepared dataset (run `duet prepare`)", ("task",)),
+    return task_of(read_any_manifest(path, "duet dataset (run `duet prepare`)", ("task",)),
                    Path(path) / "manifest.json")
 
 

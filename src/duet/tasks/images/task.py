@@ -54,6 +54,7 @@ class ImageTask:
     select_metric = "accuracy"
     unit = "device"
     backbones = ("cnn",)
+    methods = ("base", "duet")
     # A window is a set of samples (an order-free encoder); the training set is small (smaller batches).
     defaults: Mapping[str, Any] = {"encoder": "mean", "batch_size": 128}
 

@@ -67,32 +67,3 @@ def write_scores(run: Path, split_name: str, head: str, split: Split, logits: np
     write_json(user_auc_file(run, split_name, head), {str(u): round(a, 6) for u, a in aucs.items()})
     with atomic_path(scores_file(run, split_name, head)) as tmp:
         save_file({"line": split.line.astype(np.int64), "logits": logits.astype(np.float32)}, str(tmp))
-
-
-def generate_for_window(run: str | Path, window: str, device: str = "cpu") -> tuple[dict[str, np.ndarray], str]:
-    """`duet generate`: parse a window of item ids and run the run's generator on it."""
-    from duet.accel import resolve_device
-    from duet.checkpoint import load_run
-    from duet.duet_model import DuetModel
-    from duet.errors import DuetError
-    from duet.tasks.recommendation.data.store import PAD
-
-    target = resolve_device(device)
-    config, model, _ = load_run(run)
-    if not isinstance(model, DuetModel):
-        raise DuetError(f"{run}: a {config.train.method} run has no generator; train with --method duet")
-    try:
-        items = [int(x) for x in window.split(",") if x.strip()]
-    except ValueError:
-        raise DuetError(f"--window: expected comma-separated item ids, got {window!r}") from None
-    if not items:
-        raise DuetError("--window: at least one item id is needed")
-    bad = [i for i in items if not 0 < i < config.num_items]
-    if bad:
-        raise DuetError(f"--window: item ids must be in 1..{config.num_items - 1}, got {bad[:5]}")
-    items = items[-config.window_len :]
-    padded = torch.full((1, config.window_len), PAD, dtype=torch.long)
-    padded[0, : len(items)] = torch.tensor(items)
-    with torch.inference_mode():
-        params = model.to(target).generate(padded.to(target))
-    return {k: v[0].cpu().numpy() for k, v in params.items()}, model.device_model.param_spec.hash

@@ -57,6 +57,7 @@ class RecommendationTask:
     select_metric = "uauc"
     unit = "user"
     backbones = ("sasrec", "gru4rec", "din")
+    methods = ("pop", "base", "duet")
     defaults: Mapping[str, Any] = {"encoder": "gru", "batch_size": 1024}
 
     def facts(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,7 +150,7 @@ class RecommendationTask:
                                    GraphInput("items", "int64", (None,))),
                            outputs=("logits",), examples=examples)
 
-    def bundle_extras(self, config, model: nn.Module, data: str | Path | None) -> Extras:
+    def bundle_extras(self, config, model: nn.Module, data: str | Path | None) -> Extras:  # noqa: ARG002
         from duet.tasks.recommendation.data.store import manifest_hash
 
         data = Path(data or config.data)

@@ -29,7 +29,7 @@ import numpy as np
 
 from duet.errors import DuetError
 from duet.tasks.recommendation.data.importers import Interactions
-from duet.tasks.recommendation.data.prepare import NegativeSampler, context
+from duet.tasks.recommendation.data.sampling import NegativeSampler, context
 from duet.tasks.recommendation.data.textformat import TextRecords
 
 

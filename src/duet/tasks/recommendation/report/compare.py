@@ -20,21 +20,19 @@ from pydantic import Field
 
 from duet.atomic import write_json
 from duet.checkpoint import is_finished_run, load_run
-from duet.config import BACKBONE_NAMES, GeneratorConfig, ModelConfig, Strict, TrainConfig
+from duet.config import GeneratorConfig, ModelConfig, Strict, TrainConfig
 from duet.errors import DuetError
 from duet.report.stats import difference_matrix, paired_bootstrap
 from duet.tasks.recommendation.evaluate import scores_file, user_auc_file
-from duet.training.evaluation import evaluate_run, load_scorer
 from duet.tasks.recommendation.full_ranking import full_ranking, interacted_items
+from duet.tasks.recommendation.models.backbones import BACKBONES
 from duet.tasks.recommendation.report.cold import by_seen, items_seen
+from duet.tasks.recommendation.report.methods import FULL_RANKED, METHODS, REPORTED
+from duet.training.evaluation import evaluate_run, load_scorer
 
+BACKBONE_NAMES = tuple(BACKBONES)
 log = logging.getLogger("duet.compare")
 
-# duet-global: the chosen DUET run's own static part with the global head (no
-# generation); duet-scratch: DUET trained jointly from scratch (the published schedule).
-METHODS = ("pop", "base", "finetune", "duet-noswa", "duet", "duet-global", "duet-scratch")
-REPORTED = ("auc", "uauc", "ndcg@10", "hit@10", "logloss")
-FULL_RANKED = ("full_ndcg@10", "full_recall@10", "full_mrr")
 # (A, B): A - B per user (and seed) with a paired bootstrap interval in every report.
 DIFFERENCES = (("duet", "base"), ("duet", "finetune"), ("duet", "duet-noswa"), ("duet", "duet-global"),
                ("duet-global", "base"), ("duet-scratch", "base"), ("finetune", "base"))

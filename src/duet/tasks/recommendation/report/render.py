@@ -16,7 +16,7 @@ def _fmt(stat: dict) -> str:
 
 
 def write_markdown(results: dict, report: Path) -> None:
-    from duet.tasks.recommendation.report.compare import FULL_RANKED, METHODS, REPORTED
+    from duet.tasks.recommendation.report.methods import FULL_RANKED, METHODS, REPORTED
 
     cfg = results["config"]
     lines = [
@@ -77,7 +77,7 @@ def _difference_lines(differences: dict) -> list[str]:
 def _cold_lines(methods: dict) -> list[str]:
     """Test uauc per bin of items the device had seen before the event (cold devices first)."""
     from duet.tasks.recommendation.report.cold import LABELS as BINS
-    from duet.tasks.recommendation.report.compare import METHODS
+    from duet.tasks.recommendation.report.methods import METHODS
 
     rows = [m for m in METHODS if "by_seen" in methods.get(m, {})]
     if not rows:
@@ -113,7 +113,7 @@ def write_plots(results: dict, report: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from duet.tasks.recommendation.report.compare import METHODS
+    from duet.tasks.recommendation.report.methods import METHODS
 
     summary = results["summary"]
     backbones = list(summary)
@@ -168,7 +168,7 @@ def _plot_cold(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from duet.tasks.recommendation.report.cold import LABELS as BINS
-    from duet.tasks.recommendation.report.compare import METHODS
+    from duet.tasks.recommendation.report.methods import METHODS
 
     backbones = list(summary)
     fig, axes = plt.subplots(1, len(backbones), figsize=(4.5 * len(backbones), 3.2), squeeze=False)

@@ -1,0 +1,7 @@
+"""What the recommendation comparison reports: its methods and metrics (shared by the run and the rendering)."""
+
+# duet-global: the chosen DUET run's own static part with the global head (no
+# generation); duet-scratch: DUET trained jointly from scratch (the published schedule).
+METHODS = ("pop", "base", "finetune", "duet-noswa", "duet", "duet-global", "duet-scratch")
+REPORTED = ("auc", "uauc", "ndcg@10", "hit@10", "logloss")
+FULL_RANKED = ("full_ndcg@10", "full_recall@10", "full_mrr")
