@@ -71,8 +71,8 @@ class ModelConfig(Strict):
 class GeneratorConfig(Strict):
     """PPG (hypernetwork) and SWA (ensemble of decoders)."""
 
-    # gru / attention read the window in order (recommendation); mean / attnpool pool it
-    # without order (DeepSets-style, the image task: a window is a set of samples).
+    # gru / attention read the window in order (a click sequence); mean / attnpool pool it
+    # without order (DeepSets-style: a window that is a set of samples).
     encoder: Literal["gru", "attention", "mean", "attnpool"] = "gru"
     hidden_dim: int = Field(32, ge=1, description="window encoder width (vector c)")
     layer_embed_dim: int = Field(16, ge=1, description="per-layer embedding e_n")

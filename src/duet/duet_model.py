@@ -1,8 +1,8 @@
 """DuetModel: a device model (the static part + dynamic head) plus the cloud-side PPG+SWA generator.
 
 Task-agnostic: the device model says how a window becomes the generator's input
-(`window_features`: item embeddings for recommendation, static CNN features for
-images); the generator never sees anything else. In privacy mode the device sends
+(`window_features`: the embeddings of a window of item ids, the static features of a
+window of samples); the generator never sees anything else. In privacy mode the device sends
 those features itself (`generate_from_features`), and the answer is the same.
 """
 

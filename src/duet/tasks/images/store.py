@@ -134,7 +134,7 @@ def write_image_dataset(out: Path, samples: dict[str, np.ndarray], labels: dict[
     `task`: (name, builder) of a task that shares this layout (default: the image task)."""
     from duet.tasks.images import BUILDER, NAME
 
-    name, builder = task or (NAME, BUILDER)
+    task_name, builder = task or (NAME, BUILDER)
     save_file({k: np.ascontiguousarray(samples[k]) for k in SAMPLE_KEYS}, str(out / "samples.safetensors"))
     files = {"samples.safetensors": sha256_file(out / "samples.safetensors")}
     for name in SPLITS:
@@ -145,7 +145,7 @@ def write_image_dataset(out: Path, samples: dict[str, np.ndarray], labels: dict[
                      "scored": int(((samples["split"] == SPLIT_CODE[name]) & (samples["adapt"] == 0)).sum()),
                      "devices": int(len(np.unique(samples["device"][samples["split"] == SPLIT_CODE[name]])))}
               for name in SPLITS}
-    manifest = {"format": FORMAT, "task": name, "builder": builder, **manifest, "counts": counts, "files": files}
+    manifest = {"format": FORMAT, "task": task_name, "builder": builder, **manifest, "counts": counts, "files": files}
     write_json(out / "manifest.json", manifest)
     return manifest
 
