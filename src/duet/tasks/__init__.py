@@ -2,6 +2,8 @@
 
     tasks/recommendation/   click-through records grouped by event: SASRec / GRU4Rec / DIN
     tasks/images/           an image fleet: per-device shift, CNN static part
+    tasks/sensors/          phone sensors (UCI HAPT), one device per user, 1-D CNN static part
+    tasks/own/              a user's own static module, head, loss and metric (no entry: see its docs)
 
 Every dataset, run and bundle records its task's name and builder (`package.module:function`);
 the core imports the builder (duet.task.load_task) and never names a task. Adding a task is a
@@ -14,12 +16,13 @@ from pathlib import Path
 
 from duet.errors import DuetError
 from duet.task import Task, load_task, task_of
-from duet.tasks import images, recommendation
+from duet.tasks import images, recommendation, sensors
 
 # Task name -> its builder. The first is the default of `duet prepare`.
 TASKS: dict[str, str] = {
     recommendation.NAME: recommendation.BUILDER,
     images.NAME: images.BUILDER,
+    sensors.NAME: sensors.BUILDER,
 }
 
 

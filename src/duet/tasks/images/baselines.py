@@ -98,8 +98,8 @@ def finetune_images(model: ImageClassifier, split: ImageSplit, k: int, steps: in
     return per_device(model, split, adapt, label=label)
 
 
-def batch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:
-    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]  # 1-D and 2-D
 
 
 def tent_images(model: ImageClassifier, split: ImageSplit, steps: int, lr: float, progress: bool = False) -> Adapted:

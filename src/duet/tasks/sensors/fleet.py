@@ -240,7 +240,6 @@ def fleet_facts(users: dict[int, list[Session]], roles: dict[int, str], seed: in
     classes = ACTIVITIES + (TRANSITIONS if keep_transitions else ())
     shape = [len(CHANNELS), segment_len]
     return {
-        "task": "sensors",
         "source": {"name": "hapt", "package": PIP_NAME, "users": len(users),
                    "sessions": sum(len(s) for s in users.values()),
                    "rows": sum(len(x.labels) for s in users.values() for x in s), "sampling_hz": SAMPLING_HZ},
@@ -273,4 +272,6 @@ def prepare_hapt(out_dir: str | Path, seed: int = 0, segment_len: int = 128, ove
     facts["source"]["sha256"] = sha256_file(file)
     labels = {name: y[samples["split"] == code] for name, code in SPLIT_CODE.items()}
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        return write_image_dataset(tmp, samples, labels, facts)
+        from duet.tasks.sensors import BUILDER, NAME
+
+        return write_image_dataset(tmp, samples, labels, facts, task=(NAME, BUILDER))
