@@ -4,8 +4,9 @@ and of `duet generate --windows` end to end (reading, generating, writing fp32/f
     python benchmarks/bulk_generate.py --run RUN --devices 1000000 --out-dirs /tmp,/dev/shm \
         --json benchmarks/results/bulk_generate.json
 
-Windows are the run's dataset's test windows, drawn with replacement up to --devices. One torch
-thread (on a shared machine more threads were slower, see docs/PERFORMANCE.md).
+Windows are random windows of the run's samples (its task's SampleSpec: token ids in the run's range
+with random lengths, or float samples), so any task's run can be measured. One torch thread (on a
+shared machine more threads were slower, see docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -19,6 +20,18 @@ import numpy as np
 import torch
 
 
+def random_windows(sample, window_len: int, devices: int, seed: int = 0) -> np.ndarray:
+    """`devices` windows of the run's samples as a windows file holds them: token ids left-aligned and
+    0-padded (N, W) with 1..W of them, or float samples (N, W, *shape)."""
+    rng = np.random.default_rng(seed)
+    if not sample.is_token:
+        return rng.random((devices, window_len, *sample.shape), dtype=np.float32)
+    windows = rng.integers(sample.low, sample.high + 1, (devices, window_len))
+    lengths = rng.integers(1, window_len + 1, devices)
+    windows[np.arange(window_len)[None, :] >= lengths[:, None]] = 0
+    return windows
+
+
 def generator_alone(run: Path, windows: np.ndarray, chunk: int, rounds: int) -> dict:
     """devices/s of the forward alone, folded and frozen alternating, best of `rounds` each."""
     from duet.checkpoint import load_run
@@ -27,13 +40,15 @@ def generator_alone(run: Path, windows: np.ndarray, chunk: int, rounds: int) -> 
     best = {"folded": 0.0, "frozen": 0.0}
     generators = {name: FlatGenerator(load_run(run)[1], fold=name == "folded").eval() for name in best}
     assert generators["folded"].folded
-    rows = torch.from_numpy(windows.astype(np.int64))
+    rows = torch.from_numpy(windows)
+    # Token windows: padding is 0; float windows: every position holds a sample.
+    mask = rows != 0 if rows.ndim == 2 else torch.ones(rows.shape[:2], dtype=torch.bool)
     for _ in range(rounds):
         for name, generator in generators.items():
             started = time.perf_counter()
             with torch.inference_mode():
                 for lo in range(0, len(rows), chunk):
-                    generator(rows[lo:lo + chunk])
+                    generator(rows[lo:lo + chunk], mask[lo:lo + chunk])
             best[name] = max(best[name], len(rows) / (time.perf_counter() - started))
     return {"devices_per_s": best, "chunk": chunk, "devices": len(rows), "speedup": best["folded"] / best["frozen"]}
 
@@ -51,11 +66,10 @@ def main() -> None:
     from duet.atomic import write_json
     from duet.checkpoint import load_config
     from duet.cloud.bulk import generate_bulk
-    from duet.tasks.recommendation.data.store import load_dataset
+    from duet.task import load_task
 
     config = load_config(args.run)
-    test = load_dataset(config.data, splits=("test",))["test"].window
-    windows = test[np.random.default_rng(0).integers(0, len(test), args.devices)]
+    windows = random_windows(load_task(config.builder).sample(config), config.window_len, args.devices)
     results: dict = {"load_before": os.getloadavg()[0], "threads": 1,
                      "alone": generator_alone(args.run, windows[: args.alone_devices], 1024, args.rounds)}
     print("forward alone:", results["alone"], flush=True)

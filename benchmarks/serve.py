@@ -238,16 +238,22 @@ def bench_generation(run: Path, batch: int, seconds: float) -> dict:
     torch.set_num_threads(1)
     service = GeneratorService(run)
     rng = np.random.default_rng(0)
-    windows = rng.integers(1, service.num_items, (batch, service.window_len)).astype(np.int64)
-    windows[::4, service.window_len // 2 :] = 0  # some short windows
+    sample, W = service.sample, service.window_len
+    if sample.is_token:
+        windows = rng.integers(sample.low, sample.high + 1, (batch, W)).astype(np.int64)
+    else:
+        windows = rng.random((batch, W, *sample.shape), dtype=np.float32)
+    mask = np.ones((batch, W), dtype=bool)
+    mask[::4, W // 2 :] = False  # some short windows
+    windows[~mask] = 0
     for _ in range(3):
-        service.generate(windows)
+        service.generate(windows, mask)
     times = []
     deadline = time.perf_counter() + seconds
     with OtherLoad() as others:
         while time.perf_counter() < deadline or len(times) < 5:
             started = time.perf_counter()
-            service.generate(windows)
+            service.generate(windows, mask)
             times.append(time.perf_counter() - started)
     best, median = min(times), float(np.median(times))
     cfg = service.config

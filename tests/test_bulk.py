@@ -3,6 +3,7 @@ input format; bad files are one-line errors naming the row or line; the output i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from duet.cli import app
 from duet.cloud.bulk import load_heads
 from duet.cloud.generation import GeneratorService
+from duet.generate import generate_for_window
 from duet.tasks.recommendation.data.store import tail_window
 
 runner = CliRunner()
@@ -59,12 +61,10 @@ def test_bulk_heads_are_the_services_and_the_single_windows(duet_run: Path, tmp_
     assert metadata["model_version"] == service.version and metadata["dtype"] == "fp32"
     assert params.shape == (len(windows), spec.numel) and params.dtype == np.float32
     # The service's own forward on the same windows, cut to the last W items as the service does.
-    rows = np.stack([service.window_row([int(i) for i in row[row != 0]]) for row in windows])
+    rows, mask = (np.stack(part) for part in zip(*(service.raw_rows(row[row != 0]) for row in windows), strict=True))
     np.testing.assert_array_equal(rows, tail_window(windows, W))
-    np.testing.assert_allclose(params, service.generate(rows), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(params, service.generate(rows, mask), rtol=0, atol=1e-6)
     # `duet generate --window`: the unfolded model, one window at a time.
-    from duet.tasks.recommendation.evaluate import generate_for_window
-
     for b in (0, 5, len(windows) - 1):
         single, _ = generate_for_window(duet_run, ",".join(str(i) for i in windows[b][windows[b] != 0]))
         np.testing.assert_allclose(params[b], spec.flatten({k: v[None] for k, v in single.items()})[0],
@@ -102,22 +102,23 @@ def test_fp16_output_and_chunking(duet_run: Path, tmp_path: Path) -> None:
 
 
 BAD = [  # (file name, content maker, message)
-    ("w.npy", lambda p: np.save(p, np.array([[1, 2], [3, NUM_ITEMS]])), f"row 2: item ids must be in 1..{NUM_ITEMS - 1}"),
-    ("w.npy", lambda p: np.save(p, np.array([[1, 2, 0], [3, 0, 4]])), "row 2: padding (0) before an item at column 3"),
+    ("w.npy", lambda p: np.save(p, np.array([[1, 2], [3, NUM_ITEMS]])), f"row 2: token ids must be in 1..{NUM_ITEMS - 1}"),
+    ("w.npy", lambda p: np.save(p, np.array([[1, 2, 0], [3, 0, 4]])), "row 2: padding (0) before a token id at column 3"),
     ("w.npy", lambda p: np.save(p, np.array([[1, 2], [0, 0]])), "row 2: empty window"),
-    ("w.npy", lambda p: np.save(p, np.array([[-1, 2]])), "row 1: item ids must be in"),
-    ("w.npy", lambda p: np.save(p, np.ones((3, 4), np.float32)), "2-D integer array (N, W) of item ids, got float32"),
+    ("w.npy", lambda p: np.save(p, np.array([[-1, 2]])), "row 1: token ids must be in"),
+    ("w.npy", lambda p: np.save(p, np.array([[1, 2**64 - 1]], np.uint64)), "row 1: token ids must be in"),
+    ("w.npy", lambda p: np.save(p, np.ones((3, 4), np.float32)), "2-D integer array (N, W) of token ids, got float32"),
     ("w.npy", lambda p: np.save(p, np.ones(3, np.int64)), "2-D integer array"),
     ("w.npy", lambda p: p.write_bytes(b"not numpy"), "not a readable .npy array"),
     ("w.safetensors", lambda p: save_file({"items": np.ones((2, 2), np.int64)}, str(p)), "expected a tensor `windows`"),
     ("w.safetensors", lambda p: save_file({"windows": np.ones((2, 2), np.int64), "device_id": np.ones(3, np.int64)},
                                           str(p)), "`device_id` must be an integer tensor (2,)"),
     ("w.safetensors", lambda p: p.write_bytes(b"\x01"), "not a readable safetensors file"),
-    ("w.txt", lambda p: p.write_text("1,2\n3,x\n"), "w.txt:2: expected comma-separated item ids, got '3,x'"),
+    ("w.txt", lambda p: p.write_text("1,2\n3,x\n"), "w.txt:2: expected comma-separated token ids, got '3,x'"),
     ("w.txt", lambda p: p.write_text("1,2\n\n3\n"), "w.txt:2: empty window"),
-    ("w.txt", lambda p: p.write_text("7\t1,2\n3\n"), "w.txt:2: expected DEVICE_ID<TAB>ITEMS like line 1"),
+    ("w.txt", lambda p: p.write_text("7\t1,2\n3\n"), "w.txt:2: expected DEVICE_ID<TAB>IDS like line 1"),
     ("w.txt", lambda p: p.write_text("a\t1,2\n"), "w.txt:1: device id must be an integer, got 'a'"),
-    ("w.txt", lambda p: p.write_text("1,2\n" * 5 + f"{NUM_ITEMS}\n"), "w.txt:6: item ids must be in"),
+    ("w.txt", lambda p: p.write_text("1,2\n" * 5 + f"{NUM_ITEMS}\n"), "w.txt:6: token ids must be in"),
     ("w.txt", lambda p: p.write_text(""), "no windows in the file"),
 ]
 
@@ -142,7 +143,7 @@ def test_a_failure_late_in_the_file_leaves_no_output_and_keeps_an_old_one(duet_r
     out.write_bytes(b"the previous night's heads")
     result = runner.invoke(app, ["generate", "--run", str(duet_run), "--windows", str(tmp_path / "w.npy"),
                                  "--out", str(out), "--chunk-size", "4", "--overwrite"])
-    assert result.exit_code == 2 and "row 98: item ids must be in" in one_line(result.stderr)
+    assert result.exit_code == 2 and "row 98: token ids must be in" in one_line(result.stderr)
     assert out.read_bytes() == b"the previous night's heads"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["heads.safetensors", "w.npy"]  # no temporary left
 
@@ -157,6 +158,9 @@ def test_a_failure_late_in_the_file_leaves_no_output_and_keeps_an_old_one(duet_r
     (["--windows", "{tmp}/w.npy", "--out", "{tmp}/h.safetensors", "--dtype", "fp64"], "--dtype must be fp32 or fp16"),
     (["--windows", "{tmp}/w.npy", "--out", "{tmp}/h.safetensors", "--chunk-size", "0"], "--chunk-size must be at least 1"),
     (["--window", "1", "--device", "tpu"], "--device must be one of cpu, cuda, auto"),
+    (["--window", f"3,{NUM_ITEMS}"], f"--window: values must be in 1..{NUM_ITEMS - 1}, got [{NUM_ITEMS}]"),
+    (["--window", "3,x"], "--window: expected comma-separated integers, got '3,x'"),
+    (["--window", " , "], "--window: at least one value is needed"),
 ])
 def test_bad_generate_options_are_one_line_errors(duet_run: Path, tmp_path: Path, args, message) -> None:
     np.save(tmp_path / "w.npy", fleet(3))
@@ -180,3 +184,43 @@ def test_device_cpu_is_the_default(duet_run: Path, tmp_path: Path) -> None:
     generate(duet_run, tmp_path / "w.npy", tmp_path / "a.safetensors")
     generate(duet_run, tmp_path / "w.npy", tmp_path / "b.safetensors", "--device", "cpu")
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+# ---------------------------------------------------------------- a run whose samples are float arrays
+
+def test_float_sample_runs_take_float_arrays_and_refuse_token_input(image_run: Path, tmp_path: Path) -> None:
+    """An image run: (N, W', *shape) float windows give the service's heads (every position a sample,
+    the last W used, shorter ones masked); --window and text files are refused in one line naming the way."""
+    service = GeneratorService(image_run)
+    shape, W_run = service.sample.shape, service.window_len
+    rng = np.random.default_rng(3)
+    for width in (W_run + 2, W_run - 1):
+        windows = rng.random((5, width, *shape), dtype=np.float32)
+        np.save(tmp_path / "w.npy", windows)
+        generate(image_run, tmp_path / "w.npy", tmp_path / "heads.safetensors", "--chunk-size", "2", "--overwrite")
+        _, metadata, params, _ = load_heads(tmp_path / "heads.safetensors")
+        assert json.loads(metadata["sample"]) == service.sample.to_json()
+        rows, mask = (np.stack(part) for part in zip(*(service.raw_rows(w) for w in windows), strict=True))
+        assert mask.sum(1).tolist() == [min(width, W_run)] * 5
+        np.testing.assert_allclose(params, service.generate(rows, mask), rtol=0, atol=1e-6)
+    save_file({"windows": windows}, str(tmp_path / "w.safetensors"))
+    generate(image_run, tmp_path / "w.safetensors", tmp_path / "st.safetensors", "--chunk-size", "2")
+    np.testing.assert_array_equal(load_heads(tmp_path / "st.safetensors")[2], params)
+
+    windows[1, 2, 0, 0, 0] = np.nan
+    np.save(tmp_path / "bad.npy", windows)
+    hint = f"this run's windows are float samples of shape ({', '.join(map(str, shape))})"
+    cases = {("--windows", str(tmp_path / "bad.npy")): "row 2: sample 3 is not finite",
+             ("--windows", str(text_file(tmp_path / "w.txt", fleet(3)))): hint,
+             ("--windows", str(tmp_path / "heads.safetensors")): "`windows`",  # a heads file is no windows file
+             ("--windows", str(tmp_path / "ints.npy")): f"a float array (N, W, {', '.join(map(str, shape))})"}
+    np.save(tmp_path / "ints.npy", fleet(3))
+    for argv, message in cases.items():
+        result = runner.invoke(app, ["generate", "--run", str(image_run), *argv, "--out", str(tmp_path / "o.st")])
+        assert result.exit_code == 2 and message in one_line(result.stderr), (argv, result.output)
+    assert not (tmp_path / "o.st").exists()
+    # The old bug: `--window` took an image run, then failed with "item ids must be in 1..-1".
+    result = runner.invoke(app, ["generate", "--run", str(image_run), "--window", "1,2"])
+    assert result.exit_code == 2
+    assert one_line(result.stderr) == f"error: --window: {hint}: use POST /v1/parameters or --windows with a .npy " \
+                                      f"of shape (N, W, {', '.join(map(str, shape))})"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import NUM_ITEMS, W
+from conftest import NUM_ITEMS, L, W
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
@@ -147,9 +147,12 @@ def test_probes_models_metrics(service: ServiceProcess, duet_run: Path) -> None:
     spec = json.loads((duet_run / "param_spec.json").read_text())
     assert model["version"] == model_version(duet_run)
     assert model["spec_hash"] == spec["hash"] and model["params"] == spec["params"]
-    assert model["window_len"] == W and model["num_items"] == NUM_ITEMS
+    assert model["window_len"] == W and model["max_window"] == 10 * W
     assert model["task"] == "recommendation" and model["feature_dim"] == 8
-    assert model["image_shape"] is None and model["num_classes"] is None
+    # What a window holds and the task's facts, from the run: no task-specific top-level fields.
+    assert model["sample"] == {"dtype": "int64", "shape": [], "low": 1, "high": NUM_ITEMS - 1}
+    assert model["facts"] == {"num_items": NUM_ITEMS, "history_len": L}
+    assert not {"num_items", "history_len", "image_shape", "num_classes", "builder"} & set(model)
     assert model["dtypes"] == ["fp32", "fp16"] and model["answer_bytes"]["fp16"] < model["answer_bytes"]["fp32"]
     assert model["signing_key"] is None  # answers are signed only with `duet serve --sign`
 
@@ -205,6 +208,53 @@ def test_bad_requests(service: ServiceProcess, body: object, status: int, field:
     assert error["message"] and error["code"]
     if status == 422:
         assert error["errors"][0] == {"field": field, "message": error["message"]}
+
+
+def test_the_raw_field_of_another_kind_of_run_is_refused_in_one_line(service: ServiceProcess) -> None:
+    status, _, text = post(service.url, {"device_id": "x", "samples": [[0.5] * 8]})
+    assert status == 422
+    error = json.loads(text)["error"]
+    assert error["field"] == "samples"
+    assert error["message"] == (f"this service's model takes `window` (integers 1..{NUM_ITEMS - 1}) or `embedding`, "
+                                "not `samples`")
+
+
+def test_request_schema_is_built_from_the_sample_spec() -> None:
+    """Any SampleSpec, not only the built-in tasks': the raw field, its bounds or row width, the
+    embedding width and max_window all come from the spec and the run, and validation follows the schema."""
+    from pydantic import ValidationError
+
+    from duet.cloud.schemas import request_model
+    from duet.spec import SampleSpec
+
+    tokens = request_model(SampleSpec("int64", (), low=3, high=9), feature_dim=5, window_len=2, max_window=7)
+    schema = tokens.model_json_schema()
+    assert set(schema["properties"]) == {"device_id", "window", "embedding", "dtype", "version"}
+    window = schema["properties"]["window"]
+    assert (window["items"]["minimum"], window["items"]["maximum"], window["minItems"], window["maxItems"]) == (3, 9, 1, 7)
+    assert schema["properties"]["embedding"]["items"]["minItems"] == schema["properties"]["embedding"]["items"]["maxItems"] == 5
+    assert schema["oneOf"] == [{"required": ["window"]}, {"required": ["embedding"]}]
+    assert all(3 <= v <= 9 for v in schema["examples"][0]["window"])
+    assert tokens.model_validate_json('{"device_id": "d", "window": [3, 9]}').input_field == "window"
+    for bad, field in (([2], ("window", 0)), ([3, 10], ("window", 1)), ([3] * 8, ("window",))):
+        with pytest.raises(ValidationError) as caught:
+            tokens.model_validate_json(json.dumps({"device_id": "d", "window": bad}))
+        assert caught.value.errors()[0]["loc"] == field
+    unbounded = request_model(SampleSpec("int64"), feature_dim=5, window_len=2, max_window=7)
+    assert unbounded.model_json_schema()["properties"]["window"]["items"]["maximum"] == 2**63 - 1  # int64
+
+    floats = request_model(SampleSpec("float32", (2, 3)), feature_dim=5, window_len=2, max_window=7)
+    schema = floats.model_json_schema()
+    assert set(schema["properties"]) == {"device_id", "samples", "embedding", "dtype", "version"}
+    samples = schema["properties"]["samples"]
+    assert (samples["items"]["minItems"], samples["items"]["maxItems"], samples["maxItems"]) == (6, 6, 7)
+    assert schema["oneOf"] == [{"required": ["samples"]}, {"required": ["embedding"]}]
+    assert floats.model_validate_json(json.dumps({"device_id": "d", "samples": [[0.5] * 6]})).input_field == "samples"
+    with pytest.raises(ValidationError) as caught:
+        floats.model_validate_json(json.dumps({"device_id": "d", "samples": [[0.5] * 6, [0.5] * 5]}))
+    assert caught.value.errors()[0]["loc"] == ("samples", 1)
+    # The other kind's raw field parses (so the route can name it in one line) but is not in the schema.
+    assert floats.model_validate_json('{"device_id": "d", "window": [1]}').input_field == "window"
 
 
 def test_longest_accepted_window_is_cut_to_the_last_w(service: ServiceProcess) -> None:
@@ -378,7 +428,17 @@ def test_served_generator_is_the_model(duet_run: Path) -> None:
     expected = torch.cat([params[n].reshape(16, -1) for n in service.spec.names], 1).numpy()
     assert service.model.folded  # a full-rank run: the folded path is what is tested here
     np.testing.assert_allclose(service.generate(windows), expected, rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(service.generate(windows, "fp16"), service.generate(windows).astype(np.float16))
+    np.testing.assert_array_equal(service.generate(windows, dtype="fp16"), service.generate(windows).astype(np.float16))
+    # The service's raw path (any task): values -> the last W samples and their mask, as the batcher stacks them.
+    lengths = np.arange(16) % W + 1
+    windows = np.where(np.arange(W)[None] < lengths[:, None], windows % (NUM_ITEMS - 1) + 1, 0)
+    rows, mask = zip(*(service.raw_rows(row[:n].tolist()) for row, n in zip(windows, lengths, strict=True)),
+                     strict=True)
+    np.testing.assert_array_equal(np.stack(rows), windows)
+    np.testing.assert_array_equal(np.stack(mask), windows != 0)
+    np.testing.assert_array_equal(service.generate(np.stack(rows), np.stack(mask)), service.generate(windows))
+    with pytest.raises(ValueError, match=f"outside 1..{NUM_ITEMS - 1}"):
+        service.raw_rows([3, NUM_ITEMS])
 
 
 def test_frozen_decoders_are_bitwise_the_model(duet_run: Path) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NUM_ITEMS, W
+from conftest import NUM_ITEMS, L, W
 from safetensors.numpy import save as save_safetensors
 
-from duet.device import GLOBAL, LAST, SERVICE, Bundle, DeviceRuntime, Keyring, left_aligned
+from duet.device import GLOBAL, LAST, SERVICE, Bundle, DeviceRuntime, Keyring
 from duet.errors import ArtifactError
 from duet.signing import SIGNATURE_HEADER, SigningKey, answer_message, sign_answers, sign_manifest
 from duet.simulate import free_port
@@ -80,10 +80,30 @@ def test_raw_item_ids_map_to_internal_ids(bundle_dir: Path) -> None:
     np.testing.assert_array_equal(bundle.internal_ids([*raw, 123_456]), [3, 1, 7, 0])  # unknown -> padding
 
 
-def test_left_aligned_window() -> None:
-    np.testing.assert_array_equal(left_aligned([5, 0, 6, 7, 8, 9], 4), [6, 7, 8, 9])
-    np.testing.assert_array_equal(left_aligned([5, 6, 0, 0], 4), [5, 6, 0, 0])
-    np.testing.assert_array_equal(left_aligned([], 3), [0, 0, 0])
+def test_a_history_is_encoded_left_aligned(bundle_dir: Path) -> None:
+    """The bundle's graph input description: the last L ids oldest first, padding dropped, then 0-padded."""
+    bundle = Bundle(bundle_dir)
+    ids = list(range(1, L + 3))
+    np.testing.assert_array_equal(bundle.encode("history", [0, *ids]), [ids[-L:]])
+    np.testing.assert_array_equal(bundle.encode("history", [5, 6, 0, 0]), [[5, 6] + [0] * (L - 2)])
+    np.testing.assert_array_equal(bundle.encode("history", []), [[0] * L])
+    assert bundle.encode("items", [[3], [4]]).shape == (2,)
+    with pytest.raises(ValueError, match="no input 'x'"):
+        bundle.encode("x", [1])
+
+
+def test_the_bundle_describes_its_sample_and_graph(bundle_dir: Path) -> None:
+    bundle = Bundle(bundle_dir)
+    assert bundle.sample.field == "window" and (bundle.sample.low, bundle.sample.high) == (1, NUM_ITEMS - 1)
+    assert [i.name for i in bundle.inputs] == ["history", "items"] and bundle.outputs == ("logits",)
+    features = bundle.features([3, 1, 3])
+    assert features.shape == (3, bundle.feature_dim) and np.array_equal(features[0], features[2])
+    with pytest.raises(ValueError, match="outside"):
+        bundle.features([NUM_ITEMS])
+    logits = bundle.run({"history": [1, 2], "items": [4, 5, 6]}, bundle.theta_g)["logits"]
+    assert logits.shape == (3,)
+    with pytest.raises(ValueError, match="graph inputs"):
+        bundle.run({"history": [1, 2]}, bundle.theta_g)
 
 
 def test_observe_keeps_the_last_w_items(bundle_dir: Path) -> None:
@@ -183,7 +203,9 @@ def test_global_head_when_the_service_is_down(bundle: Bundle) -> None:
     assert runtime.source == GLOBAL and runtime.version == bundle.version
     assert "2 attempts" in runtime.last_error
     candidates = np.arange(1, 8)
-    np.testing.assert_array_equal(runtime.score([4, 5], candidates), bundle.score([4, 5], candidates, bundle.theta_g))
+    expected = bundle.run({"history": [4, 5], "items": candidates}, bundle.theta_g)["logits"]
+    np.testing.assert_array_equal(runtime.score([4, 5], candidates), expected)
+    np.testing.assert_array_equal(runtime.score(history=[4, 5], items=candidates), expected)
 
 
 def test_keeps_the_last_parameters_after_a_failure(bundle: Bundle) -> None:
@@ -205,7 +227,8 @@ def test_keeps_the_last_parameters_after_a_failure(bundle: Bundle) -> None:
     for name, value in received.items():
         np.testing.assert_array_equal(runtime.params[name], value)
     candidates = np.arange(1, NUM_ITEMS)
-    np.testing.assert_array_equal(runtime.score([7], candidates), bundle.score([7], candidates, received))
+    np.testing.assert_array_equal(runtime.score([7], candidates),
+                                  bundle.run({"history": [7], "items": candidates}, received)["logits"])
 
 
 def test_privacy_mode_uploads_item_embeddings_not_ids(bundle: Bundle) -> None:
@@ -218,12 +241,13 @@ def test_privacy_mode_uploads_item_embeddings_not_ids(bundle: Bundle) -> None:
         assert runtime.refresh([9, 0, 1, 2, 3, 4, 5]) == SERVICE  # cut to the last W, padding dropped
     first, second = fake.requests
     assert set(first) == {"device_id", "embedding", "dtype", "version"}  # no item ids on the wire
-    np.testing.assert_array_equal(np.array(first["embedding"], dtype=np.float32), bundle.item_embedding[[3, 4, 5]])
+    np.testing.assert_array_equal(np.array(first["embedding"], dtype=np.float32), bundle.features([3, 4, 5]))
     np.testing.assert_array_equal(np.array(second["embedding"], dtype=np.float32),
-                                  bundle.item_embedding[[2, 3, 4, 5][-W:]])
+                                  bundle.features([2, 3, 4, 5][-W:]))
     candidates = np.arange(1, NUM_ITEMS)
     head = {name: value[None] for name, value in fake.params.items()}
-    np.testing.assert_array_equal(runtime.score([7], candidates), bundle.score([7], candidates, head))
+    np.testing.assert_array_equal(runtime.score([7], candidates),
+                                  bundle.run({"history": [7], "items": candidates}, head)["logits"])
 
 
 def test_the_client_sends_exactly_one_form_of_the_window(bundle: Bundle) -> None:
@@ -374,7 +398,7 @@ def test_a_refused_bundle_update_keeps_the_bundle_and_the_last_good_parameters(
     good = {name: value.copy() for name, value in runtime.params.items()}
     tampered = signed_copy(bundle_dir, tmp_path / "tampered", cloud_key)
     manifest = (tampered / "manifest.json").read_bytes()
-    (tampered / "manifest.json").write_bytes(manifest.replace(b'"num_items": ', b'"num_items":\t', 1))  # 1 byte
+    (tampered / "manifest.json").write_bytes(manifest.replace(b'"window_len": ', b'"window_len":\t', 1))  # 1 byte
     other = signed_copy(bundle_dir, tmp_path / "other", SigningKey.generate())
     for bad, reason in ((tampered, "does not verify"), (other, "not trusted"), (bundle_dir, "unsigned")):
         with pytest.raises(ArtifactError, match=reason):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from duet.cli import app
 from duet.config import GeneratorConfig, ModelConfig
 from duet.duet_model import DuetModel
 from duet.errors import DuetError
-from duet.tasks.images.baselines import batch_norms, finetune_images, tent_images
+from duet.tasks.images.baselines import adaptation_rows, batch_norms, bnstats_images, finetune_images, tent_images
 from duet.tasks.images.fleet import FleetConfig, build_digits_fleet, digits, prepare_fleet
 from duet.tasks.images.metrics import classification_metrics, macro_f1, per_group_accuracy
 from duet.tasks.images.model import ImageClassifier
@@ -158,6 +160,42 @@ def test_tent_updates_batch_norm_and_fine_tuning_uses_labels_without_touching_th
     assert len(batch_norms(base)) == 3
 
 
+def test_batch_norm_statistics_come_from_the_device_and_its_prior(fleet_dir):
+    """Prior 0: each device's copy normalises with its own samples' statistics (a worked check against
+    torch's batch statistics); a huge prior gives back the global model; no gradient, base untouched."""
+    data = load_images(fleet_dir, ("valid",))
+    torch.manual_seed(0)
+    base = ImageClassifier((1, 8, 8), 10, ModelConfig(backbone="cnn", embed_dim=16)).eval()
+    for norm in batch_norms(base):  # training-time statistics far from any device's
+        norm.running_mean.fill_(5.0)
+        norm.running_var.fill_(9.0)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    split = data["valid"]
+    plain = base(torch.from_numpy(data.x[split.rows])).detach().numpy()
+    np.testing.assert_allclose(bnstats_images(base, split, prior=10**9).logits, plain, atol=1e-4)
+    own = bnstats_images(base, split, prior=0)
+    device = int(split.device[0])
+    x = torch.from_numpy(data.x[adaptation_rows(data, "valid", device)])
+    local = copy.deepcopy(base).eval()
+    for norm in batch_norms(local):  # layer by layer: the statistics of its input on the device's samples
+        captured = []
+        handle = norm.register_forward_pre_hook(lambda _, inputs: captured.append(inputs[0]))
+        with torch.no_grad():
+            local(x)
+        handle.remove()
+        dims = [0, *range(2, captured[0].dim())]
+        norm.running_mean.copy_(captured[0].mean(dims))
+        norm.running_var.copy_(captured[0].var(dims, unbiased=True))
+    mine = split.device == device
+    with torch.no_grad():
+        expected = local(torch.from_numpy(data.x[split.rows[mine]])).numpy()
+    # training-mode normalisation divides by the biased variance, this check by the unbiased one
+    np.testing.assert_allclose(own.logits[mine], expected, rtol=2e-2, atol=2e-2)
+    assert not np.allclose(own.logits, plain, atol=1e-3)
+    for name, value in base.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
 def test_npz_source_keeps_a_users_own_devices_and_refuses_bad_files(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.random((120, 6, 6)).astype(np.float32) * 255
@@ -208,7 +246,7 @@ def test_compare_scores_every_method_on_the_same_devices_and_writes_the_report(f
                              finetune_lrs=(1e-2,), tent_steps=(2,), tent_lrs=(1e-2,), windows=(1, 6))
     results = compare_images(cfg, tmp_path / "report", progress=False)
     seed = results["seeds"]["0"]
-    assert set(seed["metrics"]) == {"global", "finetune-3", "tent", "oracle", "duet-static", "duet-noswa", "duet"}
+    assert set(seed["metrics"]) == {"global", "finetune-3", "tent", "bnstats", "oracle", "duet-static", "duet-noswa", "duet"}
     devices = {m: set(acc) for m, acc in seed["device_accuracy"].items()}
     assert len({frozenset(d) for d in devices.values()}) == 1  # the same devices for every method
     base_test = evaluate_run(tmp_path / "report" / "runs" / "seed0" / "base", "test")

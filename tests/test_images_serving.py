@@ -17,7 +17,7 @@ from test_device import FakeService, run_on_a_device
 
 from duet.atomic import sha256_file
 from duet.checkpoint import load_run
-from duet.device import GLOBAL, SERVICE, ImageBundle, ImageRuntime, load_bundle
+from duet.device import GLOBAL, SERVICE, Bundle, DeviceRuntime, load_bundle
 from duet.export import model_version
 from duet.simulate import ServiceProcess, free_port, simulate
 from duet.tasks.images.store import load_images
@@ -70,13 +70,19 @@ def test_models_reports_the_image_task(service: ServiceProcess, image_run: Path,
     assert status == 200
     (info,) = json.loads(body)["models"]
     assert info["version"] == model_version(image_run)
-    assert (info["task"], info["feature_dim"], info["image_shape"], info["num_classes"]) == (
-        "images", 8, list(SHAPE), config.num_classes)
-    assert info["window_len"] == IMAGE_W and info["num_items"] is None and info["history_len"] is None
+    assert (info["task"], info["feature_dim"], info["window_len"]) == ("images", 8, IMAGE_W)
+    assert info["sample"] == {"dtype": "float32", "shape": list(SHAPE), "low": None, "high": None}
+    assert info["facts"] == config.facts and info["facts"]["image_shape"] == list(SHAPE)
+    assert not {"num_items", "history_len", "image_shape", "num_classes"} & set(info)
     status, body = get(service.url + "/openapi.json")
     request = json.loads(body)["paths"]["/v1/parameters"]["post"]["requestBody"]["content"]["application/json"]
     properties = request["schema"]["properties"]
-    assert "window" not in properties and properties["samples"]["items"]["maxItems"] == 64
+    assert "window" not in properties
+    samples, embedding = properties["samples"], properties["embedding"]
+    assert samples["items"]["minItems"] == samples["items"]["maxItems"] == int(np.prod(SHAPE))  # the sample's width
+    assert embedding["items"]["minItems"] == embedding["items"]["maxItems"] == 8
+    assert samples["maxItems"] == embedding["maxItems"] == 10 * IMAGE_W
+    assert request["schema"]["oneOf"] == [{"required": ["samples"]}, {"required": ["embedding"]}]
 
 
 @pytest.mark.parametrize("which", [0, 1])
@@ -123,6 +129,8 @@ def test_bad_image_requests_name_the_field(service: ServiceProcess, body: dict, 
     assert status == 422, text
     error = json.loads(text)["error"]
     assert error["field"] == field and error["message"], error
+    if "window" in body:
+        assert error["message"].startswith("this service's model takes `samples` (rows of 64 floats"), error
 
 
 # ---------------------------------------------------------------- the bundle
@@ -130,11 +138,13 @@ def test_bad_image_requests_name_the_field(service: ServiceProcess, body: dict, 
 def test_image_bundle_layout(image_bundle_dir: Path, image_run: Path, loaded) -> None:
     config, model = loaded
     manifest = json.loads((image_bundle_dir / "manifest.json").read_text())
-    assert manifest["format"] == "duet-image-bundle/1" and manifest["task"] == "images"
-    assert manifest["model_version"] == model_version(image_run)
-    assert (manifest["image_shape"], manifest["num_classes"], manifest["feature_dim"], manifest["window_len"]) == (
-        list(SHAPE), config.num_classes, 8, IMAGE_W)
-    assert set(manifest["files"]) == {"model.onnx", "theta_g.safetensors", "param_spec.json"}
+    assert manifest["format"] == "duet-bundle/2" and manifest["task"] == "images"
+    assert manifest["builder"] == config.builder and manifest["model_version"] == model_version(image_run)
+    assert (manifest["facts"]["image_shape"], manifest["facts"]["num_classes"], manifest["feature_dim"],
+            manifest["window_len"]) == (list(SHAPE), config.facts["num_classes"], 8, IMAGE_W)
+    assert manifest["sample"] == {"dtype": "float32", "shape": list(SHAPE), "low": None, "high": None}
+    assert manifest["graph"]["inputs"] == [{"name": "x", "dtype": "float32", "shape": [None, *SHAPE], "pad": None}]
+    assert set(manifest["files"]) == {"model.onnx", "features.onnx", "theta_g.safetensors", "param_spec.json"}
     for name, digest in manifest["files"].items():
         assert sha256_file(image_bundle_dir / name) == digest
     theta_g = load_file(str(image_bundle_dir / "theta_g.safetensors"))
@@ -144,13 +154,17 @@ def test_image_bundle_layout(image_bundle_dir: Path, image_run: Path, loaded) ->
 
 
 def test_image_onnx_equals_torch_for_random_parameters(image_bundle_dir: Path, loaded) -> None:
-    """onnxruntime against the classifier itself, 1 to 50 images, random heads: logits and features."""
+    """onnxruntime against the classifier itself, 1 to 50 images, random heads: logits (model.onnx) and
+    features (features.onnx)."""
     _, model = loaded
     classifier = model.device_model
     session = ort.InferenceSession(str(image_bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    features_session = ort.InferenceSession(str(image_bundle_dir / "features.onnx"),
+                                            providers=["CPUExecutionProvider"])
     inputs = {i.name: i.shape for i in session.get_inputs()}
-    assert inputs["x"] == ["samples", *SHAPE]
-    assert [o.name for o in session.get_outputs()] == ["logits", "features"]
+    assert inputs["x"] == ["x", *SHAPE]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    assert [i.shape for i in features_session.get_inputs()] == [["samples", *SHAPE]]
     gen = torch.Generator().manual_seed(1)
     for n in (1, 3, 50):
         x = torch.rand(n, *SHAPE, generator=gen)
@@ -158,22 +172,22 @@ def test_image_onnx_equals_torch_for_random_parameters(image_bundle_dir: Path, l
         with torch.no_grad():  # every image with the one head, batched per image as in the DUET model
             expected = classifier(x, {k: v.expand(n, *v.shape[1:]) for k, v in params.items()}).numpy()
             expected_features = classifier.features(x).numpy()
-        logits, got_features = session.run(None, {"x": x.numpy(), **{k.replace(".", "_"): v.numpy()
-                                                                    for k, v in params.items()}})
+        (logits,) = session.run(None, {"x": x.numpy(), **{k.replace(".", "_"): v.numpy() for k, v in params.items()}})
+        (got_features,) = features_session.run(None, {"samples": x.numpy()})
         assert logits.shape == (n, classifier.num_classes)
         np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
         np.testing.assert_allclose(got_features, expected_features, rtol=0, atol=1e-5)
 
 
-def test_load_bundle_picks_the_task(image_bundle_dir: Path, bundle_dir: Path) -> None:
-    from duet.device import Bundle
-    from duet.errors import ArtifactError
-
-    assert type(load_bundle(image_bundle_dir)) is ImageBundle and type(load_bundle(bundle_dir)) is Bundle
-    with pytest.raises(ArtifactError, match="duet-image-bundle/1"):
-        ImageBundle(bundle_dir)
-    with pytest.raises(ValueError, match="ImageRuntime needs a ImageBundle"):
-        ImageRuntime(load_bundle(bundle_dir), "http://127.0.0.1:9", "d")
+def test_one_bundle_class_reads_either_task_from_its_manifest(image_bundle_dir: Path, bundle_dir: Path) -> None:
+    images, items = load_bundle(image_bundle_dir), load_bundle(bundle_dir)
+    assert type(images) is Bundle and type(items) is Bundle
+    assert (images.task, images.sample.field, images.sample.shape) == ("images", "samples", SHAPE)
+    assert (items.sample.field, [i.name for i in images.inputs]) == ("window", ["x"])
+    with pytest.raises(ValueError, match="no id vocabulary"):
+        images.internal_ids([1])
+    with pytest.raises(ValueError, match="not whole samples"):
+        DeviceRuntime(images, "http://127.0.0.1:9", "d").observe(np.zeros(10, np.float32))
 
 
 # ---------------------------------------------------------------- the device runtime
@@ -182,15 +196,16 @@ def test_image_runtime_imports_and_classifies_without_torch(image_bundle_dir: Pa
     """No torch (so no gradient) on an image device: bundle, runtime, privacy features, classification."""
     run_on_a_device(f"""
         import numpy as np
-        from duet.device import ImageRuntime
-        runtime = ImageRuntime({str(image_bundle_dir)!r}, "http://127.0.0.1:9", "d", retries=0, privacy=True)
+        from duet.device import DeviceRuntime
+        runtime = DeviceRuntime({str(image_bundle_dir)!r}, "http://127.0.0.1:9", "d", retries=0, privacy=True)
         images = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
         for image in images:
             runtime.observe(image)
         assert runtime.refresh() == "global"  # nothing listens on port 9
-        logits = runtime.classify(images)
-        assert logits.shape == (3, runtime.bundle.num_classes), logits.shape
-        assert np.stack(runtime.recent).shape == (3, runtime.bundle.feature_dim)
+        logits = runtime.score(images)
+        assert logits.shape == (3, runtime.bundle.facts["num_classes"]), logits.shape
+        assert runtime.window.shape == (3, 1, 8, 8)
+        assert runtime.bundle.features(runtime.window).shape == (3, runtime.bundle.feature_dim)
     """)
 
 
@@ -198,11 +213,11 @@ def test_image_runtime_imports_and_classifies_without_torch(image_bundle_dir: Pa
 def test_image_runtime_uploads_its_window(image_bundle_dir: Path, loaded, windows, privacy: bool) -> None:
     """Raw: the last W images, flattened; privacy: their features (as torch computes them), never the images."""
     _, model = loaded
-    bundle = ImageBundle(image_bundle_dir)
+    bundle = Bundle(image_bundle_dir)
     fake = FakeService(bundle, ["ok"])
     stream = np.concatenate([windows[1], windows[0]])  # W + 1 images: the first falls out of the window
     with fake.running() as url:
-        runtime = ImageRuntime(bundle, url, "d", retries=0, privacy=privacy)
+        runtime = DeviceRuntime(bundle, url, "d", retries=0, privacy=privacy)
         for image in stream:
             runtime.observe(image.reshape(-1))  # any layout of the right size
         assert runtime.refresh() == SERVICE
@@ -215,17 +230,17 @@ def test_image_runtime_uploads_its_window(image_bundle_dir: Path, loaded, window
         assert "embedding" not in request
         np.testing.assert_array_equal(np.array(request["samples"], dtype=np.float32), windows[0].reshape(IMAGE_W, -1))
     head = {name: value[None] for name, value in fake.params.items()}
-    np.testing.assert_array_equal(runtime.classify(windows[0]), bundle.run(windows[0], head)[0])
+    np.testing.assert_array_equal(runtime.score(windows[0]), bundle.run({"x": windows[0]}, head)["logits"])
 
 
 def test_image_runtime_falls_back_to_the_global_head(image_bundle_dir: Path, windows) -> None:
-    bundle = ImageBundle(image_bundle_dir)
-    runtime = ImageRuntime(bundle, f"http://127.0.0.1:{free_port()}", "d", retries=0, timeout=1)
+    bundle = Bundle(image_bundle_dir)
+    runtime = DeviceRuntime(bundle, f"http://127.0.0.1:{free_port()}", "d", retries=0, timeout=1)
     assert runtime.refresh() == GLOBAL and runtime.last_error is None  # nothing observed: nothing asked
     runtime.observe(windows[0][0])
     assert runtime.refresh() == GLOBAL and "1 attempts" in runtime.last_error
-    np.testing.assert_array_equal(runtime.classify(windows[0]), bundle.run(windows[0], bundle.theta_g)[0])
-    with pytest.raises(ValueError, match="observe takes one image"):
+    np.testing.assert_array_equal(runtime.score(x=windows[0]), bundle.run({"x": windows[0]}, bundle.theta_g)["logits"])
+    with pytest.raises(ValueError, match="observe takes one sample"):
         runtime.observe(windows[0][:2])
 
 
@@ -242,6 +257,16 @@ def test_simulate_an_image_fleet_matches_offline(image_run: Path, image_bundle_d
     # Counted metrics agree exactly; logloss within float32 rounding of logits that differ by ~1e-6.
     assert all(abs(d) <= 1e-9 for k, d in diff.items() if "logloss" not in k), diff
     assert all(abs(d) <= 1e-5 for k, d in diff.items() if "logloss" in k), diff
+
+
+def test_simulate_an_image_fleet_with_a_request_policy(image_run: Path, image_bundle_dir: Path) -> None:
+    """every-2 on image streams: a device asks at its first scored sample, then once 2 new images arrived."""
+    from duet.device.policy import RequestPolicy
+
+    results = simulate(image_run, devices=2, bundle=image_bundle_dir, concurrency=2, policy=RequestPolicy("every", k=2))
+    assert results["policy"] == "every-2" and results["agree"] is None
+    assert results["sources"]["service"] == results["requests"] and results["sources"]["kept"] > 0
+    assert results["devices"] <= results["requests"] < results["records"]
 
 
 def test_image_service_conforms_to_its_schema(service: ServiceProcess) -> None:

@@ -620,3 +620,54 @@ def test_hot_reload_under_load_drops_nothing(duet_run: Path, tiny_data: Path, tm
         assert 'duet_model_reloads_total{outcome="failed"} 1.0' in call(service.url, "GET", "/metrics")[2].decode()
     lines = [line for line in service.final_log.splitlines() if "reload of" in line]
     assert len(lines) == 1 and "sha256 does not match" in lines[0] and "Traceback" not in service.final_log
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_hot_reload_to_a_run_of_another_task(duet_run: Path, image_run: Path, tmp_path: Path) -> None:
+    """A token run swapped for a float-sample run: the request body, the OpenAPI schema and /v1/models
+    follow the new run's SampleSpec, and its answers are its generator's."""
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from safetensors.numpy import load as load_safetensors
+
+    from duet.cloud import Settings, create_app
+    from duet.cloud.generation import GeneratorService
+    from duet.export import model_version
+
+    link = tmp_path / "current"
+    link.symlink_to(duet_run)
+
+    def request_properties(client: TestClient) -> dict:
+        schema = client.get("/openapi.json").json()
+        return schema["paths"]["/v1/parameters"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+
+    with TestClient(create_app(Settings(run=link, watch_interval_s=0.05))) as client:
+        assert client.post("/v1/parameters", json=window_body([1, 2])).status_code == 200
+        assert "window" in request_properties(client)["properties"]  # cached until a swap
+        tmp = tmp_path / "current.tmp"
+        tmp.symlink_to(image_run)
+        os.replace(tmp, link)
+        deadline = time.monotonic() + 60
+        while (info := client.get("/v1/models").json()["models"][0])["version"] != model_version(image_run):
+            assert time.monotonic() < deadline, info
+            time.sleep(0.05)
+        service = GeneratorService(image_run)
+        width = int(np.prod(service.sample.shape))
+        assert info["task"] == service.task and info["sample"] == service.sample.to_json()
+        assert info["facts"] == service.config.facts
+        schema = request_properties(client)
+        assert set(schema["properties"]) == {"device_id", "samples", "embedding", "dtype", "version"}
+        assert schema["properties"]["samples"]["items"]["maxItems"] == width
+        assert schema["oneOf"] == [{"required": ["samples"]}, {"required": ["embedding"]}]
+
+        samples = np.random.default_rng(0).random((2, width), dtype=np.float32)
+        answer = client.post("/v1/parameters", json={"device_id": "d", "samples": samples.tolist()})
+        assert answer.status_code == 200 and answer.headers["x-duet-model-version"] == model_version(image_run)
+        rows, mask = service.raw_rows(samples)
+        expected = service.spec.unflatten(service.generate(rows[None], mask[None]))
+        for name, value in load_safetensors(answer.content).items():
+            np.testing.assert_allclose(value, expected[name][0], rtol=0, atol=1e-6)
+        refused = client.post("/v1/parameters", json=window_body([1, 2]))
+        assert refused.status_code == 422
+        error = error_of(refused.content)
+        assert error["field"] == "window" and error["message"].startswith("this service's model takes `samples`")

@@ -46,7 +46,8 @@ def bundle_copy(bundle_dir: Path, tmp_path: Path) -> Path:
 
 # ---------------------------------------------------------------- device bundles
 
-@pytest.mark.parametrize("name", ["model.onnx", "theta_g.safetensors", "vocab.safetensors", "param_spec.json"])
+@pytest.mark.parametrize("name", ["model.onnx", "features.onnx", "theta_g.safetensors", "vocab.safetensors",
+                                  "param_spec.json"])
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_bundle_refuses_a_damaged_file(bundle_copy: Path, name: str, damage: str) -> None:
     file = bundle_copy / name
@@ -106,6 +107,26 @@ def test_bundle_refuses_theta_g_and_graph_of_another_head(bundle_copy: Path) -> 
     manifest["spec_hash"] = wider.hash
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="graph and param_spec.json are from different heads"):
+        Bundle(bundle_copy)
+
+
+def test_bundle_refuses_graphs_that_do_not_match_the_manifest(bundle_copy: Path) -> None:
+    """The manifest's graph description is checked against the graphs themselves, not believed."""
+    original = (bundle_copy / "manifest.json").read_text()
+    manifest = json.loads(original)
+    manifest["graph"]["inputs"][0]["shape"][-1] += 1  # a longer history than the graph takes
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="input 'history' is .* the manifest says"):
+        Bundle(bundle_copy)
+    manifest = json.loads(original)
+    manifest["graph"]["outputs"] = ["scores"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="do not match the manifest's graph"):
+        Bundle(bundle_copy)
+    (bundle_copy / "manifest.json").write_text(original)
+    shutil.copy(bundle_copy / "model.onnx", bundle_copy / "features.onnx")  # the wrong graph, re-hashed
+    rehash(bundle_copy, "features.onnx")
+    with pytest.raises(ArtifactError, match="features.onnx: does not map"):
         Bundle(bundle_copy)
 
 

@@ -210,14 +210,14 @@ def compare(
 ) -> None:
     """Every method and baseline of the dataset's task on the same splits -> OUT/results.md and plots.
     Options a task does not take are refused in one line."""
+    given = {k: v for k, v in locals().items() if k not in ("data", "out", "overwrite", "progress")}
     from duet.errors import DuetError
     from duet.tasks import dataset_task
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DuetError(f"{out} already exists; pass --overwrite to resume or extend it")
     task = dataset_task(data)
-    options = {k: v for k, v in locals().items() if k not in ("data", "out", "overwrite", "progress", "task")}
-    options = {k: v for k, v in options.items() if v is not None and v is not False}
+    options = {k: v for k, v in given.items() if v is not None and (k != "quick" or v)}
     _setup_logging()
     results = task.compare(data, out, options, progress)
     from rich.console import Console
@@ -232,9 +232,11 @@ def compare(
 @user_errors
 def generate(
     run: Annotated[Path, typer.Option(help="DUET run directory")],
-    window: Annotated[str | None, typer.Option(help="one window: comma-separated item ids, oldest first (internal ids)")] = None,
-    windows: Annotated[Path | None, typer.Option(help="bulk: a windows file (.npy (N, W) | .safetensors `windows` "
-                                                      "[+ `device_id`] | text, one window a line, [ID<TAB>]ITEMS)")] = None,
+    window: Annotated[str | None, typer.Option(help="one window of a token run: comma-separated ids, oldest first "
+                                                   "(the run's internal ids)")] = None,
+    windows: Annotated[Path | None, typer.Option(help="bulk: a windows file (.npy (N, W, *sample shape) | .safetensors "
+                                                      "`windows` [+ `device_id`] | token runs: text, one window a "
+                                                      "line, [ID<TAB>]IDS)")] = None,
     out: Annotated[Path | None, typer.Option(help="bulk: safetensors file to write (`params` (N, numel) [+ `device_id`])")] = None,
     chunk_size: Annotated[int, typer.Option(help="bulk: windows per generator forward (bounds memory)")] = 1024,
     dtype: Annotated[str, typer.Option(help="bulk: fp32 | fp16")] = "fp32",
@@ -260,7 +262,7 @@ def generate(
     if windows is not None:
         _generate_bulk(run, windows, out, chunk_size, dtype, overwrite, device, progress)
         return
-    from duet.tasks.recommendation.evaluate import generate_for_window
+    from duet.generate import generate_for_window
 
     params, spec_hash = generate_for_window(run, window, device)
     import numpy as np
@@ -349,10 +351,10 @@ def prepare(
 ) -> None:
     """Build a dataset directory (splits + manifest recording its task) from a source of any task.
     Options the source's task does not take are refused in one line."""
+    options = {k: v for k, v in locals().items() if k not in ("out", "source", "overwrite") and v is not None}
     from duet.tasks import source_task
 
     task = source_task(source)
-    options = {k: v for k, v in locals().items() if k not in ("out", "source", "overwrite", "task") and v is not None}
     task.prepare(source, out, options, overwrite)
     typer.echo(f"wrote {out}")
 
@@ -392,7 +394,7 @@ def data_info(
 @app.command()
 @user_errors
 def serve(
-    run: Annotated[Path, typer.Option(help="DUET run directory (duet train --method duet; recommendation or images), or a symlink to one: "
+    run: Annotated[Path, typer.Option(help="DUET run directory (duet train --method duet, any task), or a symlink to one: "
                                            "re-point it to hot-reload a new version")],
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
@@ -469,14 +471,15 @@ def serve(
 def export(
     run: Annotated[Path, typer.Option(help="base or DUET run directory")],
     out: Annotated[Path, typer.Option(help="bundle directory to create")],
-    data: Annotated[Path | None, typer.Option(help="dataset for the item vocabulary (default: the run's own)")] = None,
+    data: Annotated[Path | None, typer.Option(help="dataset of the task's bundle files, e.g. the item vocabulary "
+                                                   "(default: the run's own)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing bundle")] = False,
     sign: Annotated[Path | None, typer.Option(help="Ed25519 private key (duet keys generate): sign the manifest")] = None,
     trust: Annotated[list[Path] | None, typer.Option(help="public key file whose answers devices also accept, "
                                                           "e.g. the next serving key (repeatable; needs --sign)")] = None,
 ) -> None:
-    """Export the device bundle: ONNX (static part + head, head params as inputs), theta_g, manifest; recommendation
-    adds the item vocabulary and embeddings, images output the static features too (privacy mode)."""
+    """Export the device bundle: the task's ONNX graph (static part + head, head params as inputs), the features
+    graph (what privacy mode uploads), theta_g, the task's files (e.g. a vocabulary) and a manifest."""
     from duet.errors import DuetError
     from duet.signing import Keyring
 
@@ -532,10 +535,11 @@ def simulate(
                                                "features), computed on the device, instead of item ids or images")] = False,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
     policy: Annotated[str, typer.Option(help="when a device asks for parameters: always | every | drift")] = "always",
-    every: Annotated[int, typer.Option(help="policy every: ask once this many new items entered the window")] = 10,
-    threshold: Annotated[float, typer.Option(help="policy drift: ask once the window's mean item embedding moved "
-                                                  "by this cosine distance")] = 0.1,
-    recent: Annotated[int | None, typer.Option(help="policy drift: over the window's newest N items only "
+    every: Annotated[int, typer.Option(help="policy every: ask once this many new samples (items) entered the "
+                                             "window")] = 10,
+    threshold: Annotated[float, typer.Option(help="policy drift: ask once the window's mean feature (item "
+                                                  "embedding) moved by this cosine distance")] = 0.1,
+    recent: Annotated[int | None, typer.Option(help="policy drift: over the window's newest N samples only "
                                                     "(default: all)")] = None,
 ) -> None:
     """Replay the test period through the real service and device runtimes; compare with offline DUET."""
@@ -555,19 +559,22 @@ def simulate(
         from duet.atomic import write_json
 
         write_json(out, results)
-    _print_simulation(results)
+    from duet.checkpoint import load_config
+    from duet.task import load_task
+
+    _print_simulation(results, load_task(load_config(run).builder).select_metric)
     if results["agree"] is False:
         typer.echo(f"error: device logits differ from the offline evaluation by {results['max_abs_logit_diff']:.2e} "
                    f"(> {results['tolerance']:.0e})", err=True)
         raise typer.Exit(1)
 
 
-def _print_simulation(results: dict) -> None:
+def _print_simulation(results: dict, headline: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     m = results["metrics"]
-    counted = (f"{results['records']:,} samples" if results["task"] == "images"
+    counted = (f"{results['records']:,} records" if results["events"] == results["records"]
                else f"{results['events']:,} events, {results['records']:,} records")
     mode = ", privacy mode" if results["privacy"] else ""
     table = Table(title=f"{results['devices']} devices, {counted} ({results['dtype']}{mode}, {results['model_version']})")
@@ -581,10 +588,9 @@ def _print_simulation(results: dict) -> None:
     p50 = "n/a" if adaptation["p50"] is None else f"{adaptation['p50']:.2f} ms"
     p99 = "n/a" if adaptation["p99"] is None else f"{adaptation['p99']:.2f} ms"
     verdict = {True: "agree", False: "DISAGREE", None: "reported only"}[results["agree"]]
-    headline = "accuracy" if results["task"] == "images" else "uauc"
     console.print(f"policy {results['policy']}: {results['requests']:,} requests ({results['request_fraction']:.1%} "
                   f"of events), {results['requests_per_device']:.1f} and {results['bytes_per_device']:,.0f} B per "
-                  f"device; device {headline} {m['device'][headline]:.4f}")
+                  f"device" + (f"; device {headline} {m['device'][headline]:.4f}" if headline in m["device"] else ""))
     console.print(f"max |logit diff| {results['max_abs_logit_diff']:.2e} ({verdict}); parameters from "
                   f"{results['sources']}; answer {results['answer_bytes']:,} B; adaptation p50 {p50}, p99 {p99}; "
                   f"{results['events_per_second']:,.0f} events/s over {results['wall_seconds']:.1f} s")

@@ -1,26 +1,22 @@
-"""`duet export`: the device bundle, the static part plus the dynamic head as one ONNX graph.
+"""`duet export`: the device bundle of a run, for any task (the task describes its graph, the core exports it).
 
 A bundle directory holds:
 
-    model.onnx             static part + dynamic head; the head parameters are graph inputs
+    model.onnx             the task's device graph: static part + dynamic head, head parameters as inputs
+    features.onnx          raw window samples (N, *sample shape) -> the generator's input features (N, D):
+                           what a device in privacy mode uploads and what the drift policy compares
     theta_g.safetensors    the global head (the device's fallback), spec names, unbatched shapes
-    vocab.safetensors      recommendation: `item_raw`, the raw item id of each internal id (0 = padding -> -1)
-    item_embedding.safetensors  recommendation: `embedding` (num_items, D), the item embeddings a device in
-                           privacy mode uploads instead of item ids (the generator's input)
     param_spec.json        the head's ParamSpec and its hash
-    manifest.json          format, model version, input names, shapes and the sha256 of every file;
-                           signed: also `trusted_keys`, the public keys whose answers devices accept
+    <task files>           what the task adds (`Task.bundle_extras`), e.g. vocab.safetensors
+    manifest.json          format, task and builder, sample and graph description, model version,
+                           spec hash and the sha256 of every file; signed: also `trusted_keys`
     manifest.sig           signed bundles only (`--sign`): Ed25519 signature over manifest.json's bytes
 
-Graph inputs: `history` (1, L) int64 (oldest first, left-aligned, 0 = padding),
-`items` (C,) int64 with C dynamic, and one float32 input of shape (1, *shape) per
-head parameter, named after the spec name with dots replaced (the manifest records
-the mapping). Output: `logits` (C,). The static weights live inside the graph.
-
-An image run's bundle (format `duet-image-bundle/1`, no vocabulary or item
-embeddings) has one graph input `x` (N, C, H, W) float32 with N dynamic, the same
-head inputs, and two outputs: `logits` (N, classes) and `features` (N, D), the
-static part's features, which a device in privacy mode uploads instead of images.
+model.onnx's inputs are the task's graph inputs (`GraphInput`, in order; a dimension that is
+None there is dynamic, named after its input), then one float32 input of shape (1, *shape)
+per head parameter, named `input_name(spec name)` (the manifest records the mapping). Its
+outputs are the task's; the first is what a device scores with. The static weights live
+inside the graphs. Both graphs are checked against torch before the bundle is written.
 """
 
 from __future__ import annotations
@@ -39,22 +35,23 @@ from torch import Tensor, nn
 
 from duet.atomic import atomic_dir, sha256_file, write_json
 from duet.checkpoint import model_version
-from duet.errors import ArtifactError
+from duet.errors import ArtifactError, DuetError
 from duet.signing import PublicKey, SigningKey, sign_manifest
+from duet.spec import GraphInput, ParamSpec, SampleSpec
+from duet.task import DeviceGraph, Task, load_task
 
 log = logging.getLogger("duet.export")
 
-BUNDLE_FORMAT = "duet-bundle/1"
-IMAGE_BUNDLE_FORMAT = "duet-image-bundle/1"
+BUNDLE_FORMAT = "duet-bundle/2"
 MODEL_FILE = "model.onnx"
+FEATURES_FILE = "features.onnx"
 THETA_G_FILE = "theta_g.safetensors"
-VOCAB_FILE = "vocab.safetensors"
-EMBEDDING_FILE = "item_embedding.safetensors"
 SPEC_FILE = "param_spec.json"
-CANDIDATES_DIM = "candidates"
-SAMPLES_DIM = "samples"
-# The exported graph must reproduce torch within this (fp32, max |logit diff|).
+FEATURES_INPUT, FEATURES_OUTPUT = "samples", "features"
+# The exported graphs must reproduce torch within this (fp32, max |diff|).
 EXPORT_ATOL = 1e-5
+VERIFY_SIZES = (1, 7, 64)
+MAX_DYNAMIC = 1 << 24
 
 
 def input_name(param: str) -> str:
@@ -62,26 +59,34 @@ def input_name(param: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", param)
 
 
-class HeadInputs(nn.Module):
-    """A device graph's head parameters are graph inputs, one per spec name (`inputs`: name -> input name)."""
+def dim_name(graph_input: GraphInput, axis: int) -> str:
+    """Name of a dynamic dimension: its input's name (then the axis, for a second dynamic one)."""
+    first = next(i for i, d in enumerate(graph_input.shape) if d is None)
+    return graph_input.name if axis == first else f"{graph_input.name}_{axis}"
 
-    def __init__(self, model: nn.Module):
+
+class GraphWithHeadInputs(nn.Module):
+    """The task's device graph with the head parameters as graph inputs {input name: (1, *shape)}."""
+
+    def __init__(self, graph: DeviceGraph, spec: ParamSpec):
         super().__init__()
-        self.names = model.param_spec.names
-        self.inputs = {name: input_name(name) for name in self.names}
+        self.module, self.names = graph.module, spec.names
+
+    def forward(self, *args: Tensor | dict[str, Tensor]) -> tuple[Tensor, ...]:
+        *inputs, params = args
+        out = self.module(*inputs, {name: params[input_name(name)] for name in self.names})
+        return tuple(out) if isinstance(out, tuple | list) else (out,)
 
 
-class DeviceGraph(HeadInputs):
-    """What the device runs: one history, C candidates, one head given as inputs."""
+class FeaturesGraph(nn.Module):
+    """Raw window samples (N, *shape) -> the generator's input features (N, D), as the device model makes them."""
 
-    def __init__(self, recommender: nn.Module):
-        super().__init__(recommender)
-        self.recommender = recommender
+    def __init__(self, device_model: nn.Module):
+        super().__init__()
+        self.device_model = device_model
 
-    def forward(self, history: Tensor, items: Tensor, params: dict[str, Tensor]) -> Tensor:
-        """history (1, L), items (C,), params {input name: (1, *shape)} -> logits (C,)."""
-        inverse = torch.zeros_like(items)  # every candidate belongs to the one event
-        return self.recommender(history, items, inverse, {n: params[self.inputs[n]] for n in self.names})
+    def forward(self, samples: Tensor) -> Tensor:
+        return self.device_model.window_features(samples[None], None)[0][0]
 
 
 def device_model(model: nn.Module, method: str) -> nn.Module:
@@ -93,78 +98,108 @@ def device_model(model: nn.Module, method: str) -> nn.Module:
     raise ArtifactError(f"cannot export a {method!r} run: export needs a base or DUET run")
 
 
-class ImageDeviceGraph(HeadInputs):
-    """What an image device runs: N images, one head given as inputs -> logits and static features."""
-
-    def __init__(self, classifier: nn.Module):
-        super().__init__(classifier)
-        self.classifier = classifier
-
-    def forward(self, x: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """x (N, C, H, W), params {input name: (1, *shape)} -> logits (N, classes), features (N, D)."""
-        features = self.classifier.features(x)
-        head = {n: params[self.inputs[n]][0] for n in self.names}  # one head shared by the N images
-        return self.classifier.head(features, head), features
+def example_params(spec: ParamSpec, theta_g: dict[str, Tensor], gen: torch.Generator | None = None,
+                   noise: float = 0.1) -> dict[str, Tensor]:
+    """theta_g (plus noise when `gen` is given) as graph inputs {input name: (1, *shape)}."""
+    out = {}
+    for name in spec.names:
+        value = theta_g[name].detach().float()
+        if gen is not None:
+            value = value + noise * torch.randn(value.shape, generator=gen)
+        out[input_name(name)] = value.unsqueeze(0).clone()
+    return out
 
 
-def example_params(model: nn.Module) -> dict[str, Tensor]:
-    """theta_g as graph inputs: {input name: (1, *shape)}."""
-    return {input_name(n): t.detach().unsqueeze(0).clone() for n, t in model.theta_g().items()}
+def example_samples(sample: SampleSpec, count: int, gen: torch.Generator) -> Tensor:
+    """`count` random raw samples of this spec (valid ids for tokens, uniform floats otherwise)."""
+    if sample.dtype == "int64":
+        low = 0 if sample.low is None else sample.low
+        high = low + 1000 if sample.high is None else sample.high
+        return torch.randint(low, high + 1, (count, *sample.shape), generator=gen)
+    return torch.rand(count, *sample.shape, generator=gen)
 
 
-def export_image_onnx(classifier: nn.Module, file: Path, example_samples: int = 4) -> None:
-    """Export `ImageDeviceGraph(classifier)` with a dynamic sample count."""
-    graph = ImageDeviceGraph(classifier).eval()
-    x = torch.rand(example_samples, *classifier.image_shape, generator=torch.Generator().manual_seed(0))
-    params = example_params(classifier)
-    samples = torch.export.Dim(SAMPLES_DIM, min=1, max=1 << 20)
+def _dynamic(graph_input: GraphInput) -> dict[int, torch.export.Dim] | None:
+    dims = {axis: torch.export.Dim(dim_name(graph_input, axis), min=1, max=MAX_DYNAMIC)
+            for axis, d in enumerate(graph_input.shape) if d is None}
+    return dims or None
+
+
+def export_graph(graph: DeviceGraph, spec: ParamSpec, theta_g: dict[str, Tensor], file: Path,
+                 example_size: int = 4) -> None:
+    """Export the task's device graph (head parameters as inputs) with its dynamic dimensions."""
+    wrapper = GraphWithHeadInputs(graph, spec).eval()
+    inputs = tuple(graph.examples(example_size, torch.Generator().manual_seed(0)))
+    params = example_params(spec, theta_g)
+    if len(inputs) != len(graph.inputs):
+        raise ArtifactError(f"the task's graph examples give {len(inputs)} inputs, it declares {len(graph.inputs)}")
+    dynamic = (*(_dynamic(i) for i in graph.inputs), dict.fromkeys(params))
+    # torch.export first: torch.onnx.export's own dynamic_shapes handling rejects a dict argument.
     with torch.no_grad(), _quiet_exporter():
-        program = torch.export.export(graph, (x, params), dynamic_shapes=({0: samples}, dict.fromkeys(params)))
-    with _quiet_exporter():
-        onnx_program = torch.onnx.export(program, dynamo=True, input_names=["x", *params],
-                                         output_names=["logits", "features"], verbose=False)
+        program = torch.export.export(wrapper, (*inputs, params), dynamic_shapes={"args": dynamic})
+        onnx_program = torch.onnx.export(program, dynamo=True, input_names=[i.name for i in graph.inputs] + list(params),
+                                         output_names=list(graph.outputs), verbose=False)
     onnx_program.save(str(file))
-    _name_dynamic_dim(file, 0, SAMPLES_DIM)
+    _name_dynamic_dims(file, {index: {axis: dim_name(i, axis) for axis, d in enumerate(i.shape) if d is None}
+                              for index, i in enumerate(graph.inputs)})
 
 
-def verify_image_onnx(classifier: nn.Module, file: Path, seed: int = 0) -> float:
-    """Max |diff| of logits and features between onnxruntime and torch, random params and images."""
-    import onnxruntime as ort
+def export_features(model: nn.Module, sample: SampleSpec, file: Path, example_size: int = 4) -> None:
+    """Export `FeaturesGraph(model)`: samples (N, *shape) with N dynamic -> features (N, D)."""
+    samples = example_samples(sample, example_size, torch.Generator().manual_seed(0))
+    count = torch.export.Dim(FEATURES_INPUT, min=1, max=MAX_DYNAMIC)
+    with torch.no_grad(), _quiet_exporter():
+        program = torch.export.export(FeaturesGraph(model).eval(), (samples,), dynamic_shapes=({0: count},))
+        onnx_program = torch.onnx.export(program, dynamo=True, input_names=[FEATURES_INPUT],
+                                         output_names=[FEATURES_OUTPUT], verbose=False)
+    onnx_program.save(str(file))
+    _name_dynamic_dims(file, {0: {0: FEATURES_INPUT}})
 
-    graph = ImageDeviceGraph(classifier).eval()
+
+def verify_graph(graph: DeviceGraph, spec: ParamSpec, theta_g: dict[str, Tensor], file: Path, seed: int = 0) -> float:
+    """Max |diff| of every output between onnxruntime and torch, at several sizes with random head parameters."""
+    wrapper = GraphWithHeadInputs(graph, spec).eval()
     gen = torch.Generator().manual_seed(seed)
-    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    session = _session(file)
     worst = 0.0
-    for n in (1, 7, 64):
-        x = torch.rand(n, *classifier.image_shape, generator=gen)
-        params = {k: v + 0.1 * torch.randn(v.shape, generator=gen) for k, v in example_params(classifier).items()}
+    for size in VERIFY_SIZES:
+        inputs = tuple(graph.examples(size, gen))
+        params = example_params(spec, theta_g, gen)
         with torch.no_grad():
-            expected = [t.numpy() for t in graph(x, params)]
-        got = session.run(["logits", "features"], {"x": x.numpy(), **{k: v.numpy() for k, v in params.items()}})
-        worst = max(worst, *(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True)))
+            expected = wrapper(*inputs, params)
+        feed = {i.name: t.numpy() for i, t in zip(graph.inputs, inputs, strict=True)}
+        got = session.run(list(graph.outputs), {**feed, **{k: v.numpy() for k, v in params.items()}})
+        worst = max(worst, _max_diff(got, expected))
     return worst
 
 
-def export_onnx(recommender: nn.Module, file: Path, example_candidates: int = 8) -> None:
-    """Export `DeviceGraph(recommender)` with a dynamic candidate count."""
-    graph = DeviceGraph(recommender).eval()
-    history = torch.zeros(1, recommender.history_len, dtype=torch.long)
-    history[0, :3] = torch.tensor([1, 2, 3]) % recommender.num_items
-    items = torch.arange(1, example_candidates + 1) % recommender.num_items
-    params = example_params(recommender)
-    candidates = torch.export.Dim(CANDIDATES_DIM, min=1, max=1 << 24)
-    # torch.export first: torch.onnx.export's own dynamic_shapes handling rejects a dict argument.
-    with torch.no_grad(), _quiet_exporter():
-        program = torch.export.export(
-            graph, (history, items, params),
-            dynamic_shapes=(None, {0: candidates}, dict.fromkeys(params)),
-        )
-    names = ["history", "items", *params]
-    with _quiet_exporter():
-        onnx_program = torch.onnx.export(program, dynamo=True, input_names=names, output_names=["logits"],
-                                         verbose=False)
-    onnx_program.save(str(file))
-    _name_dynamic_dim(file, 1, CANDIDATES_DIM)
+def verify_features(model: nn.Module, sample: SampleSpec, file: Path, seed: int = 0) -> float:
+    """Max |diff| of the features graph against torch at several sizes."""
+    gen = torch.Generator().manual_seed(seed)
+    session = _session(file)
+    worst = 0.0
+    for size in VERIFY_SIZES:
+        samples = example_samples(sample, size, gen)
+        with torch.no_grad():
+            expected = FeaturesGraph(model).eval()(samples)
+        worst = max(worst, _max_diff(session.run([FEATURES_OUTPUT], {FEATURES_INPUT: samples.numpy()}), (expected,)))
+    return worst
+
+
+def _max_diff(got: list[np.ndarray], expected: Iterable[Tensor]) -> float:
+    diffs = []
+    for g, e in zip(got, expected, strict=True):
+        e = e.numpy()
+        if g.shape != e.shape:
+            return float("inf")
+        diffs.append(float(np.abs(g.astype(np.float64) - e).max()) if e.size else 0.0)
+    return max(diffs, default=0.0)
+
+
+def _session(file: Path) -> object:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
 
 
 @contextlib.contextmanager
@@ -185,74 +220,44 @@ def _quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _name_dynamic_dim(file: Path, input_index: int, name: str) -> None:
-    """torch.export names a dynamic dim `s<N>`; give the first dim of input `input_index` its name."""
+def _name_dynamic_dims(file: Path, names: dict[int, dict[int, str]]) -> None:
+    """torch.export names a dynamic dim `s<N>`; give each its input's name ({input index: {axis: name}})."""
     import onnx
 
     model = onnx.load(str(file))
-    symbol = model.graph.input[input_index].type.tensor_type.shape.dim[0].dim_param
-    if symbol:
+    renames = {}
+    for index, axes in names.items():
+        dims = model.graph.input[index].type.tensor_type.shape.dim
+        renames.update({dims[axis].dim_param: name for axis, name in axes.items() if dims[axis].dim_param})
+    if renames:
         for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
             for dim in value.type.tensor_type.shape.dim:
-                if dim.dim_param == symbol:
-                    dim.dim_param = name
+                if dim.dim_param in renames:
+                    dim.dim_param = renames[dim.dim_param]
         onnx.save(model, str(file))
 
 
-def verify_onnx(recommender: nn.Module, file: Path, seed: int = 0) -> float:
-    """Max |logit diff| between onnxruntime and torch on random params and candidates."""
-    import onnxruntime as ort
-
-    graph = DeviceGraph(recommender).eval()
-    gen = torch.Generator().manual_seed(seed)
-    L, n = recommender.history_len, recommender.num_items
-    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-    worst = 0.0
-    for length, candidates in ((0, 1), (max(1, L // 2), 7), (L, 100)):
-        history = torch.zeros(1, L, dtype=torch.long)
-        history[0, :length] = torch.randint(1, n, (length,), generator=gen)
-        items = torch.randint(1, n, (candidates,), generator=gen)
-        params = {graph.inputs[name]: (t.detach() + 0.1 * torch.randn(t.shape, generator=gen)).unsqueeze(0)
-                  for name, t in recommender.theta_g().items()}
-        with torch.no_grad():
-            expected = graph(history, items, params).numpy()
-        feed = {"history": history.numpy(), "items": items.numpy(), **{k: v.numpy() for k, v in params.items()}}
-        (got,) = session.run(["logits"], feed)
-        worst = max(worst, float(np.abs(got - expected).max()))
-    return worst
+def device_graph_of(task: Task, device: nn.Module, run: Path, task_name: str) -> DeviceGraph:
+    """The task's device graph; a task without a device side (device_graph raises NotImplementedError
+    or returns None) is refused in one line."""
+    try:
+        graph = task.device_graph(device)
+    except NotImplementedError:
+        graph = None
+    if graph is None:
+        raise DuetError(f"{run}: task {task_name!r} has no device side (no device graph): nothing to export")
+    return graph
 
 
-def recommendation_files(config: object, recommender: nn.Module, data: str | Path | None,
-                         tmp: Path) -> dict:
-    """Graph, vocabulary and item embeddings of a recommendation bundle; returns its manifest facts."""
+def _save_extras(files: dict[str, dict[str, object]], tmp: Path) -> list[str]:
     from safetensors.numpy import save_file
 
-    from duet.tasks.recommendation.data.store import load_vocab, manifest_hash
-
-    data = Path(data or config.data)
-    if manifest_hash(data) != config.data_hash:
-        raise ArtifactError(f"{data}: not the dataset this run was trained on (manifest hash differs)")
-    item_raw = load_vocab(data)["item_raw"]
-    export_onnx(recommender, tmp / MODEL_FILE)
-    diff = verify_onnx(recommender, tmp / MODEL_FILE)
-    # Only items: the user vocabulary has no business on a device.
-    save_file({"item_raw": np.ascontiguousarray(item_raw, dtype=np.int64)}, str(tmp / VOCAB_FILE))
-    table = recommender.item_embedding.weight.detach().float().numpy()
-    save_file({"embedding": np.ascontiguousarray(table)}, str(tmp / EMBEDDING_FILE))
-    return {"format": BUNDLE_FORMAT, "task": "recommendation", "num_items": config.num_items,
-            "history_len": config.history_len, "feature_dim": int(table.shape[1]),
-            "inputs": {"history": "history", "items": "items"}, "output": "logits",
-            "verified_max_abs_diff": diff, "extra_files": [VOCAB_FILE, EMBEDDING_FILE]}
-
-
-def image_files(config: object, classifier: nn.Module, tmp: Path) -> dict:
-    """Graph of an image bundle; returns its manifest facts."""
-    export_image_onnx(classifier, tmp / MODEL_FILE)
-    diff = verify_image_onnx(classifier, tmp / MODEL_FILE)
-    return {"format": IMAGE_BUNDLE_FORMAT, "task": "images", "image_shape": list(config.image_shape),
-            "num_classes": config.num_classes, "feature_dim": classifier.feature_dim,
-            "inputs": {"x": "x"}, "outputs": ["logits", "features"], "verified_max_abs_diff": diff,
-            "extra_files": []}
+    reserved = {MODEL_FILE, FEATURES_FILE, THETA_G_FILE, SPEC_FILE, "manifest.json", "manifest.sig"}
+    for name, tensors in files.items():
+        if Path(name).name != name or name in reserved or not name.endswith(".safetensors"):
+            raise ArtifactError(f"task bundle file {name!r}: must be a plain new *.safetensors name")
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp / name))
+    return sorted(files)
 
 
 def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = None, overwrite: bool = False,
@@ -261,7 +266,7 @@ def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = No
 
     `sign`: sign the manifest with this key and list its public key, then those
     of `trust`, as the keys whose answers devices may accept (key rotation).
-    `data` (recommendation): the dataset of the item vocabulary (default: the run's).
+    `data`: the dataset the task's bundle files come from (default: the run's).
     """
     from safetensors.numpy import save_file
 
@@ -269,31 +274,38 @@ def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = No
 
     run, out = Path(run), Path(out)
     config, model, _ = load_run(run)
+    task = load_task(config.builder)
     device = device_model(model, config.train.method)
-    spec = device.param_spec
+    graph = device_graph_of(task, device, run, config.task)
+    sample, extras = task.sample(config), task.bundle_extras(config, device, data)
+    spec, theta_g = device.param_spec, device.theta_g()
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        if config.task == "images":
-            facts = image_files(config, device, tmp)
-        else:
-            facts = recommendation_files(config, device, data, tmp)
-        diff = facts["verified_max_abs_diff"]
+        export_graph(graph, spec, theta_g, tmp / MODEL_FILE)
+        export_features(device, sample, tmp / FEATURES_FILE)
+        diff = max(verify_graph(graph, spec, theta_g, tmp / MODEL_FILE),
+                   verify_features(device, sample, tmp / FEATURES_FILE))
         if not diff <= EXPORT_ATOL:
             raise ArtifactError(f"{run}: exported graph differs from torch by {diff:.2e} (> {EXPORT_ATOL})")
-        theta_g = {name: t.detach().float().numpy() for name, t in device.theta_g().items()}
-        save_file(theta_g, str(tmp / THETA_G_FILE), metadata={"spec_hash": spec.hash})
+        save_file({name: t.detach().float().numpy() for name, t in theta_g.items()}, str(tmp / THETA_G_FILE),
+                  metadata={"spec_hash": spec.hash})
         write_json(tmp / SPEC_FILE, {"hash": spec.hash, "params": spec.to_json()})
-        names = (MODEL_FILE, THETA_G_FILE, *facts.pop("extra_files"), SPEC_FILE)
-        inputs = {**facts.pop("inputs"), "params": {name: input_name(name) for name in spec.names}}
+        names = (MODEL_FILE, FEATURES_FILE, THETA_G_FILE, SPEC_FILE, *_save_extras(extras.files, tmp))
         manifest = {
-            "format": facts.pop("format"),
+            "format": BUNDLE_FORMAT,
+            "task": config.task,
+            "builder": config.builder,
             "model_version": model_version(run),
             "run": str(run.resolve()),
             "method": config.train.method,
             "backbone": config.model.backbone,
-            **{k: v for k, v in facts.items() if k != "verified_max_abs_diff"},
+            "facts": {**config.facts, **extras.facts},
+            "sample": sample.to_json(),
+            "graph": {"inputs": [i.to_json() for i in graph.inputs], "outputs": list(graph.outputs),
+                      "params": {name: input_name(name) for name in spec.names}},
+            "features": {"input": FEATURES_INPUT, "output": FEATURES_OUTPUT},
+            "feature_dim": int(device.feature_dim),
             "window_len": config.window_len,
             "spec_hash": spec.hash,
-            "inputs": inputs,
             "verified_max_abs_diff": diff,
             "files": {name: sha256_file(tmp / name) for name in names},
         }

@@ -1,16 +1,13 @@
 """`duet simulate`: replay the test period through the real service and real device runtimes.
 
-For N devices (users of the test split, or an image fleet's test devices):
-export the bundle, start `duet serve` as a subprocess on loopback, and replay
-each device's test stream. Recommendation: for each test event, upload the
-event's window, receive the parameters over HTTP and score the event's
-candidates with onnxruntime. Images: observe each sample of the device's stream
-(from the W - 1 before its first scored sample on), and for each scored sample
-refresh (every sample: the window then equals the offline one) and classify it.
-With `privacy`, devices upload their window's features (computed on the device)
-instead of item ids or images. The logits are then compared with the offline
-DUET evaluation (torch) of the same run on the same records: in fp32 both paths
-must agree within 1e-4; in fp16 the difference is what the smaller answer costs.
+For N devices of the test split, as the run's task describes them (`Task.simulation`):
+export the bundle, start `duet serve` as a subprocess on loopback, and replay each
+device's steps: observe the samples it saw, refresh (upload its window, receive the
+parameters over HTTP; the request policy decides whether it asks) and score the step's
+inputs with onnxruntime. With `privacy`, devices upload their window's features
+(computed on the device) instead of the raw samples. The logits are then compared with
+the offline DUET evaluation (torch) of the same run on the same records: in fp32 both
+paths must agree within 1e-4; in fp16 the difference is what the smaller answer costs.
 """
 
 from __future__ import annotations
@@ -29,16 +26,20 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from duet.device.policy import RequestPolicy
 from duet.errors import ArtifactError, DuetError
 
+if TYPE_CHECKING:
+    from duet.device import DeviceRuntime
+    from duet.task import DeviceStep
+
 log = logging.getLogger("duet.simulate")
 
 FP32_TOLERANCE = 1e-4
-METRIC_KS = (10,)
 
 
 def free_port() -> int:
@@ -126,27 +127,23 @@ class ServiceProcess:
         return None if self.process is None else self.process.returncode
 
 
-def choose_devices(users: np.ndarray, devices: int) -> np.ndarray:
-    """The first `devices` users of the test split (by internal id): reproducible."""
-    return np.unique(users)[:devices]
-
-
 Outcome = tuple[list[str], list[float], int, int, int]  # sources, adaptation s, answer bytes, requests, bytes
 
 
-def replay_device(runtime: object, split: object, events: np.ndarray, records_of: dict[int, np.ndarray],
-                  logits: np.ndarray) -> Outcome:
-    """One device: for each event, refresh with its window (the runtime's policy decides
-    whether it asks) and score its candidates into `logits`."""
+def replay_device(runtime: DeviceRuntime, steps: list[DeviceStep], logits: np.ndarray) -> Outcome:
+    """One device: for each step, observe its new samples, refresh (the runtime's policy decides
+    whether it asks) and score its inputs into `logits[step.records]`."""
     sources, adaptation, answer_bytes = [], [], 0
-    for event in events:
-        source = runtime.refresh(split.window[event])
+    for step in steps:
+        for sample in step.observed:
+            runtime.observe(sample)
+        source = runtime.refresh(step.window)
         sources.append(source)
         if source == "service":
             adaptation.append(runtime.adaptation_seconds)
             answer_bytes = runtime.last_answer_bytes
-        records = records_of[int(event)]
-        logits[records] = runtime.score(split.history[event], split.item[records])
+        scored = runtime.score(**step.inputs)
+        logits[step.records] = scored.reshape(logits[step.records].shape)
     return sources, adaptation, answer_bytes, runtime.requests, runtime.bytes_received
 
 
@@ -179,50 +176,7 @@ def stop_cleanly(service: ServiceProcess) -> int:
     return exit_code
 
 
-def simulate(run: str | Path, data: str | Path | None = None, devices: int = 100, dtype: str = "fp32",
-             bundle: str | Path | None = None, concurrency: int = 16, max_batch: int = 64,
-             max_wait_ms: float = 0.0, privacy: bool = False, policy: RequestPolicy | None = None) -> dict:
-    """Replay `devices` devices' test streams through service + runtime; compare with offline torch.
-
-    With a request policy other than `always` a device scores some events with parameters
-    made for an earlier window, so its logits differ from the offline evaluation by design:
-    the difference is then reported, not checked."""
-    from duet.checkpoint import load_run
-
-    if dtype not in ("fp32", "fp16"):
-        raise DuetError(f"--dtype must be fp32 or fp16, got {dtype!r}")
-    if devices < 1:
-        raise DuetError(f"--devices must be at least 1, got {devices}")
-    run = Path(run)
-    config, model, _ = load_run(run)
-    if config.train.method != "duet":
-        raise DuetError(f"{run}: simulate needs a DUET run (method duet), got {config.train.method!r}")
-    policy = policy or RequestPolicy()
-    checked = dtype == "fp32" and policy.kind == "always"
-    if config.task == "images":
-        if policy.kind != "always":
-            raise DuetError(f"--policy {policy.kind} is for recommendation runs; an image device asks on every sample")
-        results = simulate_images(run, config, model, data, devices, dtype, bundle, concurrency, max_batch,
-                                  max_wait_ms, privacy)
-    else:
-        results = simulate_recommendation(run, config, model, data, devices, dtype, bundle, concurrency, max_batch,
-                                          max_wait_ms, privacy, policy)
-    sim, offline = results["metrics"]["device"], results["metrics"]["offline"]
-    results["metrics"]["diff"] = {k: sim[k] - offline[k] for k in sim if isinstance(sim[k], float)}
-    diff = results["max_abs_logit_diff"]
-    adaptation = np.array(results.pop("adaptation")) * 1e3
-    return {
-        "run": str(run), "task": config.task, "privacy": privacy, "policy": policy.name, **results, "dtype": dtype,
-        "concurrency": concurrency, "max_batch": max_batch,
-        "requests_per_device": results["requests"] / results["devices"],
-        "bytes_per_device": results["bytes_received"] / results["devices"],
-        "adaptation_ms": {"p50": _pct(adaptation, 50), "p99": _pct(adaptation, 99), "mean": _mean(adaptation)},
-        "tolerance": FP32_TOLERANCE if checked else None,
-        "agree": bool(diff <= FP32_TOLERANCE) if checked else None,
-    }
-
-
-def replay_fleet(one: Callable[[int], Outcome], devices: list[int], concurrency: int) -> dict:
+def replay_fleet(one: Callable[[str], Outcome], devices: list[str], concurrency: int) -> dict:
     """Run `one(device)` for every device on `concurrency` threads; the shared part of the report."""
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -237,112 +191,62 @@ def replay_fleet(one: Callable[[int], Outcome], devices: list[int], concurrency:
             "bytes_received": int(sum(o[4] for o in outcomes))}
 
 
-def simulate_recommendation(run: Path, config: object, model: object, data: str | Path | None, devices: int,
-                            dtype: str, bundle: str | Path | None, concurrency: int, max_batch: int,
-                            max_wait_ms: float, privacy: bool, policy: RequestPolicy) -> dict:
+def simulate(run: str | Path, data: str | Path | None = None, devices: int = 100, dtype: str = "fp32",
+             bundle: str | Path | None = None, concurrency: int = 16, max_batch: int = 64,
+             max_wait_ms: float = 0.0, privacy: bool = False, policy: RequestPolicy | None = None) -> dict:
+    """Replay `devices` devices' test streams through service + runtime; compare with offline torch.
+
+    With a request policy other than `always` a device scores some events with parameters
+    made for an earlier window, so its logits differ from the offline evaluation by design:
+    the difference is then reported, not checked."""
+    from duet.checkpoint import load_run
     from duet.device import DeviceRuntime
-    from duet.metrics import compute_metrics
-    from duet.tasks.recommendation.data.store import load_dataset
-    from duet.tasks.recommendation.evaluate import predict
+    from duet.export import device_graph_of
+    from duet.task import load_task
 
-    dataset = load_dataset(data or config.data, splits=("test",))
-    if dataset.hash != config.data_hash:
-        raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
-    test = dataset["test"]
-    chosen = choose_devices(test.user, devices)
-    subset = test.select(np.isin(test.user, chosen))
-    offline = predict(model, subset, config.train.eval_batch_size)
-
-    order = np.argsort(subset.line, kind="stable")  # chronological record order
-    records_of: dict[int, np.ndarray] = {}
-    for record in order:
-        records_of.setdefault(int(subset.event[record]), []).append(record)
-    records_of = {e: np.array(r) for e, r in records_of.items()}
-    first_line = {e: subset.line[r].min() for e, r in records_of.items()}
-    event_user = {e: int(subset.user[r[0]]) for e, r in records_of.items()}
-    events_of: dict[int, list[int]] = {}
-    for event in sorted(records_of, key=first_line.get):
-        events_of.setdefault(event_user[event], []).append(event)
-    device_logits = np.full(len(subset), np.nan, dtype=np.float32)
-
-    with fleet_service(run, bundle, dataset.path, max_batch, max_wait_ms) as (device_bundle, service):
-        def one(user: int) -> Outcome:
-            runtime = DeviceRuntime(device_bundle, service.url, f"user-{user}", dtype=dtype, timeout=10.0,
-                                    privacy=privacy, policy=policy)
-            return replay_device(runtime, subset, np.array(events_of[user]), records_of, device_logits)
-
-        replayed = replay_fleet(one, sorted(events_of), concurrency)
-        exit_code = stop_cleanly(service)
-
-    return {
-        "model_version": device_bundle.version, "devices": int(len(chosen)), "events": int(subset.num_events),
-        "records": int(len(subset)), **replayed, "events_per_second": subset.num_events / replayed["wall_seconds"],
-        "service_exit_code": exit_code,
-        "metrics": {"device": compute_metrics(subset.label, device_logits, subset.user, ks=METRIC_KS),
-                    "offline": compute_metrics(subset.label, offline, subset.user, ks=METRIC_KS)},
-        "max_abs_logit_diff": float(np.abs(device_logits - offline).max()),
-    }
-
-
-def replay_image_device(runtime: object, data: object, stream: np.ndarray, scored: dict[int, int],
-                        logits: np.ndarray) -> Outcome:
-    """One image device: observe each row of its stream; for a scored row, refresh, then classify it."""
-    sources, adaptation, answer_bytes = [], [], 0
-    for row in stream:
-        runtime.observe(data.x[row])
-        if int(row) not in scored:
-            continue
-        source = runtime.refresh()
-        sources.append(source)
-        if source == "service":
-            adaptation.append(runtime.adaptation_seconds)
-            answer_bytes = runtime.last_answer_bytes
-        logits[scored[int(row)]] = runtime.classify(data.x[row])[0]
-    return sources, adaptation, answer_bytes, runtime.requests, runtime.bytes_received
-
-
-def simulate_images(run: Path, config: object, model: object, data: str | Path | None, devices: int,
-                    dtype: str, bundle: str | Path | None, concurrency: int, max_batch: int,
-                    max_wait_ms: float, privacy: bool) -> dict:
-    from duet.device import ImageRuntime
-    from duet.tasks.images.metrics import classification_metrics
-    from duet.tasks.images.store import load_images
-    from duet.tasks.images.training import device_groups, predict_images
-
-    dataset = load_images(data or config.data, ("test",))
-    if dataset.hash != config.data_hash:
-        raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
-    test = dataset["test"]
-    chosen = choose_devices(test.device, devices)
-    keep = np.isin(test.device, chosen)
-    subset = test.select(keep)
-    offline = predict_images(model, subset, config.train.eval_batch_size, config.window_len)
-    scored_of: dict[int, dict[int, int]] = {}  # device -> {sample row: its index in subset}
-    for index, (row, device) in enumerate(zip(subset.rows.tolist(), subset.device.tolist(), strict=True)):
-        scored_of.setdefault(device, {})[row] = index
+    if dtype not in ("fp32", "fp16"):
+        raise DuetError(f"--dtype must be fp32 or fp16, got {dtype!r}")
+    if devices < 1:
+        raise DuetError(f"--devices must be at least 1, got {devices}")
+    run = Path(run)
+    config, model, _ = load_run(run)
+    if config.train.method != "duet":
+        raise DuetError(f"{run}: simulate needs a DUET run (method duet), got {config.train.method!r}")
+    task = load_task(config.builder)
+    device_graph_of(task, model.device_model, run, config.task)  # one line for a task without a device side
+    policy = policy or RequestPolicy()
+    checked = dtype == "fp32" and policy.kind == "always"
+    sim = task.simulation(config, model, data, devices)
+    offline = np.asarray(sim.offline, dtype=np.float32)
     device_logits = np.full(offline.shape, np.nan, dtype=np.float32)
 
-    with fleet_service(run, bundle, None, max_batch, max_wait_ms) as (device_bundle, service):
-        def one(device: int) -> Outcome:
-            runtime = ImageRuntime(device_bundle, service.url, f"device-{device}", dtype=dtype, timeout=10.0,
-                                   privacy=privacy)
-            rows = sorted(scored_of[device])
-            # From the W - 1 samples before the first scored one (its window), in stream order.
-            start = max(int(dataset.first_row[rows[0]]), rows[0] - config.window_len + 1)
-            return replay_image_device(runtime, dataset, np.arange(start, rows[-1] + 1), scored_of[device],
-                                       device_logits)
+    with fleet_service(run, bundle, data, max_batch, max_wait_ms) as (device_bundle, service):
+        def one(device: str) -> Outcome:
+            runtime = DeviceRuntime(device_bundle, service.url, device, dtype=dtype, timeout=10.0, privacy=privacy,
+                                    policy=policy)
+            return replay_device(runtime, sim.streams[device], device_logits)
 
-        replayed = replay_fleet(one, sorted(scored_of), concurrency)
+        replayed = replay_fleet(one, sorted(sim.streams), concurrency)
         exit_code = stop_cleanly(service)
 
-    groups = device_groups(subset)
+    device_metrics, offline_metrics = sim.metrics(device_logits), sim.metrics(offline)
+    diff = float(np.abs(device_logits - offline).max()) if offline.size else 0.0
+    adaptation = np.array(replayed.pop("adaptation")) * 1e3
+    count = len(sim.streams)
     return {
-        "model_version": device_bundle.version, "devices": int(len(chosen)), "events": int(len(subset)),
-        "records": int(len(subset)), **replayed, "events_per_second": len(subset) / replayed["wall_seconds"],
+        "run": str(run), "task": config.task, "privacy": privacy, "policy": policy.name,
+        "model_version": device_bundle.version, "devices": count, "events": int(sim.events),
+        "records": int(len(offline)), **replayed, "events_per_second": sim.events / replayed["wall_seconds"],
         "service_exit_code": exit_code,
-        "metrics": {"device": classification_metrics(subset.y, device_logits, groups),
-                    "offline": classification_metrics(subset.y, offline, groups)},
-        "max_abs_logit_diff": float(np.abs(device_logits - offline).max()),
+        "metrics": {"device": device_metrics, "offline": offline_metrics,
+                    "diff": {k: device_metrics[k] - offline_metrics[k] for k in device_metrics
+                             if isinstance(device_metrics[k], float)}},
+        "max_abs_logit_diff": diff, "dtype": dtype, "concurrency": concurrency, "max_batch": max_batch,
+        "requests_per_device": replayed["requests"] / count,
+        "bytes_per_device": replayed["bytes_received"] / count,
+        "adaptation_ms": {"p50": _pct(adaptation, 50), "p99": _pct(adaptation, 99), "mean": _mean(adaptation)},
+        "tolerance": FP32_TOLERANCE if checked else None,
+        "agree": bool(diff <= FP32_TOLERANCE) if checked else None,
     }
 
 
@@ -352,4 +256,3 @@ def _pct(values: np.ndarray, q: float) -> float | None:
 
 def _mean(values: np.ndarray) -> float | None:
     return float(values.mean()) if len(values) else None
-

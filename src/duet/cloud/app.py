@@ -123,19 +123,9 @@ def create_app(settings: Settings) -> FastAPI:
                                         "headers": {"Retry-After": {"schema": {"type": "integer"}}},
                                         "content": {"application/json": {"schema": error_ref}}}
         if state.model is not None:
+            # The served run's own request body: its raw field and bounds come from its SampleSpec.
             body = schema["paths"]["/v1/parameters"]["post"]["requestBody"]["content"]["application/json"]
-            properties, service = body["schema"]["properties"], state.model.service
-            widths = {"embedding": service.feature_dim, "samples": service.sample_width}
-            if service.task == "recommendation":
-                properties["window"]["items"]["maximum"] = service.num_items - 1
-            # The raw input of the other task is refused (422): not part of this service's schema.
-            other = "samples" if service.raw_field == "window" else "window"
-            del properties[other]
-            body["schema"]["oneOf"] = [one for one in body["schema"]["oneOf"] if one["required"] != [other]]
-            for name in (service.raw_field, "embedding"):
-                properties[name]["maxItems"] = state.model.max_window
-                if name in widths and widths[name]:
-                    properties[name]["items"].update(minItems=widths[name], maxItems=widths[name])
+            body["schema"] = state.model.request.model_json_schema()
             app.openapi_schema = schema  # final until a reload swaps the model
         return schema
 
@@ -149,7 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """uvicorn factory for worker processes: settings come from DUET_* variables."""
-    from duet.cloud.server import configure_logging
+    from duet.cloud.logs import configure_logging
 
     settings = Settings()
     configure_logging(settings.log_level)

@@ -1,6 +1,6 @@
 """In-process micro-batching: concurrent requests share one generator forward.
 
-A request's window (one or more arrays: item ids, or features and their mask)
+A request's window (arrays: its samples, or its features, each with their mask)
 joins the pending list; a forward starts when `max_batch`
 windows are pending or the oldest has waited `max_wait` seconds, whichever is
 first, and never while another forward is running (those requests simply

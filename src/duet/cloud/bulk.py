@@ -9,25 +9,32 @@ a `.safetensors` one read by slices, a text one line by line, and each chunk's
 heads are written out, from a fixed ring of buffers, as the next one is generated
 (peak memory grows only by the input file's resident pages; docs/PERFORMANCE.md).
 
-Windows file formats (item ids are the dataset's internal ids, 1 .. num_items-1):
+What a window holds is the run's sample (`Task.sample`, a SampleSpec), so the formats
+depend on it. A run whose samples are tokens (integer ids, `low..high`):
 
-* `.npy`: an integer array (N, W') of windows, oldest item first, left-aligned,
-  0 = padding. Any width W' >= 1: each row's last W items are used (W: the run's
+* `.npy`: an integer array (N, W') of windows, oldest first, left-aligned,
+  0 = padding. Any width W' >= 1: each row's last W values are used (W: the run's
   window length). Row i is device i.
 * `.safetensors`: the same array under the key `windows`, plus optionally
   `device_id` (N,) integers, copied to the output.
-* anything else is text, one window per line: comma-separated item ids, oldest
+* anything else is text, one window per line: comma-separated values, oldest
   first, optionally preceded by an integer device id and a tab
   (`42<TAB>17,5,803`). Either every line has a device id or none has.
 
-Every window needs at least one item. A bad file fails in one line naming the
+A run whose samples are float arrays of shape S: `.npy` or `.safetensors` (`windows`,
+optional `device_id`) of floats (N, W', *S), every position a sample, oldest first;
+each row's last W are used (rows shorter than W are zero-padded and masked, as the
+service does). Text is refused in one line.
+
+Every window needs at least one sample. A bad file fails in one line naming the
 file, the row (arrays, 1-based) or line (text), and what was expected; the
 output is written atomically, so it is never half there.
 
 Output (`HEADS_FORMAT`): a safetensors file with `params` (N, numel) in the
 head's spec order (the layout of a service answer's data section), in fp32 or
 fp16, `device_id` (N,) int64 when the input had ids, and metadata: format, spec
-(JSON), spec hash, model version, dtype. `load_heads` reads it back.
+(JSON), spec hash, model version, dtype, window length, sample (JSON). `load_heads`
+reads it back.
 """
 
 from __future__ import annotations
@@ -45,8 +52,8 @@ import numpy as np
 
 from duet.atomic import atomic_path
 from duet.errors import DuetError, InputError
-from duet.spec import ParamSpec
-from duet.tasks.recommendation.data.store import PAD, tail_window
+from duet.generate import float_windows_hint
+from duet.spec import ParamSpec, SampleSpec
 
 HEADS_FORMAT = "duet-heads/1"
 # Rows per generator forward. Measured on one core (docs/PERFORMANCE.md): 1,024 beats 4,096
@@ -55,41 +62,57 @@ HEADS_FORMAT = "duet-heads/1"
 DEFAULT_CHUNK = 1024
 _IN_FLIGHT = 4  # generated chunks waiting to be written
 _ST_DTYPES = {"fp32": ("F32", np.dtype("<f4")), "fp16": ("F16", np.dtype("<f2"))}
+PAD = 0  # padding of token windows (a token run's values are >= 1)
 
 
 @dataclass
 class Chunk:
     first: int  # 0-based row (text: line) number of the chunk's first window
-    windows: np.ndarray  # (n, W') integer item ids as read
+    windows: np.ndarray  # (n, W', *sample shape) as read
     device_id: np.ndarray | None  # (n,) int64
 
 
 class WindowsFile:
-    """A windows file: its row count and width up front, then its chunks (see the module docstring)."""
+    """A windows file of a run's samples: its row count up front, then its chunks (see the module docstring)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, sample: SampleSpec):
+        self.path, self.sample = Path(path), sample
         if not self.path.is_file():
             raise DuetError(f"{self.path}: no such windows file")
         suffix = self.path.suffix.lower()
         self.kind = {".npy": "npy", ".safetensors": "safetensors"}.get(suffix, "text")
         self.has_ids = False
+        if sample.is_token and (sample.low is None or sample.low <= PAD):
+            raise DuetError(f"{self.path}: windows files pad token windows with {PAD}, but this run's values "
+                            f"may be {PAD} ({sample.low}..{sample.high}); use POST /v1/parameters")
+        if self.kind == "text" and not sample.is_token:
+            raise InputError(self.path, None, f"a text windows file holds token ids; {float_windows_hint(sample)}")
         if self.kind == "npy":
             try:
                 self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
             except (ValueError, OSError) as exc:
                 raise InputError(self.path, None, f"not a readable .npy array ({exc})") from None
-            self._check_array(self._array, "the array")
+            self._check_shape(tuple(self._array.shape), np.issubdtype(self._array.dtype, np.integer),
+                              np.issubdtype(self._array.dtype, np.floating), str(self._array.dtype), "the array")
         elif self.kind == "safetensors":
             self._open_safetensors()
         else:
             self._count_lines()
 
-    def _check_array(self, array: np.ndarray, what: str) -> None:
-        if array.ndim != 2 or array.shape[1] < 1 or not np.issubdtype(array.dtype, np.integer):
-            raise InputError(self.path, None, f"{what} must be a 2-D integer array (N, W) of item ids, "
-                                              f"got {array.dtype} of shape {tuple(array.shape)}")
-        self.rows = int(array.shape[0])
+    @property
+    def expected(self) -> str:
+        """The array a windows file holds, for messages."""
+        if self.sample.is_token:
+            return "a 2-D integer array (N, W) of token ids"
+        return f"a float array (N, W, {', '.join(map(str, self.sample.shape))}) of samples"
+
+    def _check_shape(self, shape: tuple[int, ...], integer: bool, floating: bool, dtype: str, what: str) -> None:
+        sample = self.sample
+        fits = (integer if sample.is_token else floating) and len(shape) == 2 + len(sample.shape) and \
+            shape[1] >= 1 and shape[2:] == sample.shape
+        if not fits:
+            raise InputError(self.path, None, f"{what} must be {self.expected}, got {dtype} of shape {shape}")
+        self.rows = int(shape[0])
 
     def _open_safetensors(self) -> None:
         from safetensors import safe_open
@@ -100,13 +123,11 @@ class WindowsFile:
         except Exception as exc:  # safetensors raises its own error types for bad headers
             raise InputError(self.path, None, f"not a readable safetensors file ({exc})") from None
         if "windows" not in keys:
-            raise InputError(self.path, None, f"expected a tensor `windows` (N, W), found {sorted(keys) or 'none'}")
+            raise InputError(self.path, None, f"expected a tensor `windows` ({self.expected}), found "
+                                              f"{sorted(keys) or 'none'}")
         self._array = self._file.get_slice("windows")
-        shape, dtype = self._array.get_shape(), self._array.get_dtype()
-        if len(shape) != 2 or shape[1] < 1 or not dtype.startswith(("I", "U")):
-            raise InputError(self.path, None, f"`windows` must be a 2-D integer tensor (N, W), got {dtype} of "
-                                              f"shape {tuple(shape)}")
-        self.rows = int(shape[0])
+        shape, dtype = tuple(self._array.get_shape()), self._array.get_dtype()
+        self._check_shape(shape, dtype.startswith(("I", "U")), dtype in ("F16", "F32", "F64"), dtype, "`windows`")
         if "device_id" in keys:
             ids = self._file.get_slice("device_id")
             if ids.get_shape() != [self.rows] or not ids.get_dtype().startswith(("I", "U")):
@@ -154,7 +175,7 @@ class WindowsFile:
 
     def _parse_line(self, line: str, number: int, ids: list[int]) -> list[int]:
         if self.has_ids != ("\t" in line):
-            expected = "DEVICE_ID<TAB>ITEMS" if self.has_ids else "ITEMS (no device id)"
+            expected = "DEVICE_ID<TAB>IDS" if self.has_ids else "IDS (no device id)"
             raise InputError(self.path, number, f"expected {expected} like line 1, got {line[:60]!r}")
         if self.has_ids:
             device, line = line.split("\t", 1)
@@ -165,9 +186,9 @@ class WindowsFile:
         try:
             items = [int(x) for x in line.split(",") if x.strip()]
         except ValueError:
-            raise InputError(self.path, number, f"expected comma-separated item ids, got {line[:60]!r}") from None
+            raise InputError(self.path, number, f"expected comma-separated token ids, got {line[:60]!r}") from None
         if not items:
-            raise InputError(self.path, number, "empty window: at least one item id is needed")
+            raise InputError(self.path, number, "empty window: at least one token id is needed")
         return items
 
     @staticmethod
@@ -179,9 +200,19 @@ class WindowsFile:
         return Chunk(first, windows, np.array(ids, dtype=np.int64) if ids else None)
 
 
-def checked_windows(chunk: Chunk, path: Path, kind: str, num_items: int, window_len: int) -> np.ndarray:
-    """A chunk's windows as the generator's input (n, W) int64, or a one-line error at the first bad row."""
-    windows = np.array(chunk.windows, dtype=np.int64)  # a writable copy: memory-mapped input is read-only
+def tail_window(windows: np.ndarray, length: int) -> np.ndarray:
+    """Left-aligned, PAD-padded token windows (n, W') -> their last `length` values, left-aligned (n, length)."""
+    count = (windows != PAD).sum(1)
+    index = np.maximum(count - length, 0)[:, None] + np.arange(length)[None, :]
+    values = np.take_along_axis(windows, np.minimum(index, windows.shape[1] - 1), axis=1)
+    return np.where(index < count[:, None], values, PAD)
+
+
+def checked_windows(chunk: Chunk, path: Path, kind: str, sample: SampleSpec,
+                    window_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """A chunk's windows as the generator's input, (n, W, *shape) in the sample's dtype and their mask (n, W),
+    or a one-line error at the first bad row."""
+    windows = np.array(chunk.windows, dtype=sample.dtype)  # a writable copy: memory-mapped input is read-only
 
     def fail(row_in_chunk: int, message: str) -> None:
         number = chunk.first + row_in_chunk + 1
@@ -189,21 +220,36 @@ def checked_windows(chunk: Chunk, path: Path, kind: str, num_items: int, window_
             raise InputError(path, number, message)
         raise InputError(path, None, f"row {number}: {message}")
 
-    bad = (windows < 0) | (windows >= num_items)
+    if not sample.is_token:
+        finite = np.isfinite(windows.reshape(*windows.shape[:2], -1)).all(2)
+        if not finite.all():
+            row, col = np.argwhere(~finite)[0]
+            fail(row, f"sample {col + 1} is not finite")
+        count = min(windows.shape[1], window_len)  # every position holds a sample: the last W count
+        out = np.zeros((len(windows), window_len, *sample.shape), dtype=windows.dtype)
+        out[:, :count] = windows[:, windows.shape[1] - count:]
+        mask = np.zeros((len(windows), window_len), dtype=bool)
+        mask[:, :count] = True
+        return out, mask
+    if np.any(chunk.windows > sample.high):  # before the int64 cast: a uint64 beyond int64 must not wrap
+        row, col = np.argwhere(np.asarray(chunk.windows) > sample.high)[0]
+        fail(row, f"token ids must be in {sample.low}..{sample.high} ({PAD} = padding), got {chunk.windows[row, col]}")
+    bad = (windows != PAD) & ((windows < sample.low) | (windows > sample.high))
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        fail(row, f"item ids must be in 1..{num_items - 1} (0 = padding), got {windows[row, col]}")
+        fail(row, f"token ids must be in {sample.low}..{sample.high} ({PAD} = padding), got {windows[row, col]}")
     valid = windows != PAD
     empty = ~valid[:, 0]
     if empty.any():
-        fail(int(np.argmax(empty)), "empty window: at least one item id is needed, first (oldest) at column 1")
-    gaps = valid[:, 1:] & ~valid[:, :-1]  # an item after padding: not left-aligned
+        fail(int(np.argmax(empty)), "empty window: at least one token id is needed, first (oldest) at column 1")
+    gaps = valid[:, 1:] & ~valid[:, :-1]  # a value after padding: not left-aligned
     if gaps.any():
         row, col = np.argwhere(gaps)[0]
-        fail(row, f"padding (0) before an item at column {col + 2}: windows are left-aligned, oldest first")
-    if windows.shape[1] == window_len:
-        return np.ascontiguousarray(windows)
-    return tail_window(windows, window_len)
+        fail(row, f"padding ({PAD}) before a token id at column {col + 2}: windows are left-aligned, oldest first")
+    if windows.shape[1] != window_len:
+        windows = tail_window(windows, window_len)
+    windows = np.ascontiguousarray(windows)
+    return windows, windows != PAD
 
 
 class HeadsWriter:
@@ -251,11 +297,14 @@ def generate_bulk(run: str | Path, windows: str | Path, out: str | Path, chunk_s
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
-    source = WindowsFile(windows)
+    if not Path(windows).is_file():  # before the run loads: the cheap mistake first
+        raise DuetError(f"{windows}: no such windows file")
     service = GeneratorService(run, device=device)
+    source = WindowsFile(windows, service.sample)  # what a window holds is the run's to say
     metadata = {"format": HEADS_FORMAT, "spec": json.dumps(service.spec.to_json(), separators=(",", ":")),
                 "spec_hash": service.spec_hash, "model_version": service.version, "dtype": dtype,
-                "window_len": str(service.window_len)}
+                "window_len": str(service.window_len),
+                "sample": json.dumps(service.sample.to_json(), separators=(",", ":"))}
     started = time.perf_counter()
     generate_seconds = 0.0
     # Writing (a system call that releases the GIL) overlaps the next chunk's generation;
@@ -267,9 +316,9 @@ def generate_bulk(run: str | Path, windows: str | Path, out: str | Path, chunk_s
         writer = HeadsWriter(f, source.rows, service.spec, dtype, metadata, source.has_ids)
         pending: deque[Future] = deque()
         for index, chunk in enumerate(source.chunks(chunk_size)):
-            rows = checked_windows(chunk, source.path, source.kind, service.num_items, service.window_len)
+            rows, mask = checked_windows(chunk, source.path, source.kind, service.sample, service.window_len)
             tick = time.perf_counter()
-            flat = service.generate(rows, dtype)
+            flat = service.generate(rows, mask, dtype)
             generate_seconds += time.perf_counter() - tick
             slot = index % len(ring)  # its previous chunk was written: at most _IN_FLIGHT wait
             if ring[slot] is None:

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from duet.cloud.batcher import MicroBatcher
 from duet.cloud.errors import APIError
 from duet.cloud.generation import GeneratorService
+from duet.cloud.schemas import ParametersRequest
 from duet.cloud.settings import Settings
 from duet.cloud.signer import AnswerSigner
 from duet.cloud.telemetry import Telemetry
@@ -19,8 +20,9 @@ from duet.cloud.telemetry import Telemetry
 class Served:
     """One loaded model version with its own micro-batchers, swapped as one on a reload.
 
-    `batcher` batches the run's raw input (item ids, or images), `embedding_batcher`
-    what privacy-mode devices send (the window's features).
+    `batcher` batches the run's raw input (its samples, with their mask), `embedding_batcher`
+    what privacy-mode devices send (the window's features). `request` is the request body of
+    this run (built from its SampleSpec): a reload to a run of another task swaps it too.
 
     A request takes `state.model` once and uses that object to the end, so its
     answer always comes from the version its header names, even across a swap.
@@ -29,6 +31,7 @@ class Served:
     service: GeneratorService
     batcher: MicroBatcher
     embedding_batcher: MicroBatcher
+    request: type[ParametersRequest]
     max_window: int  # longest window accepted (settings.max_window, default 10 x W)
     signature: tuple  # what the run path looked like when this was loaded (see lifecycle.run_signature)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from duet.errors import ArtifactError
-from duet.spec import ParamSpec
+from duet.generate import last_rows
+from duet.spec import ParamSpec, SampleSpec
+
+__all__ = ["DTYPES", "OCTET_STREAM", "AnswerCodec", "FlatGenerator", "GeneratorService", "last_rows", "sha256_hex"]
 
 DTYPES = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2")}  # safetensors is little-endian
 SAFETENSORS_DTYPES = {"fp32": "F32", "fp16": "F16"}
@@ -72,16 +74,6 @@ class FrozenDecoder(nn.Module):
         return F.linear(F.linear(e, self.w1, self.b1), self.w2, self.b2)
 
 
-def last_rows(rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """rows (n, ...) oldest first -> the last `length`, left-aligned and zero-padded (length, ...), and their mask."""
-    last = rows[-length:]
-    out = np.zeros((length, *rows.shape[1:]), dtype=rows.dtype)
-    out[: len(last)] = last
-    mask = np.zeros(length, dtype=bool)
-    mask[: len(last)] = True
-    return out, mask
-
-
 class FlatGenerator(nn.Module):
     """A DUET model's generation for serving, any task: a window (or its features) -> flat theta_d
     (E, numel) in spec order.
@@ -117,18 +109,19 @@ class FlatGenerator(nn.Module):
         return F.linear(self.generator.encoder(features, mask), self.weight, self.bias)
 
     def forward(self, window: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Item ids (E, W), or images (E, W, C, H, W) with their mask -> (E, numel)."""
+        """A window (E, W, *sample shape) of the task's samples, with its mask (E, W) -> (E, numel)."""
         return self.from_features(*self.model.window_features(window, mask))
 
 
 class GeneratorService:
     """A DUET run loaded for serving: a window (or its features) in, flat head parameters out.
 
-    Three inputs, each batched by the caller: `generate(windows)` for item ids
-    (recommendation), `generate_samples(x, mask)` for a window of images, and
-    `generate_features(features, mask)` for what a device in privacy mode uploads:
-    its window's features, computed on the device (item embeddings, or the CNN's
-    features). All three run the same generator on the same features.
+    Task-agnostic: the run's task says what one sample of a window is (`Task.sample`, a
+    SampleSpec), and the device model turns a window of such samples into the generator's
+    features (`window_features`). Two inputs, each batched by the caller: `generate(windows,
+    mask)` for raw windows (token ids or float samples alike) and `generate_features(features,
+    mask)` for what a device in privacy mode uploads: its window's features, computed on the
+    device. Both run the same generator on the same features.
     """
 
     model: FlatGenerator
@@ -136,6 +129,7 @@ class GeneratorService:
     def __init__(self, run: str | Path, device: str = "cpu"):
         from duet.accel import resolve_device
         from duet.checkpoint import load_run, model_version
+        from duet.task import load_task
 
         self.run = Path(run)
         self.device = resolve_device(device)
@@ -143,56 +137,50 @@ class GeneratorService:
         if config.train.method != "duet":
             raise ArtifactError(f"{self.run}: `duet serve` needs a DUET run (method duet), got {config.train.method!r}")
         self.config, self.model, self.task = config, FlatGenerator(model).to(self.device).eval(), config.task
+        # The recorded builder is importable (load_run just built the model with it).
+        self.sample: SampleSpec = load_task(config.builder).sample(config)
         self.spec: ParamSpec = model.device_model.param_spec
         self.spec_hash = self.spec.hash  # a property that hashes JSON: not per request
         self.version = model_version(self.run)
-        self.window_len, self.num_items, self.feature_dim = config.window_len, config.num_items, model.feature_dim
-        self.image_shape = tuple(config.image_shape) if config.image_shape else None
+        self.window_len, self.feature_dim = config.window_len, model.feature_dim
         metadata = {"model_version": self.version, "spec_hash": self.spec_hash}
         self.codecs = {dtype: AnswerCodec(self.spec, dtype, metadata) for dtype in DTYPES}
         self._offsets = np.concatenate([[0], np.cumsum(self.spec.sizes)])
 
     @property
     def raw_field(self) -> str:
-        """The request field of the raw window: item ids, or images."""
-        return "samples" if self.task == "images" else "window"
+        """The request field of a raw window (`window` for token ids, `samples` for float samples)."""
+        return self.sample.field
 
-    @property
-    def sample_width(self) -> int:
-        """Floats in one flattened image (C*H*W); 0 for recommendation."""
-        return int(np.prod(self.image_shape)) if self.image_shape else 0
+    def raw_rows(self, values: object, validated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Samples oldest first, any layout of whole samples -> the last W as (W, *shape) and their mask.
 
-    def window_row(self, items: list[int]) -> np.ndarray:
-        """Item ids oldest first -> the last W, left-aligned and 0-padded (W,) int64."""
-        return last_rows(np.asarray(items, dtype=np.int64), self.window_len)[0]
-
-    def sample_rows(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Flattened images (n, C*H*W) oldest first -> the last W as (W, C, H, W) float32, and their mask."""
-        return last_rows(samples.reshape(-1, *self.image_shape), self.window_len)
+        ValueError (from the SampleSpec) for values outside the sample's range, not finite, or not
+        whole samples. `validated`: the values passed this run's request model, which enforces the
+        same SampleSpec (range, width, finiteness); checking again cost ~4 us a request."""
+        if validated:
+            rows = np.asarray(values, dtype=self.sample.dtype).reshape(-1, *self.sample.shape)
+        else:
+            rows = self.sample.rows(values)
+        return last_rows(rows, self.window_len)
 
     def feature_rows(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Features (n, D) oldest first -> the last W as (W, D) float32, and their mask."""
         return last_rows(features, self.window_len)
 
-    def generate(self, windows: np.ndarray, dtype: str = "fp32") -> np.ndarray:
-        """windows (E, W) int64 item ids -> flat parameters (E, numel) in spec order, float32 (or fp16)."""
+    def generate(self, windows: np.ndarray, mask: np.ndarray | None = None, dtype: str = "fp32") -> np.ndarray:
+        """windows (E, W, *shape) in the sample's dtype, mask (E, W) (None: every position holds a sample)
+        -> flat parameters (E, numel) in spec order, float32 (or fp16)."""
         with torch.inference_mode():
-            return self._numpy(self.model(torch.from_numpy(windows).to(self.device)), dtype)
-
-    def generate_samples(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """x (E, W, C, H, W) float32 images, mask (E, W) -> flat parameters (E, numel)."""
-        with torch.inference_mode():
-            return self._numpy(self.model(torch.from_numpy(x).to(self.device), torch.from_numpy(mask).to(self.device)))
+            x = torch.from_numpy(np.ascontiguousarray(windows)).to(self.device)
+            m = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask)).to(self.device)
+            return self._numpy(self.model(x, m), dtype)
 
     def generate_features(self, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """features (E, W, D) float32, mask (E, W) -> flat parameters (E, numel) (privacy mode)."""
         with torch.inference_mode():
             return self._numpy(self.model.from_features(torch.from_numpy(features).to(self.device),
                                                         torch.from_numpy(mask).to(self.device)))
-
-    def raw_forward(self) -> Callable[..., np.ndarray]:
-        """The batched forward of the raw path (`window` or `samples`)."""
-        return self.generate_samples if self.task == "images" else self.generate
 
     @staticmethod
     def _numpy(flat: torch.Tensor, dtype: str = "fp32") -> np.ndarray:
@@ -214,13 +202,14 @@ class GeneratorService:
                           separators=(",", ":")).encode()
 
     def info(self) -> dict:
-        cfg, images = self.config, self.task == "images"
+        """What GET /v1/models says of this run: the sample a window holds and the task's facts, not its code."""
+        cfg = self.config
         return {
             "version": self.version,
             "task": self.task,
+            "sample": self.sample.to_json(),
+            "facts": cfg.facts,
             "feature_dim": self.feature_dim,
-            "image_shape": list(self.image_shape) if images else None,
-            "num_classes": cfg.num_classes if images else None,
             "run": self.run.name,
             "method": cfg.train.method,
             "backbone": cfg.model.backbone,
@@ -230,8 +219,6 @@ class GeneratorService:
             "dtypes": list(DTYPES),
             "answer_bytes": {dtype: codec.size for dtype, codec in self.codecs.items()},
             "window_len": cfg.window_len,
-            "history_len": None if images else cfg.history_len,
-            "num_items": None if images else cfg.num_items,
         }
 
 

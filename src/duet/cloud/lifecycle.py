@@ -10,8 +10,10 @@ each worker compares the path's target and the inode, size and mtime of its
 `manifest.json` with what it loaded. On a change it loads and verifies the new
 run in a thread while the old version keeps answering, then swaps the two in
 one assignment; requests already holding the old version finish on it (its
-micro-batcher drains, then closes). A run that fails to load (tampered,
-unfinished, wrong kind) is logged in one line and the old version stays.
+micro-batcher drains, then closes). The new run may be of another task: its
+request body and OpenAPI schema are built from it and swapped with it. A run
+that fails to load (tampered, unfinished, wrong kind) is logged in one line and
+the old version stays.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def load_served(settings: Settings, telemetry: Telemetry) -> Served:
     """Resolve the run path once, then verify and load that run (blocking: call it off the loop)."""
     from duet.cloud.batcher import MicroBatcher
     from duet.cloud.generation import GeneratorService
+    from duet.cloud.schemas import request_model
     from duet.errors import ArtifactError
 
     signature = run_signature(settings.run)
@@ -59,9 +62,13 @@ def load_served(settings: Settings, telemetry: Telemetry) -> Served:
             max_queue=settings.max_queue, delay=settings.debug_delay_ms / 1000,
         )
 
-    return Served(service=service, batcher=batcher(service.raw_forward()),
+    max_window = settings.max_window or 10 * service.window_len
+    # Everything that depends on the run's task (its sample, the request body) is built from
+    # the run itself, so a reload to a run of another task swaps all of it at once.
+    return Served(service=service, batcher=batcher(service.generate),
                   embedding_batcher=batcher(service.generate_features),
-                  max_window=settings.max_window or 10 * service.window_len, signature=signature)
+                  request=request_model(service.sample, service.feature_dim, service.window_len, max_window),
+                  max_window=max_window, signature=signature)
 
 
 async def watch(state: AppState, on_swap: Callable[[], None]) -> None:

@@ -1,52 +1,54 @@
-"""Request and response bodies of the service (they also make the OpenAPI schema)."""
+"""Request and response bodies of the service (they also make the OpenAPI schema).
+
+The request body is built for the served run (`request_model`): its raw window field and
+bounds come from the run's SampleSpec (`Task.sample`), so the schema a client reads is
+exactly what the service accepts, for any task.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
-ItemId = Annotated[int, Field(ge=1, description="internal item id (1 .. num_items-1; 0 is padding)")]
+from duet.spec import SampleSpec
+
 FLOAT32_MAX = 3.4028234663852886e38
+INT64 = (-(2**63), 2**63 - 1)
 # A float32 value: finite and in range; strict: no "1.5" or true.
 Finite = Annotated[float, Field(allow_inf_nan=False, strict=True, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
-Row = Annotated[list[Finite], Field(min_length=1, max_length=65_536)]
-INPUTS = ("window", "samples", "embedding")
+# The request field of a window of token samples, and of any other samples (SampleSpec.field).
+RAW_FIELDS = (SampleSpec("int64").field, SampleSpec("float32", (1,)).field)
+EMBEDDING = "embedding"
+INPUTS = (*RAW_FIELDS, EMBEDDING)
+
+
+def _document(schema: dict[str, Any], cls: type[ParametersRequest]) -> None:
+    """The request schema's oneOf and example: the served raw field or `embedding`, never both."""
+    if cls.raw_field is None:  # the base model: no run loaded yet
+        return
+    schema["oneOf"] = [{"required": [cls.raw_field]}, {"required": [EMBEDDING]}]
+    if cls.example is not None:
+        schema["examples"] = [{"device_id": "phone-42", cls.raw_field: cls.example, "dtype": "fp16"}]
 
 
 class ParametersRequest(BaseModel):
     """A device's real-time window; the answer is that device's dynamic-head parameters.
 
-    The window comes as item ids (`window`, recommendation), as images (`samples`,
-    image runs) or, in privacy mode, as its features computed on the device
-    (`embedding`, either task): exactly one of the three.
+    The window comes as its raw samples (the served run's `window` of token ids, or
+    `samples` rows of floats) or, in privacy mode, as its features computed on the
+    device (`embedding`): exactly one. This base holds the fields every run shares;
+    `request_model` adds the inputs of one run.
     """
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"device_id": "phone-42", "window": [17, 5, 230], "dtype": "fp16"}],
-        "oneOf": [{"required": [name]} for name in INPUTS],
-    })
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_document)
 
-    # Not nullable: a request names exactly one of the three (the schema's oneOf).
+    raw_field: ClassVar[str | None] = None  # the served run's raw input (SampleSpec.field)
+    what: ClassVar[str] = ""  # what its values are, for messages
+    example: ClassVar[list | None] = None
+
     device_id: str = Field(min_length=1, max_length=128, description="opaque device id (logged, never stored)")
-    window: list[ItemId] = Field(
-        None, min_length=1, max_length=10_000,
-        description="recent interactions, oldest first, at least one; cut to the last W items (W = the run's "
-                    "window_len). Longer than `max_window` (GET /v1/models; default 10 x W) is refused with 422.",
-    )
-    samples: list[Row] = Field(
-        None, min_length=1, max_length=10_000,
-        description="image runs: the window's images, oldest first, each flattened to C*H*W floats (row-major "
-                    "(C, H, W), as the model sees them); cut to the last W. At most `max_window` images; each "
-                    "exactly `image_shape`'s size (GET /v1/models); finite.",
-    )
-    embedding: list[Row] = Field(
-        None, min_length=1, max_length=10_000,
-        description="privacy mode, either task: the window's features computed on the device (item embeddings "
-                    "for recommendation, the static CNN's features for images), one row of `feature_dim` floats "
-                    "per window position, oldest first; cut to the last W. The answer equals the one for the raw "
-                    "window. At most `max_window` rows; finite.",
-    )
     dtype: Literal["fp32", "fp16"] = Field("fp32", description="precision of the returned parameters")
     version: str | None = Field(
         None, max_length=128,
@@ -55,14 +57,56 @@ class ParametersRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_input(self) -> ParametersRequest:
-        if sum(getattr(self, name) is not None for name in INPUTS) != 1:
-            raise ValueError("give exactly one of `window` (item ids), `samples` (images) and `embedding` "
+        if sum(getattr(self, name, None) is not None for name in INPUTS) != 1:
+            raise ValueError(f"give exactly one of `{self.raw_field}` ({self.what}) and `{EMBEDDING}` "
                              "(the window's features, privacy mode)")
         return self
 
     @property
     def input_field(self) -> str:
-        return next(name for name in INPUTS if getattr(self, name) is not None)
+        return next(name for name in INPUTS if getattr(self, name, None) is not None)
+
+
+def _bound(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def request_model(sample: SampleSpec, feature_dim: int, window_len: int, max_window: int) -> type[ParametersRequest]:
+    """The request body of a run whose windows hold `sample`s: the raw field with the sample's bounds
+    (token values) or width (float rows), `embedding` rows of `feature_dim`, at most `max_window` each.
+
+    The raw field a run of the other kind takes is parsed loosely and left out of the schema: the
+    route refuses it in one line that names the field this service takes.
+    """
+    window = f"oldest first, at least one; cut to the last W = {window_len} (the run's window_len); at most " \
+             f"{max_window} (`max_window`, GET /v1/models)"
+    if sample.is_token:
+        low, high = _bound(sample.low, INT64[0]), _bound(sample.high, INT64[1])
+        item: Any = Annotated[int, Field(ge=low, le=high)]
+        what = f"integers {low}..{high}"
+        description = f"the window's samples: {what}, {window}."
+        example = [min(low + k, high) for k in (16, 4, 229)]
+    else:
+        item = Annotated[list[Finite], Field(min_length=sample.width, max_length=sample.width)]
+        shape = "x".join(map(str, sample.shape))
+        what = f"rows of {sample.width} floats, one {shape} sample each, flattened row-major"
+        description = f"the window's samples: {what}; finite, {window}."
+        example = [[0.5] * sample.width] if sample.width <= 16 else None
+    embedding = Annotated[list[Finite], Field(min_length=feature_dim, max_length=feature_dim)]
+    foreign = next(name for name in RAW_FIELDS if name != sample.field)
+    model = create_model(
+        "ParametersRequest", __base__=ParametersRequest, __doc__=ParametersRequest.__doc__,
+        # Not nullable: a request names exactly one input (the schema's oneOf).
+        **{sample.field: (list[item], Field(None, min_length=1, max_length=max_window, description=description)),
+           EMBEDDING: (list[embedding], Field(
+               None, min_length=1, max_length=max_window,
+               description=f"privacy mode: the window's features computed on the device, one row of {feature_dim} "
+                           f"floats (`feature_dim`) per sample; finite, {window}. The answer equals the one for "
+                           "the raw window.")),
+           foreign: (SkipJsonSchema[Any], None)},
+    )
+    model.raw_field, model.what, model.example = sample.field, what, example
+    return model
 
 
 class ParametersJSON(BaseModel):
@@ -81,9 +125,22 @@ class LayerInfo(BaseModel):
     shape: list[int]
 
 
+class SampleInfo(BaseModel):
+    """One sample of a window (the run's SampleSpec): what `window` values or `samples` rows hold."""
+
+    dtype: Literal["int64", "float32"] = Field(description="int64: a token id, sent in `window`; float32: sent in "
+                                                           "`samples`, one flattened row a sample")
+    shape: list[int] = Field(description="shape of one sample ([] for a token)")
+    low: int | None = Field(description="smallest valid token value; null: unbounded (or float samples)")
+    high: int | None = Field(description="largest valid token value; null: unbounded (or float samples)")
+
+
 class ModelInfo(BaseModel):
     version: str
-    task: Literal["recommendation", "images"]
+    task: str = Field(description="the task the run was trained for (recorded in its config)")
+    sample: SampleInfo
+    facts: dict[str, Any] = Field(description="the task's dataset facts the run was built with (e.g. vocabulary "
+                                              "size, classes, sample shape)")
     run: str
     method: str
     backbone: str
@@ -95,10 +152,6 @@ class ModelInfo(BaseModel):
     window_len: int
     max_window: int = Field(description="longest window accepted; longer ones get 422")
     feature_dim: int = Field(description="width D of an `embedding` row (privacy mode)")
-    image_shape: list[int] | None = Field(description="images: (channels, height, width) of a sample; null otherwise")
-    num_classes: int | None = Field(description="images: classes of the head's output; null otherwise")
-    history_len: int | None = Field(description="recommendation: click-history length L; null for images")
-    num_items: int | None = Field(description="recommendation: item vocabulary incl. padding; null for images")
     signing_key: str | None = Field(description="key id of the Ed25519 key that signs every answer "
                                                 "(X-Duet-Signature); null when answers are not signed")
 
@@ -128,7 +181,7 @@ class ErrorResponse(BaseModel):
     """The one shape of every error answer of the service."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"error": {
-        "code": "invalid_request", "message": "unknown item id 9999 (item ids are 1 .. 3706)", "field": "window[3]",
-        "errors": [{"field": "window[3]", "message": "unknown item id 9999 (item ids are 1 .. 3706)"}]}}]})
+        "code": "invalid_request", "message": "Input should be less than or equal to 3706", "field": "window[3]",
+        "errors": [{"field": "window[3]", "message": "Input should be less than or equal to 3706"}]}}]})
 
     error: ErrorDetail

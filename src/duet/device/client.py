@@ -82,7 +82,8 @@ class ParameterClient:
 
     def fetch(self, device_id: str, window: list[int] | None = None, dtype: str = "fp32", version: str | None = None,
               *, samples: list[list[float]] | None = None, embedding: list[list[float]] | None = None) -> Answer:
-        """One device's parameters for its window: item ids, images (`samples`) or features (`embedding`)."""
+        """One device's parameters for its window: token ids (`window`), float samples (`samples`) or
+        their features (`embedding`)."""
         given = {name: value for name, value in (("window", window), ("samples", samples), ("embedding", embedding))
                  if value is not None}
         if len(given) != 1:

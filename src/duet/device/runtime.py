@@ -1,10 +1,10 @@
-"""Device runtimes: one device's loop of observe -> refresh (cloud-generated head) -> score (local).
+"""The device runtime: one device's loop of observe -> refresh (cloud-generated head) -> score (local).
 
-`DeviceRuntime` (recommendation: item ids, candidates scored) and `ImageRuntime`
-(images classified) share everything but what a window is and what is scored.
+One class for every task: the bundle says what a raw window sample is (`SampleSpec`) and
+what the graph takes (`GraphInput`s), so the same loop serves token ids and float samples alike.
 
 No gradient is ever computed here: the device uploads its recent window, the
-service answers with its head parameters, and onnxruntime scores candidates.
+service answers with its head parameters, and onnxruntime scores locally.
 When the service cannot be reached (or answers parameters made for another
 head, or, with trusted keys, an answer that is not signed by one of them), the
 device keeps the last parameters it received, or uses the bundle's global head
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from duet.device.bundle import PAD, BaseBundle, Bundle, ImageBundle, left_aligned
+from duet.device.bundle import PAD, Bundle
 from duet.device.client import ParameterClient, ServiceError
 from duet.device.policy import RequestPolicy
 from duet.errors import ArtifactError
@@ -36,8 +36,8 @@ SERVICE, LAST, GLOBAL, KEPT = "service", "last", "global", "kept"
 DTYPES = ("fp32", "fp16")
 
 
-class _Runtime:
-    """What every device runtime shares: the bundle, the client, the head in use and its fallbacks.
+class DeviceRuntime:
+    """A device: its real-time window of raw samples, its head, and local scoring.
 
     `source` says where the head came from (`service`: the latest refresh
     succeeded; `last`: it failed and the previous answer is kept; `global`: no
@@ -49,37 +49,108 @@ class _Runtime:
     must be signed by one of them, and every answer by one of them or by a key
     the bundle lists. None: no signatures are checked.
 
-    `privacy`: upload the window's features computed here (the generator's input)
-    instead of the raw window; the service answers the same parameters.
+    `privacy`: upload the window's features (the bundle's features graph, the generator's
+    input) instead of the raw window; the service answers the same parameters. For item
+    ids the features are embedding rows, which whoever holds the table (the cloud does)
+    can map back to ids: weaker than for float samples, whose features are not a lookup.
     """
 
-    BUNDLE: type[BaseBundle] = BaseBundle  # the task's bundle class
-
-    def __init__(self, bundle: str | Path | BaseBundle, service_url: str, device_id: str, *,
+    def __init__(self, bundle: str | Path | Bundle, service_url: str, device_id: str, *,
                  timeout: float = 2.0, retries: int = 2, backoff: float = 0.05, dtype: str = "fp32",
                  token: str | None = None, trusted_keys: Keyring | str | Path | None = None, privacy: bool = False,
                  policy: RequestPolicy | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-        if isinstance(bundle, BaseBundle) and trusted_keys is not None:
+        if isinstance(bundle, Bundle) and trusted_keys is not None:
             raise ValueError("a loaded Bundle was verified already: give trusted_keys to Bundle(...)")
-        self.bundle = bundle if isinstance(bundle, BaseBundle) else self.BUNDLE(bundle, trusted_keys=trusted_keys)
-        if not isinstance(self.bundle, self.BUNDLE):
-            raise ValueError(f"{type(self).__name__} needs a {self.BUNDLE.__name__}, got a {type(self.bundle).__name__}")
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, trusted_keys=trusted_keys)
         self.client = ParameterClient(service_url, timeout=timeout, retries=retries, backoff=backoff, token=token,
                                       keys=self.bundle.answer_keys)
         self.device_id, self.dtype, self.privacy = device_id, dtype, privacy
-        self.recent: deque = deque(maxlen=self.bundle.window_len)
+        # Observed samples, oldest first, each with its features once computed (privacy mode).
+        self.recent: deque[list] = deque(maxlen=self.bundle.window_len)
         self.params = self.bundle.theta_g
         self.source, self.version = GLOBAL, self.bundle.version
         self.last_error: str | None = None
         self.adaptation_seconds: float | None = None  # request sent -> parameters applied, last success
         self.last_answer_bytes = 0
         self.policy = policy or RequestPolicy()
-        if self.policy.kind == "drift" and getattr(self.bundle, "item_embedding", None) is None:
-            raise ValueError(f"{self.bundle.path}: the drift policy needs the bundle's item embeddings")
         self.requests, self.bytes_received = 0, 0
         self._have_service_params = False
+        self._generated_for: np.ndarray | None = None  # the window rows the service's parameters were made for
+
+    # ------------------------------------------------------------ the window
+
+    def observe(self, sample: object) -> None:
+        """Record one raw sample (any layout of one sample) in the real-time window; padding (token 0) is ignored."""
+        if self.bundle.sample.is_token and np.asarray(sample).size == 1 and int(np.asarray(sample).reshape(-1)[0]) == PAD:
+            return
+        rows = self.bundle.sample.rows(sample)
+        if len(rows) != 1:
+            raise ValueError(f"observe takes one sample, got {len(rows)}")
+        self.recent.append([rows[0], None])
+
+    @property
+    def window(self) -> list[int] | np.ndarray:
+        """The observed window, oldest first: item ids for token samples, else samples (n, *shape)."""
+        if self.bundle.sample.is_token:
+            return [int(row) for row, _ in self.recent]
+        return self._observed_rows()
+
+    def _observed_rows(self) -> np.ndarray:
+        sample = self.bundle.sample
+        if not self.recent:
+            return np.zeros((0, *sample.shape), dtype=sample.dtype)
+        return np.stack([row for row, _ in self.recent])
+
+    def _rows(self, window: object) -> np.ndarray:
+        """An explicit window (oldest first; token padding dropped) -> its last W samples."""
+        sample = self.bundle.sample
+        values = np.asarray(window, dtype=sample.dtype)
+        if sample.is_token:
+            values = values.reshape(-1)
+            values = values[values != PAD]
+        if values.size == 0:
+            return np.zeros((0, *sample.shape), dtype=sample.dtype)
+        return sample.rows(values)[-self.bundle.window_len:]
+
+    def _observed_features(self) -> np.ndarray:
+        """Features of the observed window, each sample's computed once (as it is first needed)."""
+        missing = [entry for entry in self.recent if entry[1] is None]
+        if missing:
+            for entry, feature in zip(missing, self.bundle.features(np.stack([e[0] for e in missing])), strict=True):
+                entry[1] = feature
+        return np.stack([feature for _, feature in self.recent])
+
+    # ------------------------------------------------------------ parameters
+
+    def refresh(self, window: object | None = None) -> str:
+        """Ask the service for parameters for `window` (default: the observed one); return `source`."""
+        rows = self._observed_rows() if window is None else self._rows(window)
+        if not len(rows):
+            # Nothing observed yet: there is nothing to personalise from (the service refuses
+            # an empty window), so the device scores with the global head.
+            return self._use_global()
+        if not self.policy.due(self._generated_for if self._have_service_params else None, rows,
+                               self.bundle.features):
+            self.source = KEPT
+            return self.source
+        if self.privacy:
+            features = self._observed_features() if window is None else self.bundle.features(rows)
+            source = self._ask(embedding=features.tolist())
+        elif self.bundle.sample.is_token:
+            source = self._ask(**{self.bundle.sample.field: rows.tolist()})
+        else:
+            source = self._ask(**{self.bundle.sample.field: rows.reshape(len(rows), -1).tolist()})
+        if source == SERVICE:
+            self._generated_for = rows
+        return source
+
+    def score(self, *args: object, **inputs: object) -> np.ndarray:
+        """The graph's first output with the current head; values for the graph inputs in order
+        (e.g. `score(history, candidates)` or `score(x)`) or by name."""
+        outputs = self.bundle.run(self.bundle.named(args, inputs), self.params)
+        return outputs[self.bundle.outputs[0]]
 
     def update_bundle(self, path: str | Path) -> None:
         """Switch to a new bundle (new static layers), verified with the same trusted keys.
@@ -89,13 +160,16 @@ class _Runtime:
         and its last good parameters. An accepted one starts from its global head.
         """
         try:
-            new = self.BUNDLE(path, threads=self.bundle.threads, trusted_keys=self.bundle.trusted_keys)
+            new = Bundle(path, threads=self.bundle.threads, trusted_keys=self.bundle.trusted_keys)
         except ArtifactError as exc:
             self.last_error = str(exc)
             log.warning("device %s: new bundle refused (%s); keeping %s", self.device_id, exc, self.bundle.version)
             raise
+        same_samples = new.sample == self.bundle.sample
         self.bundle, self.client.keys = new, new.answer_keys
-        self.recent = deque(self.recent, maxlen=new.window_len)
+        # Features come from the new static part; samples of another kind do not carry over.
+        kept = [[row, None] for row, _ in self.recent] if same_samples else []
+        self.recent = deque(kept, maxlen=new.window_len)
         self._use_global()
 
     def _use_global(self) -> str:
@@ -130,86 +204,3 @@ class _Runtime:
             self.params, self.version = self.bundle.theta_g, self.bundle.version
         log.warning("device %s: refresh failed (%s); using %s parameters", self.device_id, error, self.source)
         return self.source
-
-
-class DeviceRuntime(_Runtime):
-    """A recommendation device: its real-time window of item ids, scoring candidates locally.
-
-    In privacy mode it uploads the window's item embeddings (from the bundle) instead
-    of the ids. This keeps ids off the wire and out of the service's logs, but whoever
-    holds the embedding table (the cloud does) can map embeddings back to ids: it is
-    weaker than the image task's privacy mode, whose features are not a lookup.
-    """
-
-    BUNDLE = Bundle
-    bundle: Bundle
-    _generated_for: np.ndarray | None = None  # the window the service's parameters were made for
-
-    def observe(self, item_id: int) -> None:
-        """Record an interaction (internal item id) in the real-time window."""
-        if int(item_id) != PAD:
-            self.recent.append(int(item_id))
-
-    @property
-    def window(self) -> list[int]:
-        return list(self.recent)
-
-    def refresh(self, window: object | None = None) -> str:
-        """Ask the service for parameters for `window` (default: the observed one); return `source`."""
-        padded = left_aligned(self.window if window is None else window, self.bundle.window_len)
-        ids = padded[padded != PAD]
-        if not len(ids):
-            # Nothing observed yet: there is nothing to personalise from (the service refuses
-            # an empty window), so the device scores with the global head.
-            return self._use_global()
-        if not self.policy.due(self._generated_for if self._have_service_params else None, padded,
-                               self.bundle.item_embedding):
-            self.source = KEPT
-            return self.source
-        source = (self._ask(embedding=self.bundle.embeddings(ids).tolist()) if self.privacy
-                  else self._ask(window=ids.tolist()))
-        if source == SERVICE:
-            self._generated_for = padded
-        return source
-
-    def score(self, history: object, candidates: object) -> np.ndarray:
-        """history: item ids oldest first (padding ignored); candidates (C,) -> logits (C,) float32."""
-        return self.bundle.score(history, candidates, self.params)
-
-
-class ImageRuntime(_Runtime):
-    """An image device: its W most recent images (unlabeled), classifying locally.
-
-    `observe(image)` adds an image to the window; `refresh()` sends the window (the
-    images, or in privacy mode their static features, computed here as each image is
-    observed) and receives the head; `classify(images)` runs the bundle's graph.
-    """
-
-    BUNDLE = ImageBundle
-    bundle: ImageBundle
-
-    def __init__(self, *args: object, **kwargs: object):
-        super().__init__(*args, **kwargs)
-        if self.policy.kind != "always":
-            raise ValueError(f"the image runtime asks on every refresh; policy {self.policy.kind!r} is for "
-                             "recommendation devices")
-
-    def observe(self, image: object) -> None:
-        """Record one image (C*H*W floats in any layout) in the window; in privacy mode, its features too."""
-        x = self.bundle.images(image)
-        if len(x) != 1:
-            raise ValueError(f"observe takes one image, got {len(x)}")
-        self.recent.append(self.bundle.features(x)[0] if self.privacy else x[0])
-
-    def refresh(self) -> str:
-        """Ask the service for parameters for the observed window; return `source`."""
-        if not self.recent:
-            return self._use_global()
-        window = np.stack(self.recent)
-        if self.privacy:
-            return self._ask(embedding=window.tolist())
-        return self._ask(samples=window.reshape(len(window), -1).tolist())
-
-    def classify(self, images: object) -> np.ndarray:
-        """images (N, C, H, W) (or one image) -> class logits (N, classes) float32 with the current head."""
-        return self.bundle.run(images, self.params)[0]

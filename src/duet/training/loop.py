@@ -53,7 +53,7 @@ def read_dataset_manifest(data: str | Path) -> dict:
     """Any task's dataset manifest (every one records its task, builder and window length W)."""
     from duet.manifest import read_any_manifest
 
-    return read_any_manifest(data, "prepared dataset (run `duet prepare`)", ("task", "window_len"))
+    return read_any_manifest(data, "duet dataset (run `duet prepare`)", ("task", "window_len"))
 
 
 def train(config: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict:

@@ -1,8 +1,9 @@
 """`POST /v1/parameters`: a device's window in, its dynamic-head parameters out.
 
-The window comes as item ids (`window`), images (`samples`) or, in privacy mode,
-its features computed on the device (`embedding`); the first two share one
-micro-batcher (the run's raw input), features have their own.
+The window comes as the served run's raw samples (`window` of token ids, or
+`samples` rows of floats: the run's SampleSpec says which) or, in privacy mode,
+its features computed on the device (`embedding`); each has its own micro-batcher.
+The body is parsed by the served run's own request model (`schemas.request_model`).
 
 Thin on purpose: validate, hand the window to the micro-batcher, serialise
 (and sign, with `--sign`). Auth, rate limit and body size were checked before
@@ -21,7 +22,7 @@ from duet.cloud.deps import AppState, not_ready
 from duet.cloud.errors import APIError, validation_response
 from duet.cloud.generation import OCTET_STREAM, sha256_hex
 from duet.cloud.guard import PHASE_KEY, RUNNING, WAITING
-from duet.cloud.schemas import ErrorResponse, ParametersJSON, ParametersRequest
+from duet.cloud.schemas import EMBEDDING, ErrorResponse, ParametersJSON, ParametersRequest
 from duet.signing import SIGNATURE_HEADER, answer_message
 
 router = APIRouter(tags=["parameters"])
@@ -58,9 +59,9 @@ RESPONSES = {
     408: error("the body did not arrive before the request timeout"),
     409: error("`version` names a model this service does not serve (field `version`)"),
     413: error("body over the size limit (refused before it is read)"),
-    422: error("malformed body: invalid JSON, unknown field, wrong type, item id out of range, empty window or "
-               "longer than `max_window`, a sample or embedding row of the wrong width or not finite, an input "
-               "the served task does not take, not exactly one of `window`, `samples` and `embedding`; "
+    422: error("malformed body: invalid JSON, unknown field, wrong type, a value out of the sample's range, "
+               "empty window or longer than `max_window`, a sample or embedding row of the wrong width or not "
+               "finite, the raw field the served run does not take, not exactly one raw input and `embedding`; "
                "`field` names it"),
     503: error("model not loaded yet, shutting down, or the queue is full", RETRY_AFTER),
     504: error("no answer within the request timeout (queue + generation)"),
@@ -69,28 +70,16 @@ RESPONSES = {
 
 # The body is parsed by pydantic's JSON parser directly (`model_validate_json`), not
 # by FastAPI's body and dependency machinery: 84 instead of 136 us of app time per
-# request, measured in process. The request schema is declared here instead, so the
-# OpenAPI document stays complete.
+# request, measured in process. The request schema is declared here instead (the
+# fields every run shares); the app's OpenAPI document replaces it with the served
+# run's own request model once one is loaded.
 REQUEST_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": ParametersRequest.model_json_schema()},
 }}}
 
 # pydantic reports errors about the body as a whole at location (); the model validator's (not exactly
-# one of window/samples/embedding) names the served task's raw input.
+# one input) names the served run's raw input.
 _ROOT_ERRORS = frozenset({"value_error"})
-
-
-_TASK_NAMES = {"recommendation": "a recommendation model", "images": "an image model"}
-_UNITS = {"window": "item ids", "samples": "images", "embedding": "embedding rows"}
-
-
-def float_rows(rows: list[list[float]], name: str, width: int, what: str) -> np.ndarray:
-    """Rows of float32 values (the schema checked them) -> (n, width) float32; 422 naming a row of the wrong width."""
-    for i, row in enumerate(rows):
-        if len(row) != width:
-            raise APIError(422, "invalid_request", f"each row of `{name}` holds {width} floats ({what}); "
-                           f"row {i} holds {len(row)}", f"{name}[{i}]")
-    return np.asarray(rows, dtype=np.float32)
 
 
 @router.post("/v1/parameters", response_class=Response, responses=RESPONSES, openapi_extra=REQUEST_BODY,
@@ -102,7 +91,7 @@ async def parameters(request: Request) -> Response:
         raise not_ready()
     raw = await request.body()
     try:
-        body = ParametersRequest.model_validate_json(raw)
+        body = served.request.model_validate_json(raw)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_context=False, include_input=False)
         for e in errors:
@@ -116,26 +105,17 @@ async def parameters(request: Request) -> Response:
                            "version")
     name = body.input_field
     values = getattr(body, name)
-    if name != "embedding" and name != service.raw_field:
-        raise APIError(422, "invalid_request", f"this service serves {_TASK_NAMES[service.task]}: send "
-                       f"`{service.raw_field}` or `embedding`, not `{name}`", name)
-    if len(values) > served.max_window:
-        raise APIError(422, "invalid_request", f"at most {served.max_window} {_UNITS[name]} (the last "
-                       f"{service.window_len} are used); got {len(values)}", name)
-    if name == "window":
-        if max(values) >= service.num_items:
-            i = next(i for i, item in enumerate(values) if item >= service.num_items)
-            raise APIError(422, "invalid_request", f"unknown item id {values[i]} (item ids are 1 .. "
-                           f"{service.num_items - 1})", f"window[{i}]")
-        batcher, parts = served.batcher, (service.window_row(values),)
-    else:
-        if name == "embedding":
-            rows = float_rows(values, name, service.feature_dim, "the run's feature_dim, GET /v1/models")
-            batcher, parts = served.embedding_batcher, service.feature_rows(rows)
-        else:
-            shape = "x".join(map(str, service.image_shape))
-            rows = float_rows(values, name, service.sample_width, f"one {shape} image, flattened")
-            batcher, parts = served.batcher, service.sample_rows(rows)
+    if name == service.raw_field:
+        try:  # the request model checked range, width and finiteness already, from the same SampleSpec
+            parts = service.raw_rows(values, validated=True)
+        except (ValueError, OverflowError) as exc:
+            raise APIError(422, "invalid_request", str(exc), name) from None
+        batcher = served.batcher
+    elif name == EMBEDDING:
+        batcher, parts = served.embedding_batcher, service.feature_rows(np.asarray(values, dtype=np.float32))
+    else:  # the raw field of a run of the other kind
+        raise APIError(422, "invalid_request", f"this service's model takes `{service.raw_field}` "
+                       f"({served.request.what}) or `{EMBEDDING}`, not `{name}`", name)
     # While waiting, the guard's deadline may cancel this request (it then answers 504).
     phase = request.scope.get(PHASE_KEY)
     if phase is not None:

@@ -6,6 +6,10 @@
   batch-norm affine parameters minimise the entropy of the predictions on the
   device's unlabeled adaptation samples, whose statistics also replace the
   training-time batch-norm statistics;
+* batch-norm statistics from the device's unlabelled samples (Schneider et al., NeurIPS
+  2020): no gradient, no label; each batch norm normalises with a mix of the training
+  statistics and the device's own, (N mu_train + n mu_device) / (N + n) for n samples and
+  a prior strength N chosen on validation (N = 0: the device's statistics alone);
 * an oracle per shift type: the global model trained further on the training data
   of one shift type, told each test device's type (an upper bound on knowing the shift).
 
@@ -134,6 +138,33 @@ def tent_images(model: ImageClassifier, split: ImageSplit, steps: int, lr: float
         return local
 
     return per_device(model, split, adapt, label=f"TENT, {steps} steps, lr {lr:g} ({split.name})" if progress else None)
+
+
+def bnstats_images(model: ImageClassifier, split: ImageSplit, prior: int, progress: bool = False) -> Adapted:
+    """Batch-norm statistics from each device's unlabelled adaptation samples, mixed with the training
+    statistics at prior strength `prior` (Schneider et al., 2020); no gradient, no label."""
+    data = split.data
+
+    def adapt(base: ImageClassifier, device: int) -> nn.Module:
+        rows = adaptation_rows(data, split.name, device)
+        local = copy.deepcopy(base)
+        local.eval()
+        norms = batch_norms(local)
+        saved = [(n.running_mean.clone(), n.running_var.clone()) for n in norms]
+        for norm in norms:
+            norm.train()
+            norm.momentum = None  # cumulative: after one pass, exactly the device's statistics
+            norm.reset_running_stats()
+        with torch.no_grad():
+            local(torch.from_numpy(data.x[rows]))
+        n = len(rows)
+        for norm, (mean, var) in zip(norms, saved, strict=True):
+            norm.running_mean.mul_(n / (prior + n)).add_(mean * prior / (prior + n))
+            norm.running_var.mul_(n / (prior + n)).add_(var * prior / (prior + n))
+        local.eval()
+        return local
+
+    return per_device(model, split, adapt, label=f"BN statistics, prior {prior} ({split.name})" if progress else None)
 
 
 def train_oracle(model: ImageClassifier, train: ImageSplit, valid: ImageSplit, window_len: int, seed: int,

@@ -21,8 +21,14 @@ from pydantic import Field
 from duet.atomic import write_json
 from duet.checkpoint import is_finished_run, load_run
 from duet.config import GeneratorConfig, ModelConfig, Strict, TrainConfig
-from duet.report.stats import difference_matrix, paired_bootstrap
-from duet.tasks.images.baselines import Adapted, finetune_images, tent_images, train_oracle
+from duet.report.stats import difference_matrix, paired_bootstrap, seed_interval
+from duet.tasks.images.baselines import (
+    Adapted,
+    bnstats_images,
+    finetune_images,
+    tent_images,
+    train_oracle,
+)
 from duet.tasks.images.metrics import classification_metrics, per_group_accuracy
 from duet.tasks.images.store import ImageData, ImageSplit, load_images
 from duet.tasks.images.training import device_groups, predict_images
@@ -42,6 +48,7 @@ class ImageCompareConfig(Strict):
     finetune_lrs: tuple[float, ...] = (1e-3, 1e-2)
     tent_steps: tuple[int, ...] = (1, 10)
     tent_lrs: tuple[float, ...] = (1e-3, 1e-2)
+    bn_priors: tuple[int, ...] = Field((0, 8, 32), description="batch-norm prior strengths N tried on validation")
     windows: tuple[int, ...] = (1, 5, 10, 20, 50)
     oracle: bool = True
     threads: int | None = Field(1, ge=1)
@@ -176,6 +183,13 @@ def compare_images(cfg: ImageCompareConfig, report: str | Path, progress: bool =
         adapted = tent_images(base, test, steps, lr, progress=progress)
         scored["tent"] = _score(adapted.logits, test)
         costs["tent"] = _costs(adapted)
+        log.info("seed %d: batch-norm statistics from the device's samples, prior chosen on validation", seed)
+        (prior, _), acc = _choose(valid, [(p, 0.0) for p in cfg.bn_priors],
+                                  lambda split, p, _lr, b=base: bnstats_images(b, split, p, progress=progress))
+        results["choices"].setdefault("bnstats", []).append({"prior": prior, "valid": acc})
+        adapted = bnstats_images(base, test, prior, progress=progress)
+        scored["bnstats"] = _score(adapted.logits, test)
+        costs["bnstats"] = _costs(adapted)
         if cfg.oracle:
             log.info("seed %d: an oracle per shift type", seed)
             scored["oracle"] = _score(_oracle_logits(base, data, window_len, seed), test)
@@ -215,8 +229,9 @@ def _oracle_logits(base, data, window_len: int, seed: int) -> np.ndarray:
 
 # ---- the report ---------------------------------------------------------------------------------
 
-ORDER = ("global", "finetune", "tent", "oracle", "duet-static", "duet-noswa", "duet")
+ORDER = ("global", "finetune", "tent", "bnstats", "oracle", "duet-static", "duet-noswa", "duet")
 LABELS = {"global": "global model", "tent": "TENT (no labels, gradients)", "oracle": "oracle per shift type",
+          "bnstats": "batch-norm statistics (no labels, no gradient)",
           "duet-static": "DUET's static part, global head", "duet-noswa": "DUET without SWA", "duet": "DUET (PPG+SWA)"}
 
 
@@ -236,7 +251,7 @@ def ordered(methods: set[str]) -> list[str]:
 
 
 def pairs(methods: list[str]) -> list[tuple[str, str]]:
-    others = ["global", "tent", *[m for m in methods if m.startswith("finetune-")][::-1], "duet-noswa",
+    others = ["global", "tent", "bnstats", *[m for m in methods if m.startswith("finetune-")][::-1], "duet-noswa",
               "duet-static", "oracle"]
     return [("duet", b) for b in others if b in methods]
 
@@ -254,7 +269,8 @@ def summarize(results: dict, devices: list[dict]) -> dict:
             matched = [({d: v for d, v in s["device_accuracy"][a].items() if kind[d] == group},
                         {d: v for d, v in s["device_accuracy"][b].items() if kind[d] == group})
                        for s in seeds.values()]
-            differences[f"{a} - {b} ({group})"] = paired_bootstrap(difference_matrix(matched))
+            diff = difference_matrix(matched)
+            differences[f"{a} - {b} ({group})"] = {**paired_bootstrap(diff), "seed_level": seed_interval(diff)}
     shift = {str(d["id"]): d["shift"]["type"] for d in devices}
     by_shift: dict[str, dict[str, dict[str, float]]] = {}  # unseen devices: method -> type -> mean/std
     for t in sorted(set(shift.values())):
@@ -276,8 +292,11 @@ def summarize(results: dict, devices: list[dict]) -> dict:
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample std (ddof 1; 0 for one seed) over seeds."""
     arr = np.asarray(values, dtype=float)
-    return {"mean": float(np.nanmean(arr)), "std": float(np.nanstd(arr))}
+    finite = arr[~np.isnan(arr)]
+    return {"mean": float(np.nanmean(arr)) if len(finite) else float("nan"),
+            "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0}
 
 
 def write_report(results: dict, data, report: Path) -> None:
@@ -289,7 +308,7 @@ def write_report(results: dict, data, report: Path) -> None:
     shift_types = sorted({d["shift"]["type"] for d in data.device_info()})
     n = len(results["seeds"])
     lines = [f"# Image fleet: {data.path.name} ({n} seed{'s' * (n > 1)})", "",
-             "Test accuracy, mean ± std over seeds. Unseen devices never appear in training. "
+             "Test accuracy, mean ± std (ddof 1) over seeds. Unseen devices never appear in training. "
              "Every method is scored on the same samples (each device's adaptation prefix is never scored).", "",
              "| method | accuracy (all) | seen | **unseen** | macro-F1 unseen | " + " | ".join(shift_types) + " |",
              "|---|---|---|---|---|" + "---|" * len(shift_types)]
@@ -309,13 +328,26 @@ def write_report(results: dict, data, report: Path) -> None:
         cells = [summary["unseen_by_shift"].get(m, {}).get(t) for t in shift_types]
         lines.append(f"| {label(m)} | " + " | ".join(
             "" if c is None else f"{c['mean']:.4f} ± {c['std']:.4f}" for c in cells) + " |")
+    classes = data.manifest.get("class_names", [])
+    if classes:
+        lines += ["", "### Unseen devices by class (accuracy on that class's samples: its recall)", "",
+                  "| method | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        for m in summary["methods"]:
+            row = summary["table"][m]
+            lines.append(f"| {label(m)} | " + " | ".join(
+                f"{row[f'accuracy_unseen_{c}']['mean']:.4f}" if f"accuracy_unseen_{c}" in row else ""
+                for c in classes) + " |")
     lines += ["",
-              "## Differences (device accuracy, 95% paired bootstrap over devices and seeds; **bold**: excludes 0)", "",
-              "| difference | mean | 95% interval |", "|---|---|---|"]
+              "## Differences (device accuracy; 95% paired bootstrap over devices and seeds, and a t-interval "
+              "over seed means; **bold**: both exclude 0)", "",
+              "| difference | mean | paired interval | seed-level interval |", "|---|---|---|---|"]
     for name, d in summary["differences"].items():
         text = f"{d['mean']:+.4f}"
-        lines.append(f"| {name} | {'**' + text + '**' if d['significant'] else text} | "
-                     f"[{d['lo']:+.4f}, {d['hi']:+.4f}] |")
+        level = d.get("seed_level") or {}
+        both = d["significant"] and bool(level.get("significant"))
+        seed_text = f"[{level['lo']:+.4f}, {level['hi']:+.4f}]" if level.get("lo") is not None else "(one seed)"
+        lines.append(f"| {name} | {'**' + text + '**' if both else text} | "
+                     f"[{d['lo']:+.4f}, {d['hi']:+.4f}] | {seed_text} |")
     lines += ["", "## Adaptation cost per device (one thread; medians per device, mean over seeds)", "",
               "| method | where | seconds per device |", "|---|---|---|"]
     for m, c in summary["costs"].items():

@@ -86,6 +86,8 @@ def device_groups(split: ImageSplit) -> dict[str, np.ndarray]:
     shift = np.array([devices[d]["shift"]["type"] for d in split.device])
     groups = {"seen": kind == "seen", "unseen": kind == "unseen"}
     groups.update({t: shift == t for t in sorted(set(shift.tolist()))})
+    for i, name in enumerate(split.data.manifest.get("class_names", [])):  # per class, where the fleet names them
+        groups[f"unseen_{name}"] = (kind == "unseen") & (split.y == i)
     return groups
 
 

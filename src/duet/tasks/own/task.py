@@ -50,7 +50,9 @@ class OwnDeviceModel(WithGlobalHead):
     def window_features(self, window: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Window samples (E, W, *shape) -> their features (E, W, D) and mask (E, W); padding is not run."""
         E, W = window.shape[:2]
-        mask = torch.ones(E, W, dtype=torch.bool, device=window.device) if mask is None else mask
+        if mask is None:  # every position is a sample (no boolean indexing: the device's features graph exports)
+            features = self.features(window.flatten(0, 1)).reshape(E, W, self.feature_dim)
+            return features, torch.ones(E, W, dtype=torch.bool, device=window.device)
         features = torch.zeros(E, W, self.feature_dim, device=window.device)
         features[mask] = self.features(window[mask])
         return features, mask
