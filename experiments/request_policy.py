@@ -72,7 +72,8 @@ def schedule(split: Split, policy: RequestPolicy, embedding: np.ndarray,
                 last = None
                 continue
             eligible += 1
-            if policy.due(last, window, embedding):
+            last_ids = None if last is None else last[last != PAD]
+            if policy.due(last_ids, window[window != PAD], lambda ids: embedding[np.asarray(ids, dtype=np.int64)]):
                 last, requests = window, requests + 1
             else:
                 used[event] = last

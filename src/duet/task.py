@@ -136,8 +136,10 @@ class Task(Protocol):
     def sample(self, config: RunConfig) -> SampleSpec:
         """One raw window sample as the service and the device see it (dtype, shape, valid range)."""
 
-    def device_graph(self, model: nn.Module) -> DeviceGraph:
-        """The device model as an exportable graph, with its inputs described for the device."""
+    def device_graph(self, model: nn.Module) -> DeviceGraph | None:
+        """The device model as an exportable graph, with its inputs described for the device.
+        A task with no device side returns None (or raises NotImplementedError): `duet export`
+        and `duet simulate` then say so in one line."""
 
     def bundle_extras(self, config: RunConfig, model: nn.Module, data: str | Path | None) -> Extras:
         """Files and manifest facts a bundle of this task adds (e.g. a vocabulary)."""
