@@ -111,7 +111,7 @@ def test_swa_mixes_decoders_by_alpha():
     torch.testing.assert_close(dec(e), (e @ w1.T + b1) @ w2.T + b2)
 
 
-@pytest.mark.parametrize("encoder", ["gru", "attention"])
+@pytest.mark.parametrize("encoder", ["gru", "attention", "set"])
 def test_window_changes_params_and_padding_does_not(encoder):
     model = make(encoder=encoder).eval()
     w = windows(2)

@@ -106,7 +106,7 @@ def _image_duet(encoder: str) -> DuetModel:
     return DuetModel(classifier, 6, GeneratorConfig(encoder=encoder, dropout=0.0)).eval()
 
 
-@pytest.mark.parametrize("encoder", ["mean", "attnpool"])
+@pytest.mark.parametrize("encoder", ["mean", "attnpool", "set"])
 def test_generated_head_depends_on_the_window_and_not_on_its_order(fleet_dir, encoder):
     data = load_images(fleet_dir, ("train",))
     model = _image_duet(encoder)

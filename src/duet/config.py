@@ -72,8 +72,9 @@ class GeneratorConfig(Strict):
     """PPG (hypernetwork) and SWA (ensemble of decoders)."""
 
     # gru / attention read the window in order (a click sequence); mean / attnpool pool it
-    # without order (DeepSets-style: a window that is a set of samples).
-    encoder: Literal["gru", "attention", "mean", "attnpool"] = "gru"
+    # without order (DeepSets-style: a window that is a set of samples); set: samples attend
+    # to each other first (set transformer), then attention pooling.
+    encoder: Literal["gru", "attention", "mean", "attnpool", "set"] = "gru"
     hidden_dim: int = Field(32, ge=1, description="window encoder width (vector c)")
     layer_embed_dim: int = Field(16, ge=1, description="per-layer embedding e_n")
     decoder_hidden: int = Field(32, ge=1, description="decoder hidden width")

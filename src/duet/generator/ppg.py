@@ -121,7 +121,9 @@ class WindowEncoder(nn.Module):
 
     `gru` and `attention` read the window in order; `mean` and `attnpool` map every
     element through a small MLP and pool (masked mean, or softmax attention with a
-    learned query), so c does not depend on the window's order (a set of samples)."""
+    learned query), so c does not depend on the window's order (a set of samples);
+    `set` lets every sample attend to the others first (a set-transformer block, no
+    positions: ICRM's reading of the context, where samples interact), then pools by attention."""
 
     def __init__(self, embed_dim: int, cfg: GeneratorConfig, window_len: int):
         super().__init__()
@@ -131,6 +133,12 @@ class WindowEncoder(nn.Module):
                                      nn.Linear(cfg.hidden_dim, cfg.hidden_dim))
             if cfg.encoder == "attnpool":
                 self.score = nn.Linear(cfg.hidden_dim, 1)
+        elif cfg.encoder == "set":
+            from duet.models.layers import SelfAttentionBlock
+
+            self.proj = nn.Linear(embed_dim, cfg.hidden_dim)
+            self.block = SelfAttentionBlock(cfg.hidden_dim, 1, 0.0)
+            self.score = nn.Linear(cfg.hidden_dim, 1)
         elif cfg.encoder == "gru":
             self.gru = nn.GRU(embed_dim, cfg.hidden_dim, batch_first=True)
         else:
@@ -153,6 +161,15 @@ class WindowEncoder(nn.Module):
             else:
                 scores = self.score(h).squeeze(-1).masked_fill(~mask, float("-inf"))
                 weights = torch.softmax(scores, dim=1).nan_to_num(0.0)  # an empty window pools to 0
+            return self.drop(self.norm((weights.unsqueeze(-1) * h).sum(1)))
+        if self.kind == "set":
+            W = emb.shape[1]
+            # every sample attends to the window's samples (padding never is a key; a padded row
+            # attends to itself only, and is not pooled)
+            attn = (mask.unsqueeze(1) | torch.eye(W, dtype=torch.bool, device=emb.device)).unsqueeze(1)
+            h = self.block(self.proj(emb), attn)
+            scores = self.score(h).squeeze(-1).masked_fill(~mask, float("-inf"))
+            weights = torch.softmax(scores, dim=1).nan_to_num(0.0)
             return self.drop(self.norm((weights.unsqueeze(-1) * h).sum(1)))
         if self.kind == "gru":
             states, _ = self.gru(emb)  # (E, W, H); left-aligned, so index len-1 saw only valid items
