@@ -323,9 +323,9 @@ def test_missing_dataset_is_a_one_line_error(tmp_path):
 DUET = Path(sys.executable).parent / "duet"  # the console script `pip install` made: what a user runs
 
 MISTAKES = [  # (arguments, message, also run as a `duet` process); {run}, {data}, {tmp} are filled in
-    (["generate", "--run", "{run}", "--window", f"3,{NUM_ITEMS}"], f"--window: item ids must be in 1..{NUM_ITEMS - 1}",
+    (["generate", "--run", "{run}", "--window", f"3,{NUM_ITEMS}"], f"--window: values must be in 1..{NUM_ITEMS - 1}",
      True),
-    (["generate", "--run", "{run}", "--window", "3,x"], "--window: expected comma-separated item ids", False),
+    (["generate", "--run", "{run}", "--window", "3,x"], "--window: expected comma-separated integers", False),
     (["generate", "--run", "{tmp}/no-run", "--window", "3"], "not a finished duet run (no manifest.json)", False),
     (["generate", "--run", "{data}", "--window", "3"], "format 'duet-dataset/1', expected 'duet-run/1'", False),
     (["generate", "--run", "{run}/stage1", "--window", "3"], "a base run has no generator", False),
