@@ -524,15 +524,15 @@ def keys_generate(
 @app.command()
 @user_errors
 def simulate(
-    run: Annotated[Path, typer.Option(help="DUET run directory (recommendation or images)")],
+    run: Annotated[Path, typer.Option(help="DUET run directory (any task)")],
     data: Annotated[Path | None, typer.Option(help="dataset (default: the run's own)")] = None,
-    devices: Annotated[int, typer.Option(help="devices to replay (the first N users, or image devices, of the test split)")] = 100,
+    devices: Annotated[int, typer.Option(help="devices to replay (the first N devices of the test split, as the task orders them)")] = 100,
     dtype: Annotated[str, typer.Option(help="parameter precision on the wire: fp32 | fp16")] = "fp32",
     bundle: Annotated[Path | None, typer.Option(help="bundle to use, exported there if missing (default: a temp dir)")] = None,
     concurrency: Annotated[int, typer.Option(help="devices replaying at once (threads)")] = 16,
     max_batch: Annotated[int, typer.Option(help="the service's --max-batch")] = 64,
-    privacy: Annotated[bool, typer.Option(help="devices upload their window's features (item embeddings, CNN "
-                                               "features), computed on the device, instead of item ids or images")] = False,
+    privacy: Annotated[bool, typer.Option(help="devices upload their window's features (what the generator reads), "
+                                               "computed on the device, instead of the raw window")] = False,
     out: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
     policy: Annotated[str, typer.Option(help="when a device asks for parameters: always | every | drift")] = "always",
     every: Annotated[int, typer.Option(help="policy every: ask once this many new samples (items) entered the "
