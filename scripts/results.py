@@ -153,7 +153,11 @@ def digits(root: Path) -> dict:
         seed_level[name] = t_interval([s["metrics"][a][key] - s["metrics"][b][key] for s in seeds])
     costs = {m: [s["costs"][m]["median_s"] * 1e3 for s in seeds] for m in ("finetune-5", "finetune-20", "tent")}
     costs |= {f"duet_{k}": [s["costs"]["duet"][k] * 1e3 for s in seeds] for k in seeds[0]["costs"]["duet"]}
+    window = {m: {w: statistics.fmean(s["window_curve"][m][w]["accuracy_unseen"] for s in seeds)
+                  for w in seeds[0]["window_curve"][m]} for m in seeds[0]["window_curve"]}
     return {"metrics": metrics, "differences": raw["summary"]["differences"], "seed_level": seed_level,
+            "window_unseen": window,
+            "tent_loss_points": (metrics["global"]["accuracy_unseen"]["mean"] - metrics["tent"]["accuracy_unseen"]["mean"]) * 100,
             "costs_ms": costs, "cost_mean_ms": {k: statistics.fmean(v) for k, v in costs.items()},
             "seeds": len(seeds)}
 
@@ -177,8 +181,18 @@ def recommendation(root: Path, rel: str) -> dict:
             seed_level = t_interval(seed_means([(r[a]["user_auc"], r[b]["user_auc"]) for r in runs]))
             diffs[name] = {"boot": boot, "seeds": seed_level}
         per_seed = {m: [r[m]["test"]["uauc"] for r in runs] for m in methods}
-        out[backbone] = {"uauc": methods, "differences": diffs, "per_seed": per_seed, "seeds": len(runs)}
+        paired = {m: [x - y for x, y in zip(v, per_seed["base"], strict=True)] for m, v in per_seed.items()}
+        out[backbone] = {"uauc": methods, "differences": diffs, "per_seed": per_seed, "paired_per_seed": paired,
+                         "seeds": len(runs)}
     return out
+
+
+def request_policy(root: Path, rel: str) -> dict:
+    """Per policy setting on test: its share of always's requests and its uauc minus always's."""
+    raw = _load(root, rel)
+    always = next(r["uauc"] for r in raw["test"] if r["policy"] == "always")
+    return {r["policy"]: {"fraction": r["fraction"], "uauc": r["uauc"], "minus_always": r["uauc"] - always}
+            for r in raw["test"]}
 
 
 def reference(root: Path) -> dict:
@@ -190,6 +204,8 @@ DERIVED: dict[str, Callable[[Path], object]] = {
     "reference": reference,
     "quick": lambda root: recommendation(root, "docs/results/quick/results.json")["sasrec"],
     "default": lambda root: recommendation(root, "docs/results/results.json"),
+    "shift": lambda root: recommendation(root, "docs/results/shift-sasrec/results.json")["sasrec"],
+    "policy": lambda root: request_policy(root, "docs/results/request_policy.json"),
 }
 
 
@@ -373,7 +389,7 @@ def _same(a: str, b: str) -> bool:
 def render_inline(root: Path, spec: str, old: str) -> str:
     source, path, fmt = spec.split("|")
     new = format_value(lookup(load(root, source), path), fmt)
-    return new.replace("-", MINUS) if MINUS in old else new
+    return new.replace("-", MINUS) if MINUS in old or "-" not in old else new
 
 
 def process(root: Path, path: Path) -> tuple[str, list[str]]:
@@ -389,7 +405,7 @@ def process(root: Path, path: Path) -> tuple[str, list[str]]:
             return m[0]
         if body != m["body"]:
             old, new = m["body"].splitlines(), body.splitlines()
-            at = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+            at = next((i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new)))
             line = _line(text, m.start()) + 1 + at
             problems.append(f"{name}:{line}: block {m['name']}: "
                             f"{(old[at] if at < len(old) else '<end>')!r} should be "
