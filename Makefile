@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data/movielens
 REPORT ?= reports/quick
 
-.PHONY: setup demo demo-images test lint clean
+.PHONY: setup demo demo-images test lint results results-check clean
 
 setup: $(VENV)/.installed
 
@@ -26,13 +26,22 @@ demo-images: setup
 
 # --durations=25: the slowest tests, to keep the suite under 10 minutes on a 2-core machine.
 test: setup
-	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff check src tests benchmarks experiments scripts
 	$(BIN)/lint-imports
+	$(PYTHON) scripts/results.py --check
 	$(BIN)/pytest -q --durations=25
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks experiments
+	$(BIN)/ruff check src tests benchmarks experiments scripts
 	$(BIN)/lint-imports
+
+# Every table and quoted figure in README.md and docs/*.md from the committed JSON files:
+# `results` rewrites the generated blocks and inline figures, `results-check` fails on any difference.
+results:
+	$(PYTHON) scripts/results.py
+
+results-check:
+	$(PYTHON) scripts/results.py --check
 
 clean:
 	rm -rf $(VENV) data reports runs

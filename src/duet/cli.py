@@ -220,6 +220,10 @@ def compare(
     options = {k: v for k, v in given.items() if v is not None and (k != "quick" or v)}
     _setup_logging()
     results = task.compare(data, out, options, progress)
+    summary = getattr(task, "compare_summary", None)  # a task's own 80-column summary, if it has one
+    if summary is not None and (out / "results.json").exists():
+        typer.echo(summary(out))
+        return
     from rich.console import Console
     from rich.markdown import Markdown
 

@@ -79,3 +79,25 @@ def describe(data: Path, plot: Path | None, top: int) -> None:  # noqa: ARG001
     for (kind, split, shift), n in sorted(kinds.items()):
         devices.add_row(kind, "valid, test" if kind == "seen" else split, shift, str(n))
     console.print(devices)
+
+
+def compare_summary(report: Path, width: int = 80) -> str:
+    """What `duet compare` prints on an image fleet: test accuracy on unseen devices per method,
+    DUET against the global model and its generator's own share, and the full report's files;
+    every line fits `width` columns (the Markdown tables do not)."""
+    import json
+    import textwrap
+
+    summary = json.loads((report / "results.json").read_text())["summary"]
+    lines = ["test accuracy on unseen devices, mean ± std over seeds",
+             *(f"  {m:<14} {summary['table'][m]['accuracy_unseen']['mean']:.4f} ± "
+               f"{summary['table'][m]['accuracy_unseen']['std']:.4f}" for m in summary["methods"])]
+    for label, name in (("DUET − global model", "duet - global (unseen)"),
+                        ("generator's own share (DUET − own static part)", "duet - duet-static (unseen)")):
+        d = summary["differences"].get(name)
+        if d:
+            level = d.get("seed_level") or {}
+            seeds = f"; seeds [{level['lo']:+.4f}, {level['hi']:+.4f}]" if level.get("lo") is not None else ""
+            lines.append(f"{label}: {d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]{seeds}")
+    lines.append(f"full report: {report / 'results.md'}, {report / 'results.json'}")
+    return "\n".join(w for line in lines for w in textwrap.wrap(line, width, subsequent_indent="    ") or [""])

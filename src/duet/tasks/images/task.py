@@ -104,6 +104,10 @@ class ImageTask:
     def compare(self, data: Path, out: Path, options: dict[str, Any], progress: bool) -> Path:
         return commands.compare(data, out, options, progress)
 
+    def compare_summary(self, report: Path) -> str:
+        """What `duet compare` prints: fits 80 columns and names the full report."""
+        return commands.compare_summary(report)
+
     def describe(self, data: Path, plot: Path | None, top: int) -> None:
         commands.describe(data, plot, top)
 

@@ -120,6 +120,12 @@ class RecommendationTask:
     def compare(self, data: Path, out: Path, options: dict[str, Any], progress: bool) -> Path:
         return commands.compare(data, out, options, progress)
 
+    def compare_summary(self, report: Path) -> str:
+        """What `duet compare` prints: fits 80 columns and names the full report."""
+        from duet.tasks.recommendation.report.summary import summary_of_report
+
+        return summary_of_report(report)
+
     def describe(self, data: Path, plot: Path | None, top: int) -> None:
         commands.describe(data, plot, top)
 
