@@ -47,12 +47,12 @@ def measure(args: argparse.Namespace, variant: str) -> dict:
     import torch.nn.functional as F
 
     from duet.config import GeneratorConfig, ModelConfig
-    from duet.tasks.recommendation.data.store import load_dataset
     from duet.duet_model import DuetModel
-    from duet.tasks.recommendation.models.recommender import Recommender
     from duet.tasks.recommendation.batches import Batch, EventBatcher, with_sampled_negatives
+    from duet.tasks.recommendation.data.store import load_dataset
     from duet.tasks.recommendation.evaluate import predict, score_batch
     from duet.tasks.recommendation.finetune import reset_peak_rss, rss_bytes
+    from duet.tasks.recommendation.models.recommender import Recommender
 
     if args.threads:
         torch.set_num_threads(args.threads)

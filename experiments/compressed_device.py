@@ -32,11 +32,11 @@ import numpy as np
 from duet.atomic import write_json
 from duet.checkpoint import is_finished_run
 from duet.config import GeneratorConfig, ModelConfig, TrainConfig
-from duet.tasks.recommendation.data.store import load_dataset
 from duet.report.stats import difference_matrix, paired_bootstrap
+from duet.tasks.recommendation.data.store import load_dataset
 from duet.tasks.recommendation.evaluate import user_auc_file
-from duet.training.evaluation import evaluate_run
 from duet.tasks.recommendation.finetune import FinetuneConfig, finetune
+from duet.training.evaluation import evaluate_run
 from duet.training.loop import run_config_for, train
 
 

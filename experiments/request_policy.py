@@ -30,11 +30,11 @@ import torch
 
 from duet.atomic import save_png, write_json
 from duet.checkpoint import load_run
-from duet.tasks.recommendation.data.store import PAD, Split, load_dataset
 from duet.device.policy import RequestPolicy
 from duet.metrics import compute_metrics
-from duet.tasks.recommendation.report.cold import event_user_line
+from duet.tasks.recommendation.data.store import PAD, Split, load_dataset
 from duet.tasks.recommendation.evaluate import predict
+from duet.tasks.recommendation.report.cold import event_user_line
 
 EVERY = (2, 3, 5, 10, 20, 50, 1000)
 FLOOR = 0.003

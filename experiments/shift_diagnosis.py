@@ -22,10 +22,10 @@ from safetensors.numpy import load_file
 
 from duet.atomic import write_json
 from duet.config import ProtocolConfig
+from duet.metrics import per_group_auc
 from duet.tasks.recommendation.data.prepare import build
 from duet.tasks.recommendation.data.store import load_dataset
 from duet.tasks.recommendation.data.synthetic_shift import ShiftConfig, generate
-from duet.metrics import per_group_auc
 
 BINS = ((0, 0), (1, 2), (3, 5), (6, 10), (11, 10**9))
 

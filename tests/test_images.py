@@ -3,9 +3,8 @@ the metrics (against scikit-learn) and the commands, on a small fleet."""
 
 from __future__ import annotations
 
-import json
-
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -18,7 +17,13 @@ from duet.cli import app
 from duet.config import GeneratorConfig, ModelConfig
 from duet.duet_model import DuetModel
 from duet.errors import DuetError
-from duet.tasks.images.baselines import adaptation_rows, batch_norms, bnstats_images, finetune_images, tent_images
+from duet.tasks.images.baselines import (
+    adaptation_rows,
+    batch_norms,
+    bnstats_images,
+    finetune_images,
+    tent_images,
+)
 from duet.tasks.images.fleet import FleetConfig, build_digits_fleet, digits, prepare_fleet
 from duet.tasks.images.metrics import classification_metrics, macro_f1, per_group_accuracy
 from duet.tasks.images.model import ImageClassifier
@@ -178,8 +183,8 @@ def test_batch_norm_statistics_come_from_the_device_and_its_prior(fleet_dir):
     x = torch.from_numpy(data.x[adaptation_rows(data, "valid", device)])
     local = copy.deepcopy(base).eval()
     for norm in batch_norms(local):  # layer by layer: the statistics of its input on the device's samples
-        captured = []
-        handle = norm.register_forward_pre_hook(lambda _, inputs: captured.append(inputs[0]))
+        captured: list[torch.Tensor] = []
+        handle = norm.register_forward_pre_hook(lambda _, inputs, into=captured: into.append(inputs[0]))
         with torch.no_grad():
             local(x)
         handle.remove()
