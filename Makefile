@@ -26,13 +26,13 @@ demo-images: setup
 
 # --durations=25: the slowest tests, to keep the suite under 10 minutes on a 2-core machine.
 test: setup
-	$(BIN)/ruff check src tests benchmarks experiments scripts
+	$(BIN)/ruff check src tests benchmarks experiments scripts examples
 	$(BIN)/lint-imports
 	$(PYTHON) scripts/results.py --check
 	$(BIN)/pytest -q --durations=25
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks experiments scripts
+	$(BIN)/ruff check src tests benchmarks experiments scripts examples
 	$(BIN)/lint-imports
 
 # Every table and quoted figure in README.md and docs/*.md from the committed JSON files:

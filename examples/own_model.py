@@ -23,6 +23,7 @@ on its PYTHONPATH, which the script sets for the service it starts.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -126,8 +127,14 @@ def main() -> None:
     bundle = args.out / "bundle"
     export_bundle(duet_run, bundle, overwrite=True)
     worst = device_round_trip(duet_run, bundle, data)
+    seconds = time.perf_counter() - started
     print(f"device runtime (onnxruntime, generated head over HTTP) vs offline torch: max |diff| {worst:.2e}")
-    print(f"done in {time.perf_counter() - started:.0f} s; report {results['report']}, bundle {bundle}")
+    print(f"done in {seconds:.0f} s; report {results['report']}, bundle {bundle}")
+    from duet.atomic import write_json
+
+    summary = json.loads((args.out / "report" / "results.json").read_text())
+    write_json(args.out / "report" / "results.json",
+               {**summary, "device_max_abs_diff": worst, "seconds": round(seconds, 1), "torch_threads": 1})
 
 
 if __name__ == "__main__":

@@ -363,7 +363,20 @@ def swa_table(root: Path) -> str:
                   "direction changes (of 8 possible)"], rows, ["---", "---", "---:", "---:", "---:"])
 
 
+def own_model_table(root: Path) -> str:
+    """examples/own_model.py's comparison: test metric per method and both intervals of each difference."""
+    data = _load(root, "docs/results/own_model/results.json")
+    rows = [[name, f"{m['mean']:.4f} ± {m['std']:.4f}", "", ""] for name, m in data["methods"].items()]
+    for name, d in data["differences"].items():
+        p, s = d["paired"], d["seed_level"]
+        text = bold_if(signed(p["mean"]), excludes_zero(p, s if s["lo"] is not None else None))
+        rows.append([name.replace(" - ", " − "), text, interval(p), interval(s) if s["lo"] is not None else "(one seed)"])
+    return table([f"{data['metric']} ({data['seeds']} seeds, {p['users']} devices)", "mean ± std (ddof 1)",
+                  "paired interval (devices, seeds)", "seed-level t-interval"], rows)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
+    "own-model": own_model_table,
     "digits-table": digits_table, "digits-differences": digits_differences, "digits-window": digits_window,
     "digits-costs": digits_costs, "reference-readme": reference_readme, "reference-table": reference_table,
     "default-table": default_table, "default-adaptation": default_adaptation, "compressed-table": compressed_table,
