@@ -375,7 +375,75 @@ def own_model_table(root: Path) -> str:
                   "paired interval (devices, seeds)", "seed-level t-interval"], rows)
 
 
+SENSORS = "docs/results/sensors/folds.json"
+SENSOR_LABELS = {"global": "global model", "finetune-5": "fine-tune, 5 labels (gradients on the device)",
+                 "finetune-20": "fine-tune, 20 labels (gradients on the device)",
+                 "tent": "TENT, no labels (gradients on the device)",
+                 "bnstats": "batch-norm statistics of the window (no labels, no gradient)",
+                 "duet-static": "DUET's own static part, global head", "duet-noswa": "DUET without SWA",
+                 "duet": "**DUET (PPG+SWA)**, no labels, no gradient"}
+
+
+def _ms(d: dict) -> str:
+    return f"{d['mean']:.4f} ± {d['std']:.4f}"
+
+
+def sensors_table(root: Path) -> str:
+    """Unseen and seen users' accuracy and macro-F1 per method, mean ± std (ddof 1) over the folds."""
+    data = _load(root, SENSORS)
+    keys = ("accuracy_unseen", "macro_f1_unseen", "accuracy_seen", "macro_f1_seen")
+    rows = [[SENSOR_LABELS.get(m, m), *(_ms(data["table"][m][k]) for k in keys)] for m in data["methods"]]
+    return table(["method", "**unseen** accuracy", "unseen macro-F1", "seen accuracy", "seen macro-F1"], rows)
+
+
+def sensors_differences(root: Path) -> str:
+    """Each difference on unseen users with both intervals; bold where both exclude 0."""
+    data = _load(root, SENSORS)
+    rows = []
+    for name, d in data["differences"].items():
+        p, s = d["paired"], d["seed_level"]
+        rows.append([name.replace(" - ", " − "), bold_if(signed(p["mean"] * 100, 2), excludes_zero(p, s)),
+                     interval(p, 2, 100), interval(s, 2, 100)])
+    return table(["difference (unseen users, accuracy points)", "mean",
+                  f"paired interval ({next(iter(data['differences'].values()))['users']} users)",
+                  f"fold-level interval ({len(data['folds'])} folds)"], rows)
+
+
+def sensors_activity(root: Path) -> str:
+    """Unseen users' accuracy per activity (the recall of each), mean over folds."""
+    data = _load(root, SENSORS)
+    classes = list(next(iter(data["by_class"].values())))
+    rows = [[SENSOR_LABELS.get(m, m), *(f"{data['by_class'][m][c]['mean']:.3f}" for c in classes)]
+            for m in data["methods"]]
+    return table(["method", *(c.replace("_", " ") for c in classes)], rows)
+
+
+def sensors_window(root: Path) -> str:
+    """Unseen users' accuracy against the window length W, mean ± std over folds."""
+    data = _load(root, SENSORS)
+    curve = data["window_curve"]
+    windows = list(curve["duet"])
+    rows = [[SENSOR_LABELS.get(m, m), *(_ms(curve[m][w]) for w in windows)] for m in curve]
+    return table(["W", *windows], rows)
+
+
+def sensors_costs(root: Path) -> str:
+    """Adaptation time per device (one thread, medians per device, mean over folds)."""
+    data = _load(root, SENSORS)
+    rows = [[SENSOR_LABELS.get(m, m), "device, with gradients" if m != "bnstats" else "device, no gradient",
+             f"{c['mean'] * 1e3:.2f}"] for m, c in data["costs"].items() if m != "duet"]
+    names = {"single_s": "DUET from the raw window, one device alone",
+             "batched_s": "DUET from the raw window, in a batch of 256 devices",
+             "features_single_s": "DUET from the device's features (privacy mode), one device alone",
+             "features_batched_s": "DUET from the device's features, in a batch of 256"}
+    rows += [[text, "cloud, no gradient", f"{data['duet_costs'][k]['mean'] * 1e3:.3f}"]
+             for k, text in names.items() if k in data["duet_costs"]]
+    return table(["method", "where", "ms per device"], rows)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
+    "sensors-table": sensors_table, "sensors-differences": sensors_differences,
+    "sensors-activity": sensors_activity, "sensors-window": sensors_window, "sensors-costs": sensors_costs,
     "own-model": own_model_table,
     "digits-table": digits_table, "digits-differences": digits_differences, "digits-window": digits_window,
     "digits-costs": digits_costs, "reference-readme": reference_readme, "reference-table": reference_table,

@@ -78,8 +78,8 @@ def test_full_ranking_matches_brute_force(tiny_data: Path, tmp_path: Path, metho
             for item in range(1, config.facts["num_items"]):
                 if item != target and item in seen[user]:
                     continue
-                args = (history, window) if method == "duet" else (history,)
-                score[item] = float(model(*args, torch.tensor([item]))[0])
+                extra = {"window": window} if method == "duet" else {}
+                score[item] = float(model(history, torch.tensor([item]), **extra)[0])
             ranks.append(sum(s >= score[target] for s in score.values()))
     expected = ranking_from_ranks(np.array(ranks), k=5)
     for key, value in expected.items():

@@ -363,7 +363,7 @@ def test_duet_train_trains_the_generator(base_run, tiny_dir, tmp_path, monkeypat
     generator = [name for name in trained if name.startswith("generator.")]
     assert generator and [n for n in generator if torch.equal(trained[n], start[n])] == []
     _, global_model, _ = load_run(base_run)
-    static = {f"recommender.{k}": v for k, v in global_model.state_dict().items()}
+    static = {f"device_model.{k}": v for k, v in global_model.state_dict().items()}
     assert all(torch.equal(trained[k], v) for k, v in static.items()) == freeze  # joint moves the static part
     assert torch.count_nonzero(model.device_model.item_embedding.weight[PAD]) == 0
 
