@@ -270,3 +270,30 @@ def test_data_info_describes_an_image_fleet(fleet_dir):
     manifest = json.loads((fleet_dir / "manifest.json").read_text())
     assert f"{manifest['counts']['train']['samples']:,}" in result.output
     assert "unseen" in result.output and "rotation" in result.output
+
+
+def test_film_makes_the_static_part_dynamic_and_the_generator_writes_it(fleet_dir):
+    """With --film, each conv block's per-channel scale and shift join the dynamic parameters: the
+    global model starts as without them (scale 1, shift 0), and per-sample values change the features."""
+    data = load_images(fleet_dir, ("train",))
+    torch.manual_seed(0)
+    plain = ImageClassifier((1, 8, 8), 10, ModelConfig(backbone="cnn", embed_dim=16)).eval()
+    torch.manual_seed(0)
+    filmed = ImageClassifier((1, 8, 8), 10, ModelConfig(backbone="cnn", embed_dim=16, film=True)).eval()
+    names = filmed.param_spec.names
+    assert names[: len(plain.param_spec.names)] == plain.param_spec.names
+    assert names[len(plain.param_spec.names):] == [f"film.{i}.{k}" for i in range(3) for k in ("scale", "shift")]
+    x = torch.from_numpy(data.x[:4])
+    with torch.no_grad():
+        torch.testing.assert_close(filmed(x), plain(x))  # theta_g's FiLM is the identity
+        params = {n: v.expand(4, *v.shape).clone() for n, v in filmed.theta_g().items()}
+        params["film.1.scale"][2] *= 2.0  # only sample 2's second block is scaled
+        out = filmed(x, params)
+    torch.testing.assert_close(out[[0, 1, 3]], plain(x)[[0, 1, 3]])
+    assert not torch.allclose(out[2], plain(x)[2])
+    duet = DuetModel(filmed, 6, GeneratorConfig(encoder="mean", dropout=0.0)).eval()
+    window = torch.from_numpy(data.x[:12]).reshape(2, 6, 1, 8, 8)
+    with torch.no_grad():
+        generated = duet.generate(window)
+    assert {n: tuple(t.shape[1:]) for n, t in generated.items()} == dict(filmed.param_spec.entries)
+    assert not torch.allclose(generated["film.0.scale"][0], generated["film.0.scale"][1])

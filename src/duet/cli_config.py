@@ -26,6 +26,7 @@ def train_config(
     layer_embed_dim: int, decoder_hidden: int, rank: int | None, mode: str, gen_dropout: float, num_generators: int,
     temperature: float, freeze_static: bool, init: Path | None, from_scratch: bool = False,
     lr_schedule: str = "constant", lr_decay: float = 0.5, sampled_negatives: int = 4, device: str = "cpu",
+    film: bool = False,
 ) -> RunConfig:
     """Validate every option; a bad value is a one-line DuetError naming the option.
 
@@ -46,7 +47,8 @@ def train_config(
     batch_size = batch_size or task.defaults.get("batch_size", 128)
     try:
         model = ModelConfig(backbone=backbone, embed_dim=embed_dim, num_blocks=num_blocks, num_heads=num_heads,
-                            dropout=dropout, head_hidden=_ints(head_hidden), activation=activation)
+                            dropout=dropout, head_hidden=_ints(head_hidden), activation=activation,
+                            film=film)
         generator = GeneratorConfig(encoder=encoder, hidden_dim=gen_hidden, layer_embed_dim=layer_embed_dim,
                                     decoder_hidden=decoder_hidden, rank=rank, mode=mode, dropout=gen_dropout,
                                     num_generators=num_generators, temperature=temperature)
@@ -59,4 +61,6 @@ def train_config(
         err = exc.errors()[0]
         field = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "option"
         raise DuetError(f"{field}: {err['msg']} (got {err.get('input')!r})") from None
-    return run_config_for(data, task, model=model, train=train, generator=generator if method == "duet" else None)
+    config = run_config_for(data, task, model=model, train=train, generator=generator if method == "duet" else None)
+    task.build(config)  # a model its task cannot build is a one-line error before anything is written
+    return config

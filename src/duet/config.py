@@ -66,6 +66,9 @@ class ModelConfig(Strict):
     # for DIN's classifier (3*embed_dim -> 32 -> 1).
     head_hidden: tuple[int, ...] | None = None
     activation: Literal["tanh", "relu"] = "tanh"
+    # FiLM / CaSE: a per-channel scale and shift after each conv block of the static part, also
+    # generated from the window (the static part itself adapts, e.g. to a noisy or rotated input).
+    film: bool = Field(False, description="generate per-channel scale and shift inside the static part")
 
 
 class GeneratorConfig(Strict):

@@ -112,9 +112,18 @@ class ModuleHead(nn.Module):
         return {name: self.module.get_buffer(name).detach().clone() for name in self.param_spec.names}
 
 
+def film(h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """Per-channel scale and shift of feature maps h (N, C, ...): shared `(C,)` or one per row `(N, C)`."""
+    view = (-1 if scale.dim() == 2 else 1, h.shape[1], *[1] * (h.dim() - 2))
+    return h * scale.reshape(view) + shift.reshape(view)
+
+
 class WithGlobalHead(nn.Module):
-    """A device model's dynamic head and its global parameters theta_g, stored as module
-    parameters (`global_params`, dots in names replaced) and read back under spec names."""
+    """A device model's dynamic parameters and their global values theta_g, stored as module
+    parameters (`global_params`, dots in names replaced) and read back under spec names.
+
+    The dynamic parameters are the head's and, optionally, tensors inside the static part
+    (`_add_dynamic`, e.g. FiLM scales and shifts): the generator writes all of them."""
 
     def _init_head(self, widths: tuple[int, ...], activation: str) -> None:
         self._set_head(DynamicHead(widths, activation))
@@ -126,11 +135,17 @@ class WithGlobalHead(nn.Module):
         self.global_params = nn.ParameterDict(
             {name.replace(".", "_"): nn.Parameter(t) for name, t in self.head.init_params().items()}
         )
+        self._spec = head.param_spec
+
+    def _add_dynamic(self, name: str, init: Tensor) -> None:
+        """A tensor inside the static part that is dynamic too (after the head's in spec order)."""
+        self.global_params[name.replace(".", "_")] = nn.Parameter(init)
+        self._spec = ParamSpec.from_pairs([*self._spec.entries, (name, tuple(init.shape))])
 
     @property
     def param_spec(self) -> ParamSpec:
-        return self.head.param_spec
+        return self._spec
 
     def theta_g(self) -> Params:
-        """The global head parameters under their spec names."""
+        """The global dynamic parameters under their spec names."""
         return {name: self.global_params[name.replace(".", "_")] for name in self.param_spec.names}

@@ -109,6 +109,9 @@ class OwnTask:
     def build(self, config) -> nn.Module:
         if config.train.method not in self.methods:
             raise ArtifactError(f"method {config.train.method!r}: {self.name} runs are base or duet")
+        if config.model.film:
+            raise ArtifactError(f"--film: task {self.name!r} brings its own static module; make the tensors "
+                                "to generate part of its head module instead")
         return OwnDeviceModel(self.static(), self.head(), tuple(config.facts["sample_shape"]))
 
     def fit_without_gradients(self, config, data: ImageData) -> nn.Module:  # noqa: ARG002

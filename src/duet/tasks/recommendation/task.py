@@ -81,6 +81,9 @@ class RecommendationTask:
         if config.model.backbone not in self.backbones:
             raise ArtifactError(f"backbone {config.model.backbone!r} is not a recommendation static part "
                                 f"({', '.join(self.backbones)})")
+        if config.model.film:
+            raise ArtifactError("--film: the recommendation static parts have no conv blocks to scale; "
+                                "generation stays in the head")
         return Recommender(facts.num_items, facts.history_len, config.model)
 
     def fit_without_gradients(self, config, data: Dataset) -> nn.Module:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from duet.config import ModelConfig
-from duet.tasks.images.model import ImageClassifier, image_head_widths
+from duet.tasks.images.model import ImageClassifier, block_channels, conv_blocks, image_head_widths
 
 
 class SensorCNN(nn.Module):
@@ -23,8 +23,12 @@ class SensorCNN(nn.Module):
                                   nn.AdaptiveAvgPool1d(1), nn.Flatten())
         self.project = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(64, cfg.embed_dim), nn.ReLU())
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.project(self.conv(x))
+    @property
+    def block_channels(self) -> list[int]:
+        return block_channels(self.conv)
+
+    def forward(self, x: Tensor, films: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
+        return self.project(conv_blocks(self.conv, x, films))
 
 
 class SensorClassifier(ImageClassifier):
@@ -36,3 +40,4 @@ class SensorClassifier(ImageClassifier):
         self.cfg, self.image_shape, self.num_classes = cfg, tuple(sample_shape), num_classes
         self.backbone = SensorCNN(sample_shape[0], cfg)
         self._init_head(image_head_widths(cfg, num_classes), cfg.activation)
+        self._init_film()
