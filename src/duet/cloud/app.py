@@ -20,6 +20,7 @@ from fastapi.openapi.utils import get_openapi
 from duet.cloud.deps import AppState
 from duet.cloud.errors import install_handlers
 from duet.cloud.guard import Guard
+from duet.cloud.ratelimit import rate_limits
 from duet.cloud.schemas import ErrorResponse
 from duet.cloud.settings import Settings
 from duet.cloud.telemetry import MetricsMiddleware
@@ -88,7 +89,8 @@ def create_app(settings: Settings) -> FastAPI:
     open_paths = {*PROBES, app.openapi_url, app.docs_url, f"{app.docs_url}/oauth2-redirect", app.redoc_url}
     guard_options = dict(tokens=settings.auth_tokens(), open_paths=open_paths,
                          max_body_bytes=settings.max_body_bytes, request_timeout=settings.request_timeout_s,
-                         rate_limit=settings.rate_limit, rate_burst=settings.rate_burst)
+                         limiter=rate_limits(settings.rate_limit, settings.rate_burst, settings.limits_store,
+                                             settings.limits_fail, state.telemetry))
     auth = bool(guard_options["tokens"])
 
     def openapi() -> dict:
