@@ -702,6 +702,10 @@ def export(
     sign: Annotated[Path | None, typer.Option(help="Ed25519 private key (duet keys generate): sign the manifest")] = None,
     trust: Annotated[list[Path] | None, typer.Option(help="public key file whose answers devices also accept, "
                                                           "e.g. the next serving key (repeatable; needs --sign)")] = None,
+    sequence: Annotated[int | None, typer.Option(min=0, help="bundle sequence: devices refuse a bundle below the "
+                                                             "newest they accepted (default: export time in ms)")] = None,
+    expires_in: Annotated[float | None, typer.Option(help="days until devices refuse the bundle as expired "
+                                                          "(default: never)")] = None,
 ) -> None:
     """Export the device bundle: ONNX (static part + head, head params as inputs), theta_g, manifest; recommendation
     adds the item vocabulary and embeddings, images output the static features too (privacy mode)."""
@@ -710,14 +714,19 @@ def export(
 
     if trust and sign is None:
         raise DuetError("--trust needs --sign: an unsigned bundle's key list would prove nothing")
+    if expires_in is not None and not expires_in > 0:
+        raise DuetError(f"--expires-in: a positive number of days, got {expires_in:g}")
     signer = None if sign is None else _signing_key(sign)
     trusted = [key for file in trust or () for key in Keyring.from_file(file).keys.values()]
     from duet.export import export_bundle
 
-    manifest = export_bundle(run, out, data=data, overwrite=overwrite, sign=signer, trust=trusted)
+    manifest = export_bundle(run, out, data=data, overwrite=overwrite, sign=signer, trust=trusted, sequence=sequence,
+                             expires_in_days=expires_in)
     signed = (f"; signed by {signer.public_key.id}, answers trusted from "
               f"{', '.join(k['key_id'] for k in manifest['trusted_keys'])}" if signer else "; unsigned")
-    typer.echo(f"{out}: version {manifest['model_version']}, spec {manifest['spec_hash']}, "
+    expiry = f", expires {manifest['expires']}" if "expires" in manifest else ""
+    typer.echo(f"{out}: version {manifest['model_version']}, sequence {manifest['bundle_sequence']}{expiry}, "
+               f"spec {manifest['spec_hash']}, "
                f"max |onnx - torch| {manifest['verified_max_abs_diff']:.1e}{signed}")
 
 

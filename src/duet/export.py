@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from duet.atomic import atomic_dir, sha256_file, write_json
 from duet.errors import ArtifactError
+from duet.freshness import release_fields
 from duet.signing import PublicKey, SigningKey, sign_manifest
 
 log = logging.getLogger("duet.export")
@@ -266,12 +267,14 @@ def image_files(config: object, classifier: nn.Module, tmp: Path) -> dict:
 
 
 def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = None, overwrite: bool = False,
-                  sign: SigningKey | None = None, trust: Iterable[PublicKey] = ()) -> dict:
+                  sign: SigningKey | None = None, trust: Iterable[PublicKey] = (), sequence: int | None = None,
+                  expires_in_days: float | None = None) -> dict:
     """Write the device bundle of a base or DUET run into `out` (atomically); return its manifest.
 
     `sign`: sign the manifest with this key and list its public key, then those
     of `trust`, as the keys whose answers devices may accept (key rotation).
     `data` (recommendation): the dataset of the item vocabulary (default: the run's).
+    `sequence` (default: export time in ms) and `expires_in_days`: see duet.freshness.
     """
     from safetensors.numpy import save_file
 
@@ -281,6 +284,7 @@ def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = No
     config, model, _ = load_run(run)
     device = device_model(model, config.train.method)
     spec = device.param_spec
+    release = release_fields(sequence, expires_in_days)  # rollback protection (duet.freshness); checked first
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if config.task == "images":
             facts = image_files(config, device, tmp)
@@ -297,6 +301,7 @@ def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = No
         manifest = {
             "format": facts.pop("format"),
             "model_version": model_version(run),
+            **release,
             "run": str(run.resolve()),
             "method": config.train.method,
             "backbone": config.model.backbone,

@@ -27,6 +27,7 @@ import numpy as np
 from duet.device.bundle import PAD, BaseBundle, Bundle, ImageBundle, left_aligned
 from duet.device.client import ParameterClient, ServiceError
 from duet.device.policy import RequestPolicy
+from duet.device.rollback import BundleHistory, check_answer_version
 from duet.errors import ArtifactError
 from duet.signing import Keyring
 
@@ -51,6 +52,9 @@ class _Runtime:
 
     `privacy`: upload the window's features computed here (the generator's input)
     instead of the raw window; the service answers the same parameters.
+
+    `state_file`: where the device remembers the newest bundle it accepted, so an
+    older or expired one is refused across restarts too (duet.device.rollback).
     """
 
     BUNDLE: type[BaseBundle] = BaseBundle  # the task's bundle class
@@ -58,7 +62,7 @@ class _Runtime:
     def __init__(self, bundle: str | Path | BaseBundle, service_url: str, device_id: str, *,
                  timeout: float = 2.0, retries: int = 2, backoff: float = 0.05, dtype: str = "fp32",
                  token: str | None = None, trusted_keys: Keyring | str | Path | None = None, privacy: bool = False,
-                 policy: RequestPolicy | None = None):
+                 policy: RequestPolicy | None = None, state_file: str | Path | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if isinstance(bundle, BaseBundle) and trusted_keys is not None:
@@ -66,6 +70,8 @@ class _Runtime:
         self.bundle = bundle if isinstance(bundle, BaseBundle) else self.BUNDLE(bundle, trusted_keys=trusted_keys)
         if not isinstance(self.bundle, self.BUNDLE):
             raise ValueError(f"{type(self).__name__} needs a {self.BUNDLE.__name__}, got a {type(self.bundle).__name__}")
+        self.history = BundleHistory(state_file)  # rollback protection: never an older or expired bundle
+        self.history.admit(self.bundle)
         self.client = ParameterClient(service_url, timeout=timeout, retries=retries, backoff=backoff, token=token,
                                       keys=self.bundle.answer_keys)
         self.device_id, self.dtype, self.privacy = device_id, dtype, privacy
@@ -90,6 +96,7 @@ class _Runtime:
         """
         try:
             new = self.BUNDLE(path, threads=self.bundle.threads, trusted_keys=self.bundle.trusted_keys)
+            self.history.admit(new)
         except ArtifactError as exc:
             self.last_error = str(exc)
             log.warning("device %s: new bundle refused (%s); keeping %s", self.device_id, exc, self.bundle.version)
@@ -110,6 +117,7 @@ class _Runtime:
         self.requests += 1
         try:
             answer = self.client.fetch(self.device_id, dtype=self.dtype, version=self.bundle.version, **window)
+            check_answer_version(answer.version, self.bundle, self.client.url)
             if answer.spec_hash != self.bundle.spec_hash:
                 raise ServiceError(f"parameters for spec {answer.spec_hash!r}, the bundle's is {self.bundle.spec_hash!r}")
             self.bundle.spec.check(answer.params, batched=False)
