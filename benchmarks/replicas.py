@@ -14,8 +14,8 @@ Starts a throwaway redis-server and `duet serve` processes on free loopback port
 2. throughput: the existing load client (benchmarks/serve.py `_load`) at
    concurrency 64, split 32/32 over the two ports, with a limit that every
    request is checked against and none reaches (so each pays the store): two
-   replicas of 2 workers with Redis, the same without Redis (memory), and one
-   replica of 2 workers without Redis. Rounds alternate between the three.
+   replicas of 2 workers with Redis and without (memory), and one replica of 2
+   workers with Redis and without. Rounds alternate their order.
 
 Without --run it trains the throwaway default-architecture run of serve.py.
 Every process is ours except what `other_cpu_cores` counts (cores other
@@ -129,6 +129,7 @@ def throughput_phase(run: Path, redis_url: str, rounds: int, seconds: float, max
     limit = ["--rate-limit", "1000000", "--rate-burst", "1000000", "--watch-interval", "0"]
     setups = {"two_replicas_redis": (2, ["--limits-store", redis_url]),
               "two_replicas_memory": (2, []),
+              "one_replica_redis": (1, ["--limits-store", redis_url]),
               "one_replica_memory": (1, [])}
     rows: dict[str, list[dict]] = {name: [] for name in setups}
     with ExitStack() as stack:
@@ -160,7 +161,8 @@ def throughput_phase(run: Path, redis_url: str, rounds: int, seconds: float, max
     mean = {name: float(np.mean([r["throughput_per_s"] for r in rs])) for name, rs in rows.items()}
     return {"concurrency": 64, "rounds": rows, "mean_throughput_per_s": mean,
             "ratio_redis_vs_one_replica": mean["two_replicas_redis"] / mean["one_replica_memory"],
-            "ratio_redis_vs_two_replicas_memory": mean["two_replicas_redis"] / mean["two_replicas_memory"]}
+            "ratio_redis_vs_two_replicas_memory": mean["two_replicas_redis"] / mean["two_replicas_memory"],
+            "ratio_one_replica_redis_vs_memory": mean["one_replica_redis"] / mean["one_replica_memory"]}
 
 
 def main() -> None:
@@ -171,7 +173,7 @@ def main() -> None:
     parser.add_argument("--limit-seconds", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, default=5.0, help="each throughput round")
     parser.add_argument("--max-requests", type=int, default=30_000, help="cap per throughput round")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
     from duet.redis_process import RedisProcess
@@ -200,8 +202,9 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"ratio with Redis vs one replica without: {throughput['ratio_redis_vs_one_replica']:.2f}; "
-          f"vs two replicas without: {throughput['ratio_redis_vs_two_replicas_memory']:.2f}; wrote {args.out}")
+    print(f"two replicas with Redis vs one replica without: {throughput['ratio_redis_vs_one_replica']:.2f}; "
+          f"vs two replicas without: {throughput['ratio_redis_vs_two_replicas_memory']:.2f}; one replica with "
+          f"Redis vs without: {throughput['ratio_one_replica_redis_vs_memory']:.2f}; wrote {args.out}")
 
 
 if __name__ == "__main__":
