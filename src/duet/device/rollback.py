@@ -20,12 +20,22 @@ import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from duet.atomic import write_json
-from duet.device.bundle import BaseBundle
 from duet.device.client import UntrustedAnswer
 from duet.errors import ArtifactError
 from duet.freshness import SEQUENCE_KEY, manifest_expiry, manifest_sequence
+
+
+class Released(Protocol):
+    """What these checks read of a verified bundle (any task's bundle class has it)."""
+
+    path: Path
+    manifest: dict
+
+    @property
+    def version(self) -> str: ...
 
 
 class BundleHistory:
@@ -47,7 +57,7 @@ class BundleHistory:
                                 "bundle as the newest)") from None
         return state
 
-    def admit(self, bundle: BaseBundle, now: datetime | None = None) -> None:
+    def admit(self, bundle: Released, now: datetime | None = None) -> None:
         """Refuse an older, re-sequenced or expired bundle (one line); else remember it as the newest."""
         where = str(bundle.path / "manifest.json")
         sequence = manifest_sequence(bundle.manifest, where)
@@ -73,7 +83,7 @@ class BundleHistory:
             write_json(self.state_file, self.newest)
 
 
-def check_answer_version(version: str, bundle: BaseBundle, url: str) -> None:
+def check_answer_version(version: str, bundle: Released, url: str) -> None:
     """An answer made by another model version than the bundle's is refused (replayed or stale)."""
     if version != bundle.version:
         raise UntrustedAnswer(f"{url}: answer for model version {version!r}, the bundle's is "
