@@ -25,6 +25,8 @@ demo-images: setup
 	$(BIN)/duet compare --data data/digits-fleet --quick --threads 1 --out reports/digits-quick --overwrite
 
 # --durations=25: the slowest tests, to keep the suite under 10 minutes on a 2-core machine.
+# tests/test_limits_shared.py needs redis-server (apt-get install -y redis-server; .ci/run installs it):
+# without it those tests skip, saying so in the summary (-ra); with CI=true they fail instead.
 test: setup
 	$(BIN)/ruff check src tests benchmarks experiments scripts examples
 	$(BIN)/lint-imports

@@ -150,3 +150,25 @@ def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def image_bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built_images(tmp_path_factory)["bundle"]
+
+
+# ---------------------------------------------------------------- a real redis-server (shared rate limits)
+
+@pytest.fixture
+def redis_server():
+    """A throwaway redis-server on a free loopback port, killed at the end.
+
+    Without redis-server the test is skipped with the reason in the summary
+    (pytest -ra); under CI (CI=true), where .ci/run installs it, it fails instead.
+    """
+    import os
+
+    from duet.redis_process import INSTALL_HINT, RedisProcess, redis_server_path
+
+    if redis_server_path() is None:
+        message = f"redis-server not installed: {INSTALL_HINT}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with RedisProcess() as server:
+        yield server

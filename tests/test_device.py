@@ -124,21 +124,23 @@ class FakeService:
     'other-request' (a genuine answer, signed for another device's request).
     """
 
-    def __init__(self, bundle: Bundle, script: list[str | int | tuple[int, str]], key: SigningKey | None = None):
+    def __init__(self, bundle: Bundle, script: list[str | int | tuple[int, str]], key: SigningKey | None = None,
+                 version: str | None = None):
         self.bundle, self.script, self.requests, self.headers = bundle, list(script), [], []
+        self.version = version or bundle.version  # the model version its answers name
         self.key, self.other_key = key, SigningKey.generate()
         rng = np.random.default_rng(0)
         self.params = {n: rng.normal(size=s).astype(np.float32) for n, s in bundle.spec.entries}
 
     def answer(self, spec_hash: str) -> bytes:
-        return save_safetensors(self.params, metadata={"spec_hash": spec_hash, "model_version": "fake-v1"})
+        return save_safetensors(self.params, metadata={"spec_hash": spec_hash, "model_version": self.version})
 
     def signature(self, spec_hash: str, digest: str, request: bytes, step: object) -> str | None:
         if self.key is None or step == "unsigned":
             return None
         key = self.other_key if step == "other-key" else self.key
         asked = request.replace(b'"device_id":"', b'"device_id":"another-') if step == "other-request" else request
-        return sign_answers(key, [answer_message("fake-v1", spec_hash, digest, hashlib.sha256(asked).hexdigest())])[0]
+        return sign_answers(key, [answer_message(self.version, spec_hash, digest, hashlib.sha256(asked).hexdigest())])[0]
 
     @contextmanager
     def running(self) -> Iterator[str]:
@@ -173,7 +175,7 @@ class FakeService:
                     digest = hashlib.sha256(body).hexdigest()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("X-Duet-Model-Version", "fake-v1")
+                self.send_header("X-Duet-Model-Version", fake.version)
                 self.send_header("X-Duet-Spec-Hash", spec_hash)
                 self.send_header("X-Duet-Content-SHA256", digest)
                 if signature is not None:
@@ -217,13 +219,13 @@ def test_keeps_the_last_parameters_after_a_failure(bundle: Bundle) -> None:
             runtime.observe(item)
         assert runtime.refresh() == SERVICE
     assert fake.requests == [{"device_id": "d", "window": [3, 4, 5], "dtype": "fp32", "version": bundle.version}]
-    assert runtime.version == "fake-v1" and runtime.adaptation_seconds > 0
+    assert runtime.version == runtime.bundle.version and runtime.adaptation_seconds > 0
     received = {n: p.copy() for n, p in runtime.params.items()}
     for name, value in fake.params.items():
         np.testing.assert_array_equal(received[name][0], value)
     # The service is gone now: the device keeps what it had.
     assert runtime.refresh() == LAST
-    assert runtime.version == "fake-v1" and runtime.last_error
+    assert runtime.version == runtime.bundle.version and runtime.last_error
     for name, value in received.items():
         np.testing.assert_array_equal(runtime.params[name], value)
     candidates = np.arange(1, NUM_ITEMS)
@@ -347,7 +349,7 @@ def test_a_badly_signed_answer_is_refused_and_the_last_good_parameters_kept(
         assert runtime.refresh([3]) == LAST
     assert len(fake.requests) == 2  # refused at once: asking again would not make it genuine
     assert reason in runtime.last_error and "\n" not in runtime.last_error
-    assert runtime.version == "fake-v1"
+    assert runtime.version == runtime.bundle.version
     for name, value in good.items():
         np.testing.assert_array_equal(runtime.params[name], value)
 

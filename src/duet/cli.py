@@ -421,6 +421,12 @@ def serve(
     rate_limit: Annotated[float, typer.Option(help="requests/s per token (per client IP without auth), "
                                                    "429 beyond; 0 = off")] = 0.0,
     rate_burst: Annotated[float, typer.Option(help="requests a token may send at once (bucket size)")] = 50.0,
+    limits_store: Annotated[str | None, typer.Option(
+        help="where rate limits live: memory:// (per worker, the default) or redis://HOST:PORT/DB (shared by "
+             "every worker and replica; also DUET_LIMITS_STORE)")] = None,
+    limits_fail: Annotated[str | None, typer.Option(
+        help="when the limits store does not answer: open (admit, the default) | closed (503); "
+             "also DUET_LIMITS_FAIL")] = None,
     watch_interval: Annotated[float, typer.Option(help="seconds between checks of --run for a new version; "
                                                        "0 = no hot reload")] = 1.0,
     graceful_timeout: Annotated[float, typer.Option(help="on SIGTERM, seconds in-flight requests may take")] = 10.0,
@@ -443,6 +449,9 @@ def serve(
         options["max_window"] = max_window
     if sign is not None:
         options["sign_key"] = sign
+    # Given only when set, so DUET_LIMITS_STORE / DUET_LIMITS_FAIL work with `duet serve` too.
+    options.update({name: value for name, value in (("limits_store", limits_store), ("limits_fail", limits_fail))
+                    if value is not None})
     try:
         settings = Settings(**options)
     except ValidationError as exc:
@@ -453,8 +462,8 @@ def serve(
         flag = {"request_timeout_s": "--request-timeout", "watch_interval_s": "--watch-interval",
                 "graceful_timeout_s": "--graceful-timeout", "tokens": "DUET_TOKENS",
                 "sign_key": "--sign"}.get(name, f"--{name.replace('_', '-')}")
-        # Inputs are never echoed for tokens (a token must not reach a terminal or a log).
-        got = "" if name == "tokens" or "input" not in err else f" (got {err['input']!r})"
+        # Inputs are never echoed for tokens or store URLs (a secret must not reach a terminal or a log).
+        got = "" if name in ("tokens", "limits_store") or "input" not in err else f" (got {err['input']!r})"
         raise DuetError(f"{flag}: {err['msg'].removeprefix('Value error, ')}{got}") from None
     signer = None if settings.sign_key is None else _signing_key(settings.sign_key)
     from duet.cloud.generation import GeneratorService
@@ -466,8 +475,12 @@ def serve(
 
     auth = f"auth on ({len(settings.auth_tokens())} tokens)" if settings.auth_tokens() else "auth off"
     signing = f"answers signed by key {signer.public_key.id}" if signer else "answers unsigned"
+    from duet.cloud.ratelimit import store_label
+
+    limits = (f", rate limits in {store_label(settings.limits_store)} (fail {settings.limits_fail})"
+              if settings.rate_limit > 0 else "")
     typer.echo(f"serving {run} on http://{host}:{port} ({workers} worker{'s' * (workers > 1)}, "
-               f"max batch {max_batch}, {auth}, {signing}); Ctrl-C stops", err=True)
+               f"max batch {max_batch}, {auth}, {signing}{limits}); Ctrl-C stops", err=True)
     run_server(settings)
 
 
@@ -482,6 +495,10 @@ def export(
     sign: Annotated[Path | None, typer.Option(help="Ed25519 private key (duet keys generate): sign the manifest")] = None,
     trust: Annotated[list[Path] | None, typer.Option(help="public key file whose answers devices also accept, "
                                                           "e.g. the next serving key (repeatable; needs --sign)")] = None,
+    sequence: Annotated[int | None, typer.Option(min=0, help="bundle sequence: devices refuse a bundle below the "
+                                                             "newest they accepted (default: export time in ms)")] = None,
+    expires_in: Annotated[float | None, typer.Option(help="days until devices refuse the bundle as expired "
+                                                          "(default: never)")] = None,
 ) -> None:
     """Export the device bundle: the task's ONNX graph (static part + head, head params as inputs), the features
     graph (what privacy mode uploads), theta_g, the task's files (e.g. a vocabulary) and a manifest."""
@@ -490,14 +507,19 @@ def export(
 
     if trust and sign is None:
         raise DuetError("--trust needs --sign: an unsigned bundle's key list would prove nothing")
+    if expires_in is not None and not expires_in > 0:
+        raise DuetError(f"--expires-in: a positive number of days, got {expires_in:g}")
     signer = None if sign is None else _signing_key(sign)
     trusted = [key for file in trust or () for key in Keyring.from_file(file).keys.values()]
     from duet.export import export_bundle
 
-    manifest = export_bundle(run, out, data=data, overwrite=overwrite, sign=signer, trust=trusted)
+    manifest = export_bundle(run, out, data=data, overwrite=overwrite, sign=signer, trust=trusted, sequence=sequence,
+                             expires_in_days=expires_in)
     signed = (f"; signed by {signer.public_key.id}, answers trusted from "
               f"{', '.join(k['key_id'] for k in manifest['trusted_keys'])}" if signer else "; unsigned")
-    typer.echo(f"{out}: version {manifest['model_version']}, spec {manifest['spec_hash']}, "
+    expiry = f", expires {manifest['expires']}" if "expires" in manifest else ""
+    typer.echo(f"{out}: version {manifest['model_version']}, sequence {manifest['bundle_sequence']}{expiry}, "
+               f"spec {manifest['spec_hash']}, "
                f"max |onnx - torch| {manifest['verified_max_abs_diff']:.1e}{signed}")
 
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from duet.atomic import atomic_dir, sha256_file, write_json
 from duet.checkpoint import model_version
 from duet.errors import ArtifactError, DuetError
+from duet.freshness import release_fields
 from duet.signing import PublicKey, SigningKey, sign_manifest
 from duet.spec import GraphInput, ParamSpec, SampleSpec
 from duet.task import DeviceGraph, Task, load_task
@@ -261,12 +262,14 @@ def _save_extras(files: dict[str, dict[str, object]], tmp: Path) -> list[str]:
 
 
 def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = None, overwrite: bool = False,
-                  sign: SigningKey | None = None, trust: Iterable[PublicKey] = ()) -> dict:
+                  sign: SigningKey | None = None, trust: Iterable[PublicKey] = (), sequence: int | None = None,
+                  expires_in_days: float | None = None) -> dict:
     """Write the device bundle of a base or DUET run into `out` (atomically); return its manifest.
 
     `sign`: sign the manifest with this key and list its public key, then those
     of `trust`, as the keys whose answers devices may accept (key rotation).
     `data`: the dataset the task's bundle files come from (default: the run's).
+    `sequence` (default: export time in ms) and `expires_in_days`: see duet.freshness.
     """
     from safetensors.numpy import save_file
 
@@ -279,6 +282,7 @@ def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = No
     graph = device_graph_of(task, device, run, config.task)
     sample, extras = task.sample(config), task.bundle_extras(config, device, data)
     spec, theta_g = device.param_spec, device.theta_g()
+    release = release_fields(sequence, expires_in_days)  # rollback protection (duet.freshness); checked first
     with atomic_dir(out, overwrite=overwrite) as tmp:
         export_graph(graph, spec, theta_g, tmp / MODEL_FILE)
         export_features(device, sample, tmp / FEATURES_FILE)
@@ -295,6 +299,7 @@ def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = No
             "task": config.task,
             "builder": config.builder,
             "model_version": model_version(run),
+            **release,
             "run": str(run.resolve()),
             "method": config.train.method,
             "backbone": config.model.backbone,

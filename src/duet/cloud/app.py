@@ -18,8 +18,10 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from duet.cloud.deps import AppState
+from duet.cloud.docs import install_docs
 from duet.cloud.errors import install_handlers
 from duet.cloud.guard import Guard
+from duet.cloud.ratelimit import rate_limits
 from duet.cloud.schemas import ErrorResponse
 from duet.cloud.settings import Settings
 from duet.cloud.telemetry import MetricsMiddleware
@@ -79,16 +81,19 @@ def create_app(settings: Settings) -> FastAPI:
         # Our own Prometheus metrics cover requests; FastAPI's native OpenTelemetry
         # hooks added ~8 us (10%) to the app's time per request (measured in process).
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        docs_url=None, redoc_url=None,  # served by install_docs from bundled assets, not a CDN
     )
     app.state.duet = state
     for module in (parameters, models, health, metrics):
         app.include_router(module.router)
     install_handlers(app)
+    docs = install_docs(app)
 
-    open_paths = {*PROBES, app.openapi_url, app.docs_url, f"{app.docs_url}/oauth2-redirect", app.redoc_url}
+    open_paths = {*PROBES, app.openapi_url, *docs}
     guard_options = dict(tokens=settings.auth_tokens(), open_paths=open_paths,
                          max_body_bytes=settings.max_body_bytes, request_timeout=settings.request_timeout_s,
-                         rate_limit=settings.rate_limit, rate_burst=settings.rate_burst)
+                         limiter=rate_limits(settings.rate_limit, settings.rate_burst, settings.limits_store,
+                                             settings.limits_fail, state.telemetry))
     auth = bool(guard_options["tokens"])
 
     def openapi() -> dict:
@@ -131,7 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.openapi = openapi
     routes = {route.path for module in (parameters, models, health, metrics) for route in module.router.routes}
-    routes |= {app.openapi_url, app.docs_url, app.redoc_url}
+    routes |= {app.openapi_url, *docs}
     app.add_middleware(Guard, **guard_options)
     app.add_middleware(MetricsMiddleware, telemetry=state.telemetry, routes=routes)  # outermost: counts 401/413/429
     return app

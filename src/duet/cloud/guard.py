@@ -8,8 +8,10 @@ Before routing and before any parsing, for every path except the open ones
    hashed and compared with `hmac.compare_digest` against the hash of *every*
    configured token (no early exit), so the time taken does not tell how much
    of a token matched or which one did;
-2. rate limit: a token bucket per token (per client IP when auth is off);
-   an empty bucket answers 429 with `Retry-After`;
+2. rate limit: a moving window per token (per client IP when auth is off),
+   in a store shared by every worker and replica (duet.cloud.ratelimit); over
+   the limit answers 429 with `Retry-After`, a store outage under the
+   fail-closed policy 503;
 3. body: `Content-Length` over the limit answers 413 before a byte is read;
    a chunked body is read only up to the limit, then 413. The route then
    reads the buffered body as usual;
@@ -29,11 +31,11 @@ import hashlib
 import hmac
 import json
 import math
-import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from duet.cloud.errors import error_body
+from duet.cloud.ratelimit import LimitsUnavailable, RateLimits
 
 CLIENT_KEY = "duet.client"  # scope key: the rate-limit identity ("token:<n>" or "ip:<addr>")
 PHASE_KEY = "duet.phase"  # scope key: the request's Phase, which the route moves to WAITING and back
@@ -53,43 +55,13 @@ class Phase:
         self.deadline, self.now, self.expired = deadline, READING, None
 
 
-class RateLimiter:
-    """Token buckets keyed by client: `rate` requests/s, at most `burst` at once.
-
-    At most `max_clients` buckets are kept (the least recently seen is dropped,
-    and starts full if that client comes back), so a flood of client IPs cannot
-    grow memory without bound.
-    """
-
-    def __init__(self, rate: float, burst: float, max_clients: int = 65_536):
-        self.rate, self.burst, self.max_clients = rate, burst, max_clients
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, time), least recent first
-
-    def acquire(self, key: str, now: float) -> float:
-        """Take one request from `key`'s bucket: 0.0 if allowed, else seconds until one would be."""
-        tokens, stamp = self._buckets.pop(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - stamp) * self.rate)
-        wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
-        else:
-            wait = (1.0 - tokens) / self.rate
-        self._buckets[key] = (tokens, now)  # re-inserted: now the most recent
-        if len(self._buckets) > self.max_clients:
-            del self._buckets[next(iter(self._buckets))]
-        return wait
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-
 class Guard:
     def __init__(self, app: ASGIApp, tokens: list[str], open_paths: set[str], max_body_bytes: int,
-                 request_timeout: float, rate_limit: float, rate_burst: float):
+                 request_timeout: float, limiter: RateLimits | None = None):
         self.app, self.open_paths = app, open_paths
         self._digests = [hashlib.sha256(token.encode()).digest() for token in tokens]
         self.max_body_bytes, self.request_timeout = max_body_bytes, request_timeout
-        self.limiter = RateLimiter(rate_limit, rate_burst) if rate_limit > 0 else None
+        self.limiter = limiter
         self._in_flight: dict[asyncio.Task, Phase] = {}
         self._sweeper: asyncio.Task | None = None
 
@@ -155,11 +127,15 @@ class Guard:
             scope[CLIENT_KEY] = f"ip:{client[0] if client else '?'}"
 
         if self.limiter is not None:
-            wait = self.limiter.acquire(scope[CLIENT_KEY], time.monotonic())
+            try:
+                wait = await self.limiter.admit(scope[CLIENT_KEY])
+            except LimitsUnavailable as exc:
+                await _answer(send, 503, "limits_unavailable", f"{exc}; retry later", [(b"retry-after", b"1")])
+                return
             if wait > 0:
                 await _answer(send, 429, "rate_limited",
-                              f"rate limit of {self.limiter.rate:g} requests/s exceeded; retry later",
-                              [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
+                              f"rate limit of {self.limiter.amount} requests per {self.limiter.window} s "
+                              "exceeded; retry later", [(b"retry-after", str(max(1, math.ceil(wait))).encode())])
                 return
 
         if content_length is not None:

@@ -72,7 +72,13 @@ class Settings(BaseSettings):
                                      description="deadline of a request: body read (408), queue + generation (504)")
     max_queue: int = Field(4096, ge=1, description="windows waiting for a forward; beyond it 503 + Retry-After")
     rate_limit: float = Field(0.0, ge=0.0, description="requests/s per token (per client IP without auth); 0 = off")
-    rate_burst: float = Field(50.0, ge=1.0, description="token-bucket size: requests allowed at once")
+    rate_burst: float = Field(50.0, ge=1.0, description="requests allowed at once (the window is "
+                                                        "ceil(burst / rate) seconds)")
+    # memory: each worker process keeps its own windows (N workers: N x the limit);
+    # redis: one limit across every worker and replica that names the same store.
+    limits_store: str = Field("memory://", description="where rate limits are kept: memory:// or redis://HOST:PORT/DB")
+    limits_fail: Literal["open", "closed"] = Field(
+        "open", description="when the limits store does not answer: open = admit, closed = 503")
 
     # ---- signing (docs/RELIABILITY.md): the path travels to workers, never the key itself
     sign_key: Path | None = Field(None, description="Ed25519 private key file (duet keys generate): "
@@ -98,6 +104,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_tokens(cls, value: list[SecretStr]) -> list[SecretStr]:
         _checked_tokens([t.get_secret_value() for t in value], "DUET_TOKENS")
+        return value
+
+    @field_validator("limits_store")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        if value != "memory://" and not re.fullmatch(r"rediss?://[^\s/]+(/\d+)?(\?\S*)?", value):
+            raise ValueError("expected memory:// or redis://HOST:PORT/DB")
         return value
 
     @model_validator(mode="after")

@@ -33,6 +33,14 @@ class Telemetry:
                                "(this scrape included)", registry=self.registry)
         self.queue_depth = Gauge("duet_queue_depth", "Windows waiting for a generator forward",
                                  registry=self.registry)
+        # The rate limits' store (duet.cloud.ratelimit): 0 while it does not answer.
+        self.limits_store_up = Gauge("duet_limits_store_up", "1 while the rate-limit store answers, 0 during an "
+                                     "outage", registry=self.registry)
+        self.limits_store_errors = Counter("duet_limits_store_errors", "Calls to the rate-limit store that failed",
+                                           registry=self.registry)
+        self.limits_unchecked = Counter("duet_limits_unchecked", "Requests the rate-limit store could not check, "
+                                        "decided by the policy (open: admitted, closed: 503)", ["policy"],
+                                        registry=self.registry)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -27,6 +27,7 @@ import numpy as np
 from duet.device.bundle import PAD, Bundle
 from duet.device.client import ParameterClient, ServiceError
 from duet.device.policy import RequestPolicy
+from duet.device.rollback import BundleHistory, check_answer_version
 from duet.errors import ArtifactError
 from duet.signing import Keyring
 
@@ -53,17 +54,22 @@ class DeviceRuntime:
     input) instead of the raw window; the service answers the same parameters. For item
     ids the features are embedding rows, which whoever holds the table (the cloud does)
     can map back to ids: weaker than for float samples, whose features are not a lookup.
+
+    `state_file`: where the device remembers the newest bundle it accepted, so an
+    older or expired one is refused across restarts too (duet.device.rollback).
     """
 
     def __init__(self, bundle: str | Path | Bundle, service_url: str, device_id: str, *,
                  timeout: float = 2.0, retries: int = 2, backoff: float = 0.05, dtype: str = "fp32",
                  token: str | None = None, trusted_keys: Keyring | str | Path | None = None, privacy: bool = False,
-                 policy: RequestPolicy | None = None):
+                 policy: RequestPolicy | None = None, state_file: str | Path | None = None):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         if isinstance(bundle, Bundle) and trusted_keys is not None:
             raise ValueError("a loaded Bundle was verified already: give trusted_keys to Bundle(...)")
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, trusted_keys=trusted_keys)
+        self.history = BundleHistory(state_file)  # rollback protection: never an older or expired bundle
+        self.history.admit(self.bundle)
         self.client = ParameterClient(service_url, timeout=timeout, retries=retries, backoff=backoff, token=token,
                                       keys=self.bundle.answer_keys)
         self.device_id, self.dtype, self.privacy = device_id, dtype, privacy
@@ -161,6 +167,7 @@ class DeviceRuntime:
         """
         try:
             new = Bundle(path, threads=self.bundle.threads, trusted_keys=self.bundle.trusted_keys)
+            self.history.admit(new)
         except ArtifactError as exc:
             self.last_error = str(exc)
             log.warning("device %s: new bundle refused (%s); keeping %s", self.device_id, exc, self.bundle.version)
@@ -184,6 +191,7 @@ class DeviceRuntime:
         self.requests += 1
         try:
             answer = self.client.fetch(self.device_id, dtype=self.dtype, version=self.bundle.version, **window)
+            check_answer_version(answer.version, self.bundle, self.client.url)
             if answer.spec_hash != self.bundle.spec_hash:
                 raise ServiceError(f"parameters for spec {answer.spec_hash!r}, the bundle's is {self.bundle.spec_hash!r}")
             self.bundle.spec.check(answer.params, batched=False)
