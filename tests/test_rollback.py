@@ -82,7 +82,8 @@ def test_an_older_signed_bundle_is_refused_and_the_last_good_parameters_keep_ser
     for name, value in good.items():
         np.testing.assert_array_equal(runtime.params[name], value)
     candidates = np.arange(1, 8)
-    np.testing.assert_array_equal(runtime.score([4, 5], candidates), v2.score([4, 5], candidates, good))
+    expected = v2.run({"history": v2.encode("history", [4, 5]), "items": v2.encode("items", candidates)}, good)
+    np.testing.assert_array_equal(runtime.score([4, 5], candidates), expected["logits"])
 
     # Remembered across a restart: the state file (written atomically, no temporary left behind).
     assert json.loads(state.read_text())[SEQUENCE_KEY] == 2
