@@ -591,8 +591,9 @@ def simulate(
 
     _print_simulation(results, load_task(load_config(run).builder).select_metric)
     if results["agree"] is False:
+        why = f"; refreshes failed: {next(iter(results['failures']))}" if results.get("failures") else ""
         typer.echo(f"error: device logits differ from the offline evaluation by {results['max_abs_logit_diff']:.2e} "
-                   f"(> {results['tolerance']:.0e})", err=True)
+                   f"(> {results['tolerance']:.0e}){why}", err=True)
         raise typer.Exit(1)
 
 

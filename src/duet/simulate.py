@@ -127,13 +127,14 @@ class ServiceProcess:
         return None if self.process is None else self.process.returncode
 
 
-Outcome = tuple[list[str], list[float], int, int, int]  # sources, adaptation s, answer bytes, requests, bytes
+# sources, adaptation s, answer bytes, requests, bytes, why refreshes failed (one entry each)
+Outcome = tuple[list[str], list[float], int, int, int, list[str]]
 
 
 def replay_device(runtime: DeviceRuntime, steps: list[DeviceStep], logits: np.ndarray) -> Outcome:
     """One device: for each step, observe its new samples, refresh (the runtime's policy decides
     whether it asks) and score its inputs into `logits[step.records]`."""
-    sources, adaptation, answer_bytes = [], [], 0
+    sources, adaptation, answer_bytes, failures = [], [], 0, []
     for step in steps:
         for sample in step.observed:
             runtime.observe(sample)
@@ -142,9 +143,11 @@ def replay_device(runtime: DeviceRuntime, steps: list[DeviceStep], logits: np.nd
         if source == "service":
             adaptation.append(runtime.adaptation_seconds)
             answer_bytes = runtime.last_answer_bytes
+        elif runtime.last_error:
+            failures.append(runtime.last_error)
         scored = runtime.score(**step.inputs)
         logits[step.records] = scored.reshape(logits[step.records].shape)
-    return sources, adaptation, answer_bytes, runtime.requests, runtime.bytes_received
+    return sources, adaptation, answer_bytes, runtime.requests, runtime.bytes_received, failures
 
 
 @contextlib.contextmanager
@@ -164,7 +167,12 @@ def fleet_service(run: Path, bundle: str | Path | None, data: Path | None, max_b
         device_bundle = load_bundle(bundle)
         if device_bundle.version != model_version(run):
             raise ArtifactError(f"{bundle}: bundle of version {device_bundle.version}, the run is {model_version(run)}")
-        service = stack.enter_context(ServiceProcess(run, max_batch=max_batch, max_wait_ms=max_wait_ms))
+        # A raw window of float samples is W rows of JSON floats (up to ~26 bytes each): the service must
+        # take it (a 2.56 s sensor segment is 768 floats; the default 64 KB limit is sized for ids).
+        width = max(device_bundle.sample.width, device_bundle.feature_dim)
+        body = max(65_536, device_bundle.window_len * width * 26 + 4096)
+        service = stack.enter_context(ServiceProcess(run, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                                     extra_args=["--max-body-bytes", str(body)]))
         log.info("service ready at %s", service.url)
         yield device_bundle, service
 
@@ -188,7 +196,8 @@ def replay_fleet(one: Callable[[str], Outcome], devices: list[str], concurrency:
             "answer_bytes": max((o[2] for o in outcomes), default=0), "requests": requests,
             # of the events a device scores with a non-empty window (where `always` asks)
             "request_fraction": requests / max(sum(s != "global" for o in outcomes for s in o[0]), 1),
-            "bytes_received": int(sum(o[4] for o in outcomes))}
+            "bytes_received": int(sum(o[4] for o in outcomes)),
+            "failures": dict(Counter(f for o in outcomes for f in o[5]).most_common(3))}
 
 
 def simulate(run: str | Path, data: str | Path | None = None, devices: int = 100, dtype: str = "fp32",
