@@ -7,6 +7,8 @@ head, on the device with generated parameters, and inside the DUET model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -35,6 +37,21 @@ def conv_blocks(conv: nn.Sequential, x: Tensor, films: list[tuple[Tensor, Tensor
             x = film(x, *films[block])
             block += 1
     return x
+
+
+def sample_window_features(features: Callable[[Tensor], Tensor], dim: int, window: Tensor,
+                           mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Window samples (E, W, *shape) -> their static features (E, W, D) and mask (E, W).
+
+    Padded positions are not run through the network (they are masked anyway); with no mask
+    every position is a sample (no boolean indexing: the device's features graph exports)."""
+    E, W = window.shape[:2]
+    if mask is None:
+        return features(window.flatten(0, 1)).reshape(E, W, dim), torch.ones(E, W, dtype=torch.bool,
+                                                                               device=window.device)
+    out = torch.zeros(E, W, dim, device=window.device)
+    out[mask] = features(window[mask])
+    return out, mask
 
 
 class SmallCNN(nn.Module):
@@ -96,16 +113,8 @@ class ImageClassifier(WithGlobalHead):
                                  for i in range(self.film_blocks)])
 
     def window_features(self, window: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Window images (E, W, C, H, W) -> their static features (E, W, D) and mask (E, W).
-
-        Padded positions are not run through the network (they are masked anyway)."""
-        E, W = window.shape[:2]
-        if mask is None:  # every position is a sample (no boolean indexing: the device's features graph exports)
-            features = self.features(window.flatten(0, 1)).reshape(E, W, self.feature_dim)
-            return features, torch.ones(E, W, dtype=torch.bool, device=window.device)
-        features = torch.zeros(E, W, self.feature_dim, device=window.device)
-        features[mask] = self.features(window[mask])
-        return features, mask
+        """Window images (E, W, C, H, W) -> their static features (E, W, D) and mask (E, W)."""
+        return sample_window_features(self.features, self.feature_dim, window, mask)
 
     def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
         """x (N, C, H, W) -> class logits (N, num_classes)."""

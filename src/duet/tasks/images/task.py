@@ -3,7 +3,7 @@ window, cross-entropy, accuracy selected on validation, devices as the unit of i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -126,36 +126,39 @@ class ImageTask:
         return Extras()
 
     def simulation(self, config, model: nn.Module, data: str | Path | None, devices: int) -> Simulation:
-        """The first `devices` test devices: observe each sample of the stream (from the W - 1
-        before the first scored one), and for each scored sample refresh, then classify it."""
-        from duet.tasks.images.training import predict_images
+        return fleet_simulation(config, model, data, devices,
+                                lambda split, logits: classification_metrics(split.y, logits, device_groups(split)))
 
-        dataset = load_images(data or config.data, ("test",))
-        if dataset.hash != config.data_hash:
-            raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
-        test = dataset["test"]
-        chosen = np.unique(test.device)[:devices]
-        subset = test.select(np.isin(test.device, chosen))
-        offline = predict_images(model, subset, config.train.eval_batch_size, config.window_len)
-        scored_of: dict[int, dict[int, int]] = {}  # device -> {sample row: its index in subset}
-        for index, (row, device) in enumerate(zip(subset.rows.tolist(), subset.device.tolist(), strict=True)):
-            scored_of.setdefault(device, {})[row] = index
-        streams: dict[str, list[DeviceStep]] = {}
-        for device, scored in sorted(scored_of.items()):
-            rows = sorted(scored)
-            start = max(int(dataset.first_row[rows[0]]), rows[0] - config.window_len + 1)
-            steps, observed = [], []
-            for row in range(start, rows[-1] + 1):
-                observed.append(dataset.x[row])
-                if row in scored:
-                    steps.append(DeviceStep(observed=observed, window=None, inputs={"x": dataset.x[row][None]},
-                                            records=np.array([scored[row]])))
-                    observed = []
-            streams[f"device-{device}"] = steps
-        groups = device_groups(subset)
-        return Simulation(offline=offline, streams=streams, events=len(subset),
-                          metrics=lambda logits: classification_metrics(subset.y, logits, groups))
 
+def fleet_simulation(config, model: nn.Module, data: str | Path | None, devices: int,
+                     metrics: Callable[[ImageSplit, np.ndarray], dict[str, float]]) -> Simulation:
+    """The first `devices` test devices of a sample fleet: observe each sample of the stream (from
+    the W - 1 before the first scored one), and for each scored sample refresh, then score it."""
+    from duet.tasks.images.training import predict_images
+
+    dataset = load_images(data or config.data, ("test",))
+    if dataset.hash != config.data_hash:
+        raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
+    test = dataset["test"]
+    subset = test.select(np.isin(test.device, np.unique(test.device)[:devices]))
+    offline = predict_images(model, subset, config.train.eval_batch_size, config.window_len)
+    scored_of: dict[int, dict[int, int]] = {}  # device -> {sample row: its index in subset}
+    for index, (row, device) in enumerate(zip(subset.rows.tolist(), subset.device.tolist(), strict=True)):
+        scored_of.setdefault(device, {})[row] = index
+    streams: dict[str, list[DeviceStep]] = {}
+    for device, scored in sorted(scored_of.items()):
+        rows = sorted(scored)
+        start = max(int(dataset.first_row[rows[0]]), rows[0] - config.window_len + 1)
+        steps, observed = [], []
+        for row in range(start, rows[-1] + 1):
+            observed.append(dataset.x[row])
+            if row in scored:
+                steps.append(DeviceStep(observed=observed, window=None, inputs={"x": dataset.x[row][None]},
+                                        records=np.array([scored[row]])))
+                observed = []
+        streams[f"device-{device}"] = steps
+    return Simulation(offline=offline, streams=streams, events=len(subset),
+                      metrics=lambda logits: metrics(subset, logits))
 
 def task() -> ImageTask:
     return ImageTask()

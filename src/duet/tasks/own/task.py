@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from duet.errors import ArtifactError, DuetError
 from duet.models.head import ModuleHead, Params, WithGlobalHead
 from duet.spec import GraphInput, SampleSpec
-from duet.task import DeviceGraph, DeviceStep, Extras, Simulation
+from duet.task import DeviceGraph, Extras, Simulation
+from duet.tasks.images.model import sample_window_features
 from duet.tasks.images.store import ImageData, ImageSplit, load_images
 from duet.tasks.images.training import ImageBatch, ImageBatcher, logits_of, predict_images
 
@@ -49,13 +50,7 @@ class OwnDeviceModel(WithGlobalHead):
 
     def window_features(self, window: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Window samples (E, W, *shape) -> their features (E, W, D) and mask (E, W); padding is not run."""
-        E, W = window.shape[:2]
-        if mask is None:  # every position is a sample (no boolean indexing: the device's features graph exports)
-            features = self.features(window.flatten(0, 1)).reshape(E, W, self.feature_dim)
-            return features, torch.ones(E, W, dtype=torch.bool, device=window.device)
-        features = torch.zeros(E, W, self.feature_dim, device=window.device)
-        features[mask] = self.features(window[mask])
-        return features, mask
+        return sample_window_features(self.features, self.feature_dim, window, mask)
 
     def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
         return self.head(self.features(x), self.theta_g() if params is None else params)
@@ -161,30 +156,9 @@ class OwnTask:
         return Extras()
 
     def simulation(self, config, model: nn.Module, data: str | Path | None, devices: int) -> Simulation:
-        """The first `devices` test devices: observe every sample (from the W - 1 before the
-        first scored one); for each scored one, refresh, then score it."""
-        dataset = load_images(data or config.data, ("test",))
-        if dataset.hash != config.data_hash:
-            raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
-        test = dataset["test"]
-        subset = test.select(np.isin(test.device, np.unique(test.device)[:devices]))
-        offline = predict_images(model, subset, config.train.eval_batch_size, config.window_len)
-        streams: dict[str, list[DeviceStep]] = {}
-        for device in np.unique(subset.device).tolist():
-            index = np.flatnonzero(subset.device == device)
-            rows = subset.rows[index]
-            start = max(int(dataset.first_row[rows[0]]), int(rows[0]) - config.window_len + 1)
-            scored = dict(zip(rows.tolist(), index.tolist(), strict=True))
-            steps, observed = [], []
-            for row in range(start, int(rows[-1]) + 1):
-                observed.append(dataset.x[row])
-                if row in scored:
-                    steps.append(DeviceStep(observed=observed, window=None, inputs={"x": dataset.x[row][None]},
-                                            records=np.array([scored[row]])))
-                    observed = []
-            streams[f"device-{device}"] = steps
-        return Simulation(offline=offline, streams=streams, events=len(subset),
-                          metrics=lambda outputs: self.scores(subset, outputs)[0])
+        from duet.tasks.images.task import fleet_simulation
+
+        return fleet_simulation(config, model, data, devices, lambda split, outputs: self.scores(split, outputs)[0])
 
     # --- command line: datasets come from arrays (duet.tasks.own.write_dataset), not `duet prepare`
     def prepare(self, source: str, out: Path, options: dict[str, Any], overwrite: bool) -> None:  # noqa: ARG002
