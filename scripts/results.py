@@ -384,6 +384,13 @@ SENSOR_LABELS = {"global": "global model", "finetune-5": "fine-tune, 5 labels (g
                  "duet": "**DUET (PPG+SWA)**, no labels, no gradient"}
 
 
+SENSOR_ORDER = ("global", "finetune-5", "finetune-20", "tent", "bnstats", "duet-static", "duet-noswa", "duet")
+
+
+def _sensor_methods(data: dict) -> list[str]:
+    return sorted(data["methods"], key=lambda m: SENSOR_ORDER.index(m) if m in SENSOR_ORDER else len(SENSOR_ORDER))
+
+
 def _ms(d: dict) -> str:
     return f"{d['mean']:.4f} ± {d['std']:.4f}"
 
@@ -392,7 +399,7 @@ def sensors_table(root: Path) -> str:
     """Unseen and seen users' accuracy and macro-F1 per method, mean ± std (ddof 1) over the folds."""
     data = _load(root, SENSORS)
     keys = ("accuracy_unseen", "macro_f1_unseen", "accuracy_seen", "macro_f1_seen")
-    rows = [[SENSOR_LABELS.get(m, m), *(_ms(data["table"][m][k]) for k in keys)] for m in data["methods"]]
+    rows = [[SENSOR_LABELS.get(m, m), *(_ms(data["table"][m][k]) for k in keys)] for m in _sensor_methods(data)]
     return table(["method", "**unseen** accuracy", "unseen macro-F1", "seen accuracy", "seen macro-F1"], rows)
 
 
@@ -414,7 +421,7 @@ def sensors_activity(root: Path) -> str:
     data = _load(root, SENSORS)
     classes = list(next(iter(data["by_class"].values())))
     rows = [[SENSOR_LABELS.get(m, m), *(f"{data['by_class'][m][c]['mean']:.3f}" for c in classes)]
-            for m in data["methods"]]
+            for m in _sensor_methods(data)]
     return table(["method", *(c.replace("_", " ") for c in classes)], rows)
 
 
