@@ -272,14 +272,16 @@ DEVICE_SCRIPT = textwrap.dedent("""
     from duet.device import Bundle
     bundle = Bundle(sys.argv[1], trusted_keys=sys.argv[3] if len(sys.argv) > 3 else None)
     rng = np.random.default_rng(0)
-    history = rng.integers(1, bundle.num_items, bundle.history_len)
-    items = rng.integers(1, bundle.num_items, 100)
+    num_items = bundle.facts["num_items"]
+    history = rng.integers(1, num_items, bundle.facts["history_len"])
+    items = rng.integers(1, num_items, 100)
+    feed = {"history": bundle.encode("history", history), "items": bundle.encode("items", items)}
     for _ in range(50):
-        bundle.score(history, items, bundle.theta_g)
+        bundle.run(feed, bundle.theta_g)
     times = []
     for _ in range(int(sys.argv[2])):
         started = time.perf_counter()
-        bundle.score(history, items, bundle.theta_g)
+        bundle.run(feed, bundle.theta_g)
         times.append(time.perf_counter() - started)
     status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
     kb = lambda key: int(status[key].split()[0])
@@ -313,7 +315,7 @@ def bench_adaptation(run: Path, bundle: Path, requests: int, max_wait_ms: float,
             runtime = DeviceRuntime(device_bundle, service.url, "bench-device", dtype=dtype)
             times = []
             for i in range(requests + 20):
-                window = rng.integers(1, device_bundle.num_items, device_bundle.window_len)
+                window = rng.integers(1, device_bundle.facts["num_items"], device_bundle.window_len)
                 if runtime.refresh(window) != "service":
                     raise RuntimeError(f"refresh failed: {runtime.last_error}")
                 if i >= 20:
@@ -406,7 +408,7 @@ def bench_signing(run: Path, bundle: Path, workdir: Path, seconds: float, max_re
         rng = np.random.default_rng(2)
         with OtherLoad(signing.process.pid) as others:
             for i in range(requests + 20):
-                window = rng.integers(1, runtimes["on"].bundle.num_items, window_len)
+                window = rng.integers(1, runtimes["on"].bundle.facts["num_items"], window_len)
                 for label in ("on", "off") if i % 2 else ("off", "on"):
                     if runtimes[label].refresh(window) != "service":
                         raise RuntimeError(f"refresh failed: {runtimes[label].last_error}")
