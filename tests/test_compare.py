@@ -135,3 +135,24 @@ def test_compare_on_new_devices_keeps_the_global_model_for_fine_tuning(tmp_path)
     assert "adapt_ms_per_device" not in seed0["finetune"]
     assert seed0["finetune"]["test"]["uauc"] == pytest.approx(seed0["base"]["test"]["uauc"])
     assert "1-2" in seed0["base"]["by_seen"] and "1-2" in seed0["duet"]["by_seen"]
+
+
+def test_fine_tuning_settings_are_chosen_on_validation(monkeypatch, tmp_path):
+    """Equal care: with a grid, each (steps, lr) is scored on the validation split and the best is used."""
+    import duet.tasks.recommendation.finetune as finetune_module
+    from duet.tasks.recommendation.report import compare as compare_module
+
+    scored = {(5, 1e-4): 0.70, (10, 1e-3): 0.74, (30, 1e-3): 0.72}
+    calls = []
+
+    def fake(cfg, out, progress=True):  # noqa: ARG001
+        calls.append((cfg.split, cfg.steps, cfg.lr, cfg.sampled_negatives))
+        return {"metrics": {"uauc": scored[(cfg.steps, cfg.lr)]}}
+
+    monkeypatch.setattr(finetune_module, "finetune", fake)
+    cfg = compare_module.CompareConfig(data=str(tmp_path), finetune_grid=tuple(scored))
+    steps, lr, tried = compare_module._finetune_setting(cfg, tmp_path / "base", 0, progress=False)
+    assert (steps, lr) == (10, 1e-3) and tried == {"5@0.0001": 0.70, "10@0.001": 0.74, "30@0.001": 0.72}
+    assert {c[0] for c in calls} == {"valid"} and {c[3] for c in calls} == {4}  # never test; negatives as base
+    none = compare_module.CompareConfig(data=str(tmp_path), finetune_grid=None, finetune_steps=7)
+    assert compare_module._finetune_setting(none, tmp_path / "base", 0, progress=False) == (7, 1e-3, {})

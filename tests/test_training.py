@@ -174,6 +174,35 @@ def test_head_only_finetuning_changes_only_the_head(base_run, tiny_dir):
         assert changed == name.startswith("global_params."), name
 
 
+def test_finetuning_with_sampled_negatives_sees_items_beyond_the_devices_own(base_run, tiny_dir, monkeypatch):
+    """sampled_negatives adds fresh uniform negatives at every step, as base training does."""
+    import duet.tasks.recommendation.batches as batches_module
+    from duet.tasks.recommendation.finetune import FinetuneConfig, finetune_device
+
+    _, model, _ = load_run(base_run)
+    split = load_dataset(tiny_dir, splits=("train",))["train"]
+    mine = split.select(split.user == split.user[0])
+    sizes = []
+    real = batches_module.with_sampled_negatives
+
+    def record(batch, per_event, num_items):
+        out = real(batch, per_event, num_items)
+        sizes.append((len(batch.item), len(out.item), per_event, num_items))
+        return out
+
+    monkeypatch.setattr(batches_module, "with_sampled_negatives", record)
+    cfg = FinetuneConfig(base_run=str(base_run), data=str(tiny_dir), steps=3, lr=1e-2)
+    torch.manual_seed(0)
+    plain = finetune_device(model, mine, cfg)
+    assert sizes == []
+    torch.manual_seed(0)
+    sampled = finetune_device(model, mine, cfg.model_copy(update={"sampled_negatives": 4}))
+    assert len(sizes) == 3 and all(after > before and k == 4 and n == model.num_items
+                                   for before, after, k, n in sizes)
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), sampled.state_dict().values(),
+                                                     strict=True))
+
+
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tiny_dir, tmp_path):
     """A real `duet train` subprocess killed mid-epoch, then resumed, ends like an uninterrupted run."""
     args = ["--data", str(tiny_dir), "--epochs", "4", "--embed-dim", "16", "--num-blocks", "1", "--seed", "5",

@@ -101,6 +101,8 @@ def compare(data: Path, out: Path, options: dict[str, Any], progress: bool) -> P
               "duet_variants": tuple(DuetVariant.parse(v) for v in variants.split(",")) if variants else None,
               **{k: options.get(k) for k in ("finetune_steps", "finetune_scope", "scratch", "full_ranking_positives",
                                               "threads")}}
+    if options.get("finetune_steps") is not None:  # steps given: no validation grid over them
+        chosen["finetune_grid"] = ()
     cfg = CompareConfig.model_validate({**base.model_dump(), **{k: v for k, v in chosen.items() if v is not None}})
     run_compare(cfg, out, progress=progress)
     return out / "results.md"

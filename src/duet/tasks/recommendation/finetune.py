@@ -40,6 +40,9 @@ class FinetuneConfig(Strict):
     lr: float = Field(1e-3, gt=0)
     scope: str = Field("all", pattern="^(all|head)$", description="train the whole model or the head only")
     batch_size: int = Field(256, ge=1, description="records per step (cycled over the device's records)")
+    # As base training does: extra uniform negatives per event, drawn afresh at every step (0: the
+    # dataset's own negatives only, as before this option).
+    sampled_negatives: int = Field(0, ge=0, description="extra uniform negatives per event, new every step")
     max_devices: int | None = Field(None, ge=1, description="only the first N devices (for timing)")
     seed: int = 0
     # One thread: a phone fine-tunes on one core, and DUET's generation is timed on one too.
@@ -69,7 +72,10 @@ def reset_peak_rss() -> bool:
 
 
 def finetune_device(model: Recommender, records: Split, cfg: FinetuneConfig) -> Recommender:
-    """A fine-tuned copy of `model` on one device's records; `model` itself is never changed."""
+    """A fine-tuned copy of `model` on one device's records; `model` itself is never changed.
+    With `sampled_negatives`, each step adds fresh uniform negatives (torch's seeded generator)."""
+    from duet.tasks.recommendation.batches import with_sampled_negatives
+
     local = copy.deepcopy(model)
     local.train()
     params = list(local.global_params.values()) if cfg.scope == "head" else list(local.parameters())
@@ -77,6 +83,8 @@ def finetune_device(model: Recommender, records: Split, cfg: FinetuneConfig) -> 
     batches = list(EventBatcher(records, cfg.batch_size).batches())
     for step in range(cfg.steps):
         batch = batches[step % len(batches)]
+        if cfg.sampled_negatives:
+            batch = with_sampled_negatives(batch, cfg.sampled_negatives, model.num_items)
         loss = F.binary_cross_entropy_with_logits(local(batch.history, batch.item, batch.inverse), batch.label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

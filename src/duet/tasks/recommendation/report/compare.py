@@ -88,6 +88,10 @@ class CompareConfig(Strict):
     duet_variants: tuple[DuetVariant, ...] = Field(DEFAULT_VARIANTS, min_length=1)
     finetune_steps: int = 10
     finetune_lr: float = 1e-3
+    # Equal care with DUET: with a grid, fine-tuning's (steps, lr) are chosen on the validation split
+    # (fine-tuned on train, scored on valid) before the test run; None uses finetune_steps/lr as given.
+    finetune_grid: tuple[tuple[int, float], ...] | None = ((5, 1e-4), (10, 1e-3), (30, 1e-3), (10, 1e-2))
+    finetune_negatives: int = Field(4, ge=0, description="fine-tuning's extra sampled negatives per event, as base")
     finetune_scope: str = "all"
     scratch: bool = Field(True, description="also train DUET jointly from scratch (the published schedule)")
     scratch_epochs: int | None = Field(None, ge=1)
@@ -103,7 +107,7 @@ def quick_config(data: str) -> CompareConfig:
     part; the report's "DUET static + global head" row and paired differences show how
     much of DUET's gain is that, and how much is generation itself."""
     return CompareConfig(data=data, backbones=("sasrec",), seeds=1, epochs=12, duet_epochs=2, patience=2,
-                         backbone_epochs={}, duet_variants=DEFAULT_VARIANTS[:1], scratch=False)
+                         backbone_epochs={}, duet_variants=DEFAULT_VARIANTS[:1], scratch=False, finetune_grid=None)
 
 
 def _run_dir(report: Path, backbone: str, seed: int, method: str) -> Path:
@@ -206,9 +210,12 @@ def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, s
     runs["duet-global"] = runs["duet"]
     ft_file = runs["finetune"] / "finetune.json"
     if not ft_file.exists():
-        finetune(FinetuneConfig(base_run=str(runs["base"]), data=cfg.data, split="test", steps=cfg.finetune_steps,
-                                lr=cfg.finetune_lr, scope=cfg.finetune_scope, seed=seed),
+        steps, lr, tried = _finetune_setting(cfg, runs["base"], seed, progress)
+        finetune(FinetuneConfig(base_run=str(runs["base"]), data=cfg.data, split="test", steps=steps, lr=lr,
+                                scope=cfg.finetune_scope, sampled_negatives=cfg.finetune_negatives, seed=seed),
                  runs["finetune"], progress=progress)
+        if tried:
+            write_json(runs["finetune"] / "finetune_choice.json", {"steps": steps, "lr": lr, "valid_uauc": tried})
     entry: dict = {}
     for method, run in runs.items():
         head = "global" if method == "duet-global" else "generated"
@@ -234,6 +241,22 @@ def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, s
             entry[method]["adapt_ms_per_device"] = cost["batched_ms"]
             entry[method]["adapt_ms_single_device"] = cost["single_ms"]
     return entry
+
+
+def _finetune_setting(cfg: CompareConfig, base: Path, seed: int, progress: bool) -> tuple[int, float, dict]:
+    """Fine-tuning's (steps, lr): the grid's best validation uauc, or the configured one without a grid."""
+    from duet.tasks.recommendation.finetune import FinetuneConfig, finetune
+
+    if not cfg.finetune_grid:
+        return cfg.finetune_steps, cfg.finetune_lr, {}
+    tried = {}
+    for steps, lr in cfg.finetune_grid:
+        summary = finetune(FinetuneConfig(base_run=str(base), data=cfg.data, split="valid", steps=steps, lr=lr,
+                                          scope=cfg.finetune_scope, sampled_negatives=cfg.finetune_negatives,
+                                          seed=seed), None, progress=progress)
+        tried[f"{steps}@{lr:g}"] = summary["metrics"]["uauc"]
+    best = max(cfg.finetune_grid, key=lambda s: tried[f"{s[0]}@{s[1]:g}"])
+    return best[0], best[1], tried
 
 
 def _select_variant(folder: Path, variants: tuple[DuetVariant, ...]) -> tuple[Path, dict[str, float]]:
