@@ -236,7 +236,8 @@ COMMANDS = {
             "epochs": (3, {"epochs": 3}),
             "duet_epochs": (5, {"duet_epochs": 5}),
             "variants": ("frozen-rank2-dropout0.1", {"duet_variants": _variant()}),
-            "finetune_steps": (4, {"finetune_steps": 4}),
+            # steps given by hand: no validation grid over them
+            "finetune_steps": (4, {"finetune_steps": 4, "finetune_grid": ()}),
             "finetune_scope": ("head", {"finetune_scope": "head"}),
             "scratch": (False, {"scratch": False}),
             "full_ranking_positives": (123, {"full_ranking_positives": 123}),
