@@ -250,10 +250,13 @@ def digits_window(root: Path) -> str:
 def digits_costs(root: Path) -> str:
     d = digits(root)
     ft20 = statistics.fmean(d["costs_ms"]["finetune-20"])
-    rows = [[label, "device, forward + backward", " / ".join(f"{v:.0f}" for v in d["costs_ms"][m]),
+    rows = [[label, where, " / ".join(f"{v:.0f}" for v in d["costs_ms"][m]),
              f"{statistics.fmean(d['costs_ms'][m]):.1f}", ""]
-            for m, label in (("finetune-5", "fine-tune, 5 labels"), ("finetune-20", "fine-tune, 20 labels"),
-                             ("tent", "TENT"))]
+            for m, label, where in (("finetune-5", "fine-tune, 5 labels", "device, forward + backward"),
+                                    ("finetune-20", "fine-tune, 20 labels", "device, forward + backward"),
+                                    ("tent", "TENT", "device, forward + backward"),
+                                    ("bnstats", "batch-norm statistics", "device, forward only"))
+            if m in d["costs_ms"]]
     for key, label in (("single_s", "DUET from the raw window, one device alone"),
                        ("batched_s", "DUET from the raw window, batch of 256"),
                        ("features_single_s", "DUET from the device's features (privacy mode), one device alone"),
