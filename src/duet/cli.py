@@ -195,6 +195,9 @@ def compare(
     out: Annotated[Path, typer.Option(help="report directory (results.md, results.json, plots, runs/)")],
     backbones: Annotated[str | None, typer.Option(help="comma-separated static parts (default: the task's; quick: its first)")] = None,
     seeds: Annotated[int | None, typer.Option(help="number of seeds for mean +- std (default 3; quick: 1)")] = None,
+    only_seeds: Annotated[str | None, typer.Option(
+        help="run only these of the --seeds (comma-separated), e.g. to share one report between two "
+             "one-thread processes; a later run without it reuses their runs and reports every seed")] = None,
     quick: Annotated[bool, typer.Option(help="few epochs, for the README demo")] = False,
     epochs: Annotated[int | None, typer.Option(help="max epochs for every base run (default: duet train's, 50)")] = None,
     duet_epochs: Annotated[int | None, typer.Option(help="max epochs for DUET stage 2 (default: duet train's, 10)")] = None,

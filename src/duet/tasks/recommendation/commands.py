@@ -82,8 +82,22 @@ def _print_counts(console: Any, title: str, manifest: dict) -> None:
     console.print(table)
 
 
-COMPARE_OPTIONS = ("backbones", "seeds", "quick", "epochs", "duet_epochs", "variants", "finetune_steps",
+COMPARE_OPTIONS = ("backbones", "seeds", "only_seeds", "quick", "epochs", "duet_epochs", "variants", "finetune_steps",
                    "finetune_scope", "scratch", "full_ranking_positives", "threads")
+
+
+def parse_seeds(text: str | None, seeds: int) -> tuple[int, ...] | None:
+    """`--only-seeds 3,4` -> (3, 4), each checked to be one of the comparison's seeds."""
+    if text is None:
+        return None
+    try:
+        chosen = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise DuetError(f"--only-seeds: expected comma-separated seed numbers, got {text!r}") from None
+    outside = [s for s in chosen if not 0 <= s < seeds]
+    if not chosen or outside:
+        raise DuetError(f"--only-seeds: seeds must be in 0..{seeds - 1} (--seeds {seeds}), got {text!r}")
+    return chosen
 
 
 def compare(data: Path, out: Path, options: dict[str, Any], progress: bool) -> Path:
@@ -104,7 +118,7 @@ def compare(data: Path, out: Path, options: dict[str, Any], progress: bool) -> P
     if options.get("finetune_steps") is not None:  # steps given: no validation grid over them
         chosen["finetune_grid"] = ()
     cfg = CompareConfig.model_validate({**base.model_dump(), **{k: v for k, v in chosen.items() if v is not None}})
-    run_compare(cfg, out, progress=progress)
+    run_compare(cfg, out, progress=progress, only_seeds=parse_seeds(options.get("only_seeds"), cfg.seeds))
     return out / "results.md"
 
 

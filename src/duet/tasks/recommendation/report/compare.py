@@ -162,7 +162,12 @@ def generation_cost(run: Path, windows: np.ndarray, batch: int = 1024, repeats: 
     return {"single_ms": float(np.median(single[5:]) * 1e3), "batched_ms": float(np.median(batched[5:]) * 1e3)}
 
 
-def compare(cfg: CompareConfig, report: str | Path, progress: bool = True) -> dict:
+def compare(cfg: CompareConfig, report: str | Path, progress: bool = True,
+            only_seeds: tuple[int, ...] | None = None) -> dict:
+    """Every method for every (seed, backbone) -> report/results.{json,md} and plots.
+    `only_seeds` runs a subset and reports just those, without changing the saved
+    configuration, so two processes can share one report's seeds; a later full run
+    reuses their finished runs."""
     from duet.tasks.recommendation.data.store import load_dataset
 
     for backbone in (*cfg.backbones, *cfg.backbone_epochs):
@@ -180,7 +185,7 @@ def compare(cfg: CompareConfig, report: str | Path, progress: bool = True) -> di
     results: dict = {"config": cfg.model_dump(mode="json"), "runs": {}}
     # Seed-major, and the report is rewritten after every (seed, backbone): an
     # interrupted comparison still leaves a complete report of what finished.
-    for seed in range(cfg.seeds):
+    for seed in only_seeds if only_seeds is not None else range(cfg.seeds):
         for backbone in cfg.backbones:
             entry = _run_all(cfg, report, backbone, seed, data, seen, seen_count, progress)
             results["runs"].setdefault(backbone, {})[f"seed{seed}"] = entry
