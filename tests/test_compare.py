@@ -24,7 +24,15 @@ def test_compare_writes_a_complete_report(tiny_dir, tmp_path):
     cfg = CompareConfig(data=str(tiny_dir), backbones=("sasrec",), seeds=2, epochs=1, duet_epochs=1,
                         patience=1, finetune_steps=2, threads=1, num_generators=2, duet_variants=VARIANTS,
                         scratch_epochs=1, full_ranking_positives=50)
+    # Seed 1 alone first (as a second process would, --only-seeds 1): the full run reuses it.
+    part = compare(cfg, tmp_path, progress=False, only_seeds=(1,))
+    assert list(part["runs"]["sasrec"]) == ["seed1"]
+    assert json.loads((tmp_path / "compare_config.json").read_text())["seeds"] == 2
+    base1 = tmp_path / "runs/sasrec/seed1/base/model.safetensors"
+    written = base1.stat().st_mtime_ns
     results = compare(cfg, tmp_path, progress=False)
+    assert base1.stat().st_mtime_ns == written
+    assert results["runs"]["sasrec"]["seed1"]["base"] == part["runs"]["sasrec"]["seed1"]["base"]
     for seed in ("seed0", "seed1"):
         for method in ("duet-noswa", "duet"):
             entry = results["runs"]["sasrec"][seed][method]
@@ -156,3 +164,13 @@ def test_fine_tuning_settings_are_chosen_on_validation(monkeypatch, tmp_path):
     assert {c[0] for c in calls} == {"valid"} and {c[3] for c in calls} == {4}  # never test; negatives as base
     none = compare_module.CompareConfig(data=str(tmp_path), finetune_grid=None, finetune_steps=7)
     assert compare_module._finetune_setting(none, tmp_path / "base", 0, progress=False) == (7, 1e-3, {})
+
+
+def test_only_seeds_are_checked_against_the_comparison_seeds():
+    from duet.tasks.recommendation.commands import parse_seeds
+
+    assert parse_seeds(None, 5) is None
+    assert parse_seeds("3,4", 5) == (3, 4)
+    for bad in ("5", "x", "", "-1"):
+        with pytest.raises(DuetError, match="--only-seeds"):
+            parse_seeds(bad, 5)
