@@ -103,10 +103,10 @@ class CompareConfig(Strict):
 
 def quick_config(data: str) -> CompareConfig:
     """The README's main job: one seed, SASRec, minutes on 2 cores. The base stops at
-    12 epochs, before its optimum, so DUET's stage-2 epochs keep training its static
+    8 epochs, before its optimum, so DUET's stage-2 epochs keep training its static
     part; the report's "DUET static + global head" row and paired differences show how
     much of DUET's gain is that, and how much is generation itself."""
-    return CompareConfig(data=data, backbones=("sasrec",), seeds=1, epochs=12, duet_epochs=2, patience=2,
+    return CompareConfig(data=data, backbones=("sasrec",), seeds=1, epochs=8, duet_epochs=2, patience=2,
                          backbone_epochs={}, duet_variants=DEFAULT_VARIANTS[:1], scratch=False, finetune_grid=None)
 
 
