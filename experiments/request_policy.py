@@ -23,6 +23,7 @@ chosen on). Writes OUT.json and OUT.png (test uauc against the fraction of
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,18 @@ def chosen(valid: list[dict], test: list[dict], tolerance: float) -> dict[str, d
     return out
 
 
+def choose_variant(sweeps: dict[str, dict], tolerance: float) -> dict:
+    """Across sweeps of the same run with different drift variants (whole window, newest N
+    items), per policy kind the fewest-request setting within `tolerance` of always on
+    *validation*, by the rule each sweep applied alone; test is carried along, not read."""
+    valid = [dict(row, variant=name) for name, sweep in sweeps.items() for row in sweep["valid"]]
+    test = [dict(row, variant=name) for name, sweep in sweeps.items() for row in sweep["test"]]
+    always = [row["uauc"] for row in valid if row["policy"] == "always"]
+    if max(always) - min(always) > 1e-12:
+        raise SystemExit("the sweeps are not of the same run: their 'always' validation uauc differ")
+    return {kind: {**entry, "variant": entry["valid"]["variant"]} for kind, entry in chosen(valid, test, tolerance).items()}
+
+
 def plot(test: list[dict], global_uauc: float, path: Path) -> None:
     import matplotlib
 
@@ -151,7 +164,10 @@ def check_with_service(run: Path, devices: int, results: dict) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="a DUET run")
+    parser.add_argument("--run", type=Path, help="a DUET run")
+    parser.add_argument("--choose", nargs="+", type=Path, metavar="SWEEP.json",
+                        help="instead of sweeping: choose the drift variant across these sweeps of one run on "
+                             "validation (writes OUT.json)")
     parser.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.png")
     parser.add_argument("--tolerance", type=float, default=0.001)
     parser.add_argument("--threads", type=int, default=1)
@@ -159,6 +175,17 @@ def main() -> None:
     parser.add_argument("--check", type=int, default=0, help="also replay the chosen settings through the "
                                                              "service for this many devices")
     args = parser.parse_args()
+    if args.choose:
+        sweeps = {path.stem: json.loads(path.read_text()) for path in args.choose}
+        picked = choose_variant(sweeps, args.tolerance)
+        write_json(args.out.with_suffix(".json"), {"sweeps": [str(p) for p in args.choose],
+                                                   "tolerance": args.tolerance, "chosen": picked})
+        for kind, entry in picked.items():
+            print(f"chosen on valid, {kind}: {entry['variant']} {entry['setting']} "
+                  f"(valid fraction {entry['valid']['fraction']:.3f}, uauc {entry['valid']['uauc']:.4f})")
+        return
+    if args.run is None:
+        parser.error("--run is required unless --choose is given")
     torch.set_num_threads(args.threads)
     config, model, _ = load_run(args.run)
     data = load_dataset(config.data)

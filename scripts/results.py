@@ -454,6 +454,17 @@ def sensors_costs(root: Path) -> str:
     return table(["method", "where", "ms per device"], rows)
 
 
+def defaults_sweep(root: Path) -> str:
+    """The base schedule chosen on the default protocol's validation split (test never read)."""
+    raw = _load(root, "docs/results/defaults_sweep.json")
+    rows = []
+    for name, r in raw["settings"].items():
+        cells = [f"{r['lr']:g}", str(r["sampled_negatives"]), str(r["best_epoch"]), str(r["epochs_run"]),
+                 f"{r['valid_uauc']:.4f}", f"{r['seconds']:.0f}"]
+        rows.append([bold_if(c, name == raw["chosen"]) for c in cells])
+    return table(["lr", "fresh negatives per event", "best epoch", "epochs run", "valid uauc", "train s"], rows)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "sensors-table": sensors_table, "sensors-differences": sensors_differences,
     "sensors-activity": sensors_activity, "sensors-window": sensors_window, "sensors-costs": sensors_costs,
@@ -461,7 +472,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "digits-table": digits_table, "digits-differences": digits_differences, "digits-window": digits_window,
     "digits-costs": digits_costs, "reference-readme": reference_readme, "reference-table": reference_table,
     "default-table": default_table, "default-adaptation": default_adaptation, "compressed-table": compressed_table,
-    "swa-table": swa_table,
+    "swa-table": swa_table, "defaults-sweep": defaults_sweep,
 }
 
 
