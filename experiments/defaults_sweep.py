@@ -52,16 +52,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", help="train just these settings (e.g. lr0.003-negatives4,lr0.003-negatives0), "
+                                       "so two one-thread processes can share the sweep; a later run without it "
+                                       "reuses them and writes the whole table")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"protocol": str(args.data), "seed": args.seed, "split_read": "valid only",
                      "budget": {"epochs": 50, "patience": 5}, "settings": {}}
-    for lr, negatives in itertools.product(LRS, NEGATIVES):
+    settings = list(itertools.product(LRS, NEGATIVES))
+    if args.only:
+        wanted = set(args.only.split(","))
+        settings = [s for s in settings if setting_name(*s) in wanted]
+        if len(settings) != len(wanted):
+            parser.error(f"--only: choose from {', '.join(setting_name(*s) for s in itertools.product(LRS, NEGATIVES))}")
+    for lr, negatives in settings:
         results["settings"][setting_name(lr, negatives)] = run_setting(args.data, args.out, lr, negatives,
                                                                        args.seed, args.threads)
         chosen = max(results["settings"], key=lambda name: results["settings"][name]["valid_uauc"])
         results["chosen"] = chosen
-        write_json(args.out / "defaults_sweep.json", results)
+        # a partial sweep (--only) writes beside, never over, the whole table
+        write_json(args.out / ("defaults_sweep_partial.json" if args.only else "defaults_sweep.json"), results)
         print(f"{setting_name(lr, negatives)}: valid uauc {results['settings'][setting_name(lr, negatives)]['valid_uauc']:.4f}"
               f"  (best so far: {chosen})", flush=True)
 
