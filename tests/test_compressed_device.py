@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import NUM_ITEMS, W, L, write_tiny_dataset
+from conftest import NUM_ITEMS, L, W, write_tiny_dataset
 from typer.testing import CliRunner
 
 from duet.cli import app
@@ -191,19 +191,22 @@ def test_device_model_names_round_trip():
 
 
 def test_compare_with_a_device_model_writes_the_device_rows(tmp_path, monkeypatch):
+    from duet.tasks.recommendation.data.store import load_dataset
     from duet.tasks.recommendation.report import compare as compare_module
     from duet.tasks.recommendation.report.summary import summary_of_report
 
+    data = write_tiny_dataset(tmp_path / "data")
+    test_records = len(load_dataset(data)["test"])
     measured = []
 
     def fake_cost(run: Path, split) -> dict[str, float]:  # the real one is tested above; exports take seconds
+        assert len(split) == test_records  # measured on the test split's requests
         measured.append(run)
         return {"parameters": 100.0 * len(measured), "head_parameters": 10.0, "onnx_bytes": 9e4,
                 "onnx_weight_bytes": 400.0, "history_items": 3.0, "score_ms_p50": 0.05, "score_ms_p90": 0.07,
                 "requests": 300.0}
 
     monkeypatch.setattr(compare_module, "device_cost", fake_cost)
-    data = write_tiny_dataset(tmp_path / "data")
     cfg = compare_module.CompareConfig(
         data=str(data), backbones=("sasrec",), seeds=2, epochs=1, duet_epochs=1, patience=1, threads=1,
         num_generators=2, duet_variants=(compare_module.DuetVariant(rank=2), compare_module.DuetVariant(
@@ -251,3 +254,16 @@ def test_compare_with_a_device_model_writes_the_device_rows(tmp_path, monkeypatc
     d = diffs["device-duet - device-global"]
     assert f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" in text and "device model + DUET" in text
     assert "gap" in text and "ms per" in text.replace("\n", " ")
+
+
+def test_a_report_started_before_the_option_is_still_extended(tmp_path):
+    """compare_config.json from before --device-model (no such key) reads as the same configuration."""
+    from duet.tasks.recommendation.report.compare import CompareConfig, _saved_config
+
+    cfg = CompareConfig(data="d")
+    saved = cfg.model_dump(mode="json")
+    del saved["device_model"]
+    (tmp_path / "compare_config.json").write_text(json.dumps(saved))
+    assert _saved_config(tmp_path / "compare_config.json") == cfg
+    assert _saved_config(tmp_path / "compare_config.json") != cfg.model_copy(
+        update={"device_model": CompressedDevice(history=5)})

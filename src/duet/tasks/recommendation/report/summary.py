@@ -69,8 +69,10 @@ def device_lines(methods: dict, spelling: str) -> list[str]:
     diffs, gap = methods.get("differences", {}), methods.get("gap_closed", {})
     if "device" not in methods:
         return []
+    seeds = any((diffs[name].get("seed_level") or {}).get("lo") is not None for name in DEVICE_DIFFERENCES
+                if name in diffs)
     lines = [f"  compressed device ({spelling}) and the cloud model (base):",
-             f"  {'':<20} {'paired [95%]':<29} seed-level [95%]"]
+             f"  {'':<20} {'paired [95%]':<29} {'seed-level [95%]' if seeds else ''}".rstrip()]
     for name, label in DEVICE_DIFFERENCES.items():
         if name in diffs:
             lines.append(f"  {label:<20} {_difference(diffs[name]):<29} {_seed_level(diffs[name].get('seed_level'))}"
