@@ -172,7 +172,7 @@ def test_a_device_history_longer_than_the_dataset_is_refused_in_one_line(tiny_di
                                  "--device-model", "history=21", "--no-progress"])
     assert result.exit_code == 2 and "history=21 is longer than the dataset's history (L=20)" in \
         one_line(result.stderr)
-    assert not (tmp_path / "r" / "runs").exists()
+    assert not (tmp_path / "r").exists()
     result = runner.invoke(app, ["train", "--data", str(tiny_dir), "--out", str(tmp_path / "t"),
                                  "--device-history", "21"])
     assert result.exit_code == 2 and "--device-history 21: longer than the dataset's history (L=20)" in \

@@ -3,7 +3,8 @@
 Each run lands in REPORT/runs/<backbone>/seed<k>/<method> (DUET: one folder per
 stage-2 variant below it, the best on validation is the one reported); a
 finished run is reused when the comparison is started again, so an interrupted
-comparison resumes where it stopped.
+comparison resumes where it stopped. With `device_model` (`--device-model`), a compressed
+device model's rows join them (report/compressed.py).
 """
 
 from __future__ import annotations
@@ -189,17 +190,17 @@ def compare(cfg: CompareConfig, report: str | Path, progress: bool = True,
     for backbone in (*cfg.backbones, *cfg.backbone_epochs):
         if backbone not in BACKBONE_NAMES:
             raise DuetError(f"--backbones: unknown {backbone!r}; choose from {', '.join(BACKBONE_NAMES)}")
+    data = load_dataset(cfg.data)
+    history = cfg.device_model.history if cfg.device_model else None
+    if history is not None and history > data.history_len:  # refused before anything is written
+        raise DuetError(f"--device-model: history={history} is longer than the dataset's history "
+                        f"(L={data.history_len})")
     report = Path(report)
     report.mkdir(parents=True, exist_ok=True)
     saved = report / "compare_config.json"
     if saved.exists() and _saved_config(saved) != cfg:
         raise DuetError(f"{saved}: this report was started with another configuration; use a new --out")
     write_json(saved, cfg.model_dump(mode="json"))
-    data = load_dataset(cfg.data)
-    history = cfg.device_model.history if cfg.device_model else None
-    if history is not None and history > data.history_len:
-        raise DuetError(f"--device-model: history={history} is longer than the dataset's history "
-                        f"(L={data.history_len})")
     seen = interacted_items(data, data.num_users)  # for full ranking: the same for every run
     seen_count = items_seen(data, "test")  # (E,) items each test event's device had seen: the cold-device bins
     results: dict = {"config": cfg.model_dump(mode="json"), "runs": {}}
