@@ -1,5 +1,20 @@
 """A small device model with a cloud generator that reads a long window.
 
+Superseded by `duet compare --device-model` (one dataset, the device model's static part reading
+the history's last N items, rows device / device-duet / device-global beside the cloud model,
+seed-level intervals, size and latency on the device runtime). This script stays because
+docs/results/compressed_device.json, quoted by README.md and docs/RESULTS.md, came from it. The
+same setting with the option (the generator reads W = 50, the device model the last 5 of L = 50,
+embedding 16; the variants this script tried):
+
+    duet prepare --source synthetic-shift --out data/shift-w50 --window-len 50
+    duet compare --data data/shift-w50 --backbones sasrec --seeds 5 --epochs 20 --duet-epochs 10 \
+        --variants frozen-rankfull-dropout0.3,joint-rankfull-dropout0.3 \
+        --device-model history=5,dim=16 --threads 1 --out reports/compressed
+
+(There fine-tuning is the cloud model's; this script also fine-tuned the device model.)
+The original two-dataset run:
+
     duet prepare --source synthetic-shift --out data/shift                                 # L 50, W 10
     duet prepare --source synthetic-shift --out data/shift-device --history-len 5 --window-len 50
     python experiments/compressed_device.py --cloud-data data/shift --device-data data/shift-device \

@@ -106,8 +106,8 @@ def _finetune_fake(received: list) -> Callable:
 
 
 def _compare_fake(received: list) -> Callable:
-    def compare(cfg, out, progress=True):
-        received.append(fields(cfg, out=out, progress=progress))
+    def compare(cfg, out, progress=True, only_seeds=None):
+        received.append(fields(cfg, out=out, progress=progress, only_seeds=only_seeds))
         out.mkdir(parents=True)
         (out / "results.md").write_text("# report\n")  # the CLI prints it
 
@@ -131,7 +131,7 @@ def _finetune_defaults(data: Path, _tmp: Path) -> dict[str, object]:
 def _compare_defaults(data: Path, tmp: Path) -> dict[str, object]:
     from duet.tasks.recommendation.report.compare import CompareConfig
 
-    return fields(CompareConfig(data=str(data)), out=tmp / "out", progress=True)
+    return fields(CompareConfig(data=str(data)), out=tmp / "out", progress=True, only_seeds=None)
 
 
 def _quick(data: Path) -> dict[str, object]:
@@ -145,6 +145,12 @@ def _variant() -> tuple:
     from duet.tasks.recommendation.report.compare import DuetVariant
 
     return (DuetVariant(freeze_static=True, rank=2, dropout=0.1),)
+
+
+def _device_model() -> object:
+    from duet.tasks.recommendation.report.compressed import CompressedDevice
+
+    return CompressedDevice(history=5, dim=16)
 
 
 def _remove_outs(tmp: Path) -> None:
@@ -182,6 +188,7 @@ COMMANDS = {
             "device": ("auto", {"train.device": "auto"}),
             "embed_dim": (8, {"model.embed_dim": 8}),
             "num_blocks": (3, {"model.num_blocks": 3}),
+            "device_history": (5, {"model.device_history": 5}),
             "num_heads": (2, {"model.num_heads": 2}),
             "dropout": (0.05, {"model.dropout": 0.05}),
             "head_hidden": ("16,8", {"model.head_hidden": (16, 8)}),
@@ -231,6 +238,7 @@ COMMANDS = {
             "out": (tmp / "out2", {"out": tmp / "out2"}),
             "backbones": ("din,gru4rec", {"backbones": ("din", "gru4rec")}),
             "seeds": (2, {"seeds": 2}),
+            "only_seeds": ("1", {"only_seeds": (1,)}),
             "quick": (True, _quick(tmp / "data")),
             # Any --epochs replaces the per-backbone caps too.
             "epochs": (3, {"epochs": 3}),
@@ -242,6 +250,7 @@ COMMANDS = {
             "scratch": (False, {"scratch": False}),
             "full_ranking_positives": (123, {"full_ranking_positives": 123}),
             "threads": (1, {"threads": 1}),
+            "device_model": ("history=5,dim=16", {"device_model": _device_model()}),
             "overwrite": (True, {}),  # only lets an existing report be extended (checked below)
             "progress": (False, {"progress": False}),
         },

@@ -96,6 +96,7 @@ def train(
     device: Annotated[str, typer.Option(help="cpu | cuda | auto (cuda where there is one)")] = "cpu",
     embed_dim: Annotated[int, typer.Option(help="item embedding size")] = 32,
     num_blocks: Annotated[int, typer.Option(help="SASRec blocks / GRU layers")] = 2,
+    device_history: Annotated[int | None, typer.Option(help="a compressed device model: the static part reads only the history's last N items (default: all L; the generator still reads the window W)")] = None,
     num_heads: Annotated[int, typer.Option(help="SASRec attention heads")] = 1,
     dropout: Annotated[float, typer.Option(help="dropout rate")] = 0.2,
     head_hidden: Annotated[str | None, typer.Option(help="dynamic head hidden widths, e.g. 32 or 64,32")] = None,
@@ -209,6 +210,11 @@ def compare(
     scratch: Annotated[bool | None, typer.Option(help="also train DUET jointly from scratch, the published schedule (default on; quick: off)")] = None,
     full_ranking_positives: Annotated[int | None, typer.Option(help="test positives ranked against the whole catalogue (default 2000)")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
+    device_model: Annotated[str | None, typer.Option(
+        help="recommendation: also a compressed device model, e.g. history=5,dim=16,blocks=1 (its static part "
+             "reads the history's last 5 items, embedding 16, 1 block; the generator reads the window W): rows "
+             "device, device-duet, device-global beside the cloud model (base), with their size and latency on "
+             "the device runtime")] = None,
     overwrite: Annotated[bool, typer.Option(help="reuse an existing report directory")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:

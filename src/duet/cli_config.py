@@ -26,7 +26,7 @@ def train_config(
     layer_embed_dim: int, decoder_hidden: int, rank: int | None, mode: str, gen_dropout: float, num_generators: int,
     temperature: float, freeze_static: bool, init: Path | None, from_scratch: bool = False,
     lr_schedule: str = "constant", lr_decay: float = 0.5, sampled_negatives: int = 4, device: str = "cpu",
-    film: bool = False,
+    film: bool = False, device_history: int | None = None,
 ) -> RunConfig:
     """Validate every option; a bad value is a one-line DuetError naming the option.
 
@@ -48,7 +48,7 @@ def train_config(
     try:
         model = ModelConfig(backbone=backbone, embed_dim=embed_dim, num_blocks=num_blocks, num_heads=num_heads,
                             dropout=dropout, head_hidden=_ints(head_hidden), activation=activation,
-                            film=film)
+                            film=film, device_history=device_history)
         generator = GeneratorConfig(encoder=encoder, hidden_dim=gen_hidden, layer_embed_dim=layer_embed_dim,
                                     decoder_hidden=decoder_hidden, rank=rank, mode=mode, dropout=gen_dropout,
                                     num_generators=num_generators, temperature=temperature)

@@ -59,6 +59,10 @@ class ModelConfig(Strict):
     backbone: str = Field("sasrec", min_length=1)
     embed_dim: int = Field(32, ge=2)
     num_blocks: int = Field(2, ge=1, description="SASRec blocks / GRU layers")
+    # A compressed device model: the static part reads only the last N items of the click
+    # history (the cloud model reads all L of them; the generator still reads the dataset's
+    # window W in the cloud). None = the whole history, the behaviour of every earlier run.
+    device_history: int | None = Field(None, ge=1, description="static part reads the history's last N items")
     num_heads: int = Field(1, ge=1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     # Hidden widths of the dynamic head; None = backbone default: (embed_dim,) for

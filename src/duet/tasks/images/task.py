@@ -76,6 +76,8 @@ class ImageTask:
         if config.model.backbone not in self.backbones:
             raise ArtifactError(f"backbone {config.model.backbone!r} is not an image static part "
                                 f"({', '.join(self.backbones)})")
+        if config.model.device_history is not None:
+            raise ArtifactError("--device-history: image samples have no click history to shorten")
         return ImageClassifier(facts.image_shape, facts.num_classes, config.model)
 
     def fit_without_gradients(self, config, data: ImageData) -> nn.Module:  # noqa: ARG002

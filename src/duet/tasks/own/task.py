@@ -107,6 +107,9 @@ class OwnTask:
         if config.model.film:
             raise ArtifactError(f"--film: task {self.name!r} brings its own static module; make the tensors "
                                 "to generate part of its head module instead")
+        if config.model.device_history is not None:
+            raise ArtifactError(f"--device-history: task {self.name!r} brings its own static module; "
+                                "shorten its input there")
         return OwnDeviceModel(self.static(), self.head(), tuple(config.facts["sample_shape"]))
 
     def fit_without_gradients(self, config, data: ImageData) -> nn.Module:  # noqa: ARG002

@@ -83,7 +83,7 @@ def _print_counts(console: Any, title: str, manifest: dict) -> None:
 
 
 COMPARE_OPTIONS = ("backbones", "seeds", "only_seeds", "quick", "epochs", "duet_epochs", "variants", "finetune_steps",
-                   "finetune_scope", "scratch", "full_ranking_positives", "threads")
+                   "finetune_scope", "scratch", "full_ranking_positives", "threads", "device_model")
 
 
 def parse_seeds(text: str | None, seeds: int) -> tuple[int, ...] | None:
@@ -104,15 +104,18 @@ def compare(data: Path, out: Path, options: dict[str, Any], progress: bool) -> P
     """Pop, base, fine-tune and DUET variants on the same splits -> OUT/results.md; returns it."""
     from duet.tasks.recommendation.report.compare import CompareConfig, DuetVariant, quick_config
     from duet.tasks.recommendation.report.compare import compare as run_compare
+    from duet.tasks.recommendation.report.compressed import CompressedDevice
 
     refuse_given({_flag(k): v for k, v in options.items() if k not in COMPARE_OPTIONS},
                  f"{data} is a recommendation dataset: {{}} do not apply")
     backbones, variants, epochs = options.get("backbones"), options.get("variants"), options.get("epochs")
+    device = options.get("device_model")
     base = quick_config(str(data)) if options.get("quick") else CompareConfig(data=str(data))
     chosen = {"backbones": tuple(b.strip() for b in backbones.split(",") if b.strip()) if backbones else None,
               "seeds": options.get("seeds"), "epochs": epochs, "backbone_epochs": {} if epochs else None,
               "duet_epochs": options.get("duet_epochs"),
               "duet_variants": tuple(DuetVariant.parse(v) for v in variants.split(",")) if variants else None,
+              "device_model": CompressedDevice.parse(device) if device is not None else None,
               **{k: options.get(k) for k in ("finetune_steps", "finetune_scope", "scratch", "full_ranking_positives",
                                               "threads")}}
     if options.get("finetune_steps") is not None:  # steps given: no validation grid over them

@@ -84,6 +84,9 @@ class RecommendationTask:
         if config.model.film:
             raise ArtifactError("--film: the recommendation static parts have no conv blocks to scale; "
                                 "generation stays in the head")
+        if (config.model.device_history or 0) > facts.history_len:
+            raise ArtifactError(f"--device-history {config.model.device_history}: longer than the dataset's "
+                                f"history (L={facts.history_len})")
         return Recommender(facts.num_items, facts.history_len, config.model)
 
     def fit_without_gradients(self, config, data: Dataset) -> nn.Module:

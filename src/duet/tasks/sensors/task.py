@@ -46,6 +46,8 @@ class SensorTask(ImageTask):
         if config.model.backbone not in self.backbones:
             raise ArtifactError(f"backbone {config.model.backbone!r} is not a sensor static part "
                                 f"({', '.join(self.backbones)})")
+        if config.model.device_history is not None:
+            raise ArtifactError("--device-history: sensor samples have no click history to shorten")
         return SensorClassifier(facts.sample_shape, facts.num_classes, config.model)
 
     def sample(self, config) -> SampleSpec:

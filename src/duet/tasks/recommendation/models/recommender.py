@@ -19,21 +19,37 @@ def head_widths(cfg: ModelConfig) -> tuple[int, ...]:
     return (cfg.embed_dim, *hidden, cfg.embed_dim)
 
 
+def tail_items(history: Tensor, n: int) -> Tensor:
+    """history (E, L), left-aligned -> its last n items (E, n), left-aligned, PAD-padded
+    (the torch twin of the dataset's `tail_window`). A history of width <= n is returned
+    padded to n, so the device graph (which is given n items) computes the same thing."""
+    count = (history != PAD).sum(1, keepdim=True)  # (E, 1)
+    index = (count - n).clamp(min=0) + torch.arange(n, device=history.device)  # (E, n)
+    items = history.gather(1, index.clamp(max=history.shape[1] - 1))
+    return torch.where(index < count, items, torch.full_like(items, PAD))
+
+
 class Recommender(WithGlobalHead):
     """Scores (history, candidate item) pairs. `params=None` uses theta_g.
 
     Inputs are grouped by event: `history` (E, L) once per event, `item` (B,)
     per record and `inverse` (B,) the event of each record, so a positive and its
     negatives share one encoder pass. Per-device params are `(E, *shape)`.
+
+    With `cfg.device_history` N (a compressed device model), the static part reads only
+    the last N items of each history: `history_len` is then N, what the device graph takes.
     """
 
     def __init__(self, num_items: int, history_len: int, cfg: ModelConfig):
         super().__init__()
         if cfg.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {sorted(BACKBONES)}")
+        if cfg.device_history is not None and cfg.device_history > history_len:
+            raise ValueError(f"device_history {cfg.device_history} is longer than the dataset's history "
+                             f"({history_len})")
         self.cfg = cfg
-        self.num_items, self.history_len = num_items, history_len
-        self.backbone = BACKBONES[cfg.backbone](num_items, history_len, cfg)
+        self.num_items, self.history_len = num_items, cfg.device_history or history_len
+        self.backbone = BACKBONES[cfg.backbone](num_items, self.history_len, cfg)
         self._init_head(head_widths(cfg), cfg.activation)
 
     @property
@@ -59,6 +75,8 @@ class Recommender(WithGlobalHead):
         if inverse is None:
             inverse = torch.arange(item.shape[0], device=item.device)
         params = self.theta_g() if params is None else params
+        if self.cfg.device_history is not None:
+            history = tail_items(history, self.cfg.device_history)  # (E, N)
         target = self.backbone.items(item)  # (B, D)
         if self.backbone.head_on == "event":
             user = self.head(self.backbone(history), params)  # (E, D)

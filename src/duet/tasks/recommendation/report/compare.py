@@ -3,7 +3,8 @@
 Each run lands in REPORT/runs/<backbone>/seed<k>/<method> (DUET: one folder per
 stage-2 variant below it, the best on validation is the one reported); a
 finished run is reused when the comparison is started again, so an interrupted
-comparison resumes where it stopped.
+comparison resumes where it stopped. With `device_model` (`--device-model`), a compressed
+device model's rows join them (report/compressed.py).
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ from duet.atomic import write_json
 from duet.checkpoint import is_finished_run, load_run
 from duet.config import GeneratorConfig, ModelConfig, Strict, TrainConfig
 from duet.errors import DuetError
-from duet.report.stats import difference_matrix, paired_bootstrap
+from duet.report.stats import difference_matrix, paired_bootstrap, seed_interval
 from duet.tasks.recommendation.evaluate import scores_file, user_auc_file
 from duet.tasks.recommendation.full_ranking import full_ranking, interacted_items
 from duet.tasks.recommendation.models.backbones import BACKBONES
 from duet.tasks.recommendation.report.cold import by_seen, items_seen
-from duet.tasks.recommendation.report.methods import FULL_RANKED, METHODS, REPORTED
+from duet.tasks.recommendation.report.compressed import CompressedDevice, device_cost, gap_closed
+from duet.tasks.recommendation.report.methods import (
+    FULL_RANKED,
+    GLOBAL_HEAD,
+    METHODS,
+    REPORTED,
+    ROWS,
+)
 from duet.training.evaluation import evaluate_run, load_scorer
 
 BACKBONE_NAMES = tuple(BACKBONES)
@@ -36,6 +44,10 @@ log = logging.getLogger("duet.compare")
 # (A, B): A - B per user (and seed) with a paired bootstrap interval in every report.
 DIFFERENCES = (("duet", "base"), ("duet", "finetune"), ("duet", "duet-noswa"), ("duet", "duet-global"),
                ("duet-global", "base"), ("duet-scratch", "base"), ("finetune", "base"))
+# With --device-model (`base` is the cloud model): what DUET adds to the device model, generation's
+# own share (device-duet - device-global), the gap to close (base - device) and what is left of it.
+DEVICE_DIFFERENCES = (("device-duet", "device"), ("device-duet", "device-global"), ("device-global", "device"),
+                      ("base", "device"), ("device-duet", "base"))
 
 
 class DuetVariant(Strict):
@@ -99,6 +111,9 @@ class CompareConfig(Strict):
     # method); None ranks all of them (slow for DIN, which scores every pair).
     full_ranking_positives: int | None = Field(2000, ge=1)
     threads: int | None = None
+    # A compressed device model beside the cloud model (`base`): rows device, device-duet and
+    # device-global, trained like base and DUET stage 2 (report/compressed.py). None: no device rows.
+    device_model: CompressedDevice | None = None
 
 
 def quick_config(data: str) -> CompareConfig:
@@ -115,7 +130,8 @@ def _run_dir(report: Path, backbone: str, seed: int, method: str) -> Path:
 
 
 def _train(cfg: CompareConfig, out: Path, backbone: str, seed: int, method: str, progress: bool,
-           init: Path | None = None, num_generators: int = 1, variant: DuetVariant | None = None) -> None:
+           init: Path | None = None, num_generators: int = 1, variant: DuetVariant | None = None,
+           model: ModelConfig | None = None) -> None:
     from duet.training.loop import run_config_for, train
 
     if is_finished_run(out):
@@ -132,7 +148,8 @@ def _train(cfg: CompareConfig, out: Path, backbone: str, seed: int, method: str,
     )
     generator = GeneratorConfig(num_generators=num_generators, temperature=cfg.temperature, rank=variant.rank,
                                 dropout=variant.dropout) if duet else None
-    config = run_config_for(cfg.data, model=ModelConfig(backbone=backbone), train=train_cfg, generator=generator)
+    config = run_config_for(cfg.data, model=model or ModelConfig(backbone=backbone), train=train_cfg,
+                            generator=generator)
     log.info("training %s", out)
     train(config, out, resume=(out / "config.json").exists(), progress=progress)
 
@@ -173,13 +190,17 @@ def compare(cfg: CompareConfig, report: str | Path, progress: bool = True,
     for backbone in (*cfg.backbones, *cfg.backbone_epochs):
         if backbone not in BACKBONE_NAMES:
             raise DuetError(f"--backbones: unknown {backbone!r}; choose from {', '.join(BACKBONE_NAMES)}")
+    data = load_dataset(cfg.data)
+    history = cfg.device_model.history if cfg.device_model else None
+    if history is not None and history > data.history_len:  # refused before anything is written
+        raise DuetError(f"--device-model: history={history} is longer than the dataset's history "
+                        f"(L={data.history_len})")
     report = Path(report)
     report.mkdir(parents=True, exist_ok=True)
     saved = report / "compare_config.json"
-    if saved.exists() and json.loads(saved.read_text()) != cfg.model_dump(mode="json"):
+    if saved.exists() and _saved_config(saved) != cfg:
         raise DuetError(f"{saved}: this report was started with another configuration; use a new --out")
     write_json(saved, cfg.model_dump(mode="json"))
-    data = load_dataset(cfg.data)
     seen = interacted_items(data, data.num_users)  # for full ranking: the same for every run
     seen_count = items_seen(data, "test")  # (E,) items each test event's device had seen: the cold-device bins
     results: dict = {"config": cfg.model_dump(mode="json"), "runs": {}}
@@ -191,6 +212,16 @@ def compare(cfg: CompareConfig, report: str | Path, progress: bool = True,
             results["runs"].setdefault(backbone, {})[f"seed{seed}"] = entry
             write_report(results, report)
     return results
+
+
+def _saved_config(saved: Path) -> CompareConfig | None:
+    """The configuration a report was started with (options added since take their defaults); None if unreadable."""
+    from pydantic import ValidationError
+
+    try:
+        return CompareConfig.model_validate_json(saved.read_text())
+    except ValidationError:
+        return None
 
 
 def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, seen: list[set[int]],
@@ -221,9 +252,12 @@ def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, s
                  runs["finetune"], progress=progress)
         if tried:
             write_json(runs["finetune"] / "finetune_choice.json", {"steps": steps, "lr": lr, "valid_uauc": tried})
+    if cfg.device_model is not None:
+        device_runs, chosen["device-duet"] = _train_device(cfg, report, backbone, seed, progress)
+        runs.update(device_runs)
     entry: dict = {}
     for method, run in runs.items():
-        head = "global" if method == "duet-global" else "generated"
+        head = "global" if method in GLOBAL_HEAD else "generated"
         if method == "finetune":
             summary = json.loads(ft_file.read_text())
             entry[method] = {"test": summary["metrics"]}
@@ -238,14 +272,32 @@ def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, s
         entry[method]["user_auc"] = json.loads(user_auc_file(run, "test", head).read_text())
         if scores_file(run, "test", head).exists():  # a fine-tuning run from before scores were saved has none
             entry[method]["by_seen"] = by_seen(data["test"], seen_count, scores_file(run, "test", head))
-        if method in ("duet", "duet-noswa"):
+        if method in ("duet", "duet-noswa", "device-duet"):
             entry[method]["variant"] = run.name
             entry[method]["valid_uauc_per_variant"] = chosen[method][1]
             cost = generation_cost(run, data["test"].window)
             entry[method]["history"] = json.loads((run / "history.json").read_text())
             entry[method]["adapt_ms_per_device"] = cost["batched_ms"]
             entry[method]["adapt_ms_single_device"] = cost["single_ms"]
+    if cfg.device_model is not None:  # what the device rows cost on a device, the cloud model for contrast
+        for method in ("device", "device-duet", "base"):
+            entry[method]["device_cost"] = device_cost(runs[method], data["test"])
     return entry
+
+
+def _train_device(cfg: CompareConfig, report: Path, backbone: str, seed: int,
+                  progress: bool) -> tuple[dict[str, Path], tuple[Path, dict[str, float]]]:
+    """The compressed device model (trained as base is) and DUET stage 2 from it (every variant,
+    SWA as `duet`, the best on validation); the runs of the device rows and the chosen variant."""
+    model = cfg.device_model.model(backbone)
+    device = _run_dir(report, backbone, seed, "device")
+    _train(cfg, device, backbone, seed, "base", progress, model=model)
+    folder = _run_dir(report, backbone, seed, "device-duet")
+    for variant in cfg.duet_variants:
+        _train(cfg, folder / variant.name, backbone, seed, "duet", progress, init=device,
+               num_generators=cfg.num_generators, variant=variant, model=model)
+    chosen = _select_variant(folder, cfg.duet_variants)
+    return {"device": device, "device-duet": chosen[0], "device-global": chosen[0]}, chosen
 
 
 def _finetune_setting(cfg: CompareConfig, base: Path, seed: int, progress: bool) -> tuple[int, float, dict]:
@@ -285,7 +337,7 @@ def summarize(results: dict) -> dict:
     paired differences (`DIFFERENCES`) with bootstrap intervals over users and seeds."""
     out: dict = {}
     for backbone, seeds in results["runs"].items():
-        for method in METHODS:
+        for method in ROWS:
             entries = [seed[method] for seed in seeds.values() if method in seed]
             if not entries:
                 continue
@@ -308,14 +360,22 @@ def summarize(results: dict) -> dict:
             for key in ("adapt_ms_per_device", "adapt_ms_single_device"):
                 if key in entries[0]:
                     stats[key] = _mean_std(np.array([e[key] for e in entries], dtype=float))
+            costs = [e["device_cost"] for e in entries if "device_cost" in e]
+            if costs:
+                stats["device_cost"] = {k: _mean_std(np.array([c[k] for c in costs], dtype=float)) for k in costs[0]}
             out.setdefault(backbone, {})[method] = stats
         differences = {}
-        for a, b in DIFFERENCES:
+        for a, b in DIFFERENCES + DEVICE_DIFFERENCES:
             pairs = [(seed[a]["user_auc"], seed[b]["user_auc"]) for seed in seeds.values()
                      if a in seed and b in seed and "user_auc" in seed[a] and "user_auc" in seed[b]]
             if pairs:
-                differences[f"{a} - {b}"] = paired_bootstrap(difference_matrix(pairs))
+                diff = difference_matrix(pairs)
+                # seed_level: a t-interval over seed means, the spread of training itself (None with one seed)
+                differences[f"{a} - {b}"] = {**paired_bootstrap(diff), "seed_level": seed_interval(diff)}
         out.setdefault(backbone, {})["differences"] = differences
+        gap = gap_closed(seeds)
+        if gap:
+            out[backbone]["gap_closed"] = gap
     return out
 
 
