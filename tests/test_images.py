@@ -251,7 +251,21 @@ def test_compare_scores_every_method_on_the_same_devices_and_writes_the_report(f
                              finetune_lrs=(1e-2,), tent_steps=(2,), tent_lrs=(1e-2,), windows=(1, 6))
     results = compare_images(cfg, tmp_path / "report", progress=False)
     seed = results["seeds"]["0"]
-    assert set(seed["metrics"]) == {"global", "finetune-3", "tent", "bnstats", "oracle", "duet-static", "duet-noswa", "duet"}
+    assert set(seed["metrics"]) == {"global", "finetune-3", "tent", "bnstats", "armbn", "oracle", "duet-static",
+                                    "duet-noswa", "duet"}
+    # ARM-BN: its own run, trained with per-device statistics; its prior chosen on validation, its cost per device
+    armbn_run = tmp_path / "report" / "runs" / "seed0" / "armbn"
+    assert json.loads((armbn_run / "config.json").read_text())["train"]["method"] == "armbn"
+    assert set(results["choices"]["armbn"][0]) == {"prior", "valid"}
+    assert results["choices"]["armbn"][0]["prior"] in cfg.bn_priors
+    assert seed["costs"]["armbn"]["median_s"] > 0
+    assert set(seed["valid_metrics"]) == set(seed["metrics"]) - {"oracle"}
+    assert seed["valid_metrics"]["armbn"]["accuracy"] == results["choices"]["armbn"][0]["valid"]
+    summary = json.loads((tmp_path / "report" / "results.json").read_text())["summary"]
+    for name in ("duet - armbn (unseen)", "duet - armbn (seen)", "armbn - bnstats (unseen)"):
+        assert {"mean", "lo", "hi", "seed_level"} <= set(summary["differences"][name])
+    assert "accuracy_unseen" in summary["valid_table"]["armbn"]
+    assert {"lo", "hi", "seed_level"} <= set(summary["valid_differences"]["duet - global (unseen)"])
     devices = {m: set(acc) for m, acc in seed["device_accuracy"].items()}
     assert len({frozenset(d) for d in devices.values()}) == 1  # the same devices for every method
     base_test = evaluate_run(tmp_path / "report" / "runs" / "seed0" / "base", "test")
@@ -259,7 +273,9 @@ def test_compare_scores_every_method_on_the_same_devices_and_writes_the_report(f
     # At the dataset's own W, the window curve is the DUET row itself.
     assert seed["window_curve"]["duet"]["6"]["accuracy"] == pytest.approx(seed["metrics"]["duet"]["accuracy"])
     text = (tmp_path / "report" / "results.md").read_text()
-    assert "| DUET (PPG+SWA) |" in text and "duet - global (unseen)" in text
+    assert "| DUET (PPG+SWA) |" in text and "duet - global (unseen)" in text and "duet - armbn (unseen)" in text
+    assert "| ARM-BN, trained for batch-norm statistics (no labels, no gradient) | device, no gradient |" in text
+    assert "## Validation devices" in text
     assert (tmp_path / "report" / "accuracy_vs_window.png").stat().st_size > 0
     assert (tmp_path / "report" / "adaptation_time.png").stat().st_size > 0
 

@@ -80,7 +80,7 @@ def train(
     data: Annotated[Path, typer.Option(help="prepared dataset directory (duet prepare)")],
     out: Annotated[Path, typer.Option(help="run directory to create")],
     backbone: Annotated[str | None, typer.Option(help="the static part, one of the dataset task's (default: its first)")] = None,
-    method: Annotated[str, typer.Option(help="pop | base | duet")] = "base",
+    method: Annotated[str, typer.Option(help="base | duet | one of the dataset task's own (e.g. pop, armbn)")] = "base",
     resume: Annotated[bool, typer.Option(help="continue an interrupted run in --out")] = False,
     epochs: Annotated[int | None, typer.Option(help="maximum epochs (default 50; DUET stage 2: 10)")] = None,
     batch_size: Annotated[int | None, typer.Option(help="records per mini-batch (default: the task's)")] = None,

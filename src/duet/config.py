@@ -10,8 +10,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# Method names: `base` and `duet` are trained by the shared loop; a task may fit others
-# without gradients (`Task.fit_without_gradients`, e.g. popularity).
+# Method names: `base` and `duet` are trained by the shared loop; a task may add its own,
+# trained by the loop too (`Task.gradient_methods`) or fitted without gradients
+# (`Task.fit_without_gradients`, e.g. popularity).
 GRADIENT_METHODS = ("base", "duet")
 
 

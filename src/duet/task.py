@@ -88,6 +88,8 @@ class Task(Protocol):
     unit: str  # what paired intervals resample: "user", "device", ...
     backbones: tuple[str, ...]  # the static parts it offers; the first is the default
     methods: tuple[str, ...]  # base, duet and the task's own (fitted by `fit_without_gradients`)
+    # Those of its own methods the shared loop trains (its batcher, loss and evaluate read the method).
+    gradient_methods: tuple[str, ...]
     defaults: Mapping[str, Any]  # defaults of options left unset (e.g. encoder, batch_size)
 
     # --- data

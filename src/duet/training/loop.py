@@ -77,7 +77,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, world: Wo
     if data.hash != config.data_hash:
         raise ArtifactError(f"{config.data}: dataset changed since this run was configured (manifest hash differs)")
     torch.manual_seed(config.train.seed)
-    gradients = config.train.method in GRADIENT_METHODS
+    gradients = trained_by_loop(config, task)
     if not gradients:
         model: nn.Module = task.fit_without_gradients(config, data)
         summary = {"best_epoch": 0, "valid": task.evaluate(model, data["valid"], config)}
@@ -122,11 +122,17 @@ def _prepare_out(config: RunConfig, out: Path, resume: bool, world: World) -> No
     world.barrier()
 
 
+def trained_by_loop(config: RunConfig, task: Task) -> bool:
+    """Whether the run's method is trained here (base, duet, a task's own gradient method)."""
+    return config.train.method in (*GRADIENT_METHODS, *task.gradient_methods)
+
+
 def head_spec(config: RunConfig) -> ParamSpec:
     """The ParamSpec of a run's dynamic head, from its config alone (the task builds the device model)."""
-    if config.train.method not in GRADIENT_METHODS:
+    task = load_task(config.builder)
+    if not trained_by_loop(config, task):
         return ParamSpec(())
-    return load_task(config.builder).build(config).param_spec
+    return task.build(config).param_spec
 
 
 def _init_stage1(model: nn.Module, config: RunConfig, out: Path, resume: bool, progress: bool, world: World) -> None:

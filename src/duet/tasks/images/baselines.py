@@ -9,7 +9,8 @@
 * batch-norm statistics from the device's unlabelled samples (Schneider et al., NeurIPS
   2020): no gradient, no label; each batch norm normalises with a mix of the training
   statistics and the device's own, (N mu_train + n mu_device) / (N + n) for n samples and
-  a prior strength N chosen on validation (N = 0: the device's statistics alone);
+  a prior strength N chosen on validation (N = 0: the device's statistics alone); the same
+  code scores a model trained for it (ARM-BN, `duet.tasks.images.armbn`);
 * an oracle per shift type: the global model trained further on the training data
   of one shift type, told each test device's type (an upper bound on knowing the shift).
 
@@ -27,12 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from duet.tasks.images.model import ImageClassifier
 from duet.tasks.images.store import SPLIT_CODE, ImageData, ImageSplit
 from duet.tasks.images.training import ImageBatcher, predict_images
 from duet.tasks.recommendation.finetune import reset_peak_rss, rss_bytes
+from duet.training.distributed import model_device
 
 
 @dataclass
@@ -55,6 +57,7 @@ def per_device(model: ImageClassifier, split: ImageSplit, adapt: Callable[[Image
     result; `label` shows a progress bar under that name."""
     from rich.progress import track
 
+    where = model_device(model)  # ARM-BN's validation runs where the model trains
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     logits = np.zeros((len(split), model.num_classes), dtype=np.float32)
@@ -71,7 +74,7 @@ def per_device(model: ImageClassifier, split: ImageSplit, adapt: Callable[[Image
             peaks[i] = max(0, rss_bytes("VmHWM") - before) if measurable else 0
             mine = np.flatnonzero(split.device == device)
             with torch.no_grad():
-                logits[mine] = local(torch.from_numpy(split.data.x[split.rows[mine]])).numpy()
+                logits[mine] = local(torch.from_numpy(split.data.x[split.rows[mine]]).to(where)).cpu().numpy()
     finally:
         torch.set_num_threads(previous)
     return Adapted(logits, seconds, peaks)
@@ -140,31 +143,42 @@ def tent_images(model: ImageClassifier, split: ImageSplit, steps: int, lr: float
     return per_device(model, split, adapt, label=f"TENT, {steps} steps, lr {lr:g} ({split.name})" if progress else None)
 
 
-def bnstats_images(model: ImageClassifier, split: ImageSplit, prior: int, progress: bool = False) -> Adapted:
+def bnstats_images(model: ImageClassifier, split: ImageSplit, prior: int, context: int | None = None,
+                   threads: int = 1, progress: bool = False) -> Adapted:
     """Batch-norm statistics from each device's unlabelled adaptation samples, mixed with the training
-    statistics at prior strength `prior` (Schneider et al., 2020); no gradient, no label."""
+    statistics at prior strength `prior` (Schneider et al., 2020); no gradient, no label.
+
+    `context`: only the prefix's `context` most recent samples (the window W a device holds);
+    None: the whole prefix. `threads`: torch threads while adapting (1: a phone core)."""
     data = split.data
 
     def adapt(base: ImageClassifier, device: int) -> nn.Module:
-        rows = adaptation_rows(data, split.name, device)
-        local = copy.deepcopy(base)
-        local.eval()
-        norms = batch_norms(local)
-        saved = [(n.running_mean.clone(), n.running_var.clone()) for n in norms]
-        for norm in norms:
-            norm.train()
-            norm.momentum = None  # cumulative: after one pass, exactly the device's statistics
-            norm.reset_running_stats()
-        with torch.no_grad():
-            local(torch.from_numpy(data.x[rows]))
-        n = len(rows)
-        for norm, (mean, var) in zip(norms, saved, strict=True):
-            norm.running_mean.mul_(n / (prior + n)).add_(mean * prior / (prior + n))
-            norm.running_var.mul_(n / (prior + n)).add_(var * prior / (prior + n))
-        local.eval()
-        return local
+        rows = adaptation_rows(data, split.name, device)[-context if context else None:]
+        return with_statistics(base, torch.from_numpy(data.x[rows]), prior)
 
-    return per_device(model, split, adapt, label=f"BN statistics, prior {prior} ({split.name})" if progress else None)
+    return per_device(model, split, adapt, threads,
+                      label=f"BN statistics, prior {prior} ({split.name})" if progress else None)
+
+
+def with_statistics(base: nn.Module, x: Tensor, prior: int) -> nn.Module:
+    """A copy of `base` (in eval mode) whose batch norms hold the statistics of their inputs on
+    `x` (N, ...), mixed with `base`'s own at prior strength `prior`."""
+    local = copy.deepcopy(base)
+    local.eval()
+    norms = batch_norms(local)
+    saved = [(n.running_mean.clone(), n.running_var.clone()) for n in norms]
+    for norm in norms:
+        norm.train()
+        norm.momentum = None  # cumulative: after one pass, exactly the device's statistics
+        norm.reset_running_stats()
+    with torch.no_grad():
+        local(x.to(model_device(local)))
+    n = len(x)
+    for norm, (mean, var) in zip(norms, saved, strict=True):
+        norm.running_mean.mul_(n / (prior + n)).add_(mean * prior / (prior + n))
+        norm.running_var.mul_(n / (prior + n)).add_(var * prior / (prior + n))
+    local.eval()
+    return local
 
 
 def train_oracle(model: ImageClassifier, train: ImageSplit, valid: ImageSplit, window_len: int, seed: int,

@@ -1,10 +1,12 @@
 """`duet compare` on an image fleet: the global model, per-device fine-tuning with k
-labels, TENT, an oracle per shift type, and DUET with and without SWA, on the same
-devices, samples and seeds.
+labels, TENT, batch-norm statistics of the window (with the global model and with a model
+trained for them, ARM-BN), an oracle per shift type, and DUET with and without SWA, on the
+same devices, samples and seeds.
 
-Every choice (fine-tuning and TENT steps/lr, the oracle's epochs) is made on the
-validation devices; the test devices are scored once. Differences come with 95%
-paired bootstrap intervals over devices and seeds (a device's accuracy is the unit).
+Every choice (fine-tuning and TENT steps/lr, the batch-norm prior, every model's epochs) is
+made on the validation devices, whose figures are kept (`valid_metrics`); the test devices
+are scored once. Differences come with 95% paired bootstrap intervals over devices and seeds
+(a device's accuracy is the unit).
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ class ImageCompareConfig(Strict):
     finetune_lrs: tuple[float, ...] = (1e-3, 1e-2)
     tent_steps: tuple[int, ...] = (1, 10)
     tent_lrs: tuple[float, ...] = (1e-3, 1e-2)
-    bn_priors: tuple[int, ...] = Field((0, 8, 32), description="batch-norm prior strengths N tried on validation")
+    bn_priors: tuple[int, ...] = Field((0, 8, 32), description="batch-norm prior strengths N tried on validation "
+                                       "(batch-norm statistics and ARM-BN, each its own)")
     windows: tuple[int, ...] = (1, 5, 10, 20, 50)
     oracle: bool = True
+    cost_repeats: int = Field(20, ge=1, description="timings of DUET's generation per seed (their median is kept)")
     threads: int | None = Field(1, ge=1)
 
 
@@ -78,13 +82,11 @@ def _score(logits: np.ndarray, split: ImageSplit) -> tuple[dict, dict]:
     return metrics, per_group_accuracy(split.y, logits.argmax(1), split.device)
 
 
-def _choose(valid: ImageSplit, grid: list[tuple[int, float]], adapt) -> tuple[tuple[int, float], float]:
-    """The (steps, lr) of `grid` with the best validation accuracy."""
-    scores = {}
-    for steps, lr in grid:
-        scores[(steps, lr)] = float((adapt(valid, steps, lr).logits.argmax(1) == valid.y).mean())
-    best = max(scores, key=scores.get)
-    return best, scores[best]
+def _choose(valid: ImageSplit, grid: list[tuple[int, float]], adapt) -> tuple[tuple[int, float], tuple[dict, dict]]:
+    """The (steps, lr) of `grid` with the best validation accuracy, and its validation scores."""
+    logits = {setting: adapt(valid, *setting).logits for setting in grid}
+    best = max(logits, key=lambda setting: float((logits[setting].argmax(1) == valid.y).mean()))
+    return best, _score(logits[best], valid)
 
 
 def generation_seconds(run: Path, split: ImageSplit, window_len: int, batch: int = 256,
@@ -157,44 +159,49 @@ def compare_images(cfg: ImageCompareConfig, report: str | Path, progress: bool =
         base_run = _run(cfg, runs / "base", seed, "base", progress=progress)
         duet_run = _run(cfg, runs / "duet", seed, "duet", 3, base_run, progress)
         noswa_run = _run(cfg, runs / "duet-noswa", seed, "duet", 1, base_run, progress)
+        armbn_run = _run(cfg, runs / "armbn", seed, "armbn", progress=progress)
         _, base, _ = load_run(base_run)
         scored: dict[str, tuple[dict, dict]] = {}
         costs: dict[str, dict[str, float]] = {}
-        scored["global"] = _score(predict_images(base, test), test)
+        models = {"global": base}
         for name, run in (("duet", duet_run), ("duet-noswa", noswa_run)):
-            _, model, _ = load_run(run)
-            scored[name] = _score(predict_images(model, test), test)
-            if name == "duet":  # its own static part (trained on in stage 2) with the global head
-                scored["duet-static"] = _score(predict_images(model.device_model, test), test)
+            models[name] = load_run(run)[1]
+        models["duet-static"] = models["duet"].device_model  # its own static part (trained on in stage 2), global head
+        scored.update({name: _score(predict_images(model, test), test) for name, model in models.items()})
+        validated = {name: _score(predict_images(model, valid), valid) for name, model in models.items()}
         for k in cfg.ks:
             grid = [(s, lr) for s in cfg.finetune_steps for lr in cfg.finetune_lrs]
             log.info("seed %d: fine-tuning with %d labels, %d settings chosen on validation", seed, k, len(grid))
-            (steps, lr), acc = _choose(valid, grid, lambda split, s, lr, k=k, b=base: finetune_images(
-                b, split, k, s, lr, progress=progress))
-            results["choices"].setdefault(f"finetune-{k}", []).append({"steps": steps, "lr": lr, "valid": acc})
+            (steps, lr), validated[f"finetune-{k}"] = _choose(
+                valid, grid, lambda split, s, lr, k=k, b=base: finetune_images(b, split, k, s, lr, progress=progress))
+            results["choices"].setdefault(f"finetune-{k}", []).append(
+                {"steps": steps, "lr": lr, "valid": validated[f"finetune-{k}"][0]["accuracy"]})
             adapted = finetune_images(base, test, k, steps, lr, progress=progress)
             scored[f"finetune-{k}"] = _score(adapted.logits, test)
             costs[f"finetune-{k}"] = _costs(adapted)
         grid = [(s, lr) for s in cfg.tent_steps for lr in cfg.tent_lrs]
         log.info("seed %d: TENT, %d settings chosen on validation", seed, len(grid))
-        (steps, lr), acc = _choose(valid, grid, lambda split, s, lr, b=base: tent_images(b, split, s, lr,
-                                                                                          progress=progress))
-        results["choices"].setdefault("tent", []).append({"steps": steps, "lr": lr, "valid": acc})
+        (steps, lr), validated["tent"] = _choose(
+            valid, grid, lambda split, s, lr, b=base: tent_images(b, split, s, lr, progress=progress))
+        results["choices"].setdefault("tent", []).append(
+            {"steps": steps, "lr": lr, "valid": validated["tent"][0]["accuracy"]})
         adapted = tent_images(base, test, steps, lr, progress=progress)
         scored["tent"] = _score(adapted.logits, test)
         costs["tent"] = _costs(adapted)
-        log.info("seed %d: batch-norm statistics from the device's samples, prior chosen on validation", seed)
-        (prior, _), acc = _choose(valid, [(p, 0.0) for p in cfg.bn_priors],
-                                  lambda split, p, _lr, b=base: bnstats_images(b, split, p, progress=progress))
-        results["choices"].setdefault("bnstats", []).append({"prior": prior, "valid": acc})
-        adapted = bnstats_images(base, test, prior, progress=progress)
-        scored["bnstats"] = _score(adapted.logits, test)
-        costs["bnstats"] = _costs(adapted)
+        for name, model in (("bnstats", base), ("armbn", load_run(armbn_run)[1])):
+            log.info("seed %d: %s, each device's batch norms from its window, prior chosen on validation", seed, name)
+            (prior, _), validated[name] = _choose(
+                valid, [(p, 0.0) for p in cfg.bn_priors],
+                lambda split, p, _lr, m=model: bnstats_images(m, split, p, context=window_len, progress=progress))
+            results["choices"].setdefault(name, []).append({"prior": prior, "valid": validated[name][0]["accuracy"]})
+            adapted = bnstats_images(model, test, prior, context=window_len, progress=progress)
+            scored[name] = _score(adapted.logits, test)
+            costs[name] = _costs(adapted)
         if cfg.oracle:
             log.info("seed %d: an oracle per shift type", seed)
             scored["oracle"] = _score(_oracle_logits(base, data, window_len, seed), test)
         log.info("seed %d: generation cost and the accuracy-vs-W curve", seed)
-        costs["duet"] = generation_seconds(duet_run, test, window_len)
+        costs["duet"] = generation_seconds(duet_run, test, window_len, repeats=cfg.cost_repeats)
         curve = {}
         for name, run in (("duet", duet_run), ("duet-noswa", noswa_run)):
             _, model, _ = load_run(run)
@@ -203,6 +210,8 @@ def compare_images(cfg: ImageCompareConfig, report: str | Path, progress: bool =
             "metrics": {name: m for name, (m, _) in scored.items()},
             "device_accuracy": {name: {str(d): a for d, a in acc.items()} for name, (_, acc) in scored.items()},
             "costs": costs, "window_curve": curve,
+            "valid_metrics": {name: m for name, (m, _) in validated.items()},
+            "valid_device_accuracy": {name: {str(d): a for d, a in acc.items()} for name, (_, acc) in validated.items()},
         }
         write_report(results, data, report)
     return results
@@ -229,10 +238,14 @@ def _oracle_logits(base, data, window_len: int, seed: int) -> np.ndarray:
 
 # ---- the report ---------------------------------------------------------------------------------
 
-ORDER = ("global", "finetune", "tent", "bnstats", "oracle", "duet-static", "duet-noswa", "duet")
+ORDER = ("global", "finetune", "tent", "bnstats", "armbn", "oracle", "duet-static", "duet-noswa", "duet")
 LABELS = {"global": "global model", "tent": "TENT (no labels, gradients)", "oracle": "oracle per shift type",
           "bnstats": "batch-norm statistics (no labels, no gradient)",
+          "armbn": "ARM-BN, trained for batch-norm statistics (no labels, no gradient)",
           "duet-static": "DUET's static part, global head", "duet-noswa": "DUET without SWA", "duet": "DUET (PPG+SWA)"}
+
+
+NO_GRADIENT = ("bnstats", "armbn")  # device-side adaptation with forward passes only
 
 
 def label(method: str) -> str:
@@ -251,9 +264,12 @@ def ordered(methods: set[str]) -> list[str]:
 
 
 def pairs(methods: list[str]) -> list[tuple[str, str]]:
-    others = ["global", "tent", "bnstats", *[m for m in methods if m.startswith("finetune-")][::-1], "duet-noswa",
-              "duet-static", "oracle"]
-    return [("duet", b) for b in others if b in methods]
+    """The paired differences reported: DUET against each other method, and what training for
+    the window's statistics adds (ARM-BN against the global model's statistics)."""
+    others = ["global", "tent", "bnstats", "armbn", *[m for m in methods if m.startswith("finetune-")][::-1],
+              "duet-noswa", "duet-static", "oracle"]
+    extra = [("armbn", "bnstats")] if {"armbn", "bnstats"} <= set(methods) else []
+    return [("duet", b) for b in others if b in methods] + extra
 
 
 def summarize(results: dict, devices: list[dict]) -> dict:
@@ -263,14 +279,7 @@ def summarize(results: dict, devices: list[dict]) -> dict:
     table = {m: {k: _mean_std([s["metrics"][m].get(k, np.nan) for s in seeds.values()]) for k in keys}
              for m in methods}
     kind = {str(d["id"]): d["kind"] for d in devices}
-    differences = {}
-    for group in ("unseen", "seen"):
-        for a, b in pairs(methods):
-            matched = [({d: v for d, v in s["device_accuracy"][a].items() if kind[d] == group},
-                        {d: v for d, v in s["device_accuracy"][b].items() if kind[d] == group})
-                       for s in seeds.values()]
-            diff = difference_matrix(matched)
-            differences[f"{a} - {b} ({group})"] = {**paired_bootstrap(diff), "seed_level": seed_interval(diff)}
+    differences = _differences(seeds, "device_accuracy", methods, kind)
     shift = {str(d["id"]): d["shift"]["type"] for d in devices}
     by_shift: dict[str, dict[str, dict[str, float]]] = {}  # unseen devices: method -> type -> mean/std
     for t in sorted(set(shift.values())):
@@ -287,8 +296,35 @@ def summarize(results: dict, devices: list[dict]) -> dict:
             differences[f"duet - global (unseen, {t})"] = paired_bootstrap(difference_matrix(matched))
     costs = {m: _mean_std([s["costs"][m].get("median_s", s["costs"][m].get("single_s")) for s in seeds.values()])
              for m in next(iter(seeds.values()))["costs"]}
+    valid_table = _valid_table(seeds)
+    valid_differences = (_differences(seeds, "valid_device_accuracy", list(valid_table), kind)
+                         if all("valid_device_accuracy" in s for s in seeds.values()) else {})
     return {"methods": methods, "table": table, "unseen_by_shift": by_shift, "differences": differences,
-            "costs": costs}
+            "costs": costs, "valid_table": valid_table, "valid_differences": valid_differences}
+
+
+def _differences(seeds: dict, key: str, methods: list[str], kind: dict[str, str]) -> dict:
+    """The paired differences of `pairs(methods)` over the devices of each kind, from each seed's
+    per-device accuracies under `key` (test: device_accuracy; validation: valid_device_accuracy)."""
+    out = {}
+    for group in ("unseen", "seen"):
+        for a, b in pairs(methods):
+            matched = [({d: v for d, v in s[key][a].items() if kind[d] == group},
+                        {d: v for d, v in s[key][b].items() if kind[d] == group}) for s in seeds.values()]
+            diff = difference_matrix(matched)
+            out[f"{a} - {b} ({group})"] = {**paired_bootstrap(diff), "seed_level": seed_interval(diff)}
+    return out
+
+
+def _valid_table(seeds: dict) -> dict:
+    """Validation metrics (the chosen setting of each method), mean and std over seeds: what a
+    choice between reports (e.g. of W) may read. Empty for reports written before they were kept."""
+    if not all("valid_metrics" in s for s in seeds.values()):
+        return {}
+    methods = ordered(set.intersection(*(set(s["valid_metrics"]) for s in seeds.values())))
+    keys = sorted({k for s in seeds.values() for m in s["valid_metrics"].values() for k in m if k != "records"})
+    return {m: {k: _mean_std([s["valid_metrics"][m].get(k, np.nan) for s in seeds.values()]) for k in keys}
+            for m in methods}
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -352,7 +388,8 @@ def write_report(results: dict, data, report: Path) -> None:
               "| method | where | seconds per device |", "|---|---|---|"]
     for m, c in summary["costs"].items():
         if m != "duet":
-            lines.append(f"| {label(m)} | device, with gradients | {c['mean']:.6f} |")
+            where = "device, no gradient" if m in NO_GRADIENT else "device, with gradients"
+            lines.append(f"| {label(m)} | {where} | {c['mean']:.6f} |")
     duet_costs = [s["costs"]["duet"] for s in results["seeds"].values()]
     rows = (("single_s", "DUET from the raw window, one device alone"),
             ("batched_s", "DUET from the raw window, amortised in a batch of 256 devices"),
@@ -367,15 +404,30 @@ def write_report(results: dict, data, report: Path) -> None:
         ft = summary["costs"]["finetune-20"]["mean"]
         lines += ["", "Fine-tuning with 20 labels takes, per device, " + "; ".join(
             f"{ft / v:,.0f}x the time of {text}" for key, text in rows if (v := duet_means.get(key))) + "."]
-    lines += ["", "Fine-tuning and TENT run on the device (forward and backward passes); DUET runs in the "
-              "cloud, and the device computes no gradient. A device classifying its samples has their static "
-              "features already, so in privacy mode generation is its only adaptation cost.", "",
+    lines += ["", "Fine-tuning and TENT run on the device (forward and backward passes); batch-norm statistics "
+              "and ARM-BN run one forward pass over the W most recent samples of the device's adaptation prefix; "
+              "DUET runs in the cloud, and the device computes no gradient. A device classifying its samples has "
+              "their static features already, so in privacy mode generation is its only adaptation cost.", "",
+              *_valid_lines(summary["valid_table"]),
               "Choices made on validation devices: " + json.dumps(results["choices"]), "",
               "![accuracy against window length](accuracy_vs_window.png)", "",
               "![adaptation time](adaptation_time.png)", ""]
     with atomic_path(report / "results.md") as tmp:
         tmp.write_text("\n".join(lines))
     _plots(results, summary, report)
+
+
+def _valid_lines(table: dict) -> list[str]:
+    """The validation devices' accuracy of every method at its chosen setting (what choices read)."""
+    if not table:
+        return []
+    lines = ["## Validation devices (each method at its chosen setting)", "",
+             "| method | accuracy (all) | unseen |", "|---|---|---|"]
+    for m, row in table.items():
+        cells = [row.get(k) for k in ("accuracy", "accuracy_unseen")]
+        lines.append(f"| {label(m)} | " + " | ".join(
+            "" if c is None else f"{c['mean']:.4f} ± {c['std']:.4f}" for c in cells) + " |")
+    return [*lines, ""]
 
 
 def _plots(results: dict, summary: dict, report: Path) -> None:

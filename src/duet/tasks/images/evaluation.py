@@ -10,6 +10,8 @@ from torch import nn
 from duet.atomic import write_json
 from duet.config import RunConfig
 from duet.errors import ArtifactError
+from duet.tasks.images.armbn import METHOD as ARMBN
+from duet.tasks.images.armbn import context_logits
 from duet.tasks.images.metrics import classification_metrics, per_group_accuracy
 from duet.tasks.images.store import load_images
 from duet.tasks.images.training import device_groups, predict_images
@@ -27,7 +29,10 @@ def evaluate_image_run(run: str | Path, config: RunConfig, model: nn.Module, spl
     if dataset.hash != config.data_hash:
         raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
     records = dataset[split]
-    logits = predict_images(model, records, config.train.eval_batch_size, window_len or config.window_len)
+    if config.train.method == ARMBN:  # each device normalised with its window's statistics, as trained
+        logits = context_logits(model, records, window_len or config.window_len)
+    else:
+        logits = predict_images(model, records, config.train.eval_batch_size, window_len or config.window_len)
     metrics = classification_metrics(records.y, logits, device_groups(records))
     if window_len is None:
         write_json(Path(run) / f"metrics_{split}{suffix}.json", metrics)

@@ -18,6 +18,8 @@ from duet.errors import ArtifactError, DuetError
 from duet.spec import GraphInput, SampleSpec
 from duet.task import DeviceGraph, DeviceStep, Extras, Simulation
 from duet.tasks.images import BUILDER, NAME, commands
+from duet.tasks.images.armbn import METHOD as ARMBN
+from duet.tasks.images.armbn import GroupBatch, GroupBatcher, armbn_loss, evaluate_armbn
 from duet.tasks.images.metrics import classification_metrics
 from duet.tasks.images.store import ImageData, ImageSplit, load_images
 from duet.tasks.images.training import (
@@ -54,7 +56,8 @@ class ImageTask:
     select_metric = "accuracy"
     unit = "device"
     backbones = ("cnn",)
-    methods = ("base", "duet")
+    methods = ("base", "duet", "armbn")
+    gradient_methods = ("armbn",)  # ARM-BN: trained by the shared loop with per-device batch statistics
     # A window is a set of samples (an order-free encoder); the training set is small (smaller batches).
     defaults: Mapping[str, Any] = {"encoder": "mean", "batch_size": 128}
 
@@ -64,15 +67,17 @@ class ImageTask:
     def load(self, path: str | Path, splits: tuple[str, ...]) -> ImageData:
         return load_images(path, splits)
 
-    def batcher(self, data: ImageData, config) -> ImageBatcher:
+    def batcher(self, data: ImageData, config) -> ImageBatcher | GroupBatcher:
+        if config.train.method == ARMBN:  # groups of W samples of one device
+            return GroupBatcher(data["train"], config.train.batch_size, config.window_len)
         return ImageBatcher(data["train"], config.train.batch_size, config.window_len)
 
     def build(self, config) -> nn.Module:
         from duet.tasks.images.model import ImageClassifier
 
         facts = Facts.model_validate(config.facts)
-        if config.train.method not in ("base", "duet"):
-            raise ArtifactError(f"method {config.train.method!r}: image runs are base or duet")
+        if config.train.method not in self.methods:
+            raise ArtifactError(f"method {config.train.method!r}: image runs are {', '.join(self.methods)}")
         if config.model.backbone not in self.backbones:
             raise ArtifactError(f"backbone {config.model.backbone!r} is not an image static part "
                                 f"({', '.join(self.backbones)})")
@@ -81,14 +86,19 @@ class ImageTask:
         return ImageClassifier(facts.image_shape, facts.num_classes, config.model)
 
     def fit_without_gradients(self, config, data: ImageData) -> nn.Module:  # noqa: ARG002
-        raise DuetError(f"--method {config.train.method}: image methods are base and duet")
+        raise DuetError(f"--method {config.train.method}: image methods are {', '.join(self.methods)}, all "
+                        "trained by gradient")
 
-    def loss(self, model: nn.Module, batch: ImageBatch, data: ImageData, config,  # noqa: ARG002
+    def loss(self, model: nn.Module, batch: ImageBatch | GroupBatch, data: ImageData, config,  # noqa: ARG002
              device: torch.device) -> tuple[Tensor, int]:
+        if isinstance(batch, GroupBatch):
+            return armbn_loss(model, batch, device)
         batch = batch.to(device)
         return F.cross_entropy(logits_of(model, batch), batch.y), len(batch.y)
 
     def evaluate(self, model: nn.Module, split: ImageSplit, config) -> dict[str, float]:
+        if config.train.method == ARMBN:  # each device normalised with its own window's statistics
+            return evaluate_armbn(model, split, config.window_len)
         return evaluate_images(model, split, config.train.eval_batch_size, config.window_len)
 
     def evaluate_run(self, run: Path, config, model: nn.Module, split: str, data: str | Path | None,

@@ -80,6 +80,7 @@ class OwnTask:
     unit: str = "device"
     backbones: tuple[str, ...] = ("own",)
     methods: tuple[str, ...] = ("base", "duet")
+    gradient_methods: tuple[str, ...] = ()
     defaults: Mapping[str, Any] = field(default_factory=lambda: {"encoder": "mean", "batch_size": 128})
     sources: tuple[str, ...] = ()
 

@@ -58,6 +58,7 @@ class RecommendationTask:
     unit = "user"
     backbones = ("sasrec", "gru4rec", "din")
     methods = ("pop", "base", "duet")
+    gradient_methods = ()  # pop is fitted without gradients
     defaults: Mapping[str, Any] = {"encoder": "gru", "batch_size": 1024}
 
     def facts(self, manifest: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class SensorTask(ImageTask):
 
         facts = Facts.model_validate(config.facts)
         if config.train.method not in self.methods:
-            raise ArtifactError(f"method {config.train.method!r}: sensor runs are base or duet")
+            raise ArtifactError(f"method {config.train.method!r}: sensor runs are {', '.join(self.methods)}")
         if config.model.backbone not in self.backbones:
             raise ArtifactError(f"backbone {config.model.backbone!r} is not a sensor static part "
                                 f"({', '.join(self.backbones)})")
