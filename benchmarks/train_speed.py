@@ -48,10 +48,10 @@ def measure(args: argparse.Namespace, variant: str) -> dict:
 
     from duet.config import GeneratorConfig, ModelConfig
     from duet.duet_model import DuetModel
+    from duet.memory import reset_peak_rss, rss_bytes
     from duet.tasks.recommendation.batches import Batch, EventBatcher, with_sampled_negatives
     from duet.tasks.recommendation.data.store import load_dataset
     from duet.tasks.recommendation.evaluate import predict, score_batch
-    from duet.tasks.recommendation.finetune import reset_peak_rss, rss_bytes
     from duet.tasks.recommendation.models.recommender import Recommender
 
     if args.threads:

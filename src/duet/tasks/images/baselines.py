@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from duet.memory import reset_peak_rss, rss_bytes
 from duet.tasks.images.model import ImageClassifier
 from duet.tasks.images.store import SPLIT_CODE, ImageData, ImageSplit
 from duet.tasks.images.training import ImageBatcher, predict_images
-from duet.tasks.recommendation.finetune import reset_peak_rss, rss_bytes
 from duet.training.distributed import model_device
 
 

@@ -25,6 +25,7 @@ from duet.atomic import write_json
 from duet.checkpoint import load_run, write_manifest
 from duet.config import Strict
 from duet.errors import DuetError
+from duet.memory import reset_peak_rss, rss_bytes
 from duet.metrics import compute_metrics
 from duet.tasks.recommendation.batches import EventBatcher
 from duet.tasks.recommendation.data.store import Split, load_dataset
@@ -53,22 +54,6 @@ class FinetuneConfig(Strict):
 class DeviceCost:
     seconds: float
     peak_bytes: int
-
-
-def rss_bytes(field: str) -> int:
-    """VmRSS / VmHWM of this process in bytes (Linux)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 def finetune_device(model: Recommender, records: Split, cfg: FinetuneConfig) -> Recommender:
