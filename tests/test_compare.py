@@ -42,6 +42,8 @@ def test_compare_writes_a_complete_report(tiny_dir, tmp_path):
             # the score is the run's best validation epoch, as its history recorded it
             history = json.loads((tmp_path / "runs/sasrec" / seed / method / entry["variant"] / "history.json").read_text())
             assert scores[entry["variant"]] == max(h["valid_uauc"] for h in history)
+    choice = results["runs"]["sasrec"]["seed0"]["finetune"]["choice"]  # the grid's best on validation, kept
+    assert f"{choice['steps']}@{choice['lr']:g}" == max(choice["valid_uauc"], key=choice["valid_uauc"].get)
     summary = results["summary"]["sasrec"]
     assert set(summary) == {*METHODS, "differences"}
     diffs = summary["differences"]

@@ -261,6 +261,8 @@ def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, s
         if method == "finetune":
             summary = json.loads(ft_file.read_text())
             entry[method] = {"test": summary["metrics"]}
+            if (runs["finetune"] / "finetune_choice.json").exists():  # the (steps, lr) validation chose
+                entry[method]["choice"] = json.loads((runs["finetune"] / "finetune_choice.json").read_text())
             if summary["devices"]:  # new devices (the cutoff split) have no labels to fine-tune on
                 entry[method].update(adapt_ms_per_device=summary["seconds_per_device"]["p50"] * 1e3,
                                      peak_bytes_per_device=summary["peak_bytes_per_device"]["max"])
