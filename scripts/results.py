@@ -493,7 +493,10 @@ def _same(a: str, b: str) -> bool:
 
 def render_inline(root: Path, spec: str, old: str) -> str:
     source, path, fmt = spec.split("|")
-    new = format_value(lookup(load(root, source), path), fmt)
+    value = lookup(load(root, source), path)
+    new = format_value(value, fmt)
+    if isinstance(value, str):  # a date or a phrase: its hyphens are not minus signs
+        return new
     return new.replace("-", MINUS) if MINUS in old or "-" not in old else new
 
 
