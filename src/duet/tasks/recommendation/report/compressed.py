@@ -77,6 +77,12 @@ class CompressedDevice(Strict):
             raise DuetError(f"--device-model: {where}{err['msg'].removeprefix('Value error, ')}") from None
 
 
+def device_spelling(config: dict) -> str:
+    """The `--device-model` spelling of a saved comparison configuration's device model ('' without one)."""
+    saved = config.get("device_model")
+    return CompressedDevice.model_validate(saved).name if saved else ""
+
+
 def device_cost(run: Path, split, requests: int = REQUESTS, warmup: int = WARMUP) -> dict[str, float]:
     """What a run's device model costs on a device: its parameters (static part and head), the bytes
     of its exported graph (file and weights), and the latency of scoring one request (an event's history and

@@ -87,7 +87,9 @@ def _device_lines(methods: dict, cfg: dict) -> list[str]:
     gap = methods.get("gap_closed")
     if not gap:
         return []
-    spelling = ",".join(f"{k}={v}" for k, v in (cfg.get("device_model") or {}).items() if v is not None)
+    from duet.tasks.recommendation.report.compressed import device_spelling
+
+    spelling = device_spelling(cfg)
     seeds = list(gap["gap"]["per_seed"])
     lines = [f"Compressed device model (`--device-model {spelling}`) against the cloud model (base): the share "
              "of the device-to-cloud test-uauc gap each row closes, (row − device) / (base − device); pooled = "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from duet.tasks.recommendation.report.compressed import device_spelling
 from duet.tasks.recommendation.report.methods import DEVICE_METHODS, ROWS
 
 WIDTH = 80
@@ -90,11 +91,6 @@ def device_lines(methods: dict, spelling: str) -> list[str]:
             f"weights, {c['history_items']['mean']:.0f} history items), {c['score_ms_p50']['mean']:.3f} ms per request"
             for name, c in costs))
     return lines
-
-
-def device_spelling(config: dict) -> str:
-    """The --device-model spelling of a saved configuration's device model."""
-    return ",".join(f"{k}={v}" for k, v in (config.get("device_model") or {}).items() if v is not None)
 
 
 def terminal_summary(results: dict, report: Path, width: int = WIDTH) -> str:
