@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from duet.atomic import write_json
-from duet.tasks.images.compare import ImageCompareConfig, compare_images
+from duet.tasks.images.compare import DUET_VARIANTS, ImageCompareConfig, compare_images, variant_dir
 from duet.tasks.images.fleet import FleetConfig, prepare_fleet
 
 WINDOWS = (5, 10, 25, 50)
@@ -52,11 +52,12 @@ def fleet(root: Path, window: int, smoke: bool) -> tuple[Path, FleetConfig]:
     return out, cfg
 
 
-def compare(data: Path, report: Path, seeds: int, threads: int, smoke: bool) -> None:
-    """The image comparison on one fleet without the methods that ignore the window; a report
+def compare(data: Path, report: Path, seeds: int, threads: int, smoke: bool, variant: str) -> None:
+    """The image comparison on one fleet without the methods that ignore the window, with DUET's
+    variant chosen at W = 20 (one variant: the sweep chooses W, not the variant); a report
     already finished with the same configuration is kept as it is."""
     cfg = ImageCompareConfig(data=str(data), seeds=seeds, threads=threads, oracle=False, ks=(),
-                             **(SMOKE_COMPARE if smoke else {}))
+                             duet_variants=(variant,), **(SMOKE_COMPARE if smoke else {}))
     if finished(report, cfg):
         return
     compare_images(cfg, report, progress=False)
@@ -92,7 +93,8 @@ def payload(results: dict, report: Path, data: Path) -> dict:
     """What adapting one device moves and costs: DUET uploads its window (raw samples, or their
     features in privacy mode) and downloads a head; the batch-norm methods send nothing and run
     one forward pass on the device. Seconds: medians per device, mean over seeds (one thread)."""
-    run = report / "runs" / "seed0" / "duet"
+    variant = json.loads((report / "compare_config.json").read_text())["duet_variants"][0]
+    run = variant_dir(report / "runs" / "seed0", variant, "duet")
     window = json.loads((data / "manifest.json").read_text())["window_len"]
     sample = math.prod(json.loads((data / "manifest.json").read_text())["image_shape"])
     embed = json.loads((run / "config.json").read_text())["model"]["embed_dim"]
@@ -123,19 +125,21 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None,
                         help="default docs/results/window_sweep.json (smoke: OUT/window_sweep.json)")
     parser.add_argument("--smoke", action="store_true", help="a tiny fleet, one seed, one or two epochs")
+    parser.add_argument("--variant", default="head", choices=list(DUET_VARIANTS),
+                        help="DUET's variant, as chosen on validation at W = 20 (docs/results/digits)")
     args = parser.parse_args()
     windows = tuple(int(w) for w in args.windows.split(","))
     seeds = 1 if args.smoke else args.seeds
     data_root = args.data_root or (args.out / "data" if args.smoke else Path("data"))
     out_json = args.json or (args.out / "window_sweep.json" if args.smoke else Path("docs/results/window_sweep.json"))
     sweep: dict = {"dataset": "digits-fleet", "smoke": args.smoke, "seeds": seeds, "threads": args.threads,
-                   "windows": list(windows), "methods": list(METHODS), "split_for_choosing_w": "valid",
+                   "windows": list(windows), "duet_variant": args.variant, "methods": list(METHODS), "split_for_choosing_w": "valid",
                    "left_out": "fine-tuning and the oracle (they do not read the window)", "by_window": {}}
     for window in windows:
         started = time.perf_counter()
         data, cfg = fleet(data_root, window, args.smoke)
         report = args.out / f"W{window}"
-        compare(data, report, seeds, args.threads, args.smoke)
+        compare(data, report, seeds, args.threads, args.smoke, args.variant)
         sweep["by_window"][str(window)] = {**window_row(report, data, cfg),
                                            "seconds_this_call": round(time.perf_counter() - started, 1)}
         write_json(out_json, sweep)

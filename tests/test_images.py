@@ -243,7 +243,9 @@ def test_commands_train_and_evaluate_an_image_fleet(fleet_dir, tmp_path):
     assert result.exit_code == 2 and "not a static part of the images task" in result.output
 
 
-def test_compare_scores_every_method_on_the_same_devices_and_writes_the_report(fleet_dir, tmp_path):
+def test_compare_scores_every_method_on_the_same_devices_and_writes_the_report(fleet_dir, tmp_path, monkeypatch):
+    import duet.tasks.images.compare as image_compare
+    from duet.checkpoint import load_run
     from duet.tasks.images.compare import ImageCompareConfig, compare_images
     from duet.training.evaluation import evaluate_run
 
@@ -278,6 +280,51 @@ def test_compare_scores_every_method_on_the_same_devices_and_writes_the_report(f
     assert "## Validation devices" in text
     assert (tmp_path / "report" / "accuracy_vs_window.png").stat().st_size > 0
     assert (tmp_path / "report" / "adaptation_time.png").stat().st_size > 0
+    # DUET's variants: each trained (FiLM from its own base), the best on validation is DUET's row.
+    variants = seed["variants"]
+    assert set(variants) == {"head", "film", "set"}
+    chosen = results["choices"]["duet"][0]["variant"]
+    assert chosen == max(variants, key=lambda v: variants[v]["valid_accuracy"])
+    assert seed["valid_metrics"]["duet"]["accuracy"] == variants[chosen]["valid_accuracy"]
+    runs = tmp_path / "report" / "runs" / "seed0"
+    assert json.loads((runs / "base-film" / "config.json").read_text())["model"]["film"] is True
+    assert json.loads((runs / "duet-set" / "config.json").read_text())["generator"]["encoder"] == "set"
+    assert json.loads((runs / "duet-set" / "config.json").read_text())["train"]["init_run"] == str(runs / "base")
+    head_model = load_run(runs / "duet")[1]
+    assert variants["head"]["payload_bytes"] == 4 * head_model.device_model.param_spec.numel
+    film_channels = sum(load_run(runs / "duet-film")[1].device_model.backbone.block_channels)
+    assert variants["film"]["payload_bytes"] == variants["head"]["payload_bytes"] + 4 * 2 * film_channels
+    assert variants["set"]["payload_bytes"] == variants["head"]["payload_bytes"]
+    assert all(v["generation_single_s"] > 0 for v in variants.values())
+    assert summary["variants"][chosen]["chosen"] == 1 and "## DUET variants" in text
+    # Rerun with the same configuration: the finished seed is reused, nothing is trained again.
+    monkeypatch.setattr(image_compare, "_run", lambda *_a, **_k: pytest.fail("retrained a finished seed"))
+    again = compare_images(cfg, tmp_path / "report", progress=False)
+    assert again["seeds"]["0"]["metrics"] == seed["metrics"] and again["choices"] == results["choices"]
+    with pytest.raises(BaseException, match="retrained"):  # another configuration starts the seeds again
+        compare_images(cfg.model_copy(update={"bn_priors": (0,)}), tmp_path / "report", progress=False)
+
+
+def test_a_rerun_reuses_only_the_first_finished_seeds_of_the_same_configuration(tmp_path):
+    from duet.tasks.images.compare import ImageCompareConfig, _resumable
+
+    cfg = ImageCompareConfig(data="fleet", seeds=3)
+    saved = json.loads(cfg.model_dump_json())
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"seeds": {"0": {"m": 0}, "2": {"m": 2}}, "choices": {"tent": ["seed 0", "seed 2"]}, "summary": {}}))
+    (tmp_path / "compare_config.json").write_text(json.dumps({**saved, "seeds": 5}))
+    assert _resumable(tmp_path, cfg) == {"seeds": {"0": {"m": 0}}, "choices": {"tent": ["seed 0"]}}
+    (tmp_path / "compare_config.json").write_text(json.dumps({**saved, "bn_priors": [0]}))
+    assert _resumable(tmp_path, cfg) == {"seeds": {}, "choices": {}}
+    saved.pop("duet_variants")  # written before variants existed: not the same comparison
+    (tmp_path / "compare_config.json").write_text(json.dumps(saved))
+    assert _resumable(tmp_path, cfg) == {"seeds": {}, "choices": {}}
+
+
+def test_compare_refuses_an_unknown_variant_in_one_line(fleet_dir, tmp_path):
+    result = runner.invoke(app, ["compare", "--data", str(fleet_dir), "--out", str(tmp_path / "r"),
+                                 "--variants", "head,wings"])
+    assert result.exit_code == 2 and "wings" in result.output and "Traceback" not in result.output
 
 
 def test_data_info_describes_an_image_fleet(fleet_dir):

@@ -277,3 +277,28 @@ def test_image_service_conforms_to_its_schema(service: ServiceProcess) -> None:
     failures, statuses = run_schemathesis(service.url, examples=30)
     assert failures == []
     assert statuses[("POST /v1/parameters", 200)] > 5 and statuses[("POST /v1/parameters", 422)] > 5, statuses
+
+
+def test_a_film_run_with_a_set_encoder_exports_and_the_device_graph_takes_its_block_parameters(
+        image_run: Path, tmp_path: Path) -> None:
+    """Generation inside the static part reaches the device: FiLM's per-block scale and shift are
+    inputs of the exported graph beside the head's, and a simulated fleet (service, signed bundle,
+    onnxruntime) scores what the torch model scores, here with the set encoder."""
+    from duet.config import GeneratorConfig, ModelConfig, TrainConfig
+    from duet.export import export_bundle
+    from duet.training.loop import run_config_for, train
+
+    data = load_run(image_run)[0].data
+    config = run_config_for(
+        data, model=ModelConfig(backbone="cnn", embed_dim=8, dropout=0.0, film=True),
+        generator=GeneratorConfig(encoder="set", hidden_dim=8, layer_embed_dim=4, decoder_hidden=8),
+        train=TrainConfig(method="duet", epochs=1, batch_size=32, threads=1))
+    train(config, tmp_path / "run", progress=False)
+    export_bundle(tmp_path / "run", tmp_path / "bundle")
+    session = ort.InferenceSession(str(tmp_path / "bundle" / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = {i.name for i in session.get_inputs()}
+    spec = load_run(tmp_path / "run")[1].device_model.param_spec
+    assert {f"film_{b}_{k}" for b in range(3) for k in ("scale", "shift")} <= inputs
+    assert inputs == {"x", *(name.replace(".", "_") for name in spec.names)}
+    results = simulate(tmp_path / "run", devices=3, bundle=tmp_path / "bundle", concurrency=3)
+    assert results["agree"] is True and results["max_abs_logit_diff"] <= 1e-4

@@ -204,7 +204,8 @@ def compare(
     duet_epochs: Annotated[int | None, typer.Option(help="max epochs for DUET stage 2 (default: duet train's, 10)")] = None,
     variants: Annotated[str | None, typer.Option(
         help="comma-separated DUET stage-2 variants to try, the best on validation is reported "
-             "(default joint-rank4-dropout0.5,frozen-rankfull-dropout0.3)")] = None,
+             "(recommendation: default joint-rank4-dropout0.5,frozen-rankfull-dropout0.3; image and "
+             "sensor fleets: head,film,set)")] = None,
     finetune_steps: Annotated[int | None, typer.Option(help="fine-tuning steps per device")] = None,
     finetune_scope: Annotated[str | None, typer.Option(help="fine-tune all | head")] = None,
     scratch: Annotated[bool | None, typer.Option(help="also train DUET jointly from scratch, the published schedule (default on; quick: off)")] = None,

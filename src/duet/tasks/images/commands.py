@@ -8,11 +8,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from duet.errors import option_error, refuse_given
+from duet.errors import DuetError, option_error, refuse_given
 
 SOURCES = ("digits-fleet", "npz")
 PREPARE_OPTIONS = ("seed", "window_len", "adapt", "path")
-COMPARE_OPTIONS = ("seeds", "quick", "epochs", "duet_epochs", "threads")
+COMPARE_OPTIONS = ("seeds", "quick", "epochs", "duet_epochs", "threads", "variants")
 
 
 def _flag(name: str) -> str:
@@ -41,17 +41,35 @@ def prepare(source: str, out: Path, options: dict[str, Any], overwrite: bool) ->
 
 def compare(data: Path, out: Path, options: dict[str, Any], progress: bool) -> Path:
     """Global, fine-tuning, TENT, oracle and DUET on the same devices -> OUT/results.md; returns it."""
-    from duet.tasks.images.compare import ImageCompareConfig, compare_images
+    from duet.tasks.images.compare import compare_images
 
     refuse_given({_flag(k): v for k, v in options.items() if k not in COMPARE_OPTIONS},
                  f"{data} is an image fleet: {{}} do not apply")
+    compare_images(compare_config(data, options), out, progress=progress)
+    return out / "results.md"
+
+
+def compare_config(data: Path, options: dict[str, Any], **fixed: Any):
+    """The comparison's configuration from `duet compare`'s options (quick: one seed, few
+    epochs) and what the task fixes; a bad value is a one-line error."""
+    from pydantic import ValidationError
+
+    from duet.tasks.images.compare import DUET_VARIANTS, ImageCompareConfig
+
     quick = bool(options.get("quick"))
+    variants = tuple(v.strip() for v in options["variants"].split(",")) if options.get("variants") else None
+    unknown = [v for v in variants or () if v not in DUET_VARIANTS]
+    if unknown:
+        raise DuetError(f"--variants {','.join(unknown)}: an image or sensor fleet's DUET variants are "
+                        f"{', '.join(DUET_VARIANTS)}")
     chosen = {"seeds": options.get("seeds") or (1 if quick else None),
               "epochs": options.get("epochs") or (10 if quick else None),
-              "duet_epochs": options.get("duet_epochs") or (3 if quick else None), "threads": options.get("threads")}
-    cfg = ImageCompareConfig(data=str(data), **{k: v for k, v in chosen.items() if v is not None})
-    compare_images(cfg, out, progress=progress)
-    return out / "results.md"
+              "duet_epochs": options.get("duet_epochs") or (3 if quick else None), "threads": options.get("threads"),
+              "duet_variants": variants}
+    try:
+        return ImageCompareConfig(data=str(data), **fixed, **{k: v for k, v in chosen.items() if v is not None})
+    except ValidationError as exc:
+        raise option_error(exc) from None
 
 
 def describe(data: Path, plot: Path | None, top: int) -> None:  # noqa: ARG001

@@ -3,9 +3,15 @@ labels, TENT, batch-norm statistics of the window (with the global model and wit
 trained for them, ARM-BN), an oracle per shift type, and DUET with and without SWA, on the
 same devices, samples and seeds.
 
-Every choice (fine-tuning and TENT steps/lr, the batch-norm prior, every model's epochs) is
-made on the validation devices, whose figures are kept (`valid_metrics`); the test devices
-are scored once. Differences come with 95% paired bootstrap intervals over devices and seeds
+DUET comes in variants that differ in which parameters are dynamic and how the window is
+read (`DUET_VARIANTS`: the head only; the head plus a per-channel scale and shift in every
+block, FiLM; the head from a set encoder whose samples attend to each other). Every variant
+is trained for every seed and the one with the best validation accuracy is DUET's row.
+
+Every choice (the DUET variant, fine-tuning and TENT steps/lr, the batch-norm prior, every
+model's epochs) is made on the validation devices, whose figures are kept (`valid_metrics`);
+the test devices are scored once. A comparison interrupted after some seeds continues from
+the next one when rerun with the same configuration. Differences come with 95% paired bootstrap intervals over devices and seeds
 (a device's accuracy is the unit).
 """
 
@@ -15,10 +21,11 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from duet.atomic import write_json
 from duet.checkpoint import is_finished_run, load_run
@@ -36,6 +43,11 @@ from duet.tasks.images.store import ImageData, ImageSplit, load_images
 from duet.tasks.images.training import device_groups, predict_images
 
 log = logging.getLogger("duet.compare")
+
+# DUET variant -> (FiLM in the static part, window encoder). Run directories: duet (head),
+# duet-film, duet-set; a FiLM variant starts from its own base model, base-film.
+DUET_VARIANTS: dict[str, tuple[bool, str]] = {"head": (False, "mean"), "film": (True, "mean"), "set": (False, "set")}
+Variant = Literal["head", "film", "set"]
 
 
 class ImageCompareConfig(Strict):
@@ -56,10 +68,19 @@ class ImageCompareConfig(Strict):
     oracle: bool = True
     cost_repeats: int = Field(20, ge=1, description="timings of DUET's generation per seed (their median is kept)")
     threads: int | None = Field(1, ge=1)
+    duet_variants: tuple[Variant, ...] = Field(("head", "film", "set"), description="DUET variants trained for "
+                                               "every seed; the best on validation is DUET's row")
+
+    @field_validator("duet_variants")
+    @classmethod
+    def _some_distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("give at least one DUET variant, each once")
+        return value
 
 
 def _run(cfg: ImageCompareConfig, out: Path, seed: int, method: str, num_generators: int = 3,
-         init: Path | None = None, progress: bool = True) -> Path:
+         init: Path | None = None, progress: bool = True, variant: str = "head") -> Path:
     from duet.training.loop import run_config_for, train
 
     if is_finished_run(out):
@@ -67,11 +88,13 @@ def _run(cfg: ImageCompareConfig, out: Path, seed: int, method: str, num_generat
         return out
     duet = method == "duet"
     epochs = cfg.duet_epochs if duet else cfg.epochs
+    film, encoder = DUET_VARIANTS[variant]
     train_cfg = TrainConfig.model_validate({
         "method": method, "seed": seed, "batch_size": 128, "threads": cfg.threads,
         "init_run": str(init) if init else None, **({"epochs": epochs} if epochs else {})})
-    generator = GeneratorConfig(encoder="mean", num_generators=num_generators) if duet else None
-    config = run_config_for(cfg.data, model=ModelConfig(backbone="cnn"), train=train_cfg, generator=generator)
+    generator = GeneratorConfig(encoder=encoder, num_generators=num_generators) if duet else None
+    config = run_config_for(cfg.data, model=ModelConfig(backbone="cnn", film=film), train=train_cfg,
+                            generator=generator)
     log.info("training %s", out)
     train(config, out, resume=(out / "config.json").exists(), progress=progress)
     return out
@@ -149,16 +172,22 @@ def compare_images(cfg: ImageCompareConfig, report: str | Path, progress: bool =
     """Train and score every method for every seed; write OUT/results.{json,md} and plots."""
     report = Path(report)
     report.mkdir(parents=True, exist_ok=True)
-    write_json(report / "compare_config.json", json.loads(cfg.model_dump_json()))
     data = load_images(cfg.data, ("train", "valid", "test"))
     valid, test = data["valid"], data["test"]
     window_len = data.window_len
-    results: dict = {"seeds": {}, "choices": {}}
+    results = _resumable(report, cfg)
+    write_json(report / "compare_config.json", json.loads(cfg.model_dump_json()))
     for seed in range(cfg.seeds):
+        if str(seed) in results["seeds"]:
+            log.info("seed %d: reusing its finished results", seed)
+            continue
         runs = report / "runs" / f"seed{seed}"
         base_run = _run(cfg, runs / "base", seed, "base", progress=progress)
-        duet_run = _run(cfg, runs / "duet", seed, "duet", 3, base_run, progress)
-        noswa_run = _run(cfg, runs / "duet-noswa", seed, "duet", 1, base_run, progress)
+        variant, duet_run, variants = _choose_variant(cfg, runs, seed, base_run, valid, window_len, progress)
+        results["choices"].setdefault("duet", []).append(
+            {"variant": variant, "valid": {v: row["valid_accuracy"] for v, row in variants.items()}})
+        noswa_run = _run(cfg, variant_dir(runs, variant, "duet-noswa"), seed, "duet", 1,
+                         variant_dir(runs, variant, "base"), progress, variant)
         armbn_run = _run(cfg, runs / "armbn", seed, "armbn", progress=progress)
         _, base, _ = load_run(base_run)
         scored: dict[str, tuple[dict, dict]] = {}
@@ -209,12 +238,60 @@ def compare_images(cfg: ImageCompareConfig, report: str | Path, progress: bool =
         results["seeds"][str(seed)] = {
             "metrics": {name: m for name, (m, _) in scored.items()},
             "device_accuracy": {name: {str(d): a for d, a in acc.items()} for name, (_, acc) in scored.items()},
-            "costs": costs, "window_curve": curve,
+            "costs": costs, "window_curve": curve, "variants": variants,
             "valid_metrics": {name: m for name, (m, _) in validated.items()},
             "valid_device_accuracy": {name: {str(d): a for d, a in acc.items()} for name, (_, acc) in validated.items()},
         }
         write_report(results, data, report)
+    write_report(results, data, report)  # also when every seed was reused (e.g. fewer --seeds than before)
     return results
+
+
+def variant_dir(runs: Path, variant: str, kind: str) -> Path:
+    """Where a variant's run of `kind` (base, duet, duet-noswa) lives: the head variant's are
+    plain (base, duet, duet-noswa); FiLM has its own base; the set encoder shares the base."""
+    if variant == "head" or (kind == "base" and not DUET_VARIANTS[variant][0]):
+        return runs / kind
+    return runs / f"{kind}-{variant}"
+
+
+def _choose_variant(cfg: ImageCompareConfig, runs: Path, seed: int, base_run: Path, valid: ImageSplit,
+                    window_len: int, progress: bool) -> tuple[str, Path, dict[str, dict]]:
+    """Train every DUET variant of `cfg` for `seed`; the one with the best validation accuracy,
+    its run, and per variant its validation accuracy (all, unseen), payload (the dynamic
+    parameters a device receives, float32) and generation time per device."""
+    trained, rows = {}, {}
+    for variant in cfg.duet_variants:
+        base = base_run if variant_dir(runs, variant, "base") == base_run else _run(
+            cfg, variant_dir(runs, variant, "base"), seed, "base", progress=progress, variant=variant)
+        trained[variant] = _run(cfg, variant_dir(runs, variant, "duet"), seed, "duet", 3, base, progress, variant)
+        _, model, _ = load_run(trained[variant])
+        metrics, _ = _score(predict_images(model, valid), valid)
+        timing = generation_seconds(trained[variant], valid, window_len, repeats=cfg.cost_repeats)
+        rows[variant] = {"valid_accuracy": metrics["accuracy"], "valid_accuracy_unseen": metrics["accuracy_unseen"],
+                         "payload_bytes": 4 * model.device_model.param_spec.numel,
+                         "generation_single_s": timing["single_s"], "generation_batched_s": timing["batched_s"]}
+    best = max(cfg.duet_variants, key=lambda v: rows[v]["valid_accuracy"])
+    log.info("seed %d: DUET variant %s chosen on validation (%s)", seed, best,
+             ", ".join(f"{v} {r['valid_accuracy']:.4f}" for v, r in rows.items()))
+    return best, trained[best], rows
+
+
+def _resumable(report: Path, cfg: ImageCompareConfig) -> dict:
+    """The finished seeds of an earlier run of this comparison with the same configuration (its
+    seeds ran in order, so each choice list holds one entry per finished seed); else nothing."""
+    empty: dict = {"seeds": {}, "choices": {}}
+    try:  # compared as saved: a report from before a field existed is another configuration
+        saved = json.loads((report / "compare_config.json").read_text())
+        results = json.loads((report / "results.json").read_text())
+    except (OSError, ValueError):
+        return empty
+    done = [str(s) for s in range(cfg.seeds) if str(s) in results.get("seeds", {})]
+    done = done[: next((i for i, s in enumerate(done) if s != str(i)), len(done))]
+    if {**saved, "seeds": cfg.seeds} != json.loads(cfg.model_dump_json()) or not done:
+        return empty
+    return {"seeds": {s: results["seeds"][s] for s in done},
+            "choices": {m: c[: len(done)] for m, c in results.get("choices", {}).items()}}
 
 
 def _costs(adapted: Adapted) -> dict[str, float]:
@@ -300,7 +377,20 @@ def summarize(results: dict, devices: list[dict]) -> dict:
     valid_differences = (_differences(seeds, "valid_device_accuracy", list(valid_table), kind)
                          if all("valid_device_accuracy" in s for s in seeds.values()) else {})
     return {"methods": methods, "table": table, "unseen_by_shift": by_shift, "differences": differences,
-            "costs": costs, "valid_table": valid_table, "valid_differences": valid_differences}
+            "costs": costs, "valid_table": valid_table, "valid_differences": valid_differences,
+            "variants": _variant_table(seeds)}
+
+
+def _variant_table(seeds: dict) -> dict:
+    """Per DUET variant: how often validation chose it, and its validation accuracy, payload and
+    generation time (mean, std over seeds). Empty for reports written before variants."""
+    if not all("variants" in s for s in seeds.values()):
+        return {}
+    chosen = [max(s["variants"], key=lambda v, s=s: s["variants"][v]["valid_accuracy"]) for s in seeds.values()]
+    names = list(next(iter(seeds.values()))["variants"])
+    return {v: {"chosen": chosen.count(v),
+                **{k: _mean_std([s["variants"][v][k] for s in seeds.values()])
+                   for k in next(iter(seeds.values()))["variants"][v]}} for v in names}
 
 
 def _differences(seeds: dict, key: str, methods: list[str], kind: dict[str, str]) -> dict:
@@ -408,7 +498,7 @@ def write_report(results: dict, data, report: Path) -> None:
               "and ARM-BN run one forward pass over the W most recent samples of the device's adaptation prefix; "
               "DUET runs in the cloud, and the device computes no gradient. A device classifying its samples has "
               "their static features already, so in privacy mode generation is its only adaptation cost.", "",
-              *_valid_lines(summary["valid_table"]),
+              *_valid_lines(summary["valid_table"]), *_variant_lines(summary.get("variants", {}), n),
               "Choices made on validation devices: " + json.dumps(results["choices"]), "",
               "![accuracy against window length](accuracy_vs_window.png)", "",
               "![adaptation time](adaptation_time.png)", ""]
@@ -427,6 +517,27 @@ def _valid_lines(table: dict) -> list[str]:
         cells = [row.get(k) for k in ("accuracy", "accuracy_unseen")]
         lines.append(f"| {label(m)} | " + " | ".join(
             "" if c is None else f"{c['mean']:.4f} ± {c['std']:.4f}" for c in cells) + " |")
+    return [*lines, ""]
+
+
+VARIANT_LABELS = {"head": "head only, mean encoder", "film": "head + FiLM in every block, mean encoder",
+                  "set": "head only, set encoder (samples attend to each other)"}
+
+
+def _variant_lines(table: dict, seeds: int) -> list[str]:
+    """The DUET variants tried: validation accuracy (what the choice reads), what a device
+    receives, and the cloud's time to generate it."""
+    if not table:
+        return []
+    lines = ["## DUET variants (validation devices; the best on accuracy (all) is DUET's row, per seed)", "",
+             "| variant | chosen (seeds) | accuracy (all) | unseen | payload (bytes, float32) | "
+             "generation, one device (ms) | in a batch of 256 (ms per device) |", "|---|---|---|---|---|---|---|"]
+    for v, row in table.items():
+        lines.append(f"| {VARIANT_LABELS.get(v, v)} | {row['chosen']} of {seeds} | "
+                     f"{row['valid_accuracy']['mean']:.4f} ± {row['valid_accuracy']['std']:.4f} | "
+                     f"{row['valid_accuracy_unseen']['mean']:.4f} ± {row['valid_accuracy_unseen']['std']:.4f} | "
+                     f"{row['payload_bytes']['mean']:,.0f} | {1e3 * row['generation_single_s']['mean']:.3f} | "
+                     f"{1e3 * row['generation_batched_s']['mean']:.4f} |")
     return [*lines, ""]
 
 

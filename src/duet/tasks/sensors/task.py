@@ -72,22 +72,16 @@ class SensorTask(ImageTask):
         Console().print(f"prepared in {time.perf_counter() - started:.1f} s: {counts}")
 
     def compare(self, data: Path, out: Path, options: dict[str, Any], progress: bool) -> Path:
-        from duet.tasks.images.commands import COMPARE_OPTIONS
-        from duet.tasks.images.compare import ImageCompareConfig, compare_images
+        from duet.tasks.images.commands import COMPARE_OPTIONS, compare_config
+        from duet.tasks.images.compare import compare_images
 
         refuse_given({"--" + k.replace("_", "-"): v for k, v in options.items() if k not in COMPARE_OPTIONS},
                      f"{data} is a sensor fleet: {{}} do not apply")
-        quick = bool(options.get("quick"))
-        chosen = {"seeds": options.get("seeds") or (1 if quick else None),
-                  "epochs": options.get("epochs") or (10 if quick else None),
-                  "duet_epochs": options.get("duet_epochs") or (3 if quick else None),
-                  "threads": options.get("threads")}
         # One shift type ("own": every user moves differently): an oracle per type is the global model.
         # A device's first segments cover few activities (a recording follows a fixed script), so the
         # fine-tuning and TENT grids reach down to one step and a small rate: equal care, on validation.
-        cfg = ImageCompareConfig(data=str(data), oracle=False, finetune_steps=(1, 5, 10, 30),
-                                 finetune_lrs=(1e-4, 1e-3, 1e-2), tent_steps=(1, 10), tent_lrs=(1e-4, 1e-3, 1e-2),
-                                 **{k: v for k, v in chosen.items() if v is not None})
+        cfg = compare_config(data, options, oracle=False, finetune_steps=(1, 5, 10, 30),
+                             finetune_lrs=(1e-4, 1e-3, 1e-2), tent_steps=(1, 10), tent_lrs=(1e-4, 1e-3, 1e-2))
         compare_images(cfg, out, progress=progress)
         return out / "results.md"
 
