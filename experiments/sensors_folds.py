@@ -23,9 +23,9 @@ import numpy as np
 from duet.atomic import write_bytes, write_json
 from duet.report.stats import paired_bootstrap, seed_interval
 
-PAIRS = (("duet", "global"), ("duet", "bnstats"), ("duet", "duet-static"), ("duet", "duet-noswa"),
+PAIRS = (("duet", "global"), ("duet", "bnstats"), ("duet", "armbn"), ("duet", "duet-static"), ("duet", "duet-noswa"),
          ("duet", "tent"), ("duet", "finetune-20"), ("duet", "finetune-5"), ("duet-static", "global"),
-         ("bnstats", "global"))
+         ("bnstats", "global"), ("armbn", "global"), ("armbn", "bnstats"))
 
 
 def load_folds(reports: Path) -> list[dict]:
@@ -91,7 +91,20 @@ def summarize(folds: list[dict]) -> dict:
                   for k in folds[0]["seed"]["costs"]["duet"]}
     return {"folds": [f["fold"] for f in folds], "methods": methods, "table": table, "by_class": by_class,
             "differences": differences, "per_user": per_user, "window_curve": curve, "costs": costs,
-            "duet_costs": duet_costs, "choices": {str(f["fold"]): f["choices"] for f in folds}}
+            "duet_costs": duet_costs, "choices": {str(f["fold"]): f["choices"] for f in folds},
+            "variants": variants(folds)}
+
+
+def variants(folds: list[dict]) -> dict:
+    """Per DUET variant tried in every fold: how many folds chose it on validation, and its
+    validation accuracy, payload and generation time (mean, std over folds); empty for reports
+    from before variants."""
+    if not all("variants" in f["seed"] for f in folds):
+        return {}
+    chosen = [f["choices"]["duet"][0]["variant"] for f in folds]
+    names = [v for v in folds[0]["seed"]["variants"] if all(v in f["seed"]["variants"] for f in folds)]
+    return {v: {"chosen": chosen.count(v), **{k: mean_std([f["seed"]["variants"][v][k] for f in folds])
+                                             for k in folds[0]["seed"]["variants"][v]}} for v in names}
 
 
 def render(summary: dict) -> str:
@@ -127,6 +140,13 @@ def render(summary: dict) -> str:
               "| method | seconds |", "|---|---|"]
     lines += [f"| {m} | {c['mean']:.6f} |" for m, c in summary["costs"].items() if m != "duet"]
     lines += [f"| duet ({k}) | {c['mean']:.6f} |" for k, c in summary["duet_costs"].items()]
+    if summary.get("variants"):
+        lines += ["", "DUET variants, chosen per fold on its validation users (accuracy on all validation users):",
+                  "", "| variant | chosen (folds) | valid accuracy | valid unseen | payload bytes | generation ms |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {v} | {r['chosen']} | {r['valid_accuracy']['mean']:.4f} | {r['valid_accuracy_unseen']['mean']:.4f}"
+                  f" | {r['payload_bytes']['mean']:,.0f} | {1e3 * r['generation_single_s']['mean']:.3f} |"
+                  for v, r in summary["variants"].items()]
     users = sorted(summary["per_user"]["global"], key=int)
     lines += ["", "Per unseen user (test accuracy): does the window identify the user's style?", "",
               "| user | " + " | ".join(summary["methods"]) + " |", "|---|" + "---|" * len(summary["methods"])]

@@ -135,6 +135,7 @@ DIGITS_ROWS = (("global", "global model"), ("finetune-5", "fine-tune, 5 labels (
                ("finetune-20", "fine-tune, 20 labels (gradients on the device)"),
                ("tent", "TENT, no labels (gradients on the device)"),
                ("bnstats", "batch-norm statistics of the window, no labels, no gradient"),
+               ("armbn", "ARM-BN: trained for the window's batch-norm statistics, no labels, no gradient"),
                ("oracle", "oracle per shift type"),
                ("duet-static", "DUET's own static part, global head"), ("duet-noswa", "DUET without SWA"),
                ("duet", "**DUET (PPG+SWA)**, no labels, no gradient"))
@@ -153,8 +154,8 @@ def digits(root: Path) -> dict:
         b, where = rest.split(" (")
         key = "accuracy_" + where.rstrip(")").replace("unseen, ", "")
         seed_level[name] = t_interval([s["metrics"][a][key] - s["metrics"][b][key] for s in seeds])
-    costs = {m: [s["costs"][m]["median_s"] * 1e3 for s in seeds] for m in ("finetune-5", "finetune-20", "tent", "bnstats")
-             if m in seeds[0]["costs"]}
+    costs = {m: [s["costs"][m]["median_s"] * 1e3 for s in seeds]
+             for m in ("finetune-5", "finetune-20", "tent", "bnstats", "armbn") if m in seeds[0]["costs"]}
     costs |= {f"duet_{k}": [s["costs"]["duet"][k] * 1e3 for s in seeds] for k in seeds[0]["costs"]["duet"]}
     window = {m: {w: statistics.fmean(s["window_curve"][m][w]["accuracy_unseen"] for s in seeds)
                   for w in seeds[0]["window_curve"][m]} for m in seeds[0]["window_curve"]}
@@ -255,7 +256,8 @@ def digits_costs(root: Path) -> str:
             for m, label, where in (("finetune-5", "fine-tune, 5 labels", "device, forward + backward"),
                                     ("finetune-20", "fine-tune, 20 labels", "device, forward + backward"),
                                     ("tent", "TENT", "device, forward + backward"),
-                                    ("bnstats", "batch-norm statistics", "device, forward only"))
+                                    ("bnstats", "batch-norm statistics", "device, forward only"),
+                                    ("armbn", "ARM-BN", "device, forward only"))
             if m in d["costs_ms"]]
     for key, label in (("single_s", "DUET from the raw window, one device alone"),
                        ("batched_s", "DUET from the raw window, batch of 256"),
@@ -386,11 +388,12 @@ SENSOR_LABELS = {"global": "global model", "finetune-5": "fine-tune, 5 labels (g
                  "finetune-20": "fine-tune, 20 labels (gradients on the device)",
                  "tent": "TENT, no labels (gradients on the device)",
                  "bnstats": "batch-norm statistics of the window (no labels, no gradient)",
+                 "armbn": "ARM-BN, trained for the window's statistics (no labels, no gradient)",
                  "duet-static": "DUET's own static part, global head", "duet-noswa": "DUET without SWA",
                  "duet": "**DUET (PPG+SWA)**, no labels, no gradient"}
 
 
-SENSOR_ORDER = ("global", "finetune-5", "finetune-20", "tent", "bnstats", "duet-static", "duet-noswa", "duet")
+SENSOR_ORDER = ("global", "finetune-5", "finetune-20", "tent", "bnstats", "armbn", "duet-static", "duet-noswa", "duet")
 
 
 def _sensor_methods(data: dict) -> list[str]:
@@ -443,7 +446,7 @@ def sensors_window(root: Path) -> str:
 def sensors_costs(root: Path) -> str:
     """Adaptation time per device (one thread, medians per device, mean over folds)."""
     data = _load(root, SENSORS)
-    rows = [[SENSOR_LABELS.get(m, m), "device, with gradients" if m != "bnstats" else "device, no gradient",
+    rows = [[SENSOR_LABELS.get(m, m), "device, no gradient" if m in ("bnstats", "armbn") else "device, with gradients",
              f"{c['mean'] * 1e3:.2f}"] for m, c in data["costs"].items() if m != "duet"]
     names = {"single_s": "DUET from the raw window, one device alone",
              "batched_s": "DUET from the raw window, in a batch of 256 devices",
@@ -452,6 +455,28 @@ def sensors_costs(root: Path) -> str:
     rows += [[text, "cloud, no gradient", f"{data['duet_costs'][k]['mean'] * 1e3:.3f}"]
              for k, text in names.items() if k in data["duet_costs"]]
     return table(["method", "where", "ms per device"], rows)
+
+
+VARIANT_LABELS = {"head": "head only, mean encoder", "film": "head + FiLM (scale, shift) in every block",
+                  "set": "head only, set encoder (samples attend to each other)"}
+
+
+def variants_table(variants: dict, unit: str) -> str:
+    """DUET's variants as validation saw them: how often each was chosen, its validation accuracy,
+    what a device receives and the cloud's time to generate it (mean over seeds or folds)."""
+    rows = [[VARIANT_LABELS.get(v, v), f"{r['chosen']}", _ms(r["valid_accuracy"]), _ms(r["valid_accuracy_unseen"]),
+             f"{r['payload_bytes']['mean']:,.0f}", f"{r['generation_single_s']['mean'] * 1e3:.3f}"]
+            for v, r in variants.items()]
+    return table(["DUET variant", f"chosen ({unit})", "valid accuracy (all)", "valid, unseen",
+                  "payload (bytes)", "generation, one device (ms)"], rows)
+
+
+def digits_variants(root: Path) -> str:
+    return variants_table(_load(root, DIGITS)["summary"]["variants"], "seeds")
+
+
+def sensors_variants(root: Path) -> str:
+    return variants_table(_load(root, SENSORS)["variants"], "folds")
 
 
 def defaults_sweep(root: Path) -> str:
@@ -473,6 +498,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "digits-costs": digits_costs, "reference-readme": reference_readme, "reference-table": reference_table,
     "default-table": default_table, "default-adaptation": default_adaptation, "compressed-table": compressed_table,
     "swa-table": swa_table, "defaults-sweep": defaults_sweep,
+    "digits-variants": digits_variants, "sensors-variants": sensors_variants,
 }
 
 
