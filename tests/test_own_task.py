@@ -60,7 +60,10 @@ def accuracy(labels: np.ndarray, outputs: np.ndarray) -> float:
 
 def build_task() -> OwnTask:
     return OwnTask(name="test-readings", builder=f"{__name__}:build_task", static=Static, head=head,
-                   loss_fn=F.cross_entropy, metric=accuracy, metric_name="accuracy")
+                   loss_fn=F.cross_entropy, metric=accuracy, metric_name="accuracy", film_layers=FILM_LAYERS)
+
+
+FILM_LAYERS = ("net.0", "net.4")  # with --film: the convolution's 4 channels and the linear layer's 16
 
 
 def fleet(devices: int = 12, per_device: int = 40, seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -140,6 +143,41 @@ def test_export_serve_device_and_simulate_agree_with_torch(runs, monkeypatch):
     assert results["task"] == "test-readings" and results["agree"] is True
     assert results["metrics"]["device"]["accuracy"] == pytest.approx(results["metrics"]["offline"]["accuracy"])
     assert results["sources"].get("service", 0) > 0
+
+
+def test_film_layers_of_the_users_static_module_are_generated_and_reach_the_device(runs, monkeypatch):
+    """With --film, the named layers' per-channel scale and shift join the head's tensors: theta_g
+    starts as the identity, the generator writes them per window, and the exported device graph
+    takes them as inputs (a simulated fleet through `duet serve` agrees with torch)."""
+    from duet.checkpoint import load_run
+
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    common = ["--data", str(runs / "data"), "--threads", "1", "--no-progress", "--epochs", "2", "--film"]
+    invoke("train", *common, "--out", str(runs / "film-base"))
+    invoke("train", *common, "--out", str(runs / "film-duet"), "--method", "duet", "--init", str(runs / "film-base"))
+    _, model, _ = load_run(runs / "film-duet")
+    spec = dict(model.device_model.param_spec.entries)
+    assert {k: v for k, v in spec.items() if k.startswith("film.")} == {
+        "film.net.0.scale": (4,), "film.net.0.shift": (4,), "film.net.4.scale": (16,), "film.net.4.shift": (16,)}
+    plain = load_run(runs / "base")[1]  # the same static module without FiLM, for the identity check
+    x = torch.randn(5, CHANNELS, LENGTH)
+    fresh = build_task().build(load_run(runs / "film-base")[0])
+    fresh.backbone.load_state_dict(plain.backbone.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.features(x), plain.features(x))  # theta_g's FiLM is the identity
+        window = torch.zeros(2, 6, CHANNELS, LENGTH)
+        window[1] += 3.0
+        params = model.generate(window)
+    assert not torch.allclose(params["film.net.0.scale"][0], params["film.net.0.scale"][1])
+    invoke("export", "--run", str(runs / "film-duet"), "--out", str(runs / "film-bundle"))
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(runs / "film-bundle" / "model.onnx"), providers=["CPUExecutionProvider"])
+    inputs = {i.name for i in session.get_inputs()}
+    assert {"film_net_0_scale", "film_net_4_shift"} <= inputs
+    invoke("simulate", "--run", str(runs / "film-duet"), "--bundle", str(runs / "film-bundle"), "--devices", "3",
+           "--out", str(runs / "film-simulation.json"))
+    assert json.loads((runs / "film-simulation.json").read_text())["agree"] is True
 
 
 def test_a_command_that_does_not_apply_says_so_in_one_line(runs):

@@ -101,7 +101,7 @@ def train(
     dropout: Annotated[float, typer.Option(help="dropout rate")] = 0.2,
     head_hidden: Annotated[str | None, typer.Option(help="dynamic head hidden widths, e.g. 32 or 64,32")] = None,
     activation: Annotated[str, typer.Option(help="head activation: tanh | relu")] = "tanh",
-    film: Annotated[bool, typer.Option(help="also generate a per-channel scale and shift inside the static part (FiLM), where the task's static part has them")] = False,
+    film: Annotated[bool, typer.Option(help="also generate a per-channel scale and shift inside the static part (FiLM): image and sensor CNN blocks, SASRec blocks, GRU4Rec and DIN history embeddings, an own task's film_layers")] = False,
     encoder: Annotated[str | None, typer.Option(help="DUET window encoder: gru | attention (in order) | mean | attnpool | set (order-free; set: samples attend to each other); default: the task's")] = None,
     gen_hidden: Annotated[int, typer.Option(help="DUET window-encoder width")] = 32,
     layer_embed_dim: Annotated[int, typer.Option(help="DUET per-layer embedding size")] = 16,

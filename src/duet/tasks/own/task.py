@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from duet.errors import ArtifactError, DuetError
+from duet.models.film import LayerFilm, film_names
 from duet.models.head import ModuleHead, Params, WithGlobalHead
 from duet.spec import GraphInput, SampleSpec
 from duet.task import DeviceGraph, Extras, Simulation
@@ -29,9 +30,14 @@ from duet.tasks.images.training import ImageBatch, ImageBatcher, logits_of, pred
 
 
 class OwnDeviceModel(WithGlobalHead):
-    """The user's static module and head, as a duet device model (`params=None` uses theta_g)."""
+    """The user's static module and head, as a duet device model (`params=None` uses theta_g).
 
-    def __init__(self, static: nn.Module, head: nn.Module, sample_shape: tuple[int, ...]):
+    With `film_layers`, the output of each named layer of the static module gets a per-channel
+    scale and shift (channels along dim 1) that are dynamic too: generation inside the static part.
+    """
+
+    def __init__(self, static: nn.Module, head: nn.Module, sample_shape: tuple[int, ...],
+                 film_layers: tuple[str, ...] = ()):
         super().__init__()
         self.backbone, self.sample_shape = static, tuple(sample_shape)
         with torch.no_grad():
@@ -40,20 +46,32 @@ class OwnDeviceModel(WithGlobalHead):
             self._feature_dim = int(static(torch.zeros(2, *self.sample_shape)).shape[-1])
             static.train(was)
         self._set_head(ModuleHead(head))
+        self.films = (LayerFilm(static, film_layers, lambda: static(torch.zeros(2, *self.sample_shape)))
+                      if film_layers else None)
+        for layer, channels in (self.films.channels if self.films else {}).items():
+            scale, shift = film_names(layer)
+            self._add_dynamic(scale, torch.ones(channels))
+            self._add_dynamic(shift, torch.zeros(channels))
 
     @property
     def feature_dim(self) -> int:
         return self._feature_dim
 
-    def features(self, x: Tensor) -> Tensor:
-        return self.backbone(x)
+    def features(self, x: Tensor, params: Params | None = None) -> Tensor:
+        """Samples -> features, FiLM-ed by `params` (None: theta_g's, as for reading a window)."""
+        if self.films is None:
+            return self.backbone(x)
+        params = self.theta_g() if params is None else params
+        with self.films.applied({layer: tuple(params[n] for n in film_names(layer)) for layer in self.films.layers}):
+            return self.backbone(x)
 
     def window_features(self, window: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Window samples (E, W, *shape) -> their features (E, W, D) and mask (E, W); padding is not run."""
         return sample_window_features(self.features, self.feature_dim, window, mask)
 
     def forward(self, x: Tensor, params: Params | None = None) -> Tensor:
-        return self.head(self.features(x), self.theta_g() if params is None else params)
+        params = self.theta_g() if params is None else params
+        return self.head(self.features(x, params), {n: params[n] for n in self.head.param_spec.names})
 
 
 class _Graph(nn.Module):
@@ -81,6 +99,7 @@ class OwnTask:
     backbones: tuple[str, ...] = ("own",)
     methods: tuple[str, ...] = ("base", "duet")
     gradient_methods: tuple[str, ...] = ()
+    film_layers: tuple[str, ...] = ()  # layers of the static module FiLM-ed with --film (named_modules() names)
     defaults: Mapping[str, Any] = field(default_factory=lambda: {"encoder": "mean", "batch_size": 128})
     sources: tuple[str, ...] = ()
 
@@ -105,13 +124,17 @@ class OwnTask:
     def build(self, config) -> nn.Module:
         if config.train.method not in self.methods:
             raise ArtifactError(f"method {config.train.method!r}: {self.name} runs are base or duet")
-        if config.model.film:
-            raise ArtifactError(f"--film: task {self.name!r} brings its own static module; make the tensors "
-                                "to generate part of its head module instead")
+        if config.model.film and not self.film_layers:
+            raise ArtifactError(f"--film: task {self.name!r} names no layers of its static module to FiLM; "
+                                "give OwnTask(film_layers=(...)) the named_modules() names")
         if config.model.device_history is not None:
             raise ArtifactError(f"--device-history: task {self.name!r} brings its own static module; "
                                 "shorten its input there")
-        return OwnDeviceModel(self.static(), self.head(), tuple(config.facts["sample_shape"]))
+        try:
+            return OwnDeviceModel(self.static(), self.head(), tuple(config.facts["sample_shape"]),
+                                  self.film_layers if config.model.film else ())
+        except ValueError as exc:
+            raise ArtifactError(f"task {self.name!r}: {exc}") from None
 
     def fit_without_gradients(self, config, data: ImageData) -> nn.Module:  # noqa: ARG002
         raise DuetError(f"--method {config.train.method}: {self.name} methods are base and duet")

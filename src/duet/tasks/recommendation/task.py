@@ -82,9 +82,6 @@ class RecommendationTask:
         if config.model.backbone not in self.backbones:
             raise ArtifactError(f"backbone {config.model.backbone!r} is not a recommendation static part "
                                 f"({', '.join(self.backbones)})")
-        if config.model.film:
-            raise ArtifactError("--film: the recommendation static parts have no conv blocks to scale; "
-                                "generation stays in the head")
         if (config.model.device_history or 0) > facts.history_len:
             raise ArtifactError(f"--device-history {config.model.device_history}: longer than the dataset's "
                                 f"history (L={facts.history_len})")

@@ -38,6 +38,11 @@ class ItemEmbedding(nn.Module):
 class SASRec(nn.Module):
     head_on = "event"
 
+    @staticmethod
+    def film_layers(cfg: ModelConfig) -> tuple[str, ...]:
+        """What --film scales and shifts (per dimension): each block's output."""
+        return tuple(f"blocks.{i}" for i in range(cfg.num_blocks))
+
     def __init__(self, num_items: int, history_len: int, cfg: ModelConfig):
         super().__init__()
         dim = cfg.embed_dim
@@ -73,6 +78,11 @@ class SASRec(nn.Module):
 class GRU4Rec(nn.Module):
     head_on = "event"
 
+    @staticmethod
+    def film_layers(cfg: ModelConfig) -> tuple[str, ...]:  # noqa: ARG004 - uniform signature
+        """What --film scales and shifts: the history's item embeddings, the GRU's input."""
+        return ("items",)
+
     def __init__(self, num_items: int, history_len: int, cfg: ModelConfig):  # noqa: ARG002 - uniform signature
         super().__init__()
         dim = cfg.embed_dim
@@ -90,6 +100,11 @@ class GRU4Rec(nn.Module):
 
 class DIN(nn.Module):
     head_on = "record"
+
+    @staticmethod
+    def film_layers(cfg: ModelConfig) -> tuple[str, ...]:  # noqa: ARG004 - uniform signature
+        """What --film scales and shifts: the history's item embeddings, the attention's keys."""
+        return ("items",)
 
     def __init__(self, num_items: int, history_len: int, cfg: ModelConfig):  # noqa: ARG002 - uniform signature
         super().__init__()

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from duet.config import ModelConfig
+from duet.models.film import LayerFilm, film_names
 from duet.models.head import Params, WithGlobalHead
 from duet.tasks.recommendation.data.store import PAD
 from duet.tasks.recommendation.models.backbones import BACKBONES
@@ -51,6 +52,31 @@ class Recommender(WithGlobalHead):
         self.num_items, self.history_len = num_items, cfg.device_history or history_len
         self.backbone = BACKBONES[cfg.backbone](num_items, self.history_len, cfg)
         self._init_head(head_widths(cfg), cfg.activation)
+        self._init_film()
+
+    def _init_film(self) -> None:
+        """With `film`, the backbone's `film_layers` get a per-dimension scale (1) and shift (0)
+        that are dynamic: generation inside the static part. The target item's embedding is
+        read outside them, so only the history is FiLM-ed."""
+        self.films = None
+        if not self.cfg.film:
+            return
+        history = torch.ones(2, self.history_len, dtype=torch.long)
+        target = torch.zeros(2, self.backbone.items.embedding.embedding_dim)
+        probe = ((lambda: self.backbone(history, target)) if self.backbone.head_on == "record"
+                 else (lambda: self.backbone(history)))
+        self.films = LayerFilm(self.backbone, self.backbone.film_layers(self.cfg), probe, axis=-1)
+        for layer, channels in self.films.channels.items():
+            scale, shift = film_names(layer)
+            self._add_dynamic(scale, torch.ones(channels))
+            self._add_dynamic(shift, torch.zeros(channels))
+
+    def _static(self, params: Params, *inputs: Tensor) -> Tensor:
+        """The backbone on `inputs`, FiLM-ed by `params` when the model has FiLM layers."""
+        if self.films is None:
+            return self.backbone(*inputs)
+        with self.films.applied({layer: tuple(params[n] for n in film_names(layer)) for layer in self.films.layers}):
+            return self.backbone(*inputs)
 
     @property
     def item_embedding(self) -> nn.Embedding:
@@ -79,8 +105,8 @@ class Recommender(WithGlobalHead):
             history = tail_items(history, self.cfg.device_history)  # (E, N)
         target = self.backbone.items(item)  # (B, D)
         if self.backbone.head_on == "event":
-            user = self.head(self.backbone(history), params)  # (E, D)
+            user = self.head(self._static(params, history), params)  # (E, D)
             return (user[inverse] * target).sum(-1)
         if next(iter(params.values())).dim() > len(self.param_spec.entries[0][1]):
             params = {k: v[inverse] for k, v in params.items()}  # (B, *shape)
-        return self.head(self.backbone(history[inverse], target), params).squeeze(-1)
+        return self.head(self._static(params, history[inverse], target), params).squeeze(-1)
