@@ -71,6 +71,43 @@ def write_tiny_dataset(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def train_export_and_check_tiny(tmp: Path, options: list[str], lengths: tuple[int, ...]) -> tuple[object, object]:
+    """`duet train` (base, then DUET from it) on the tiny dataset with `options`, `duet export`, and
+    onnxruntime against torch on histories of `lengths` with generated heads; (model, bundle)."""
+    import torch
+    from typer.testing import CliRunner
+
+    from duet.checkpoint import load_run
+    from duet.cli import app
+    from duet.device.bundle import Bundle
+
+    data = write_tiny_dataset(tmp / "data")
+    common = ["--data", str(data), *options, "--embed-dim", "8", "--num-blocks", "1", "--dropout", "0",
+              "--epochs", "1", "--batch-size", "256", "--threads", "1", "--no-progress"]
+    for args in (["--out", str(tmp / "base")],
+                 ["--out", str(tmp / "duet"), "--method", "duet", "--init", str(tmp / "base"),
+                  "--gen-hidden", "8", "--layer-embed-dim", "4", "--decoder-hidden", "8"],
+                 ["--run", str(tmp / "duet"), "--out", str(tmp / "bundle")]):
+        result = CliRunner().invoke(app, ["export" if "--run" in args else "train", *(args if "--run" in args
+                                                                                       else [*common, *args])])
+        assert result.exit_code == 0, result.output
+    _, model, _ = load_run(tmp / "duet")
+    bundle = Bundle(tmp / "bundle")
+    gen = torch.Generator().manual_seed(0)
+    for length in lengths:
+        history = torch.zeros(1, L, dtype=torch.long)
+        history[0, :length] = torch.randint(1, NUM_ITEMS, (length,), generator=gen)
+        window = torch.randint(1, NUM_ITEMS, (1, W), generator=gen)
+        items = torch.randint(1, NUM_ITEMS, (7,), generator=gen)
+        with torch.no_grad():
+            params = model.generate(window)
+            expected = model.device_model(history, items, torch.zeros_like(items), params).numpy()
+        got = bundle.run({"history": history[0].numpy(), "items": items.numpy()},  # the whole history
+                         {k: v.numpy() for k, v in params.items()})["logits"]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    return model, bundle
+
+
 def train_tiny_run(data: Path, out: Path, method: str = "duet", backbone: str = "sasrec", seed: int = 0) -> Path:
     from duet.config import GeneratorConfig, ModelConfig, TrainConfig
     from duet.training.loop import run_config_for, train

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import NUM_ITEMS, L, W, write_tiny_dataset
+from conftest import NUM_ITEMS, L, W, train_export_and_check_tiny, write_tiny_dataset
 from typer.testing import CliRunner
 
 from duet.cli import app
@@ -90,34 +90,11 @@ def test_train_export_and_score_on_the_device_runtime(tmp_path):
     """`duet train --device-history` (base, then DUET from it), `duet export`: the graph takes N items,
     the generator reads W, and onnxruntime agrees with torch on whole histories and generated heads."""
     from duet.checkpoint import load_run
-    from duet.device.bundle import Bundle
 
-    data = write_tiny_dataset(tmp_path / "data")
-    common = ["--data", str(data), "--device-history", str(N), "--embed-dim", "8", "--num-blocks", "1",
-              "--dropout", "0", "--epochs", "1", "--batch-size", "256", "--threads", "1", "--no-progress"]
-    for args in (["--out", str(tmp_path / "base")],
-                 ["--out", str(tmp_path / "duet"), "--method", "duet", "--init", str(tmp_path / "base"),
-                  "--gen-hidden", "8", "--layer-embed-dim", "4", "--decoder-hidden", "8"]):
-        result = runner.invoke(app, ["train", *common, *args])
-        assert result.exit_code == 0, result.output
-    config, model, _ = load_run(tmp_path / "duet")
-    assert config.model.device_history == N and config.window_len == W
-    result = runner.invoke(app, ["export", "--run", str(tmp_path / "duet"), "--out", str(tmp_path / "bundle")])
-    assert result.exit_code == 0, result.output
-    bundle = Bundle(tmp_path / "bundle")
+    model, bundle = train_export_and_check_tiny(tmp_path, ["--device-history", str(N)], (0, 2, N, L))
+    config = load_run(tmp_path / "duet")[0]
+    assert config.model.device_history == N and config.window_len == W and model.device_model.history_len == N
     assert bundle.inputs[0].shape == (1, N) and bundle.window_len == W
-    gen = torch.Generator().manual_seed(0)
-    for length in (0, 2, N, L):
-        history = torch.zeros(1, L, dtype=torch.long)
-        history[0, :length] = torch.randint(1, NUM_ITEMS, (length,), generator=gen)
-        window = torch.randint(1, NUM_ITEMS, (1, W), generator=gen)
-        items = torch.randint(1, NUM_ITEMS, (7,), generator=gen)
-        with torch.no_grad():
-            params = model.generate(window)
-            expected = model.device_model(history, items, torch.zeros_like(items), params).numpy()
-        got = bundle.run({"history": history[0].numpy(), "items": items.numpy()},  # the whole history: kept last N
-                         {k: v.numpy() for k, v in params.items()})["logits"]
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
 def test_device_cost_measures_the_exported_model(tmp_path):

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import pytest
 import torch
-from conftest import NUM_ITEMS, L, W, write_tiny_dataset
+from conftest import NUM_ITEMS, L, train_export_and_check_tiny
 from torch import nn
 from typer.testing import CliRunner
 
-from duet.cli import app
 from duet.config import ModelConfig
 from duet.models.film import LayerFilm, film_at
 from duet.tasks.recommendation.models.recommender import Recommender
@@ -110,31 +108,6 @@ def test_film_in_a_recommender_starts_as_the_identity_and_reads_per_event_parame
 def test_film_on_recommendation_trains_exports_and_the_device_graph_takes_it(tmp_path):
     """`duet train --film` (base, then DUET), `duet export`: onnxruntime agrees with torch for
     generated FiLM parameters, which are graph inputs beside the head's."""
-    from duet.checkpoint import load_run
-    from duet.device.bundle import Bundle
-
-    data = write_tiny_dataset(tmp_path / "data")
-    common = ["--data", str(data), "--film", "--embed-dim", "8", "--num-blocks", "1", "--dropout", "0",
-              "--epochs", "1", "--batch-size", "256", "--threads", "1", "--no-progress"]
-    for args in (["--out", str(tmp_path / "base")],
-                 ["--out", str(tmp_path / "duet"), "--method", "duet", "--init", str(tmp_path / "base"),
-                  "--gen-hidden", "8", "--layer-embed-dim", "4", "--decoder-hidden", "8"]):
-        result = runner.invoke(app, ["train", *common, *args])
-        assert result.exit_code == 0, result.output
-    _, model, _ = load_run(tmp_path / "duet")
-    result = runner.invoke(app, ["export", "--run", str(tmp_path / "duet"), "--out", str(tmp_path / "bundle")])
-    assert result.exit_code == 0, result.output
-    bundle = Bundle(tmp_path / "bundle")
-    gen = torch.Generator().manual_seed(0)
-    for length in (1, L):
-        history = torch.zeros(1, L, dtype=torch.long)
-        history[0, :length] = torch.randint(1, NUM_ITEMS, (length,), generator=gen)
-        window = torch.randint(1, NUM_ITEMS, (1, W), generator=gen)
-        items = torch.randint(1, NUM_ITEMS, (5,), generator=gen)
-        with torch.no_grad():
-            params = model.generate(window)
-            expected = model.device_model(history, items, torch.zeros_like(items), params).numpy()
-        assert "film.blocks.0.scale" in params
-        got = bundle.run({"history": history[0].numpy(), "items": items.numpy()},
-                         {k: v.numpy() for k, v in params.items()})["logits"]
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    model, bundle = train_export_and_check_tiny(tmp_path, ["--film"], (1, L))
+    assert "film.blocks.0.scale" in model.device_model.param_spec.names
+    assert {"film_blocks_0_scale", "film_blocks_0_shift"} <= {i.name for i in bundle.session.get_inputs()}
