@@ -358,6 +358,54 @@ def compressed_table(root: Path) -> str:
                   f"share of the device-to-cloud gap ({c['device_to_cloud_gap']:.4f})"], rows)
 
 
+COMPRESSED5 = "docs/results/compressed-w50/results.json"
+COMPRESSED5_ROWS = (("base", "cloud model (L 50, embedding 32, 2 blocks)"),
+                    ("device", "device model alone (last 5 items, embedding 16)"),
+                    ("device-global", "device DUET's static part + global head"),
+                    ("device-duet", "**device model + DUET** (generated head)"),
+                    ("duet", "cloud model + DUET"))
+
+
+def compressed5_table(root: Path) -> str:
+    """The compressed device over 5 seeds: test uauc, the difference to the device model alone
+    (paired over users and seeds, and over seed means) and the share of the device-to-cloud gap."""
+    raw = _load(root, COMPRESSED5)
+    summary = raw["summary"]["sasrec"]
+    diffs, gap = summary["differences"], summary["gap_closed"]
+
+    def minus_device(method: str) -> str:
+        d = diffs.get(f"{method} - device")
+        if d is None:
+            return ""
+        both = excludes_zero(d, d.get("seed_level"))
+        return f"{bold_if(signed(d['mean']), both)} {interval(d)}; seeds {interval(d['seed_level'])}"
+
+    def share(method: str) -> str:
+        if method == "base":
+            return "100%"
+        if method == "device":
+            return "0%"
+        g = gap.get(method)
+        return "" if g is None else f"{g['pooled']:.0%} (mean of seeds {g['mean']:.0%})"
+
+    rows = [[label, _ms(summary[m]["uauc"]), minus_device(m), share(m)] for m, label in COMPRESSED5_ROWS
+            if m in summary]
+    return table(["", "test uauc (5 seeds)", "− device model [paired] ; seeds [t]",
+                  f"share of the gap ({gap['gap']['mean']:+.4f}), pooled"], rows)
+
+
+def compressed5_cost(root: Path) -> str:
+    """What each model costs on the device runtime (onnxruntime, one thread), mean over seeds."""
+    summary = _load(root, COMPRESSED5)["summary"]["sasrec"]
+    rows = [[label, f"{c['parameters']['mean']:,.0f}", f"{c['head_parameters']['mean']:,.0f}",
+             f"{4 * c['head_parameters']['mean']:,.0f}", f"{c['onnx_weight_bytes']['mean'] / 1024:,.1f}",
+             f"{c['score_ms_p50']['mean']:.3f}", f"{c['score_ms_p90']['mean']:.3f}"]
+            for m, label in (("device", "device model"), ("device-duet", "device model + DUET"),
+                             ("base", "cloud model")) if (c := summary.get(m, {}).get("device_cost"))]
+    return table(["model", "parameters", "dynamic (head) parameters", "payload (bytes, float32)",
+                  "ONNX weights (KiB)", "ms per request, p50", "p90"], rows)
+
+
 def swa_table(root: Path) -> str:
     s = _load(root, "docs/results/swa_stability.json")["curves"]
     rows = []
@@ -498,7 +546,8 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "digits-costs": digits_costs, "reference-readme": reference_readme, "reference-table": reference_table,
     "default-table": default_table, "default-adaptation": default_adaptation, "compressed-table": compressed_table,
     "swa-table": swa_table, "defaults-sweep": defaults_sweep,
-    "digits-variants": digits_variants, "sensors-variants": sensors_variants,
+    "digits-variants": digits_variants, "sensors-variants": sensors_variants, "compressed5-table": compressed5_table,
+    "compressed5-cost": compressed5_cost,
 }
 
 

@@ -193,8 +193,7 @@ COMMANDS = {
             "dropout": (0.05, {"model.dropout": 0.05}),
             "head_hidden": ("16,8", {"model.head_hidden": (16, 8)}),
             "activation": ("relu", {"model.activation": "relu"}),
-            # the recommendation static parts have no conv blocks: refused in one line (images: test_images)
-            "film": (True, {"refused": "--film: the recommendation static parts have no conv blocks"}),
+            "film": (True, {"model.film": True}),
             "encoder": ("attention", {"generator.encoder": "attention"}),
             "gen_hidden": (12, {"generator.hidden_dim": 12}),
             "layer_embed_dim": (6, {"generator.layer_embed_dim": 6}),
