@@ -360,7 +360,7 @@ def compressed_table(root: Path) -> str:
 
 COMPRESSED5 = "docs/results/compressed-w50/results.json"
 COMPRESSED5_ROWS = (("base", "cloud model (L 50, embedding 32, 2 blocks)"),
-                    ("device", "device model alone (last 5 items, embedding 16)"),
+                    ("device", "device model alone (last 5 items, embedding 16, 2 blocks)"),
                     ("device-global", "device DUET's static part + global head"),
                     ("device-duet", "**device model + DUET** (generated head)"),
                     ("duet", "cloud model + DUET"))
@@ -390,6 +390,11 @@ def compressed5_table(root: Path) -> str:
 
     rows = [[label, _ms(summary[m]["uauc"]), minus_device(m), share(m)] for m, label in COMPRESSED5_ROWS
             if m in summary]
+    own = diffs["device-duet - device-global"]
+    rows.append(["generation itself (device + DUET − its own static part + global head)", "",
+                 f"{bold_if(signed(own['mean']), excludes_zero(own, own.get('seed_level')))} {interval(own)}; "
+                 f"seeds {interval(own['seed_level'])}",
+                 f"{gap['generation']['pooled']:.0%} (mean of seeds {gap['generation']['mean']:.0%})"])
     return table(["", "test uauc (5 seeds)", "− device model [paired] ; seeds [t]",
                   f"share of the gap ({gap['gap']['mean']:+.4f}), pooled"], rows)
 
