@@ -157,8 +157,15 @@ def test_a_device_history_longer_than_the_dataset_is_refused_in_one_line(tiny_di
 
 
 def test_device_model_names_round_trip():
-    for text in ("history=5", "history=5,dim=16", "dim=16,blocks=1", "history=5,dim=16,blocks=1"):
+    for text in ("history=5", "history=5,dim=16", "dim=16,blocks=1", "history=5,dim=16,blocks=1", "history=5,film=1"):
         assert CompressedDevice.parse(text).name == text
+    assert CompressedDevice.parse("history=5,film=1").model("sasrec") == ModelConfig(backbone="sasrec",
+                                                                                     device_history=5, film=True)
+    assert CompressedDevice.parse("history=5,film=0") == CompressedDevice(history=5)
+    with pytest.raises(DuetError, match="film=0 or 1"):
+        CompressedDevice.parse("history=5,film=2")
+    with pytest.raises(DuetError, match="at least one of history, dim, blocks"):
+        CompressedDevice.parse("film=1")  # FiLM alone makes no model smaller
     assert CompressedDevice.parse("dim=16, history=5").model("din") == ModelConfig(backbone="din", embed_dim=16,
                                                                                    device_history=5)
     with pytest.raises(DuetError, match="not like"):

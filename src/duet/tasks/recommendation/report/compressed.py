@@ -11,6 +11,9 @@ carries what the device model cannot read. Rows added to the report:
 * `device-global`: device-duet's static part with the global head, so that
   device-duet − device-global is what generation adds by itself.
 
+With `film=1` the device model's blocks also get a generated per-dimension scale and shift
+(FiLM, `--film`): generation inside the compressed static part, not only its head.
+
 Each device row also records what it costs on a device: parameters, bytes of its exported ONNX
 graph and its per-request scoring latency on the onnxruntime device runtime (one thread).
 """
@@ -29,7 +32,8 @@ from duet.config import ModelConfig, Strict
 from duet.errors import DuetError
 
 SPELLING = "history=5,dim=16,blocks=1"
-KEYS = {"history": "device_history", "dim": "embed_dim", "blocks": "num_blocks"}  # spelling -> ModelConfig field
+KEYS = {"history": "device_history", "dim": "embed_dim", "blocks": "num_blocks",
+        "film": "film"}  # spelling -> ModelConfig field
 # The latency sample: enough requests for a steady median, few enough to take about a second.
 REQUESTS, WARMUP = 300, 20
 
@@ -40,6 +44,7 @@ class CompressedDevice(Strict):
     history: int | None = Field(None, ge=1, description="the static part reads the history's last N items")
     dim: int | None = Field(None, ge=2, description="item embedding size (the cloud model's: 32)")
     blocks: int | None = Field(None, ge=1, description="SASRec blocks / GRU layers (the cloud model's: 2)")
+    film: bool = Field(False, description="generate FiLM inside the device model too (spelled film=1)")
 
     @model_validator(mode="after")
     def _something_smaller(self) -> CompressedDevice:
@@ -49,24 +54,25 @@ class CompressedDevice(Strict):
 
     @property
     def name(self) -> str:
-        """The spelling `parse` reads, e.g. 'history=5,dim=16'."""
-        return ",".join(f"{key}={getattr(self, key)}" for key in KEYS if getattr(self, key) is not None)
+        """The spelling `parse` reads, e.g. 'history=5,dim=16' or 'history=5,film=1'."""
+        return ",".join(f"{key}={int(getattr(self, key))}" for key in KEYS if getattr(self, key) not in (None, False))
 
     def model(self, backbone: str) -> ModelConfig:
         """The device model's config: the cloud model's (ModelConfig defaults) with these changed."""
         return ModelConfig(backbone=backbone, **{field: getattr(self, key) for key, field in KEYS.items()
-                                                 if getattr(self, key) is not None})
+                                                 if getattr(self, key) not in (None, False)})
 
     @classmethod
     def parse(cls, text: str) -> CompressedDevice:
         """'history=5,dim=16' -> CompressedDevice; a bad spelling is a one-line DuetError."""
-        values: dict[str, int] = {}
+        values: dict[str, int | bool] = {}
         for part in str(text).split(","):
             match = re.fullmatch(r"\s*([a-z]+)\s*=\s*(\d+)\s*", part)
-            if match is None or match[1] not in KEYS or match[1] in values:
+            if (match is None or match[1] not in KEYS or match[1] in values
+                    or (match[1] == "film" and match[2] not in ("0", "1"))):
                 raise DuetError(f"--device-model: {text!r} is not like {SPELLING} (keys {', '.join(KEYS)}, "
-                                "each once, positive integers)")
-            values[match[1]] = int(match[2])
+                                "each once, positive integers; film=0 or 1)")
+            values[match[1]] = bool(int(match[2])) if match[1] == "film" else int(match[2])
         from pydantic import ValidationError
 
         try:
