@@ -386,7 +386,7 @@ def compressed5_table(root: Path) -> str:
         if method == "device":
             return "0%"
         g = gap.get(method)
-        return "" if g is None else f"{g['pooled']:.0%} (mean of seeds {g['mean']:.0%})"
+        return "" if g is None else f"{g['pooled']:.0%} (mean of seeds {g['mean']:.0%})".replace("-", MINUS)
 
     rows = [[label, _ms(summary[m]["uauc"]), minus_device(m), share(m)] for m, label in COMPRESSED5_ROWS
             if m in summary]
@@ -394,7 +394,7 @@ def compressed5_table(root: Path) -> str:
     rows.append(["generation itself (device + DUET − its own static part + global head)", "",
                  f"{bold_if(signed(own['mean']), excludes_zero(own, own.get('seed_level')))} {interval(own)}; "
                  f"seeds {interval(own['seed_level'])}",
-                 f"{gap['generation']['pooled']:.0%} (mean of seeds {gap['generation']['mean']:.0%})"])
+                 f"{gap['generation']['pooled']:.0%} (mean of seeds {gap['generation']['mean']:.0%})".replace("-", MINUS)])
     return table(["", "test uauc (5 seeds)", "− device model [paired] ; seeds [t]",
                   f"share of the gap ({gap['gap']['mean']:+.4f}), pooled"], rows)
 
