@@ -41,13 +41,15 @@ def test_layer_film_scales_only_inside_its_context_and_per_row():
     plain = module(x)
     scale = torch.ones(4, 3)
     scale[1] = 2.0  # row 1's convolution output doubled
-    identity = {"0": (torch.ones(3), torch.zeros(3)), "3": (torch.ones(4), torch.zeros(4))}
+    identity = {"film.0.scale": torch.ones(3), "film.0.shift": torch.zeros(3),
+                "film.3.scale": torch.ones(4), "film.3.shift": torch.zeros(4)}
+    assert {k: v.tolist() for k, v in films.identity().items()} == {k: v.tolist() for k, v in identity.items()}
     with torch.no_grad():
         with films.applied(identity):
             torch.testing.assert_close(module(x), plain)
-        with films.applied({**identity, "0": (scale, torch.zeros(4, 3))}):
+        with films.applied({**identity, "film.0.scale": scale, "film.0.shift": torch.zeros(4, 3)}):
             out = module(x)
-        with films.applied({**identity, "3": (torch.ones(4), torch.full((4,), 0.5))}):
+        with films.applied({**identity, "film.3.shift": torch.full((4,), 0.5)}):
             shifted = module(x)
     torch.testing.assert_close(out[[0, 2, 3]], plain[[0, 2, 3]])
     assert not torch.allclose(out[1], plain[1])
@@ -61,7 +63,7 @@ def test_another_threads_call_does_not_see_the_films_of_this_one():
     films = LayerFilm(module, ("3",), lambda: module(x))
     plain = module(x).detach()
     seen = {}
-    with films.applied({"3": (torch.zeros(4), torch.zeros(4))}):  # this thread: every output 0
+    with films.applied({"film.3.scale": torch.zeros(4), "film.3.shift": torch.zeros(4)}):  # here: every output 0
         worker = threading.Thread(target=lambda: seen.setdefault("out", module(x).detach()))
         worker.start()
         worker.join()

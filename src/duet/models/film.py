@@ -17,8 +17,6 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-Films = Mapping[str, tuple[Tensor, Tensor]]
-
 
 def film_at(h: Tensor, scale: Tensor, shift: Tensor, axis: int) -> Tensor:
     """h * scale + shift along `axis` (1: channels first, -1: channels last), with `(C,)`
@@ -40,8 +38,9 @@ class LayerFilm:
     """FiLM hooks on `layers` of `module` (channels along `axis` of each layer's output).
 
     `channels` gives each layer's width, from one dry run (`probe` calls the module on a small
-    input, in eval mode, without gradients). Inside `applied(films)`, each named layer's output
-    is scaled and shifted by its entry; outside, layers run as is.
+    input, in eval mode, without gradients); `identity()` the parameters that change nothing.
+    Inside `applied(params)`, each named layer's output is scaled and shifted by its entries of
+    `params` (under `film_names`); outside, layers run as is.
     """
 
     def __init__(self, module: nn.Module, layers: Sequence[str], probe: Callable[[], object], axis: int = 1):
@@ -70,20 +69,25 @@ class LayerFilm:
         for name in self.layers:
             module.get_submodule(name).register_forward_hook(lambda _m, _i, out, name=name: self._apply(name, out))
 
+    def identity(self) -> dict[str, Tensor]:
+        """Scale 1 and shift 0 for every layer, under their spec names (theta_g's start)."""
+        return {name: init(channels) for layer, channels in self.channels.items()
+                for name, init in zip(film_names(layer), (torch.ones, torch.zeros), strict=True)}
+
     def _apply(self, name: str, out: Tensor) -> Tensor | None:
-        films = getattr(self._local, "films", None)
-        if films is None:
+        params = getattr(self._local, "params", None)
+        if params is None:
             return None  # keep the output
-        return film_at(_output(out, name), *films[name], self.axis)
+        return film_at(_output(out, name), *(params[n] for n in film_names(name)), self.axis)
 
     @contextmanager
-    def applied(self, films: Films) -> Iterator[None]:
-        previous = getattr(self._local, "films", None)
-        self._local.films = films
+    def applied(self, params: Mapping[str, Tensor]) -> Iterator[None]:
+        previous = getattr(self._local, "params", None)
+        self._local.params = params
         try:
             yield
         finally:
-            self._local.films = previous
+            self._local.params = previous
 
 
 def _output(out: object, name: str) -> Tensor:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from duet.models.film import LayerFilm
 from duet.spec import ParamSpec
 
 Params = dict[str, Tensor]
@@ -112,12 +113,6 @@ class ModuleHead(nn.Module):
         return {name: self.module.get_buffer(name).detach().clone() for name in self.param_spec.names}
 
 
-def film(h: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """Per-channel scale and shift of feature maps h (N, C, ...): shared `(C,)` or one per row `(N, C)`."""
-    view = (-1 if scale.dim() == 2 else 1, h.shape[1], *[1] * (h.dim() - 2))
-    return h * scale.reshape(view) + shift.reshape(view)
-
-
 class WithGlobalHead(nn.Module):
     """A device model's dynamic parameters and their global values theta_g, stored as module
     parameters (`global_params`, dots in names replaced) and read back under spec names.
@@ -136,6 +131,11 @@ class WithGlobalHead(nn.Module):
             {name.replace(".", "_"): nn.Parameter(t) for name, t in self.head.init_params().items()}
         )
         self._spec = head.param_spec
+
+    def _add_films(self, films: LayerFilm) -> None:
+        """Every FiLM layer's scale and shift dynamic too, starting as the identity."""
+        for name, init in films.identity().items():
+            self._add_dynamic(name, init)
 
     def _add_dynamic(self, name: str, init: Tensor) -> None:
         """A tensor inside the static part that is dynamic too (after the head's in spec order)."""

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from duet.config import ModelConfig
-from duet.models.head import Params, WithGlobalHead, film
+from duet.models.film import film_at
+from duet.models.head import Params, WithGlobalHead
 
 
 def image_head_widths(cfg: ModelConfig, num_classes: int) -> tuple[int, ...]:
@@ -34,7 +35,7 @@ def conv_blocks(conv: nn.Sequential, x: Tensor, films: list[tuple[Tensor, Tensor
     for module in conv:
         x = module(x)
         if isinstance(module, nn.ReLU):
-            x = film(x, *films[block])
+            x = film_at(x, *films[block], axis=1)
             block += 1
     return x
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from duet.errors import ArtifactError, DuetError
-from duet.models.film import LayerFilm, film_names
+from duet.models.film import LayerFilm
 from duet.models.head import ModuleHead, Params, WithGlobalHead
 from duet.spec import GraphInput, SampleSpec
 from duet.task import DeviceGraph, Extras, Simulation
@@ -46,12 +46,10 @@ class OwnDeviceModel(WithGlobalHead):
             self._feature_dim = int(static(torch.zeros(2, *self.sample_shape)).shape[-1])
             static.train(was)
         self._set_head(ModuleHead(head))
-        self.films = (LayerFilm(static, film_layers, lambda: static(torch.zeros(2, *self.sample_shape)))
-                      if film_layers else None)
-        for layer, channels in (self.films.channels if self.films else {}).items():
-            scale, shift = film_names(layer)
-            self._add_dynamic(scale, torch.ones(channels))
-            self._add_dynamic(shift, torch.zeros(channels))
+        self.films = None
+        if film_layers:
+            self.films = LayerFilm(static, film_layers, lambda: static(torch.zeros(2, *self.sample_shape)))
+            self._add_films(self.films)
 
     @property
     def feature_dim(self) -> int:
@@ -62,7 +60,7 @@ class OwnDeviceModel(WithGlobalHead):
         if self.films is None:
             return self.backbone(x)
         params = self.theta_g() if params is None else params
-        with self.films.applied({layer: tuple(params[n] for n in film_names(layer)) for layer in self.films.layers}):
+        with self.films.applied(params):
             return self.backbone(x)
 
     def window_features(self, window: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

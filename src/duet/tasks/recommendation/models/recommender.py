@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from duet.config import ModelConfig
-from duet.models.film import LayerFilm, film_names
+from duet.models.film import LayerFilm
 from duet.models.head import Params, WithGlobalHead
 from duet.tasks.recommendation.data.store import PAD
 from duet.tasks.recommendation.models.backbones import BACKBONES
@@ -66,16 +66,13 @@ class Recommender(WithGlobalHead):
         probe = ((lambda: self.backbone(history, target)) if self.backbone.head_on == "record"
                  else (lambda: self.backbone(history)))
         self.films = LayerFilm(self.backbone, self.backbone.film_layers(self.cfg), probe, axis=-1)
-        for layer, channels in self.films.channels.items():
-            scale, shift = film_names(layer)
-            self._add_dynamic(scale, torch.ones(channels))
-            self._add_dynamic(shift, torch.zeros(channels))
+        self._add_films(self.films)
 
     def _static(self, params: Params, *inputs: Tensor) -> Tensor:
         """The backbone on `inputs`, FiLM-ed by `params` when the model has FiLM layers."""
         if self.films is None:
             return self.backbone(*inputs)
-        with self.films.applied({layer: tuple(params[n] for n in film_names(layer)) for layer in self.films.layers}):
+        with self.films.applied(params):
             return self.backbone(*inputs)
 
     @property
