@@ -177,13 +177,14 @@ def compare_images(cfg: ImageCompareConfig, report: str | Path, progress: bool =
     window_len = data.window_len
     results = _resumable(report, cfg)
     write_json(report / "compare_config.json", json.loads(cfg.model_dump_json()))
+    rewritten = False
     for seed in range(cfg.seeds):
         if str(seed) in results["seeds"]:
             log.info("seed %d: reusing its finished results", seed)
             continue
         runs = report / "runs" / f"seed{seed}"
         base_run = _run(cfg, runs / "base", seed, "base", progress=progress)
-        variant, duet_run, variants = _choose_variant(cfg, runs, seed, base_run, valid, window_len, progress)
+        variant, duet_run, variants = _choose_variant(cfg, runs, seed, valid, window_len, progress)
         results["choices"].setdefault("duet", []).append(
             {"variant": variant, "valid": {v: row["valid_accuracy"] for v, row in variants.items()}})
         noswa_run = _run(cfg, variant_dir(runs, variant, "duet-noswa"), seed, "duet", 1,
@@ -243,7 +244,9 @@ def compare_images(cfg: ImageCompareConfig, report: str | Path, progress: bool =
             "valid_device_accuracy": {name: {str(d): a for d, a in acc.items()} for name, (_, acc) in validated.items()},
         }
         write_report(results, data, report)
-    write_report(results, data, report)  # also when every seed was reused (e.g. fewer --seeds than before)
+        rewritten = True
+    if not rewritten:  # every seed reused (e.g. fewer --seeds than before): the report still matches them
+        write_report(results, data, report)
     return results
 
 
@@ -255,15 +258,15 @@ def variant_dir(runs: Path, variant: str, kind: str) -> Path:
     return runs / f"{kind}-{variant}"
 
 
-def _choose_variant(cfg: ImageCompareConfig, runs: Path, seed: int, base_run: Path, valid: ImageSplit,
-                    window_len: int, progress: bool) -> tuple[str, Path, dict[str, dict]]:
-    """Train every DUET variant of `cfg` for `seed`; the one with the best validation accuracy,
+def _choose_variant(cfg: ImageCompareConfig, runs: Path, seed: int, valid: ImageSplit, window_len: int,
+                    progress: bool) -> tuple[str, Path, dict[str, dict]]:
+    """Train every DUET variant of `cfg` for `seed` (each from its base run, reused where
+    finished); the one with the best validation accuracy,
     its run, and per variant its validation accuracy (all, unseen), payload (the dynamic
     parameters a device receives, float32) and generation time per device."""
     trained, rows = {}, {}
     for variant in cfg.duet_variants:
-        base = base_run if variant_dir(runs, variant, "base") == base_run else _run(
-            cfg, variant_dir(runs, variant, "base"), seed, "base", progress=progress, variant=variant)
+        base = _run(cfg, variant_dir(runs, variant, "base"), seed, "base", progress=progress, variant=variant)
         trained[variant] = _run(cfg, variant_dir(runs, variant, "duet"), seed, "duet", 3, base, progress, variant)
         _, model, _ = load_run(trained[variant])
         metrics, _ = _score(predict_images(model, valid), valid)
