@@ -22,6 +22,7 @@ import numpy as np
 
 from duet.atomic import write_bytes, write_json
 from duet.report.stats import paired_bootstrap, seed_interval
+from duet.tasks.images.compare import variant_lines
 
 PAIRS = (("duet", "global"), ("duet", "bnstats"), ("duet", "armbn"), ("duet", "duet-static"), ("duet", "duet-noswa"),
          ("duet", "tent"), ("duet", "finetune-20"), ("duet", "finetune-5"), ("duet-static", "global"),
@@ -140,13 +141,7 @@ def render(summary: dict) -> str:
               "| method | seconds |", "|---|---|"]
     lines += [f"| {m} | {c['mean']:.6f} |" for m, c in summary["costs"].items() if m != "duet"]
     lines += [f"| duet ({k}) | {c['mean']:.6f} |" for k, c in summary["duet_costs"].items()]
-    if summary.get("variants"):
-        lines += ["", "DUET variants, chosen per fold on its validation users (accuracy on all validation users):",
-                  "", "| variant | chosen (folds) | valid accuracy | valid unseen | payload bytes | generation ms |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {v} | {r['chosen']} | {r['valid_accuracy']['mean']:.4f} | {r['valid_accuracy_unseen']['mean']:.4f}"
-                  f" | {r['payload_bytes']['mean']:,.0f} | {1e3 * r['generation_single_s']['mean']:.3f} |"
-                  for v, r in summary["variants"].items()]
+    lines += ["", *variant_lines(summary.get("variants", {}), n, unit="fold")]
     users = sorted(summary["per_user"]["global"], key=int)
     lines += ["", "Per unseen user (test accuracy): does the window identify the user's style?", "",
               "| user | " + " | ".join(summary["methods"]) + " |", "|---|" + "---|" * len(summary["methods"])]

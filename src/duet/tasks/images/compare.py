@@ -501,7 +501,7 @@ def write_report(results: dict, data, report: Path) -> None:
               "and ARM-BN run one forward pass over the W most recent samples of the device's adaptation prefix; "
               "DUET runs in the cloud, and the device computes no gradient. A device classifying its samples has "
               "their static features already, so in privacy mode generation is its only adaptation cost.", "",
-              *_valid_lines(summary["valid_table"]), *_variant_lines(summary.get("variants", {}), n),
+              *_valid_lines(summary["valid_table"]), *variant_lines(summary.get("variants", {}), n),
               "Choices made on validation devices: " + json.dumps(results["choices"]), "",
               "![accuracy against window length](accuracy_vs_window.png)", "",
               "![adaptation time](adaptation_time.png)", ""]
@@ -527,16 +527,16 @@ VARIANT_LABELS = {"head": "head only, mean encoder", "film": "head + FiLM in eve
                   "set": "head only, set encoder (samples attend to each other)"}
 
 
-def _variant_lines(table: dict, seeds: int) -> list[str]:
+def variant_lines(table: dict, runs: int, unit: str = "seed") -> list[str]:
     """The DUET variants tried: validation accuracy (what the choice reads), what a device
-    receives, and the cloud's time to generate it."""
+    receives, and the cloud's time to generate it; `runs` of `unit` (seeds, or a task's folds)."""
     if not table:
         return []
-    lines = ["## DUET variants (validation devices; the best on accuracy (all) is DUET's row, per seed)", "",
-             "| variant | chosen (seeds) | accuracy (all) | unseen | payload (bytes, float32) | "
+    lines = [f"## DUET variants (validation devices; the best on accuracy (all) is DUET's row, per {unit})", "",
+             f"| variant | chosen ({unit}s) | accuracy (all) | unseen | payload (bytes, float32) | "
              "generation, one device (ms) | in a batch of 256 (ms per device) |", "|---|---|---|---|---|---|---|"]
     for v, row in table.items():
-        lines.append(f"| {VARIANT_LABELS.get(v, v)} | {row['chosen']} of {seeds} | "
+        lines.append(f"| {VARIANT_LABELS.get(v, v)} | {row['chosen']} of {runs} | "
                      f"{row['valid_accuracy']['mean']:.4f} ± {row['valid_accuracy']['std']:.4f} | "
                      f"{row['valid_accuracy_unseen']['mean']:.4f} ± {row['valid_accuracy_unseen']['std']:.4f} | "
                      f"{row['payload_bytes']['mean']:,.0f} | {1e3 * row['generation_single_s']['mean']:.3f} | "
