@@ -373,28 +373,18 @@ def compressed5_table(root: Path) -> str:
     summary = raw["summary"]["sasrec"]
     diffs, gap = summary["differences"], summary["gap_closed"]
 
-    def minus_device(method: str) -> str:
-        d = diffs.get(f"{method} - device")
-        if d is None:
-            return ""
-        both = excludes_zero(d, d.get("seed_level"))
-        return f"{bold_if(signed(d['mean']), both)} {interval(d)}; seeds {interval(d['seed_level'])}"
+    def paired(name: str) -> str:
+        d = diffs.get(name)
+        return "" if d is None else _diff_cell({"boot": d, "seeds": d["seed_level"]})
 
-    def share(method: str) -> str:
-        if method == "base":
-            return "100%"
-        if method == "device":
-            return "0%"
-        g = gap.get(method)
-        return "" if g is None else f"{g['pooled']:.0%} (mean of seeds {g['mean']:.0%})".replace("-", MINUS)
+    def pooled(g: dict) -> str:
+        return f"{g['pooled']:.0%} (mean of seeds {g['mean']:.0%})".replace("-", MINUS)
 
-    rows = [[label, _ms(summary[m]["uauc"]), minus_device(m), share(m)] for m, label in COMPRESSED5_ROWS
-            if m in summary]
-    own = diffs["device-duet - device-global"]
+    shares = {"base": "100%", "device": "0%"}
+    rows = [[label, _ms(summary[m]["uauc"]), paired(f"{m} - device"),
+             shares.get(m) or (pooled(gap[m]) if m in gap else "")] for m, label in COMPRESSED5_ROWS if m in summary]
     rows.append(["generation itself (device + DUET − its own static part + global head)", "",
-                 f"{bold_if(signed(own['mean']), excludes_zero(own, own.get('seed_level')))} {interval(own)}; "
-                 f"seeds {interval(own['seed_level'])}",
-                 f"{gap['generation']['pooled']:.0%} (mean of seeds {gap['generation']['mean']:.0%})".replace("-", MINUS)])
+                 paired("device-duet - device-global"), pooled(gap["generation"])])
     return table(["", "test uauc (5 seeds)", "− device model [paired] ; seeds [t]",
                   f"share of the gap ({gap['gap']['mean']:+.4f}), pooled"], rows)
 
