@@ -26,6 +26,7 @@ from duet.device.client import safetensors_metadata
 from duet.simulate import ServiceProcess
 
 TOKEN_A = "reliability-token-A-0123456789abcdef"
+MAX_BODY_BYTES = 2048  # the guarded service's --max-body-bytes
 TOKEN_B = "reliability-token-B-fedcba9876543210"
 WRONG = TOKEN_A[:-1] + "X"  # one character off
 
@@ -198,7 +199,7 @@ def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def shared_guarded(duet_run: Path, tokens_file: Path, tmp_path_factory: pytest.TempPathFactory):
     log = tmp_path_factory.mktemp("logs") / "guarded.log"
-    args = ["--tokens-file", str(tokens_file), "--max-body-bytes", "2048", "--rate-limit", "100",
+    args = ["--tokens-file", str(tokens_file), "--max-body-bytes", str(MAX_BODY_BYTES), "--rate-limit", "100",
             "--rate-burst", "100", "--request-timeout", "2", "--log-level", "debug"]
     shared = SharedService(lambda: started(ServiceProcess(duet_run, log_file=log, extra_args=args), log))
     yield shared
@@ -247,7 +248,8 @@ def test_auth_is_in_the_schema_and_schemathesis_finds_no_hole(guarded: ServicePr
     for path in ("/healthz", "/readyz"):
         assert "security" not in schema["paths"][path]["get"]
     # With the token; schemathesis' ignored_auth check also sends requests without it.
-    failures, statuses = run_schemathesis(guarded.url, examples=15, headers={"Authorization": f"Bearer {TOKEN_A}"})
+    failures, statuses = run_schemathesis(guarded.url, examples=15, headers={"Authorization": f"Bearer {TOKEN_A}"},
+                                          max_body_bytes=MAX_BODY_BYTES)
     assert failures == []
     assert statuses[("POST /v1/parameters", 200)] > 0 and statuses[("POST /v1/parameters", 401)] > 0, statuses
 
