@@ -15,8 +15,11 @@ so above W = 20 (the prefix's length) they see 20 samples (`stat_samples`).
 
 Finished runs and reports are reused: an interrupted sweep continues where it stopped, and two
 processes may share the work (`--windows 5,50 --json /tmp/a.json` beside `--windows 10,25 --json
-/tmp/b.json`, then the plain command gathers the four finished reports in seconds).
-Writes reports/window/W{W}/ (each a full `duet compare` report) and docs/results/window_sweep.json.
+/tmp/b.json`, then the plain command gathers the finished reports in seconds). At W = 20 the
+committed sweep reused the trained runs of the digits comparison (reports/digits-v: the same
+seeds, settings and bytes of data) and only evaluated them.
+Writes reports/window/W{W}/ (each a full `duet compare` report), docs/results/window_sweep.json
+and its plot, docs/results/window_sweep.png.
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from duet.atomic import write_json
+from duet.atomic import save_png, write_json
 from duet.tasks.images.compare import DUET_VARIANTS, ImageCompareConfig, compare_images, variant_dir
 from duet.tasks.images.fleet import FleetConfig, prepare_fleet
 
-WINDOWS = (5, 10, 25, 50)
+WINDOWS = (5, 10, 20, 25, 50)  # 20: the fleet's own W (docs/results/digits), here with the head variant
 METHODS = ("duet", "global", "bnstats", "armbn")
 DIFFERENCES = ("duet - global", "duet - bnstats", "duet - armbn", "armbn - bnstats")
 # Smoke: a fleet of 14 devices and one or two epochs, every step of the full sweep.
@@ -115,6 +118,38 @@ def window_row(report: Path, data: Path, cfg: FleetConfig) -> dict:
             "payload": payload(results, report, data)}
 
 
+LABELS = {"duet": "DUET", "global": "global model", "bnstats": "batch-norm statistics", "armbn": "ARM-BN"}
+
+
+def plot(sweep: dict, path: Path) -> None:
+    """Unseen devices' accuracy against W, validation (where W is chosen) beside test; mean and
+    std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(sweep["by_window"].values(), key=lambda r: r["window_len"])
+    ws = [r["window_len"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, split in zip(axes, ("valid", "test"), strict=True):
+        for m in METHODS:
+            acc = [r["accuracy"][m][f"{split}_unseen"] for r in rows]
+            ax.errorbar(ws, [a["mean"] for a in acc], yerr=[a["std"] for a in acc], marker="o", capsize=3,
+                        label=LABELS[m])
+        ax.set_xscale("log")
+        ax.set_xticks(ws, [str(w) for w in ws])
+        ax.minorticks_off()
+        ax.set_xlabel("window length W (samples a device uploads)")
+        ax.set_title(f"unseen {'validation' if split == 'valid' else 'test'} devices")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"accuracy (mean ± std over {sweep['seeds']} seeds)")
+    axes[0].legend()
+    fig.tight_layout()
+    save_png(fig, path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", default=",".join(map(str, WINDOWS)), help="comma-separated W values")
@@ -147,7 +182,8 @@ def main() -> None:
         print(f"W={window}: unseen valid/test accuracy " + ", ".join(
             f"{m} {row[m]['valid_unseen']['mean']:.4f}/{row[m]['test_unseen']['mean']:.4f}" for m in METHODS),
               flush=True)
-    print(f"wrote {out_json}")
+    plot(sweep, out_json.with_suffix(".png"))
+    print(f"wrote {out_json} and {out_json.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -278,9 +278,11 @@ def _anchor_cells(root: Path) -> tuple[str, str, str]:
             f"{a['duet_1_thread']:.4f} (2 threads: {a['duet_2_threads']:.4f})")
 
 
-def _diff_cell(d: dict) -> str:
+def _diff_cell(d: dict, digits: int = 4, scale: float = 1.0) -> str:
     boot, seed = d["boot"], d["seeds"]
-    text = f"{signed(boot['mean'])} {interval(boot)}" + (f"; seeds {interval(seed)}" if seed else "")
+    seed = seed if seed and seed["lo"] is not None else None  # one seed has no seed-level interval
+    text = f"{signed(boot['mean'] * scale, digits)} {interval(boot, digits, scale)}" + (
+        f"; seeds {interval(seed, digits, scale)}" if seed else "")
     return bold_if(text, excludes_zero(boot, seed))
 
 
@@ -366,10 +368,15 @@ COMPRESSED5_ROWS = (("base", "cloud model (L 50, embedding 32, 2 blocks)"),
                     ("duet", "cloud model + DUET"))
 
 
-def compressed5_table(root: Path) -> str:
+COMPRESSED_FILM = "docs/results/compressed-film/results.json"
+FILM_VS_HEAD = "docs/results/compressed-film/film_vs_head.json"
+
+
+def compressed5_table(root: Path, rel: str = COMPRESSED5, generated: str = "generated head") -> str:
     """The compressed device over 5 seeds: test uauc, the difference to the device model alone
-    (paired over users and seeds, and over seed means) and the share of the device-to-cloud gap."""
-    raw = _load(root, COMPRESSED5)
+    (paired over users and seeds, and over seed means) and the share of the device-to-cloud gap.
+    `generated`: what DUET writes into the device model."""
+    raw = _load(root, rel)
     summary = raw["summary"]["sasrec"]
     diffs, gap = summary["differences"], summary["gap_closed"]
 
@@ -381,17 +388,18 @@ def compressed5_table(root: Path) -> str:
         return f"{g['pooled']:.0%} (mean of seeds {g['mean']:.0%})".replace("-", MINUS)
 
     shares = {"base": "100%", "device": "0%"}
-    rows = [[label, _ms(summary[m]["uauc"]), paired(f"{m} - device"),
-             shares.get(m) or (pooled(gap[m]) if m in gap else "")] for m, label in COMPRESSED5_ROWS if m in summary]
+    labels = {m: label.replace("generated head", generated) for m, label in COMPRESSED5_ROWS}
+    rows = [[labels[m], _ms(summary[m]["uauc"]), paired(f"{m} - device"),
+             shares.get(m) or (pooled(gap[m]) if m in gap else "")] for m in labels if m in summary]
     rows.append(["generation itself (device + DUET − its own static part + global head)", "",
                  paired("device-duet - device-global"), pooled(gap["generation"])])
     return table(["", "test uauc (5 seeds)", "− device model [paired] ; seeds [t]",
                   f"share of the gap ({gap['gap']['mean']:+.4f}), pooled"], rows)
 
 
-def compressed5_cost(root: Path) -> str:
+def compressed5_cost(root: Path, rel: str = COMPRESSED5) -> str:
     """What each model costs on the device runtime (onnxruntime, one thread), mean over seeds."""
-    summary = _load(root, COMPRESSED5)["summary"]["sasrec"]
+    summary = _load(root, rel)["summary"]["sasrec"]
     rows = [[label, f"{c['parameters']['mean']:,.0f}", f"{c['head_parameters']['mean']:,.0f}",
              f"{4 * c['head_parameters']['mean']:,.0f}", f"{c['onnx_weight_bytes']['mean'] / 1024:,.1f}",
              f"{c['score_ms_p50']['mean']:.3f}", f"{c['score_ms_p90']['mean']:.3f}"]
@@ -399,6 +407,26 @@ def compressed5_cost(root: Path) -> str:
                              ("base", "cloud model")) if (c := summary.get(m, {}).get("device_cost"))]
     return table(["model", "parameters", "dynamic (head) parameters", "payload (bytes, float32)",
                   "ONNX weights (KiB)", "ms per request, p50", "p90"], rows)
+
+
+def film_vs_head(root: Path) -> str:
+    """The compressed device model with FiLM in its blocks against the head alone: each one's test
+    uauc and share of the gap, their paired difference (same users and seeds), what validation chose."""
+    c = _load(root, FILM_VS_HEAD)
+    d = c["a - b"]
+
+    def row(side: dict) -> list[str]:
+        variants = list(side["variant"].values())
+        frozen = sum(v.startswith("frozen") for v in variants)
+        return [side["label"], _ms(side["uauc"]), f"{side['gap_closed']['pooled']:.0%}",
+                f"{side['dynamic_parameters']:,.0f} ({4 * side['dynamic_parameters']:,.0f} B)",
+                f"{frozen} of {len(variants)}"]
+
+    rows = [row(c["a"]), row(c["b"]),
+            [f"{c['a']['label']} − {c['b']['label']}", _diff_cell({"boot": d["boot"], "seeds": d["seed_level"]}),
+             "", "", ""]]
+    return table(["device model + DUET, generating", f"test uauc ({len(d['seeds'])} seeds)", "share of the gap, pooled",
+                  "generated numbers (payload)", "static part frozen (seeds)"], rows)
 
 
 def swa_table(root: Path) -> str:
@@ -522,6 +550,26 @@ def sensors_variants(root: Path) -> str:
     return variants_table(_load(root, SENSORS)["variants"], "folds")
 
 
+WINDOW_SWEEP = "docs/results/window_sweep.json"
+
+
+def window_sweep(root: Path) -> str:
+    """Unseen devices' accuracy against W (validation, where W is chosen, then test; mean ± std over
+    seeds), DUET minus the global model on test with both intervals, and what a device uploads."""
+    sweep = _load(root, WINDOW_SWEEP)
+    rows = []
+    for w, r in sorted(sweep["by_window"].items(), key=lambda item: int(item[0])):
+        acc, diff = r["accuracy"], r["differences"]["duet - global (unseen)"]["test"]
+        cell = _diff_cell({"boot": diff, "seeds": diff["seed_level"]}, digits=2, scale=100)
+        rows.append([w, f"{r['stat_samples']}", _ms(acc["duet"]["valid_unseen"]), _ms(acc["duet"]["test_unseen"]),
+                     _ms(acc["global"]["test_unseen"]), _ms(acc["bnstats"]["test_unseen"]),
+                     _ms(acc["armbn"]["test_unseen"]), cell,
+                     f"{r['payload']['float32_bytes']['duet_upload_raw_window']:,}"])
+    return table(["W", "samples bnstats / ARM-BN see", "DUET, valid", "DUET, test", "global, test",
+                  "bnstats, test", "ARM-BN, test", "DUET − global, test (points) [paired] ; seeds [t]",
+                  "DUET upload (bytes)"], rows)
+
+
 def defaults_sweep(root: Path) -> str:
     """The base schedule chosen on the default protocol's validation split (test never read)."""
     raw = _load(root, "docs/results/defaults_sweep.json")
@@ -542,7 +590,9 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "default-table": default_table, "default-adaptation": default_adaptation, "compressed-table": compressed_table,
     "swa-table": swa_table, "defaults-sweep": defaults_sweep,
     "digits-variants": digits_variants, "sensors-variants": sensors_variants, "compressed5-table": compressed5_table,
-    "compressed5-cost": compressed5_cost,
+    "compressed5-cost": compressed5_cost, "window-sweep": window_sweep,
+    "compressed-film-table": lambda root: compressed5_table(root, COMPRESSED_FILM, "generated head + FiLM in both blocks"),
+    "compressed-film-cost": lambda root: compressed5_cost(root, COMPRESSED_FILM), "film-vs-head": film_vs_head,
 }
 
 

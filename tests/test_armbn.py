@@ -130,7 +130,8 @@ def test_window_sweep_smoke_writes_every_window(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["window_sweep.py", "--smoke", "--out", str(tmp_path)])
     runpy.run_path(str(ROOT / "experiments" / "window_sweep.py"), run_name="__main__")
     sweep = json.loads((tmp_path / "window_sweep.json").read_text())
-    assert list(sweep["by_window"]) == ["5", "10", "25", "50"] and sweep["smoke"] is True
+    assert list(sweep["by_window"]) == ["5", "10", "20", "25", "50"] and sweep["smoke"] is True
+    assert (tmp_path / "window_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for window, row in sweep["by_window"].items():
         assert row["window_len"] == int(window) and row["stat_samples"] == min(int(window), 4)
         for method in ("duet", "global", "bnstats", "armbn"):
