@@ -55,7 +55,11 @@ def side(results: dict, backbone: str, method: str) -> dict:
     """What one report says of `method`: test uauc over its seeds, its gap share, its payload."""
     summary = results["summary"][backbone]
     cost = summary[method].get("device_cost", {})
+    valid = [max(r[method]["valid_uauc_per_variant"].values()) for r in results["runs"][backbone].values()
+             if r.get(method, {}).get("valid_uauc_per_variant")]
     return {"uauc": summary[method]["uauc"], "gap_closed": summary.get("gap_closed", {}).get(method),
+            # the chosen variant's validation uauc, mean over seeds: what a choice between a and b reads
+            "valid_uauc": float(np.mean(valid)) if valid else None,
             "dynamic_parameters": cost.get("head_parameters", {}).get("mean"),
             "valid_uauc_per_variant": {s: r[method].get("valid_uauc_per_variant")
                                        for s, r in results["runs"][backbone].items() if method in r},
