@@ -31,18 +31,18 @@ def load(report: Path) -> dict:
         raise SystemExit(f"{report / 'results.json'}: not a finished comparison ({e})") from None
 
 
-def user_aucs(results: dict, backbone: str, method: str) -> dict[str, dict[int, float]]:
-    """seed -> {user: AUC} of `method`, for every seed that scored it."""
+def method_runs(results: dict, backbone: str, method: str) -> dict[str, dict]:
+    """seed -> what the report recorded of `method` in that seed, for every seed that ran it."""
     runs = results["runs"].get(backbone)
     if runs is None:
         raise SystemExit(f"no {backbone} runs in this report")
-    return {seed: {int(u): a for u, a in by_method[method]["user_auc"].items()}
-            for seed, by_method in runs.items() if method in by_method}
+    return {seed: by_method[method] for seed, by_method in runs.items() if method in by_method}
 
 
 def paired(a: dict, b: dict, backbone: str, method: str) -> dict:
     """Per-user AUC of `method` in a minus in b over the seeds both have, both intervals."""
-    ua, ub = user_aucs(a, backbone, method), user_aucs(b, backbone, method)
+    ua, ub = ({seed: {int(u): auc for u, auc in run["user_auc"].items()}
+               for seed, run in method_runs(r, backbone, method).items()} for r in (a, b))
     seeds = sorted(set(ua) & set(ub))
     if not seeds:
         raise SystemExit(f"the two reports share no seed of {method}")
@@ -53,17 +53,16 @@ def paired(a: dict, b: dict, backbone: str, method: str) -> dict:
 
 def side(results: dict, backbone: str, method: str) -> dict:
     """What one report says of `method`: test uauc over its seeds, its gap share, its payload."""
+    runs = method_runs(results, backbone, method)
     summary = results["summary"][backbone]
     cost = summary[method].get("device_cost", {})
-    valid = [max(r[method]["valid_uauc_per_variant"].values()) for r in results["runs"][backbone].values()
-             if r.get(method, {}).get("valid_uauc_per_variant")]
+    valid = [max(run["valid_uauc_per_variant"].values()) for run in runs.values() if run.get("valid_uauc_per_variant")]
     return {"uauc": summary[method]["uauc"], "gap_closed": summary.get("gap_closed", {}).get(method),
             # the chosen variant's validation uauc, mean over seeds: what a choice between a and b reads
             "valid_uauc": float(np.mean(valid)) if valid else None,
             "dynamic_parameters": cost.get("head_parameters", {}).get("mean"),
-            "valid_uauc_per_variant": {s: r[method].get("valid_uauc_per_variant")
-                                       for s, r in results["runs"][backbone].items() if method in r},
-            "variant": {s: r[method].get("variant") for s, r in results["runs"][backbone].items() if method in r}}
+            "valid_uauc_per_variant": {s: run.get("valid_uauc_per_variant") for s, run in runs.items()},
+            "variant": {s: run.get("variant") for s, run in runs.items()}}
 
 
 def main() -> None:
