@@ -38,7 +38,7 @@ from duet.tasks.images.fleet import FleetConfig, prepare_fleet
 
 WINDOWS = (5, 10, 20, 25, 50)  # 20: the fleet's own W (docs/results/digits), here with the head variant
 METHODS = ("duet", "global", "bnstats", "armbn")
-DIFFERENCES = ("duet - global", "duet - bnstats", "duet - armbn", "armbn - bnstats")
+DIFFERENCES = ("duet - global", "duet - duet-static", "duet - bnstats", "duet - armbn", "armbn - bnstats")
 # Smoke: a fleet of 14 devices and one or two epochs, every step of the full sweep.
 SMOKE_FLEET = {"seen_devices": 8, "unseen_valid_devices": 3, "unseen_test_devices": 3, "train_per_device": 12,
                "valid_per_device": 8, "test_per_device": 8, "unseen_per_device": 10, "adapt": 4}
