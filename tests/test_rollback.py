@@ -3,8 +3,10 @@ refused, and the device keeps serving its last good parameters (duet.freshness, 
 
 from __future__ import annotations
 
+import errno
 import http.server
 import json
+import os
 import shutil
 import threading
 import time
@@ -178,3 +180,72 @@ def test_export_writes_the_sequence_and_expiry(duet_run: Path, tmp_path: Path) -
     line = one_line_error(runner.invoke(app, ["export", "--run", str(duet_run), "--out", str(tmp_path / "c"),
                                               "--expires-in", "0"]))
     assert "--expires-in: a positive number of days" in line
+
+
+def enospc(*_args: object) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_refuses_the_bundle_and_the_last_good_one_keeps_serving(
+        releases: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state file cannot be written (the disk is full when the new record is fsynced): the new bundle
+    is refused in one line, memory and file keep the old sequence, the old bundle keeps scoring, asking
+    again is refused again, and once the write succeeds a restart still refuses the older bundle."""
+    state = tmp_path / "state" / "bundle.json"
+    v1 = Bundle(releases["v1"], trusted_keys=keys())
+    with FakeService(v1, ["ok"], key=KEY).running() as url:
+        runtime = DeviceRuntime(v1, url, "d", retries=0, state_file=state)
+        assert runtime.refresh([1, 2]) == SERVICE
+    good = {name: value.copy() for name, value in runtime.params.items()}
+    candidates = np.arange(1, 8)
+    scores = runtime.score([4, 5], candidates)
+
+    monkeypatch.setattr("duet.atomic.os.fsync", enospc)  # a full disk, as ext4 reports it at fsync
+    for _ in range(2):  # asked twice: the second time is not taken for "the same bundle again"
+        with pytest.raises(ArtifactError) as refused:
+            runtime.update_bundle(releases["v2"])
+        message = str(refused.value)
+        assert "\n" not in message and "No space left on device" in message and "bundle refused" in message
+        assert message.startswith(str(state))
+        assert runtime.history.newest[SEQUENCE_KEY] == 1  # memory unchanged
+        assert json.loads(state.read_text())[SEQUENCE_KEY] == 1  # file unchanged
+        assert runtime.bundle is v1 and runtime.source == SERVICE and runtime.last_error == message
+        for name, value in good.items():
+            np.testing.assert_array_equal(runtime.params[name], value)
+        np.testing.assert_array_equal(runtime.score([4, 5], candidates), scores)
+    assert [p.name for p in state.parent.iterdir()] == ["bundle.json"]  # no temporary file left behind
+    monkeypatch.undo()
+
+    runtime.update_bundle(releases["v2"])  # space again: recorded, then switched
+    assert json.loads(state.read_text())[SEQUENCE_KEY] == 2 and runtime.bundle.manifest[SEQUENCE_KEY] == 2
+    # A restart reads the file: the older, genuinely signed bundle is refused.
+    with pytest.raises(ArtifactError, match=r"bundle sequence 1 is older than the newest accepted \(2"):
+        DeviceRuntime(releases["v1"], "http://127.0.0.1:9", "d", trusted_keys=keys(), state_file=state)
+
+
+def test_a_full_disk_at_the_first_bundle_is_one_line(releases: dict[str, Path], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("duet.atomic.os.fsync", enospc)
+    with pytest.raises(ArtifactError, match="cannot record bundle sequence 2 .No space left on device.") as refused:
+        DeviceRuntime(releases["v2"], "http://127.0.0.1:9", "d", trusted_keys=keys(), state_file=tmp_path / "s.json")
+    assert "\n" not in str(refused.value) and not (tmp_path / "s.json").exists()
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (b'{"bundle_sequence": -1, "manifest_sha256": "' + b"0" * 64 + b'"}', "not a non-negative integer (-1)"),
+    (b'{"bundle_sequence": true, "manifest_sha256": "' + b"0" * 64 + b'"}', "not a non-negative integer (True)"),
+    (b'{"bundle_sequence": 2.0, "manifest_sha256": "' + b"0" * 64 + b'"}', "not a non-negative integer (2.0)"),
+    (b'{"bundle_sequence": 2, "manifest_sha256": "abc"}', "manifest_sha256 is not a sha256 hex digest"),
+    (b'{"bundle_sequence": 2}', "manifest_sha256 is not a sha256 hex digest"),
+    (b"[2]", "not a JSON object"),
+    (b'{"bundle_sequence": 2,', "not JSON"),
+    (b"\xff\xfe\x00garbage", "not JSON"),
+])
+def test_a_negative_or_garbled_state_file_is_refused_in_one_line(releases: dict[str, Path], tmp_path: Path,
+                                                                 content: bytes, problem: str) -> None:
+    state = tmp_path / "bundle.json"
+    state.write_bytes(content)
+    with pytest.raises(ArtifactError) as refused:
+        DeviceRuntime(releases["v1"], "http://127.0.0.1:9", "d", trusted_keys=keys(), state_file=state)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{state}: unreadable bundle state") and problem in message

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -39,7 +40,12 @@ class Released(Protocol):
 
 
 class BundleHistory:
-    """The newest bundle accepted so far; `admit(bundle)` accepts a newer one or raises ArtifactError."""
+    """The newest bundle accepted so far; `admit(bundle)` accepts a newer one or raises ArtifactError.
+
+    The state file is written before the memory changes: a write that fails (a full disk, a
+    read-only file system) refuses the bundle in one line and leaves both as they were, so the
+    file never holds an older sequence than the bundle the device runs.
+    """
 
     def __init__(self, state_file: str | Path | None = None):
         self.state_file = None if state_file is None else Path(state_file)
@@ -50,11 +56,12 @@ class BundleHistory:
             return None
         try:
             state = json.loads(self.state_file.read_text())
-            if type(state.get(SEQUENCE_KEY)) is not int or not isinstance(state.get("manifest_sha256"), str):
-                raise ValueError("incomplete")
-        except (OSError, ValueError, AttributeError):
-            raise ArtifactError(f"{self.state_file}: unreadable bundle state (delete it to trust the next "
-                                "bundle as the newest)") from None
+            problem = _state_problem(state)
+        except (OSError, ValueError) as exc:
+            problem = getattr(exc, "strerror", None) or "not JSON"
+        if problem is not None:
+            raise ArtifactError(f"{self.state_file}: unreadable bundle state ({problem}; delete it to trust the "
+                                "next bundle as the newest)")
         return state
 
     def admit(self, bundle: Released, now: datetime | None = None) -> None:
@@ -66,7 +73,10 @@ class BundleHistory:
         if expires is not None and now >= expires:
             raise ArtifactError(f"{bundle.path}: bundle expired at {expires.isoformat()} (refused; "
                                 "the device keeps its current bundle)")
-        digest = hashlib.sha256((bundle.path / "manifest.json").read_bytes()).hexdigest()
+        try:
+            digest = hashlib.sha256((bundle.path / "manifest.json").read_bytes()).hexdigest()
+        except OSError as exc:
+            raise ArtifactError(f"{where}: unreadable ({exc.strerror})") from None
         if self.newest is not None:
             newest = int(self.newest[SEQUENCE_KEY])
             if sequence < newest:
@@ -77,10 +87,29 @@ class BundleHistory:
                                     "manifest: refused")
             if sequence == newest:
                 return  # the same bundle again (a restart): nothing to record
-        self.newest = {SEQUENCE_KEY: sequence, "model_version": bundle.version, "manifest_sha256": digest,
-                       "accepted_at": now.isoformat(timespec="seconds")}
+        record = {SEQUENCE_KEY: sequence, "model_version": bundle.version, "manifest_sha256": digest,
+                  "accepted_at": now.isoformat(timespec="seconds")}
         if self.state_file is not None:
-            write_json(self.state_file, self.newest)
+            try:
+                write_json(self.state_file, record)  # temp file, fsync, rename: the old record or the new one
+            except OSError as exc:
+                raise ArtifactError(f"{self.state_file}: cannot record bundle sequence {sequence} "
+                                    f"({exc.strerror or exc}): bundle refused, the device keeps its current "
+                                    "bundle") from None
+        self.newest = record
+
+
+def _state_problem(state: object) -> str | None:
+    """What is wrong with a state file's contents, or None."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    sequence = state.get(SEQUENCE_KEY)
+    if type(sequence) is not int or sequence < 0:
+        return f"{SEQUENCE_KEY} is not a non-negative integer ({sequence!r})"
+    digest = state.get("manifest_sha256")
+    if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+        return "manifest_sha256 is not a sha256 hex digest"
+    return None
 
 
 def check_answer_version(version: str, bundle: Released, url: str) -> None:

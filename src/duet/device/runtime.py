@@ -162,12 +162,16 @@ class DeviceRuntime:
         """Switch to a new bundle (new static layers), verified with the same trusted keys.
 
         A bundle that fails verification (tampered, unsigned, signed by an unknown
-        key) raises ArtifactError and changes nothing: the device keeps its bundle
-        and its last good parameters. An accepted one starts from its global head.
+        key, older than the newest accepted) or that cannot be recorded in the state
+        file (a full disk) raises ArtifactError and changes nothing: the device keeps
+        its bundle and its last good parameters. An accepted one starts from its global head.
         """
         try:
-            new = Bundle(path, threads=self.bundle.threads, trusted_keys=self.bundle.trusted_keys)
-            self.history.admit(new)
+            try:
+                new = Bundle(path, threads=self.bundle.threads, trusted_keys=self.bundle.trusted_keys)
+                self.history.admit(new)
+            except OSError as exc:  # a file that cannot be read: one line like any other refusal
+                raise ArtifactError(f"{exc.filename or path}: unreadable ({exc.strerror or exc})") from None
         except ArtifactError as exc:
             self.last_error = str(exc)
             log.warning("device %s: new bundle refused (%s); keeping %s", self.device_id, exc, self.bundle.version)
