@@ -496,7 +496,7 @@ def test_every_serve_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch, 
     flags = {"--sign": str(key), "--host": "0.0.0.0", "--port": "1234", "--workers": "2", "--max-batch": "7", "--max-wait-ms": "3.5",
              "--threads": "2", "--device": "auto", "--executor": "thread", "--log-level": "info", "--tokens-file": str(tokens),
              "--max-body-bytes": "4096", "--max-window": "33", "--request-timeout": "2.5", "--max-queue": "99",
-             "--rate-limit": "12.5", "--rate-burst": "7", "--watch-interval": "0.5", "--graceful-timeout": "3",
+             "--header-timeout": "1.5", "--max-connections": "300", "--rate-limit": "12.5", "--rate-burst": "7", "--watch-interval": "0.5", "--graceful-timeout": "3",
              "--limits-store": "redis://10.0.0.5:6380/2", "--limits-fail": "closed"}
     result = CliRunner().invoke(app, ["serve", "--run", str(duet_run), *[x for kv in flags.items() for x in kv]])
     assert result.exit_code == 0, result.output
@@ -506,7 +506,8 @@ def test_every_serve_flag_reaches_the_settings(monkeypatch: pytest.MonkeyPatch, 
     assert settings.model_dump(exclude={"tokens"}) == {
         "run": duet_run, "host": "0.0.0.0", "port": 1234, "workers": 2, "max_batch": 7, "max_wait_ms": 3.5,
         "min_rows": 8, "threads": 2, "device": "auto", "executor": "thread", "log_level": "info", "tokens_file": tokens,
-        "max_body_bytes": 4096, "max_window": 33, "request_timeout_s": 2.5, "max_queue": 99, "rate_limit": 12.5,
+        "max_body_bytes": 4096, "max_window": 33, "request_timeout_s": 2.5, "max_queue": 99,
+        "header_timeout_s": 1.5, "max_connections": 300, "rate_limit": 12.5,
         "rate_burst": 7.0, "limits_store": "redis://10.0.0.5:6380/2", "limits_fail": "closed", "watch_interval_s": 0.5, "graceful_timeout_s": 3.0, "debug_delay_ms": 0.0,
         "sign_key": key}
     assert settings.auth_tokens() == ["A1b2C3d4E5f6G7h8I9j0"]

@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -388,6 +389,178 @@ def test_bad_token_settings_fail_in_one_line_without_the_token(duet_run: Path, t
     assert result.exit_code == 2 and "no tokens in the file" in result.output
     result = CliRunner().invoke(app, ["serve", "--run", str(duet_run), "--tokens-file", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "cannot read the tokens file" in result.output
+
+
+# ---------------------------------------------------------------- connections that never send a request
+
+HEAD_TIMEOUT = 1.0  # the idle-socket server's --header-timeout
+SERVER_NOFILE = 256  # its open-file limit (ulimit -n), as in the probe that found 1,100 idle sockets enough
+
+
+def is_closed(sock: socket.socket) -> bool:
+    """Whether the server closed `sock` (EOF or reset); never blocks."""
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:  # reset: the connection cap aborted it
+        return True
+
+
+def test_idle_sockets_are_cut_and_a_good_client_is_still_served(duet_run: Path, tmp_path: Path) -> None:
+    """1,100 sockets that connect and send nothing, against a server whose open-file limit is 256: the
+    connection cap (lowered to fit the limit) closes the oldest idle ones as new ones come, a client that
+    sends its request is answered meanwhile, and every idle socket is closed by the head deadline."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    log = tmp_path / "serve.log"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (SERVER_NOFILE, hard))  # the server inherits this limit
+    try:
+        service = ServiceProcess(duet_run, log_file=log, extra_args=[
+            "--header-timeout", str(HEAD_TIMEOUT), "--log-level", "info"])
+        service.__enter__()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    idle_count = 1100
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, idle_count + 200)), hard))  # for this side
+    port, idle = service.port, []
+    try:
+        assert "--max-connections 1000 lowered to 192 per worker" in log.read_text()
+        for _ in range(idle_count):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        last_opened = time.monotonic()
+        latencies = []
+        for i in range(20):  # while the idle sockets are held, a good client is answered each time
+            started = time.monotonic()
+            status, _, _ = call(service.url, "POST", "/v1/parameters", window_body([i + 1]), timeout=5)
+            latencies.append(time.monotonic() - started)
+            assert status == 200
+        held = established_connections(service.process.pid, port)
+        assert 0 < held <= 192  # the newest idle ones are held (until their deadline), never more than the cap
+        while not all(is_closed(sock) for sock in idle):
+            assert time.monotonic() < last_opened + HEAD_TIMEOUT + 5, sum(not is_closed(sock) for sock in idle)
+            time.sleep(0.02)
+        all_cut = time.monotonic() - last_opened
+        assert all_cut <= HEAD_TIMEOUT + 1.0
+        assert established_connections(service.process.pid, port) == 0
+
+        # A head that never finishes, trickled a byte at a time: 408 at the deadline (bytes do not extend it).
+        slow = socket.create_connection(("127.0.0.1", port), timeout=5)
+        trickle_started = time.monotonic()
+        answered = select.poll()
+        answered.register(slow, select.POLLIN)
+        for byte in b"POST /v1/parameters HTTP/1.1\r\nHost: x\r\n":  # 37 bytes: 1.85 s, past the deadline
+            if answered.poll(50):  # the answer came: stop sending
+                break
+            slow.send(bytes([byte]))
+        status, _, text = read_raw_response(slow)
+        trickle_cut = time.monotonic() - trickle_started
+        assert status == 408 and error_of(text)["code"] == "request_timeout"
+        assert HEAD_TIMEOUT - 0.05 <= trickle_cut <= HEAD_TIMEOUT + 0.5, trickle_cut
+        assert call(service.url, "GET", "/readyz")[0] == 200
+        print(f"idle: {idle_count} sockets against ulimit -n {SERVER_NOFILE}; good client 20/20 answered, p50 "
+              f"{sorted(latencies)[10] * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms; {held} idle held "
+              f"(cap 192); all closed {all_cut:.2f} s after the last opened; trickled head: 408 after "
+              f"{trickle_cut:.2f} s")
+    finally:
+        for sock in idle:
+            sock.close()
+        service.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    text = log.read_text()
+    assert "closed connections:" in text and "evicted (the connection cap was reached)" in text
+    assert "Traceback" not in text and "Too many open files" not in text and "out of system resource" not in text
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_head_deadline_and_connection_cap_on_both_http_protocols(parser: str) -> None:
+    """The guard over each of uvicorn's HTTP/1.1 protocols, in a server in this process with a plain ASGI
+    app: idle sockets evicted and cut, keep-alive re-armed, partial and oversized heads answered, and a
+    connection over the cap closed at once when every other one is busy with a request."""
+    import asyncio
+    import functools
+
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from duet.cloud.connections import MAX_HEAD_BYTES, ConnectionGuard, HeadGuard
+    from duet.simulate import free_port
+
+    base = {"httptools": HttpToolsProtocol, "h11": H11Protocol}[parser]
+    guard, timeout, cap = ConnectionGuard(header_timeout=0.5, max_connections=8), 0.5, 8
+    release: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def app(scope, _receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/hold":
+            release.append((asyncio.get_running_loop(), asyncio.Event()))
+            await release[-1][1].wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", loop="asyncio",
+        timeout_keep_alive=60,  # longer than the head deadline: the deadline must close idle keep-alives
+        http=functools.partial(type(f"Guarded{base.__name__}", (HeadGuard, base), {}), guard=guard)))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    url = f"http://127.0.0.1:{port}"
+    connect = lambda: socket.create_connection(("127.0.0.1", port), timeout=5)  # noqa: E731
+    try:
+        idle = [connect() for _ in range(30)]
+        time.sleep(0.1)
+        assert all(call(url, "GET", "/", timeout=5)[0] == 200 for _ in range(5))
+        assert guard.open <= cap and sum(is_closed(sock) for sock in idle) >= 30 - cap  # the oldest evicted
+        time.sleep(timeout + 0.3)
+        assert all(is_closed(sock) for sock in idle) and guard.open == 0  # the rest cut at the deadline
+
+        # keep-alive: two requests on one connection are served; idle afterwards, it is cut at the deadline
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        for _ in range(2):
+            kept.request("GET", "/")
+            assert kept.getresponse().read() == b"ok"
+        time.sleep(timeout + 0.3)
+        assert is_closed(kept.sock)
+        kept.close()
+
+        partial = connect()
+        partial.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        status, _, text = read_raw_response(partial)
+        assert status == 408 and error_of(text)["code"] == "request_timeout"
+
+        oversized = connect()
+        oversized.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * (MAX_HEAD_BYTES + 1024))
+        status, _, text = read_raw_response(oversized)
+        if parser == "httptools":
+            assert status == 431 and error_of(text)["code"] == "header_too_large"
+        else:  # h11 refuses a head over its own, lower limit (16 KiB) first
+            assert status == 400
+
+        held = [connect() for _ in range(cap)]
+        for sock in held:
+            sock.sendall(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        while len(release) < cap:
+            time.sleep(0.01)
+        extra = connect()  # every connection is busy with a request: this one is closed at once
+        extra.settimeout(2)
+        try:
+            assert extra.recv(1) == b""
+        except ConnectionResetError:
+            pass
+        for loop, event in release:
+            loop.call_soon_threadsafe(event.set)
+        assert all(read_raw_response(sock)[0] == 200 for sock in held)
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 # ---------------------------------------------------------------- queue, timeout, graceful shutdown (one worker)

@@ -428,6 +428,11 @@ def serve(
     request_timeout: Annotated[float, typer.Option(help="seconds a request may take: body (408), "
                                                         "queue + generation (504)")] = 10.0,
     max_queue: Annotated[int, typer.Option(help="windows waiting for generation; beyond it 503 + Retry-After")] = 4096,
+    header_timeout: Annotated[float, typer.Option(help="seconds a connection may take to send a complete request "
+                                                       "head, from opening or from its previous answer; then 408 "
+                                                       "and closed")] = 5.0,
+    max_connections: Annotated[int, typer.Option(help="open connections per worker (lowered to fit ulimit -n); "
+                                                      "a new one beyond closes the oldest idle one")] = 1000,
     rate_limit: Annotated[float, typer.Option(help="requests/s per token (per client IP without auth), "
                                                    "429 beyond; 0 = off")] = 0.0,
     rate_burst: Annotated[float, typer.Option(help="requests a token may send at once (bucket size)")] = 50.0,
@@ -451,7 +456,8 @@ def serve(
 
     options = dict(run=run, host=host, port=port, workers=workers, max_batch=max_batch, max_wait_ms=max_wait_ms,
                    threads=threads, device=device, executor=executor, log_level=log_level, max_body_bytes=max_body_bytes,
-                   request_timeout_s=request_timeout, max_queue=max_queue, rate_limit=rate_limit,
+                   request_timeout_s=request_timeout, max_queue=max_queue, header_timeout_s=header_timeout,
+                   max_connections=max_connections, rate_limit=rate_limit,
                    rate_burst=rate_burst, watch_interval_s=watch_interval, graceful_timeout_s=graceful_timeout)
     if tokens_file is not None:
         options["tokens_file"] = tokens_file
@@ -469,7 +475,8 @@ def serve(
         if not err["loc"]:  # a check of several settings (the tokens file): its message says it all
             raise DuetError(err["msg"].removeprefix("Value error, ")) from None
         name = str(err["loc"][0])
-        flag = {"request_timeout_s": "--request-timeout", "watch_interval_s": "--watch-interval",
+        flag = {"request_timeout_s": "--request-timeout", "header_timeout_s": "--header-timeout",
+                "watch_interval_s": "--watch-interval",
                 "graceful_timeout_s": "--graceful-timeout", "tokens": "DUET_TOKENS",
                 "sign_key": "--sign"}.get(name, f"--{name.replace('_', '-')}")
         # Inputs are never echoed for tokens or store URLs (a secret must not reach a terminal or a log).

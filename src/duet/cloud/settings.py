@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0.0, le=600.0,
                                      description="deadline of a request: body read (408), queue + generation (504)")
     max_queue: int = Field(4096, ge=1, description="windows waiting for a forward; beyond it 503 + Retry-After")
+    # Before a request exists (duet.cloud.connections): a connection owes its request head within
+    # header_timeout of opening (or of its previous answer), and each worker keeps at most
+    # max_connections open (lowered to fit `ulimit -n`); over the cap the oldest idle one is closed.
+    header_timeout_s: float = Field(5.0, gt=0.0, le=600.0, description="seconds a connection may take to send a "
+                                                                      "complete request head (408, closed)")
+    max_connections: int = Field(1000, ge=1, le=1_000_000, description="open connections per worker; a new one "
+                                                                       "beyond closes the oldest idle one")
     rate_limit: float = Field(0.0, ge=0.0, description="requests/s per token (per client IP without auth); 0 = off")
     rate_burst: float = Field(50.0, ge=1.0, description="requests allowed at once (the window is "
                                                         "ceil(burst / rate) seconds)")
