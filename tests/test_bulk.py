@@ -118,6 +118,11 @@ BAD = [  # (file name, content maker, message)
     ("w.txt", lambda p: p.write_text("1,2\n\n3\n"), "w.txt:2: empty window"),
     ("w.txt", lambda p: p.write_text("7\t1,2\n3\n"), "w.txt:2: expected DEVICE_ID<TAB>IDS like line 1"),
     ("w.txt", lambda p: p.write_text("a\t1,2\n"), "w.txt:1: device id must be an integer, got 'a'"),
+    ("w.txt", lambda p: p.write_text("1_0\t1,2\n"), "w.txt:1: device id must be an integer, got '1_0'"),
+    # strict integers: int() would read these as 10, 1 and 1
+    ("w.txt", lambda p: p.write_text("1,2\n1_0\n"), "w.txt:2: expected comma-separated token ids, got '1_0'"),
+    ("w.txt", lambda p: p.write_text("1,\u0661\n"), "w.txt:1: expected comma-separated token ids"),
+    ("w.txt", lambda p: p.write_text("1,1.0\n"), "w.txt:1: expected comma-separated token ids, got '1,1.0'"),
     ("w.txt", lambda p: p.write_text("1,2\n" * 5 + f"{NUM_ITEMS}\n"), "w.txt:6: token ids must be in"),
     ("w.txt", lambda p: p.write_text(""), "no windows in the file"),
 ]

@@ -10,6 +10,7 @@ import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -181,6 +182,10 @@ def test_probes_models_metrics(service: ServiceProcess, duet_run: Path) -> None:
     ({"device_id": "x", "window": [1], "dtype": "bf16"}, 422, "dtype"),
     ({"device_id": "x", "window": [1, "a"]}, 422, "window[1]"),
     ({"device_id": "x", "window": [1, 2.5]}, 422, "window[1]"),
+    # strict integers: none of these is item 1
+    ({"device_id": "x", "window": [2, True]}, 422, "window[1]"),
+    ({"device_id": "x", "window": [2, "1"]}, 422, "window[1]"),
+    ({"device_id": "x", "window": [2, 1.0]}, 422, "window[1]"),
     ({"device_id": "x", "window": "1,2,3"}, 422, "window"),
     ({"device_id": 7, "window": [1]}, 422, "device_id"),
     ({"device_id": "", "window": [1]}, 422, "device_id"),
@@ -236,7 +241,8 @@ def test_request_schema_is_built_from_the_sample_spec() -> None:
     assert schema["oneOf"] == [{"required": ["window"]}, {"required": ["embedding"]}]
     assert all(3 <= v <= 9 for v in schema["examples"][0]["window"])
     assert tokens.model_validate_json('{"device_id": "d", "window": [3, 9]}').input_field == "window"
-    for bad, field in (([2], ("window", 0)), ([3, 10], ("window", 1)), ([3] * 8, ("window",))):
+    for bad, field in (([2], ("window", 0)), ([3, 10], ("window", 1)), ([3] * 8, ("window",)),
+                       ([3, True], ("window", 1)), ([3, "4"], ("window", 1)), ([3, 4.0], ("window", 1))):
         with pytest.raises(ValidationError) as caught:
             tokens.model_validate_json(json.dumps({"device_id": "d", "window": bad}))
         assert caught.value.errors()[0]["loc"] == field
@@ -540,6 +546,10 @@ def test_batcher_bounds_its_queue_and_forgets_cancelled_requests() -> None:
 
 # ---------------------------------------------------------------- fuzzing: schemathesis and hypothesis
 
+# Item ids are strict JSON integers (issue 31: 1.0 is not item 1), although JSON Schema 2020-12 counts
+# 2.0 as an integer; schemathesis spells integers as whole floats in JSON bodies to catch a reader that
+# refuses them, so that spelling is turned off (test_bad_requests pins the refusal; the schema says it).
+@mock.patch("schemathesis.specs.openapi._hypothesis._carries_json", new=lambda _media_type: False)
 def run_schemathesis(url: str, examples: int, headers: dict[str, str] | None = None,
                      max_body_bytes: int | None = None) -> tuple[list, Counter]:
     """Schemathesis' whole engine (examples, coverage, fuzzing and stateful phases, valid and invalid

@@ -40,6 +40,7 @@ reads it back.
 from __future__ import annotations
 
 import json
+import re
 import struct
 import time
 from collections import deque
@@ -63,6 +64,8 @@ DEFAULT_CHUNK = 1024
 _IN_FLIGHT = 4  # generated chunks waiting to be written
 _ST_DTYPES = {"fp32": ("F32", np.dtype("<f4")), "fp16": ("F16", np.dtype("<f2"))}
 PAD = 0  # padding of token windows (a token run's values are >= 1)
+# A text file's integer, strictly ASCII digits: int() alone also takes "1_0" (10) and "١" (Arabic-Indic 1).
+INTEGER = re.compile(r"\s*-?[0-9]+\s*", re.ASCII)
 
 
 @dataclass
@@ -179,14 +182,13 @@ class WindowsFile:
             raise InputError(self.path, number, f"expected {expected} like line 1, got {line[:60]!r}")
         if self.has_ids:
             device, line = line.split("\t", 1)
-            try:
-                ids.append(int(device))
-            except ValueError:
-                raise InputError(self.path, number, f"device id must be an integer, got {device[:40]!r}") from None
-        try:
-            items = [int(x) for x in line.split(",") if x.strip()]
-        except ValueError:
-            raise InputError(self.path, number, f"expected comma-separated token ids, got {line[:60]!r}") from None
+            if not INTEGER.fullmatch(device):
+                raise InputError(self.path, number, f"device id must be an integer, got {device[:40]!r}")
+            ids.append(int(device))
+        values = [x for x in line.split(",") if x.strip()]
+        if not all(INTEGER.fullmatch(x) for x in values):
+            raise InputError(self.path, number, f"expected comma-separated token ids, got {line[:60]!r}")
+        items = [int(x) for x in values]
         if not items:
             raise InputError(self.path, number, "empty window: at least one token id is needed")
         return items

@@ -82,9 +82,11 @@ def request_model(sample: SampleSpec, feature_dim: int, window_len: int, max_win
              f"{max_window} (`max_window`, GET /v1/models)"
     if sample.is_token:
         low, high = _bound(sample.low, INT64[0]), _bound(sample.high, INT64[1])
-        item: Any = Annotated[int, Field(ge=low, le=high)]
+        # strict: an id is a JSON integer; true, "1" and 1.0 are refused, not taken for 1.
+        item: Any = Annotated[int, Field(strict=True, ge=low, le=high)]
         what = f"integers {low}..{high}"
-        description = f"the window's samples: {what}, {window}."
+        description = f"the window's samples: {what} (written as JSON integers: 1.0, true and \"1\" are " \
+                      f"refused), {window}."
         example = [min(low + k, high) for k in (16, 4, 229)]
     else:
         item = Annotated[list[Finite], Field(min_length=sample.width, max_length=sample.width)]
