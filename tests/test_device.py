@@ -6,10 +6,12 @@ import hashlib
 import http.server
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -292,7 +294,7 @@ def test_rate_limited_and_overloaded_answers_are_retried_after_retry_after(bundl
     import duet.device.client
 
     waits: list[float] = []  # what the client slept before each retry, instead of sleeping
-    monkeypatch.setattr(duet.device.client, "time", types.SimpleNamespace(sleep=waits.append))
+    monkeypatch.setattr(duet.device.client, "time", types.SimpleNamespace(sleep=waits.append, monotonic=time.monotonic))
     fake = FakeService(bundle, [(429, "1"), (503, "1"), 503, "ok"])
     with fake.running() as url:
         runtime = DeviceRuntime(bundle, url, "d", retries=3, backoff=0.001, timeout=0.3, token="device-token-0123456789")
@@ -313,6 +315,136 @@ def test_empty_window_uses_the_global_head_without_asking(bundle: Bundle) -> Non
     assert len(fake.requests) == 1
     assert runtime.params is bundle.theta_g and runtime.last_error is None
     assert runtime.refresh([4]) == GLOBAL  # the service is gone and there is no service head to keep
+
+
+# ---------------------------------------------------------------- a carrier that stalls or floods
+
+@contextmanager
+def carrier(behaviour) -> Iterator[tuple[str, list]]:
+    """A raw TCP server whose every connection reads the request head and then runs `behaviour(sock, log)`;
+    `log` collects what the behaviours report (bytes sent before the client hung up, say)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.05)
+    log: list = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                sock, _ = server.accept()
+            except TimeoutError:
+                continue
+            with sock:
+                sock.settimeout(10)
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += sock.recv(4096)
+                try:
+                    behaviour(sock, log)
+                except OSError:  # the client hung up: what it should do
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", log
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+ANSWER_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n"
+
+
+def trickle_head(sock: socket.socket, log: list) -> None:
+    del log
+    for byte in ANSWER_HEAD:  # 1 byte every 0.15 s: each read is well within the 0.5 s timeout
+        sock.sendall(bytes([byte]))
+        time.sleep(0.15)
+
+
+def trickle_body(sock: socket.socket, log: list) -> None:
+    del log
+    sock.sendall(ANSWER_HEAD)
+    for _ in range(100):
+        sock.sendall(b"\0")
+        time.sleep(0.15)
+
+
+@pytest.mark.parametrize("behaviour", [trickle_head, trickle_body])
+def test_a_trickling_carrier_cannot_hold_a_refresh(bundle: Bundle, behaviour) -> None:
+    """The timeout is a deadline for the whole answer: a byte every 0.15 s with a 0.5 s timeout ends each
+    attempt at 0.5 s (before, each read reset the clock: the refresh lasted as long as the trickle)."""
+    with carrier(behaviour) as (url, _):
+        runtime = DeviceRuntime(bundle, url, "d", retries=2, backoff=0.01, timeout=0.5)
+        started = time.monotonic()
+        assert runtime.refresh([1, 2]) == GLOBAL
+        took = time.monotonic() - started
+    # the deadline falls during a read (the socket's "timed out") or between two reads
+    assert ("timed out" in runtime.last_error or "no whole answer within 0.5 s" in runtime.last_error)
+    assert "no answer after 3 attempts" in runtime.last_error and "\n" not in runtime.last_error
+    assert took < 3 * 0.5 + 0.5, took  # three attempts of 0.5 s and two short waits
+    print(f"{behaviour.__name__}: refresh ended after {took:.2f} s (3 attempts, timeout 0.5 s)")
+
+
+def flood(declare: bool):
+    def send(sock: socket.socket, log: list) -> None:
+        total, block = 400 * 2**20, b"\0" * 2**16
+        length = b"Content-Length: %d\r\n" % total if declare else b""
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n" + length +
+                     b"Connection: close\r\n\r\n")
+        sent = 0
+        try:
+            while sent < total:
+                sent += sock.send(block)
+        finally:
+            log.append(sent)
+    return send
+
+
+@pytest.mark.parametrize("declare", [True, False], ids=["content-length", "close-delimited"])
+def test_a_400_mib_answer_is_refused_without_being_read_whole(bundle: Bundle, declare: bool) -> None:
+    """The cap comes from the bundle: its parameters' bytes plus room for the safetensors header. A declared
+    400 MiB is refused unread; an undeclared one as soon as the cap is passed; neither is asked again."""
+    import tracemalloc
+
+    from duet.device.client import answer_cap
+
+    cap = answer_cap(bundle.spec.numel, 4, bundle.spec.names)
+    with carrier(flood(declare)) as (url, sent):
+        runtime = DeviceRuntime(bundle, url, "d", retries=2, timeout=5)
+        assert runtime.client.max_answer_bytes == cap
+        tracemalloc.start()
+        started = time.monotonic()
+        try:
+            assert runtime.refresh([1, 2]) == GLOBAL
+            took = time.monotonic() - started
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        deadline = time.monotonic() + 5
+        while not sent:  # the carrier notices the hang-up
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    assert len(sent) == 1  # refused, not asked again
+    assert f"over the {cap}" in runtime.last_error and "\n" not in runtime.last_error
+    assert ("refused unread" in runtime.last_error) == declare
+    assert peak < cap + 2**20 and took < 1.0, (peak, took)  # nothing near 400 MiB was held
+    assert sent[0] < 400 * 2**20
+    print(f"400 MiB answer ({'declared' if declare else 'undeclared'}): refused after {took * 1000:.0f} ms, cap "
+          f"{cap} bytes, client peak {peak / 2**20:.2f} MiB traced, carrier sent {sent[0] / 2**20:.1f} MiB")
+
+
+def test_the_answer_cap_follows_the_dtype_and_a_new_bundle(bundle: Bundle) -> None:
+    from duet.device.client import answer_cap
+
+    fp16 = DeviceRuntime(bundle, "http://127.0.0.1:9", "d", dtype="fp16")
+    assert fp16.client.max_answer_bytes == answer_cap(bundle.spec.numel, 2, bundle.spec.names)
+    assert bundle.spec.numel * 2 < fp16.client.max_answer_bytes < bundle.spec.numel * 2 + 32 * 1024
+    fake = FakeService(bundle, ["ok"])
+    with fake.running() as url:  # a real answer fits its cap
+        assert DeviceRuntime(bundle, url, "d", retries=0).refresh([1]) == SERVICE
 
 
 # ---------------------------------------------------------------- signed answers

@@ -3,13 +3,25 @@
 With a keyring, every answer must carry a valid `X-Duet-Signature` by one of
 its keys over (model version, spec hash, body sha256, request sha256): an
 unsigned, altered, re-labelled or someone else's answer is refused, not retried.
+
+Bounded in time and size, whoever answers: `timeout` is a deadline for a whole
+attempt (connect, send, the answer's head and body), not for each read, so a
+carrier trickling a byte at a time cannot hold a refresh; an answer over
+`max_answer_bytes` (a runtime sets it from its bundle's expected payload) is
+refused before it is read when its Content-Length says so, else as soon as
+that many bytes have arrived, and never retried. Error bodies are read up to
+ERROR_BYTES.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.client
+import io
 import json
 import logging
+import socket
 import struct
 import time
 import urllib.error
@@ -27,6 +39,9 @@ log = logging.getLogger("duet.device")
 
 # Statuses worth retrying: the request was fine, the service was not ready for it.
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
+DEFAULT_MAX_ANSWER_BYTES = 64 * 2**20  # a client without a bundle; a runtime sets its bundle's own cap
+ERROR_BYTES = 300  # of an error answer's body, kept for the message
+READ_BYTES = 1 << 16  # an answer is read in pieces of this size, counted against the cap
 
 
 class ServiceError(DuetError):
@@ -39,6 +54,111 @@ class ServiceError(DuetError):
 
 class UntrustedAnswer(ServiceError):
     """An answer whose signature is missing or wrong: refused at once (asking again would not fix it)."""
+
+
+class OversizedAnswer(ServiceError):
+    """An answer larger than the parameters it should carry: refused unread (or as soon as it is over)."""
+
+
+def answer_cap(numel: int, itemsize: int, names: list[str]) -> int:
+    """The most bytes a safetensors answer of `numel` values of `itemsize` bytes in tensors `names` may take:
+    the values, plus the JSON header (each tensor's entry, the metadata) with room to spare."""
+    return numel * itemsize + 16 * 1024 + sum(len(name.encode()) + 256 for name in names)
+
+
+class _DeadlineSocket:
+    """A connected socket whose every send and read waits at most until `deadline` (time.monotonic)."""
+
+    def __init__(self, sock: socket.socket, deadline: float, timeout: float):
+        self.sock, self.deadline, self.timeout = sock, deadline, timeout
+
+    def arm(self) -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no whole answer within {self.timeout:g} s")
+        self.sock.settimeout(remaining)
+
+    def sendall(self, data: bytes) -> None:
+        self.arm()
+        self.sock.sendall(data)
+
+    def makefile(self, *_: object, **__: object) -> io.BufferedReader:  # "rb": what HTTPResponse asks
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def close(self) -> None:  # the socket really closes once the response's reader is closed too
+        self.sock.close()
+
+    def __getattr__(self, name: str) -> object:  # setsockopt and the like: the socket's own
+        return getattr(self.sock, name)
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, owner: _DeadlineSocket):
+        self.owner, self.raw = owner, owner.sock.makefile("rb", buffering=0)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        self.owner.arm()
+        return self.raw.readinto(buffer)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class _DeadlineHTTP(http.client.HTTPConnection):
+    def __init__(self, *args: object, deadline: float, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()  # within `timeout`, itself at most what is left of the attempt
+        self.sock = _DeadlineSocket(self.sock, self.deadline, self.timeout)
+
+
+class _DeadlineHTTPS(http.client.HTTPSConnection):
+    def __init__(self, *args: object, deadline: float, **kwargs: object):
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = _DeadlineSocket(self.sock, self.deadline, self.timeout)
+
+
+class _DeadlineHandler(urllib.request.HTTPHandler):
+    """urllib's HTTP(S) with the attempt's deadline (the request's `deadline`); proxies work as before."""
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_DeadlineHTTP, deadline=req.deadline), req)  # type: ignore[attr-defined]
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_DeadlineHTTPS, deadline=req.deadline),  # type: ignore[attr-defined]
+                            req, context=self._context)
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(_DeadlineHandler(), _DeadlineHTTPSHandler())
+
+
+def read_capped(response: http.client.HTTPResponse, cap: int, url: str) -> bytes:
+    """The body, or OversizedAnswer as soon as it is known to be over `cap` bytes."""
+    declared = response.length  # Content-Length as http.client parsed it (None: chunked or until closed)
+    if declared is not None:
+        if declared > cap:
+            raise OversizedAnswer(f"{url}: answer of {declared} bytes, over the {cap} expected (refused unread)")
+        return response.read()  # exactly the declared bytes, within the deadline
+    chunks, size = [], 0
+    while chunk := response.read(min(READ_BYTES, cap + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+            raise OversizedAnswer(f"{url}: answer over the {cap} bytes expected (refused after {size} bytes)")
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -67,12 +187,18 @@ class ParameterClient:
     A `Retry-After` from the service (429 rate limited, 503 overloaded) stretches
     the wait before the next attempt, up to `timeout`. `token`: the bearer token
     when the service has auth on. `keys`: accept only answers signed by one of them.
+    `timeout`: seconds for one whole attempt, answer included; a fetch takes at most
+    (retries + 1) x timeout plus the waits between attempts. `max_answer_bytes`: the
+    largest answer accepted (see `answer_cap`).
     """
 
     def __init__(self, url: str, timeout: float = 2.0, retries: int = 2, backoff: float = 0.05,
-                 token: str | None = None, keys: Keyring | None = None):
+                 token: str | None = None, keys: Keyring | None = None,
+                 max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES):
         self.url = url.rstrip("/") + "/v1/parameters"
         self.timeout, self.retries, self.backoff, self.keys = timeout, retries, backoff, keys
+        self.max_answer_bytes = max_answer_bytes
+        self._opener = _opener()
         self._headers = {"Content-Type": "application/json", "Accept": "application/octet-stream"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -102,7 +228,7 @@ class ParameterClient:
                 time.sleep(wait)
             try:
                 return self._once(data, request_sha256)
-            except UntrustedAnswer:
+            except (UntrustedAnswer, OversizedAnswer):
                 raise
             except ServiceError as exc:
                 last = exc
@@ -115,11 +241,16 @@ class ParameterClient:
 
     def _once(self, data: bytes, request_sha256: str) -> Answer:
         request = urllib.request.Request(self.url, data=data, method="POST", headers=self._headers)
+        request.deadline = time.monotonic() + self.timeout  # type: ignore[attr-defined]
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body, headers = response.read(), response.headers
+            with self._opener.open(request, timeout=self.timeout) as response:
+                headers = response.headers
+                body = read_capped(response, self.max_answer_bytes, self.url)
         except urllib.error.HTTPError as exc:
-            detail = exc.read()[:300].decode(errors="replace")
+            try:
+                detail = exc.read(ERROR_BYTES).decode(errors="replace")
+            finally:
+                exc.close()
             try:
                 retry_after = float(exc.headers.get("Retry-After", ""))
             except ValueError:

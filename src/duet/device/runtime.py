@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from duet.device.bundle import PAD, Bundle
-from duet.device.client import ParameterClient, ServiceError
+from duet.device.client import ParameterClient, ServiceError, answer_cap
 from duet.device.policy import RequestPolicy
 from duet.device.rollback import BundleHistory, check_answer_version
 from duet.errors import ArtifactError
@@ -70,9 +70,10 @@ class DeviceRuntime:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle(bundle, trusted_keys=trusted_keys)
         self.history = BundleHistory(state_file)  # rollback protection: never an older or expired bundle
         self.history.admit(self.bundle)
-        self.client = ParameterClient(service_url, timeout=timeout, retries=retries, backoff=backoff, token=token,
-                                      keys=self.bundle.answer_keys)
         self.device_id, self.dtype, self.privacy = device_id, dtype, privacy
+        # `timeout`: a deadline for each whole attempt (answer included), not for each read.
+        self.client = ParameterClient(service_url, timeout=timeout, retries=retries, backoff=backoff, token=token,
+                                      keys=self.bundle.answer_keys, max_answer_bytes=self._answer_cap(self.bundle))
         # Observed samples, oldest first, each with its features once computed (privacy mode).
         self.recent: deque[list] = deque(maxlen=self.bundle.window_len)
         self.params = self.bundle.theta_g
@@ -177,11 +178,15 @@ class DeviceRuntime:
             log.warning("device %s: new bundle refused (%s); keeping %s", self.device_id, exc, self.bundle.version)
             raise
         same_samples = new.sample == self.bundle.sample
-        self.bundle, self.client.keys = new, new.answer_keys
+        self.bundle, self.client.keys, self.client.max_answer_bytes = new, new.answer_keys, self._answer_cap(new)
         # Features come from the new static part; samples of another kind do not carry over.
         kept = [[row, None] for row, _ in self.recent] if same_samples else []
         self.recent = deque(kept, maxlen=new.window_len)
         self._use_global()
+
+    def _answer_cap(self, bundle: Bundle) -> int:
+        """The largest answer this bundle's head can need: its parameters in the requested dtype, plus the header."""
+        return answer_cap(bundle.spec.numel, 2 if self.dtype == "fp16" else 4, bundle.spec.names)
 
     def _use_global(self) -> str:
         """Score with the bundle's global head (nothing to personalise from, or a new bundle)."""
