@@ -251,13 +251,13 @@ def test_every_protocol_flag_reaches_the_manifest(tmp_path):
     result = CliRunner().invoke(app, [
         "prepare", "--out", str(out), "--max-users", "30", "--min-user-interactions", "6",
         "--min-item-interactions", "3", "--history-len", "7", "--window-len", "3",
-        "--train-negatives", "2", "--eval-negatives", "9", "--split", "ratio",
+        "--window-lag", "2", "--train-negatives", "2", "--eval-negatives", "9", "--split", "ratio",
         "--ratios", "0.7,0.2,0.1", "--seed", "11",
     ])
     assert result.exit_code == 0, result.output
     data = load_dataset(out)
     assert data.manifest["protocol"] == ProtocolConfig(
-        min_user_interactions=6, min_item_interactions=3, history_len=7, window_len=3,
+        min_user_interactions=6, min_item_interactions=3, history_len=7, window_len=3, window_lag=2,
         train_negatives=2, eval_negatives=9, ratios=(0.7, 0.2, 0.1), seed=11,
     ).model_dump(mode="json")
     assert data.manifest["source"]["max_users"] == 30 and data.num_users == 30

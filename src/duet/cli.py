@@ -211,6 +211,7 @@ def compare(
     scratch: Annotated[bool | None, typer.Option(help="also train DUET jointly from scratch, the published schedule (default on; quick: off)")] = None,
     full_ranking_positives: Annotated[int | None, typer.Option(help="test positives ranked against the whole catalogue (default 2000)")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
+    embed_dim: Annotated[int | None, typer.Option(help="recommendation: item embedding size of every model (default: duet train's, 32)")] = None,
     device_model: Annotated[str | None, typer.Option(
         help="recommendation: also a compressed device model, e.g. history=5,dim=16,blocks=1 (its static part "
              "reads the history's last 5 items, embedding 16, 1 block; the generator reads the window W): rows "
@@ -336,7 +337,7 @@ def prepare(
     out: Annotated[Path, typer.Option(help="dataset directory to create")],
     source: Annotated[str, typer.Option(help="a source of any task (the task's dict in duet.tasks lists them; `duet prepare --source ?` prints them)")] = "movielens-small",
     scale: Annotated[float | None, typer.Option(help="synthetic-scale: size in MovieLens-smalls (100 = ~10M interactions)")] = None,
-    path: Annotated[Path | None, typer.Option(help="input file for --source csv / recbole / npz (arrays x, y, device)")] = None,
+    path: Annotated[Path | None, typer.Option(help="input file for --source csv / recbole / movielens-1m (its ratings.dat) / npz (arrays x, y, device); ml-100k: the recbole 1.2.1 wheel or its ml-100k.inter (default: the wheel, fetched with pip)")] = None,
     train: Annotated[Path | None, typer.Option(help="duet-text: train records file")] = None,
     test: Annotated[Path | None, typer.Option(help="duet-text: test records file")] = None,
     user_col: Annotated[str | None, typer.Option(help="user id column (csv: user, recbole: user_id)")] = None,
@@ -345,11 +346,12 @@ def prepare(
     timestamp_col: Annotated[str | None, typer.Option(help="timestamp column (default: timestamp)")] = None,
     sep: Annotated[str | None, typer.Option(help="csv field separator (default ,)")] = None,
     max_users: Annotated[int | None, typer.Option(help="keep only the first N users of the source")] = None,
-    protocol_name: Annotated[str | None, typer.Option("--protocol", help="a named protocol instead of the options below: reference (the published code's layout: L 30, W 10, 1/4 negatives, 80/20 by position)")] = None,
+    protocol_name: Annotated[str | None, typer.Option("--protocol", help="a named protocol: reference (the published code's layout: L 30, W 10, 1/4 negatives, 80/20 by position; no other protocol option) | loo (the MovieLens-100K reproduction's leave-one-out: L 10, W the previous step's 10, 4/99 negatives, no k-core; protocol options given beside it override)")] = None,
     min_user_interactions: Annotated[int | None, typer.Option(help=f"k-core minimum per user; {_PROTOCOL_HELP}")] = None,
     min_item_interactions: Annotated[int | None, typer.Option(help=f"k-core minimum per item; {_PROTOCOL_HELP}")] = None,
     history_len: Annotated[int | None, typer.Option(help=f"click-history length L; {_PROTOCOL_HELP}")] = None,
     window_len: Annotated[int | None, typer.Option(help=f"real-time window length W; {_PROTOCOL_HELP}")] = None,
+    window_lag: Annotated[int | None, typer.Option(help=f"the window ends this many items before the target (1: the previous step's window); {_PROTOCOL_HELP}")] = None,
     train_negatives: Annotated[int | None, typer.Option(help=f"negatives per train positive; {_PROTOCOL_HELP}")] = None,
     eval_negatives: Annotated[int | None, typer.Option(help="negatives per valid/test positive (default 4, loo: 99)")] = None,
     split: Annotated[str | None, typer.Option(help=f"ratio | loo | cutoff (new devices after a global time T); {_PROTOCOL_HELP}")] = None,

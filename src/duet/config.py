@@ -27,6 +27,9 @@ class ProtocolConfig(Strict):
     min_item_interactions: int = Field(5, ge=1, description="k-core: items with fewer are dropped")
     history_len: int = Field(50, ge=1, description="click-history length L given to the backbone")
     window_len: int = Field(10, ge=1, description="real-time window length W given to the generator")
+    # 0: the window is the W items right before the target (the history's tail); 1: the previous
+    # step's window, without the most recent item (the published code's trigger sequence).
+    window_lag: int = Field(0, ge=0, description="the window ends this many items before the target")
     train_negatives: int = Field(4, ge=0, description="negatives per train positive")
     # None = 4 for the ratio split, 99 for leave-one-out (the usual LOO protocol).
     eval_negatives: int | None = Field(None, ge=1, description="negatives per valid/test positive")

@@ -22,6 +22,7 @@ from duet.spec import GraphInput, SampleSpec
 from duet.task import DeviceGraph, DeviceStep, Extras, Simulation
 from duet.tasks.recommendation import BUILDER, NAME, commands
 from duet.tasks.recommendation.batches import Batch, EventBatcher, with_sampled_negatives
+from duet.tasks.recommendation.data import SOURCES
 from duet.tasks.recommendation.data.store import PAD, Dataset, Split, load_dataset, load_vocab
 from duet.tasks.recommendation.evaluate import (
     METRIC_KS,
@@ -116,7 +117,7 @@ class RecommendationTask:
         return metrics
 
     # --- command line (`duet prepare`, `duet compare`, `duet data info`)
-    sources = commands.SOURCES
+    sources = SOURCES
 
     def prepare(self, source: str, out: Path, options: dict[str, Any], overwrite: bool) -> None:
         commands.prepare(source, out, options, overwrite)

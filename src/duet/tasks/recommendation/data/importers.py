@@ -1,5 +1,6 @@
-"""Readers for raw interaction sources: the bundled MovieLens sample, CSV exports and
-RecBole atomic `.inter` files.
+"""Readers for raw interaction sources: the bundled MovieLens sample, MovieLens-100K (from the
+pinned recbole wheel, `wheel.py`), MovieLens-1M's `ratings.dat`, CSV exports and RecBole atomic
+`.inter` files.
 
 Each reader returns `Interactions` (raw ids in source row order) and a `source` dict
 for the dataset manifest. Ratings are read only to check them: every row is an
@@ -10,6 +11,7 @@ file (the header is line 1).
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from dataclasses import dataclass
@@ -109,11 +111,76 @@ def read_recbole(
     """A RecBole atomic `.inter` file: tab-separated, header fields `name:type`."""
     path = Path(path)
     cols = _columns(RECBOLE_COLUMNS, user_col, item_col, rating_col, timestamp_col)
-    inter = _read_table(
-        path, "\t", cols, rating_required=rating_col is not None,
-        rename=lambda name: name.split(":", 1)[0],
-    )
+    inter = _read_table(path, "\t", cols, rating_required=rating_col is not None, rename=_recbole_name)
     return inter, file_source("recbole", path, columns=cols)
+
+
+def _text_line(path: Path, line: int | None) -> str:
+    """Line `line` (1-based) of a text file, for an error message."""
+    if line is None:
+        return ""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, text in enumerate(f, 1):
+            if number == line:
+                return text.rstrip("\n")
+    return ""
+
+
+def _recbole_name(name: str) -> str:
+    return name.split(":", 1)[0]  # `user_id:token` -> `user_id`
+
+
+def read_ml100k(path: str | Path | None = None) -> tuple[Interactions, dict]:
+    """MovieLens-100K: `ml-100k.inter` read straight from the pinned recbole wheel (fetched with pip
+    into the cache when `path` is None, or the wheel at `path`), or a copy of that `.inter` file."""
+    from duet.tasks.recommendation.data import wheel as pinned
+
+    given = Path(path) if path is not None else None
+    if given is not None and given.suffix == ".inter":
+        inter, source = read_recbole(given)
+        return inter, {**source, "kind": "ml-100k"}
+    if given is not None:
+        check_file(given)
+        pinned.check_wheel(given)
+    archive = given or pinned.fetch_wheel()
+    data = pinned.read_member(archive)
+    name = f"{archive.name}!{pinned.ML100K_MEMBER}"
+    inter = _read_table(data, "\t", RECBOLE_COLUMNS, rating_required=True, rename=_recbole_name, name=name)
+    return inter, {"kind": "ml-100k", "package": pinned.REQUIREMENT, "wheel_sha256": pinned.WHEEL_SHA256,
+                   "member": pinned.ML100K_MEMBER, "rows": len(inter)}
+
+
+def read_movielens_1m(path: str | Path) -> tuple[Interactions, dict]:
+    """MovieLens-1M's original `ratings.dat`: `UserID::MovieID::Rating::Timestamp`, no header."""
+    path = Path(path)
+    check_file(path)
+    try:
+        # ':' as the separator turns `1::2::3::4` into seven fields, the odd ones empty: the C parser,
+        # not pandas' slow regex engine for a two-character separator.
+        frame = pd.read_csv(path, sep=":", header=None, dtype=str, keep_default_na=False,
+                            skip_blank_lines=False, names=range(8))
+    except UnicodeDecodeError as exc:
+        raise InputError(path, None, f"not a text file ({exc.reason})") from None
+    except pd.errors.EmptyDataError:
+        raise InputError(path, 1, "empty file; expected lines UserID::MovieID::Rating::Timestamp") from None
+    except pd.errors.ParserError as exc:  # more fields than 8: the line has extra separators
+        match = re.search(r"in line (\d+)", str(exc))
+        line = int(match.group(1)) if match else None
+        raise InputError(path, line, "expected UserID::MovieID::Rating::Timestamp, found "
+                         f"{_text_line(path, line)!r}") from None
+    fields = frame.to_numpy()
+    bad = (fields[:, [1, 3, 5]] != "").any(axis=1) | (fields[:, [0, 2, 4, 6]] == "").any(axis=1) | (fields[:, 7] != "")
+    if bad.any():
+        line = int(np.argmax(bad)) + 1
+        raise InputError(path, line, f"expected UserID::MovieID::Rating::Timestamp, found {_text_line(path, line)!r}")
+    table = pd.DataFrame({"user": fields[:, 0], "item": fields[:, 2], "rating": fields[:, 4],
+                          "timestamp": fields[:, 6]})
+    inter = Interactions(user=_integers(table, "user", path, "user id", header=False),
+                         item=_integers(table, "item", path, "item id", header=False),
+                         timestamp=_integers(table, "timestamp", path, "timestamp", header=False))
+    _numbers(table, "rating", path, "rating", header=False)
+    log.info("read %d interactions from %s", len(inter), path)
+    return inter, file_source("movielens-1m", path, rows=len(inter))
 
 
 def _columns(defaults: dict[str, str], *given: str | None) -> dict[str, str]:
@@ -121,11 +188,20 @@ def _columns(defaults: dict[str, str], *given: str | None) -> dict[str, str]:
 
 
 def _read_table(
-    path: Path, sep: str, cols: dict[str, str], rating_required: bool, rename,
+    source: Path | bytes, sep: str, cols: dict[str, str], rating_required: bool, rename, name: str | None = None,
 ) -> Interactions:
-    check_file(path)
+    """A delimited table with a header line, from a file or from bytes (a member of an archive, named
+    `name` in errors)."""
+    in_memory = isinstance(source, bytes)
+    if not in_memory:
+        check_file(source)
+    path = name if in_memory else source
+
+    def opened() -> io.BytesIO | Path:  # pandas reads a buffer once: a new one for each read
+        return io.BytesIO(source) if in_memory else source
+
     try:
-        header = pd.read_csv(path, sep=sep, nrows=0)
+        header = pd.read_csv(opened(), sep=sep, nrows=0)
     except pd.errors.EmptyDataError:
         raise InputError(path, 1, f"empty file; expected a header line naming the columns "
                          f"{cols['user']}, {cols['item']}, {cols['timestamp']}") from None
@@ -143,7 +219,7 @@ def _read_table(
             )
     try:
         # All columns, so that a row with too many fields is an error, not silently cut.
-        frame = pd.read_csv(path, sep=sep, index_col=False, skip_blank_lines=False, low_memory=False)
+        frame = pd.read_csv(opened(), sep=sep, index_col=False, skip_blank_lines=False, low_memory=False)
     except pd.errors.ParserError as exc:
         text = str(exc).strip().splitlines()[-1]
         match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text)
@@ -165,15 +241,15 @@ def _read_table(
     return Interactions(user=user, item=item, timestamp=timestamp)
 
 
-def _line(row: int) -> int:
-    return row + 2  # 1-based, after the header line
+def _line(row: int, header: bool = True) -> int:
+    return row + 1 + header  # 1-based, after the header line if there is one
 
 
 def _found(value: object) -> str:
     return "an empty field" if pd.isna(value) else repr(str(value))
 
 
-def _integers(frame: pd.DataFrame, col: str, path: Path, what: str) -> np.ndarray:
+def _integers(frame: pd.DataFrame, col: str, path: object, what: str, header: bool = True) -> np.ndarray:
     series = frame[col]
     if series.dtype.kind == "i":
         return series.to_numpy(np.int64)
@@ -182,12 +258,12 @@ def _integers(frame: pd.DataFrame, col: str, path: Path, what: str) -> np.ndarra
     bad = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) > 2.0**62)
     if bad.any():
         row = int(np.argmax(bad))
-        raise InputError(path, _line(row), f"expected an integer {what} in column {col!r}, "
+        raise InputError(path, _line(row, header), f"expected an integer {what} in column {col!r}, "
                          f"found {_found(series.iloc[row])}")
     return values.astype(np.int64)
 
 
-def _numbers(frame: pd.DataFrame, col: str, path: Path, what: str) -> np.ndarray:
+def _numbers(frame: pd.DataFrame, col: str, path: object, what: str, header: bool = True) -> np.ndarray:
     series = frame[col]
     if series.dtype.kind in "if":
         values = series.to_numpy()
@@ -197,6 +273,6 @@ def _numbers(frame: pd.DataFrame, col: str, path: Path, what: str) -> np.ndarray
         bad = ~np.isfinite(values)
         if bad.any():
             row = int(np.argmax(bad))
-            raise InputError(path, _line(row), f"expected a number ({what}) in column {col!r}, "
+            raise InputError(path, _line(row, header), f"expected a number ({what}) in column {col!r}, "
                              f"found {_found(series.iloc[row])}")
     return values

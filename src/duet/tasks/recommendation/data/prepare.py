@@ -8,8 +8,8 @@ The protocol (see `ProtocolConfig`), for raw sources:
 3. Internal ids in sorted raw-id order: items 1..n (0 = padding), users 0..m-1.
 4. Each user's interactions sorted by (timestamp, source row) with a stable sort.
    Every position t >= 1 of that sequence is a target; its history is the L items
-   before t and its window the W items before t (most recent, oldest first,
-   left-aligned, 0-padded at the end).
+   before t and its window the W items before t - `window_lag` (most recent, oldest
+   first, left-aligned, 0-padded at the end; lag 1 = the previous step's window).
 5. Each user's targets split chronologically: `ratio` (counts per user rounded,
    at least one valid and one test target for users with >= 3 targets, at least
    one train target always) or `loo` (last = test, second-last = valid, rest =
@@ -41,7 +41,7 @@ import numpy as np
 from duet.atomic import atomic_dir
 from duet.config import ProtocolConfig
 from duet.errors import DuetError
-from duet.tasks.recommendation.data import importers
+from duet.tasks.recommendation.data import SOURCES, importers
 from duet.tasks.recommendation.data.importers import Interactions
 from duet.tasks.recommendation.data.sampling import NegativeSampler, context
 from duet.tasks.recommendation.data.store import SPLITS, Split, write_dataset
@@ -51,8 +51,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("movielens-small", "csv", "recbole", "duet-text", "synthetic-scale", "synthetic-shift")
-NAMED_PROTOCOLS = ("reference",)
+# `--protocol loo`: the leave-one-out protocol of the third-party DUET reproduction on MovieLens-100K
+# (SZU-AdvTech-2024): every rating kept, per user in time order; the click history is the 10 items
+# before the target and the window the previous step's (the published code's trigger sequence);
+# last step test, second-to-last valid, the rest train; 4 negatives per train positive, 99 per
+# valid/test positive, from items the user never rated. Options given beside it override its values.
+LOO_PROTOCOL = ProtocolConfig(min_user_interactions=1, min_item_interactions=1, history_len=10, window_len=10,
+                              window_lag=1, train_negatives=4, eval_negatives=99, split="loo")
+NAMED_PROTOCOLS = ("reference", "loo")
 Progress = Callable[[str], None]
 
 
@@ -173,6 +179,7 @@ def build(inter: Interactions, protocol: ProtocolConfig, progress: Progress = _n
     train_sampler = sampler if pre_cutoff is None else NegativeSampler(
         user[pre_cutoff], item[pre_cutoff], num_users, num_items)
     rng = np.random.default_rng(protocol.seed)
+    lag = protocol.window_lag
     splits, target_row = {}, {}
     for s, name in enumerate(SPLITS):
         sel = np.flatnonzero(split_of == s)
@@ -190,7 +197,7 @@ def build(inter: Interactions, protocol: ProtocolConfig, progress: Progress = _n
             # Built per split, not for all targets and then selected: at 100x MovieLens-small
             # that copy was gigabytes of peak memory. Row-wise, so the rows are the same.
             history=context(item, target[sel], t_pos[sel], protocol.history_len),
-            window=context(item, target[sel], t_pos[sel], protocol.window_len),
+            window=context(item, target[sel] - lag, np.maximum(t_pos[sel] - lag, 0), protocol.window_len),
         )
         target_row[name] = source_row[target[sel]]
     return Prepared(splits=splits, item_raw=item_raw, user_raw=user_raw, target_row=target_row)
@@ -220,6 +227,8 @@ def read_source(
 ) -> tuple[Interactions, dict]:
     if source == "movielens-small":
         return importers.read_movielens_small()
+    if source == "ml-100k":  # path: the wheel or its .inter file; None fetches the wheel
+        return importers.read_ml100k(path)
     if source == "synthetic-scale":
         from duet.tasks.recommendation.data.synthetic import synthetic_log
 
@@ -234,6 +243,8 @@ def read_source(
         return importers.read_csv(path, sep=sep, **columns)
     if source == "recbole":
         return importers.read_recbole(path, **columns)
+    if source == "movielens-1m":
+        return importers.read_movielens_1m(path)
     raise DuetError(f"unknown source {source!r}; expected one of {', '.join(SOURCES)}")
 
 
@@ -275,9 +286,15 @@ def prepare_dataset(
     extra: dict = {}
     if named_protocol not in (None, *NAMED_PROTOCOLS):
         raise DuetError(f"unknown --protocol {named_protocol!r}; expected one of {', '.join(NAMED_PROTOCOLS)}")
-    if named_protocol is not None and (protocol is not None or source == "duet-text"):
+    if named_protocol == "reference" and (protocol is not None or source == "duet-text"):
         raise DuetError(f"--protocol {named_protocol} fixes every protocol option and needs a raw source "
-                        "(movielens-small, csv or recbole): drop the protocol options")
+                        "(not duet-text): drop the protocol options")
+    if named_protocol == "loo":
+        if source == "duet-text":
+            raise DuetError("--protocol loo needs a raw source: --source duet-text takes its records as they are")
+        # the options given beside it (and only those) override the named protocol's values
+        given = protocol.model_dump(include=protocol.model_fields_set) if protocol is not None else {}
+        protocol = ProtocolConfig.model_validate({**LOO_PROTOCOL.model_dump(), **given})
     if source == "duet-text":
         if protocol is not None or max_users is not None or path is not None:
             raise DuetError("--source duet-text takes --train and --test only: its records are "
@@ -329,7 +346,7 @@ def prepare_dataset(
         else:
             built = build(inter, protocol, progress)
             splits, item_raw, user_raw = built.splits, built.item_raw, built.user_raw
-            protocol_info = protocol.model_dump(mode="json")
+            protocol_info = {**protocol.model_dump(mode="json"), **({"name": named_protocol} if named_protocol else {})}
             if truth is not None:
                 extra = {f"{kind}_uauc{'' if name == 'test' else '_' + name}": value
                          for name in ("test", "valid")
