@@ -13,6 +13,8 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,9 @@ class CompareConfig(Strict):
     # method); None ranks all of them (slow for DIN, which scores every pair).
     full_ranking_positives: int | None = Field(2000, ge=1)
     threads: int | None = None
+    # Item embedding size of every model (None: ModelConfig's default, 32). 64 on `--protocol loo`
+    # (MovieLens-100K), chosen there on validation (experiments/loo_sweep.py).
+    embed_dim: int | None = Field(None, ge=2)
     # A compressed device model beside the cloud model (`base`): rows device, device-duet and
     # device-global, trained like base and DUET stage 2 (report/compressed.py). None: no device rows.
     device_model: CompressedDevice | None = None
@@ -129,9 +134,27 @@ def _run_dir(report: Path, backbone: str, seed: int, method: str) -> Path:
     return report / "runs" / backbone / f"seed{seed}" / method
 
 
+class Timings:
+    """Wall seconds of each step of one (backbone, seed), kept in timing.json beside its runs: a
+    step reused from an earlier start keeps the time it took when it ran."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seconds: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+
+    @contextmanager
+    def step(self, name: str, done: bool) -> Iterator[None]:
+        """Time the body as step `name` unless it was `done` before (then it is reused, not run)."""
+        started = time.perf_counter()
+        yield
+        if not done:
+            self.seconds[name] = time.perf_counter() - started
+            write_json(self.path, self.seconds)
+
+
 def _train(cfg: CompareConfig, out: Path, backbone: str, seed: int, method: str, progress: bool,
            init: Path | None = None, num_generators: int = 1, variant: DuetVariant | None = None,
-           model: ModelConfig | None = None) -> None:
+           model: ModelConfig | None = None, timings: Timings | None = None) -> None:
     from duet.training.loop import run_config_for, train
 
     if is_finished_run(out):
@@ -148,10 +171,12 @@ def _train(cfg: CompareConfig, out: Path, backbone: str, seed: int, method: str,
     )
     generator = GeneratorConfig(num_generators=num_generators, temperature=cfg.temperature, rank=variant.rank,
                                 dropout=variant.dropout) if duet else None
-    config = run_config_for(cfg.data, model=model or ModelConfig(backbone=backbone), train=train_cfg,
+    cloud = ModelConfig(backbone=backbone, **({"embed_dim": cfg.embed_dim} if cfg.embed_dim else {}))
+    config = run_config_for(cfg.data, model=model or cloud, train=train_cfg,
                             generator=generator)
     log.info("training %s", out)
-    train(config, out, resume=(out / "config.json").exists(), progress=progress)
+    with timings.step(str(out.relative_to(timings.path.parent)), done=False) if timings else nullcontext():
+        train(config, out, resume=(out / "config.json").exists(), progress=progress)
 
 
 def generation_cost(run: Path, windows: np.ndarray, batch: int = 1024, repeats: int = 50) -> dict[str, float]:
@@ -230,26 +255,30 @@ def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, s
     from duet.tasks.recommendation.finetune import FinetuneConfig, finetune
 
     runs = {m: _run_dir(report, backbone, seed, m) for m in METHODS if m != "duet-global"}
+    timings = Timings(runs["base"].parent / "timing.json")
     if not cfg.scratch:
         del runs["duet-scratch"]
-    _train(cfg, runs["pop"], backbone, seed, "pop", progress)
-    _train(cfg, runs["base"], backbone, seed, "base", progress)
+    _train(cfg, runs["pop"], backbone, seed, "pop", progress, timings=timings)
+    _train(cfg, runs["base"], backbone, seed, "base", progress, timings=timings)
     if cfg.scratch:
-        _train(cfg, runs["duet-scratch"], backbone, seed, "duet", progress, num_generators=cfg.num_generators)
+        _train(cfg, runs["duet-scratch"], backbone, seed, "duet", progress, num_generators=cfg.num_generators,
+               timings=timings)
     chosen: dict[str, tuple[Path, dict[str, float]]] = {}
     for method, num_generators in (("duet-noswa", 1), ("duet", cfg.num_generators)):
         for variant in cfg.duet_variants:
             _train(cfg, runs[method] / variant.name, backbone, seed, "duet", progress, init=runs["base"],
-                   num_generators=num_generators, variant=variant)
+                   num_generators=num_generators, variant=variant, timings=timings)
         chosen[method] = _select_variant(runs[method], cfg.duet_variants)
         runs[method] = chosen[method][0]
     runs["duet-global"] = runs["duet"]
     ft_file = runs["finetune"] / "finetune.json"
     if not ft_file.exists():
-        steps, lr, tried = _finetune_setting(cfg, runs["base"], seed, progress)
-        finetune(FinetuneConfig(base_run=str(runs["base"]), data=cfg.data, split="test", steps=steps, lr=lr,
-                                scope=cfg.finetune_scope, sampled_negatives=cfg.finetune_negatives, seed=seed),
-                 runs["finetune"], progress=progress)
+        with timings.step("finetune-choice", done=False):
+            steps, lr, tried = _finetune_setting(cfg, runs["base"], seed, progress)
+        with timings.step("finetune", done=False):
+            finetune(FinetuneConfig(base_run=str(runs["base"]), data=cfg.data, split="test", steps=steps, lr=lr,
+                                    scope=cfg.finetune_scope, sampled_negatives=cfg.finetune_negatives, seed=seed),
+                     runs["finetune"], progress=progress)
         if tried:
             write_json(runs["finetune"] / "finetune_choice.json", {"steps": steps, "lr": lr, "valid_uauc": tried})
     if cfg.device_model is not None:
@@ -284,6 +313,8 @@ def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, s
     if cfg.device_model is not None:  # what the device rows cost on a device, the cloud model for contrast
         for method in ("device", "device-duet", "base"):
             entry[method]["device_cost"] = device_cost(runs[method], data["test"])
+    if timings.seconds:
+        entry["wall_s"] = timings.seconds  # each step's wall time, when it ran (`Timings`)
     return entry
 
 
