@@ -216,3 +216,39 @@ def test_deepcopy_is_independent():
     with torch.no_grad():
         next(clone.parameters()).add_(1.0)
     assert not torch.equal(next(clone.parameters()), next(model.parameters()))
+
+
+# ---------------------------------------------------------------- the fast dropout path
+
+
+def test_fast_dropout_keeps_the_expected_share_and_the_mean():
+    from duet.models.layers import fast_dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    y = fast_dropout(x, 0.3, training=True)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.7) < 0.005  # 0.7 of the elements kept (binomial sd ~0.001)
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))  # inverted: the mean is kept
+    assert fast_dropout(x, 0.3, training=False) is x and fast_dropout(x, 0.0, training=True) is x
+    x.requires_grad_(True)
+    fast_dropout(x, 0.5, training=True).sum().backward()
+    assert set(x.grad.unique().tolist()) <= {0.0, 2.0}  # the gradient goes through the kept elements only
+
+
+def test_attention_training_path_is_sdpa_without_its_dropout(monkeypatch):
+    """The training path writes attention out (for the cheaper dropout mask); with the dropout
+    masks made the identity it must compute what sdpa computes, padding and causal masks included."""
+    import duet.models.layers as layers
+
+    torch.manual_seed(1)
+    model = SASRec(50, 6, ModelConfig(embed_dim=16, num_heads=2, num_blocks=2, dropout=0.3))
+    history = torch.tensor([[3, 4, 5, 0, 0, 0], [7, 8, 9, 10, 11, 12], [1, 0, 0, 0, 0, 0]])
+    model.eval()
+    expected = model.encode(history)
+    monkeypatch.setattr(layers, "fast_dropout", lambda x, p, training: x)  # masks off, training path on
+    model.train()
+    for module in model.modules():
+        if isinstance(module, layers.FastDropout):
+            module.p = 0.0
+    torch.testing.assert_close(model.encode(history), expected, rtol=1e-5, atol=1e-6)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from duet.config import ModelConfig
-from duet.models.layers import SelfAttentionBlock, last_valid
+from duet.models.layers import FastDropout, SelfAttentionBlock, last_valid
 from duet.tasks.recommendation.data.store import PAD
 
 
@@ -48,7 +48,7 @@ class SASRec(nn.Module):
         dim = cfg.embed_dim
         self.items = ItemEmbedding(num_items, dim)
         self.positions = nn.Embedding(history_len, dim)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = FastDropout(cfg.dropout)
         self.blocks = nn.ModuleList(SelfAttentionBlock(dim, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_blocks))
         self.norm = nn.LayerNorm(dim)
         self.state_dim = dim
