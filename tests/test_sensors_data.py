@@ -138,6 +138,178 @@ def test_columns_are_taken_by_name_and_rows_sorted_by_sequence():
         to_session(pickled_frame([(channels[1:], signals[1:]), (["label", "sequence"], np.zeros((2, 4)))]), "f")
 
 
+# --- hostile pickles: memory bounded, every malformed file one line ------------------------------
+
+class Named:
+    """A global as a pickle names it (pandas' classes, numpy's ndarray), written without importing it."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __call__(self) -> None:  # pickle wants a callable where a pickle calls one; never called here
+        raise AssertionError(f"{self.module}.{self.name} called")
+
+
+class Reduced:
+    """Pickles as `func(*args)`, then BUILD `state` when given: whatever opcodes an attacker may write."""
+
+    def __init__(self, func: object, args: tuple, state: object = None):
+        self.func, self.args, self.state = func, args, state
+
+
+class HostilePickler(pickle._Pickler):
+    def reducer_override(self, obj: object) -> object:
+        if isinstance(obj, Named):
+            return obj.name  # saved as a global, below
+        if isinstance(obj, Reduced):
+            return (obj.func, obj.args) if obj.state is None else (obj.func, obj.args, obj.state)
+        return NotImplemented
+
+    def save_global(self, obj: object, name: str | None = None) -> None:
+        if isinstance(obj, Named):
+            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def hostile(obj: object) -> bytes:
+    out = io.BytesIO()
+    HostilePickler(out, protocol=2).dump(obj)
+    return out.getvalue()
+
+
+NDARRAY = Named("numpy", "ndarray")
+RECONSTRUCT = Named("numpy.core.multiarray", "_reconstruct")
+DTYPE = Named("numpy", "dtype")
+F8 = np.dtype("f8")
+
+
+def array_state(shape: tuple, dtype: np.dtype, data: object) -> Reduced:
+    """An array as numpy pickles one: the empty placeholder, then BUILD (version, shape, dtype, fortran, data)."""
+    return Reduced(RECONSTRUCT, (NDARRAY, (0,), b"b"), (1, shape, dtype, False, data))
+
+
+HOSTILE = {  # name: (pickle, the one-line refusal)
+    # numpy.ndarray(shape, dtype, buffer, offset, strides): a 2 GiB zero-stride view of 8 bytes
+    "zero-stride view": (hostile(Reduced(NDARRAY, ((2**28,), "f8", b"\0" * 8, 0, (0,)))),
+                         "refused numpy.ndarray"),
+    # numpy's _reconstruct allocates the shape it is given: 800 MB from a 60-byte pickle
+    "reconstruct shape": (hostile(Reduced(RECONSTRUCT, (NDARRAY, (800_000_000,), b"b"))),
+                          "refused numpy _reconstruct"),
+    "state shape": (hostile(array_state((10**6, 10**6), F8, b"\0" * 8)), "8000000000000 bytes, over the limit"),
+    "state over one array": (hostile(array_state((3 * 2**20,), F8, b"\0" * 8)), "25165824 bytes, over the limit of 16777216"),
+    "negative dimension": (hostile(array_state((-1, 8), F8, b"\0" * 8)), "at most 8 non-negative ints"),
+    "bool dimension": (hostile(array_state((True,), F8, b"\0" * 8)), "at most 8 non-negative ints"),
+    "short data": (hostile(array_state((10,), F8, b"\0" * 8)), "data is not 80 bytes"),
+    "object count": (hostile(array_state((10**6,), np.dtype("O"), [1])), "data is not a list of 1000000 items"),
+    "void dtype": (hostile(Reduced(DTYPE, ("V8", False, True), (3, "|", None, None, None, 10**12, 1, 0))),
+                   "refused numpy.dtype('V8')"),
+    "dtype state": (hostile(Reduced(DTYPE, ("f8", False, True), (3, "<", None, None, None, 10**12, 1, 0))),
+                    "refused dtype state"),
+    "structured dtype": (hostile(Reduced(DTYPE, (("f8", (1000, 1000)), False, True))), "only a plain type code"),
+    # a length prefix C's unpickler would allocate before reading: 1 TiB
+    "BINBYTES8": (b"\x80\x04\x8e" + (2**40).to_bytes(8, "little") + b"x" * 10 + b".",
+                  "refused before reading 1099511627776 more"),
+    "BYTEARRAY8": (b"\x80\x05\x96" + (2**40).to_bytes(8, "little") + b".", "refused pickle opcode BYTEARRAY8"),
+    "opcode flood": (b"\x80\x02" + b"N0" * 100_001 + b"N.", "more than 200000 opcodes"),
+    "endless line": (b"I" + b"1" * (hapt.MAX_PICKLE_BYTES + 10), "a line longer than what is left"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_a_hostile_pickle_of_allowed_globals_is_one_line_and_allocates_nothing_large(name: str) -> None:
+    import tracemalloc
+
+    payload, refusal = HOSTILE[name]
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactError) as refused:
+            restricted_load(io.BytesIO(payload), "evil.pkl")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    message = str(refused.value)
+    assert message.startswith("evil.pkl: ") and refusal in message and "\n" not in message, message
+    assert peak < 2**20 + 2 * len(payload), peak  # the refusal came before the allocation
+
+
+def test_the_hostile_pickles_are_live_without_the_bounds() -> None:
+    """The attacks are real: numpy alone builds the 2 GiB view, and a dtype pickled with copy=False would
+    rewrite the process's own float64 (the reader always copies)."""
+    view = pickle.loads(HOSTILE["zero-stride view"][0])
+    assert view.nbytes == 2**31 and view.strides == (0,)
+    flipped = hostile(Reduced(DTYPE, ("f8", False, False), (3, ">", None, None, None, -1, -1, 0)))
+    out = restricted_load(io.BytesIO(flipped))
+    assert out == np.dtype(">f8") and np.dtype("f8").byteorder == "="
+
+
+def frame(blocks: list[tuple[list[object], object]], manager_state: tuple | None = None) -> Reduced:
+    """A DataFrame pickled as pandas 0.14 did (copyreg._reconstructor, BlockManager state, Index by name)."""
+    import copyreg
+
+    index = [Reduced(Named("pandas.core.indexes.base", "_new_Index"),
+                     (Named("pandas.core.indexes.base", "Index"), {"data": np.array(names, dtype=object), "name": None}))
+             for names, _ in blocks]
+    manager = Reduced(copyreg._reconstructor, (Named("pandas.core.internals.managers", "BlockManager"), object, None),
+                      manager_state or ([], [values for _, values in blocks], index, {}))
+    return Reduced(copyreg._reconstructor, (Named("pandas.core.frame", "DataFrame"), object, None),
+                   {"_data": manager, "_typ": "dataframe"})
+
+
+def good_blocks(rows: int = 6) -> list[tuple[list[object], object]]:
+    return [(list(hapt.CHANNELS), np.arange(6.0 * rows).reshape(6, rows)),
+            (["sequence", "label"], np.array([np.arange(rows)[::-1], np.ones(rows)], dtype=np.int64))]
+
+
+def hapt_file(path: Path, users: object) -> Path:
+    import gzip
+
+    with gzip.open(path, "wb") as f:
+        f.write(hostile(users))
+    return path
+
+
+def test_a_hand_made_hapt_file_reads(tmp_path: Path) -> None:
+    """The pickles below are the real file's layout: this one, well formed, reads."""
+    users = read_hapt(hapt_file(tmp_path / "h.pkl.gz", {1: [frame(good_blocks())], 2: [frame(good_blocks(4))] * 2}))
+    assert sorted(users) == [1, 2] and users[1][0].signals.shape == (6, 6) and len(users[2]) == 2
+    np.testing.assert_array_equal(users[1][0].signals[0], np.arange(6.0)[::-1])  # sorted by `sequence`
+
+
+SHARED = np.zeros((6, 40_000))  # 1.9 MB, one array named by 60 sessions: 2.4 M rows to copy
+WRONG = {  # name: (users, the one-line refusal)
+    "a list": ([frame(good_blocks())], "expected a dict from user id to a list of sessions"),
+    "a string user id": ({"1": [frame(good_blocks())]}, "user '1': expected an int id"),
+    "mixed user ids": ({1: [frame(good_blocks())], "b": [frame(good_blocks())]}, "user 'b': expected an int id"),
+    "sessions not a list": ({1: frame(good_blocks())}, "expected an int id and a list of sessions"),
+    "a session not a frame": ({1: [5]}, "expected a pickled DataFrame with a BlockManager"),
+    "blocks not a list": ({1: [frame([], ([], 5, [], {}))]}, "blocks and their column names do not pair up"),
+    "a short manager state": ({1: [frame([], ([], []))]}, "expected a pickled DataFrame with a BlockManager"),
+    "names not a list": ({1: [frame([(7, np.zeros((6, 3)))])]}, "not a 2-D array with named rows"),
+    "a 3-D block": ({1: [frame([(list(hapt.CHANNELS), np.zeros((6, 2, 2)))])]}, "not a 2-D array with named rows"),
+    "text channels": ({1: [frame([(list(hapt.CHANNELS), np.array([["a"] * 3] * 6, dtype=object)),
+                                  good_blocks(3)[1]])]}, "column acc-x holds object, expected numbers"),
+    "float labels": ({1: [frame([good_blocks(3)[0], (["sequence", "label"], np.zeros((2, 3)))])]},
+                     "column sequence holds float64, expected integers"),
+    "uneven columns": ({1: [frame([good_blocks(3)[0], good_blocks(4)[1]])]}, "columns of different lengths"),
+    "missing label": ({1: [frame([good_blocks(3)[0]])]}, "missing column(s) sequence, label"),
+    "one array, many sessions": ({1: [frame([(list(hapt.CHANNELS), SHARED),
+                                             (["sequence", "label"], np.zeros((2, 40_000), np.int64))])] * 60},
+                                 "2400000 rows in all, over the limit of 2000000"),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG))
+def test_a_wrong_shaped_but_valid_pickle_is_one_line(tmp_path: Path, name: str) -> None:
+    users, refusal = WRONG[name]
+    path = hapt_file(tmp_path / "h.pkl.gz", users)
+    with pytest.raises(ArtifactError) as refused:
+        read_hapt(path)
+    message = str(refused.value)
+    assert message.startswith(str(path)) and refusal in message and "\n" not in message, message
+
+
 # --- segmentation, majority vote -----------------------------------------------------------------
 
 def test_segmentation_and_majority_vote_on_a_worked_example():
