@@ -108,24 +108,24 @@ class _DeadlineReader(io.RawIOBase):
         super().close()
 
 
-class _DeadlineHTTP(http.client.HTTPConnection):
+class _Deadline:
+    """Mixin over http.client's connections: once connected (within `timeout`), the socket keeps the deadline."""
+
     def __init__(self, *args: object, deadline: float, **kwargs: object):
         super().__init__(*args, **kwargs)
         self.deadline = deadline
 
     def connect(self) -> None:
-        super().connect()  # within `timeout`, itself at most what is left of the attempt
-        self.sock = _DeadlineSocket(self.sock, self.deadline, self.timeout)
+        super().connect()  # type: ignore[misc]
+        self.sock = _DeadlineSocket(self.sock, self.deadline, self.timeout)  # type: ignore[attr-defined]
 
 
-class _DeadlineHTTPS(http.client.HTTPSConnection):
-    def __init__(self, *args: object, deadline: float, **kwargs: object):
-        super().__init__(*args, **kwargs)
-        self.deadline = deadline
+class _DeadlineHTTP(_Deadline, http.client.HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        self.sock = _DeadlineSocket(self.sock, self.deadline, self.timeout)
+
+class _DeadlineHTTPS(_Deadline, http.client.HTTPSConnection):
+    pass
 
 
 class _DeadlineHandler(urllib.request.HTTPHandler):
