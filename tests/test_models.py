@@ -246,7 +246,7 @@ def test_attention_training_path_is_sdpa_without_its_dropout(monkeypatch):
     history = torch.tensor([[3, 4, 5, 0, 0, 0], [7, 8, 9, 10, 11, 12], [1, 0, 0, 0, 0, 0]])
     model.eval()
     expected = model.encode(history)
-    monkeypatch.setattr(layers, "fast_dropout", lambda x, p, training: x)  # masks off, training path on
+    monkeypatch.setattr(layers, "fast_dropout", lambda x, *_: x)  # masks off, training path on
     model.train()
     for module in model.modules():
         if isinstance(module, layers.FastDropout):
