@@ -40,8 +40,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/results/quick/demo_time.json"))
     parser.add_argument("--report", type=Path, default=Path("docs/results/quick"),
                         help="where the demo's report (results.json/md, plots) is copied")
-    parser.add_argument("--other-load", default="nothing else",
-                        help="what else ran on the machine, in words, recorded beside the time")
+    parser.add_argument("--other-load", default=None,
+                        help="what else ran on the machine, in words, recorded beside the time (the docs quote "
+                             "the load averages measured before and after, never this)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="duet-demo-") as tmp:
         clone = Path(tmp) / "duet"

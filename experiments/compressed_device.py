@@ -3,7 +3,7 @@
 Superseded by `duet compare --device-model` (one dataset, the device model's static part reading
 the history's last N items, rows device / device-duet / device-global beside the cloud model,
 seed-level intervals, size and latency on the device runtime). This script stays because
-docs/results/compressed_device.json, quoted by README.md and docs/RESULTS.md, came from it. The
+docs/results/compressed_device.json, quoted by README.md and docs/results/recommendation.md, came from it. The
 same setting with the option (the generator reads W = 50, the device model the last 5 of L = 50,
 embedding 16; the variants this script tried):
 

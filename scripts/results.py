@@ -9,14 +9,26 @@ docs can only come from a committed JSON (under docs/results/ or benchmarks/resu
   PATH ('/'-separated keys) in SOURCE (a file relative to the repository root, or a
   name in ``DERIVED``), written with FORMAT (see ``format_value``).
 
-``python scripts/results.py`` rewrites both in place (each file atomically);
+Two more rules make a figure without a source fail the check:
+
+* every decimal number or percentage in README.md and the site's pages (docs/**/*.md, less the
+  reports a tool wrote beside its JSON) sits inside a block or an inline figure; code, comments,
+  link targets and a short reviewed allow-list are exempt (``unmarked``, ``ALLOWED``);
+* a comparison's stored summary (means, stds, paired bootstrap and seed-level intervals) is
+  recomputed from the raw values committed beside it (per-user AUCs, per-device accuracies) with
+  duet.report.stats; the docs show the recomputed values and a stored value that differs fails,
+  named by its key path (``_recompute``).
+
+``python scripts/results.py`` rewrites blocks and inline figures in place (each file atomically);
 ``--check`` only compares and exits 1 naming file, line and figure at every difference.
-Plain Python (stdlib only): it runs before anything is installed.
+It needs the project installed (numpy, scipy, duet.report.stats): run it with the venv's
+python (``make results-check`` does).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -38,9 +50,27 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 
 # --- reading the committed files -------------------------------------------------------------
 
+# The problems each committed JSON's recomputation found, by file (reset by every main()), and the
+# recomputations themselves by file content: the tests run the check many times over copies.
+RAW_PROBLEMS: dict[str, list[str]] = {}
+_RECOMPUTED: dict[tuple, tuple[object, list[str]]] = {}
+# Files whose recomputation reads other files too (their content is part of the cache key).
+DEPENDS = {"docs/results/compressed-film/film_vs_head.json": ("docs/results/compressed-film/results.json",
+                                                              "docs/results/compressed-w50/results.json")}
+
+
 @cache
 def _load(root: Path, rel: str) -> object:
-    return json.loads((root / rel).read_text())
+    """A committed JSON with its summary recomputed from its raw values (see ``_recompute``)."""
+    data = (root / rel).read_bytes()
+    key = (rel, *(hashlib.sha256((root / r).read_bytes() if r != rel else data).hexdigest()
+                             for r in (rel, *DEPENDS.get(rel, ()))))
+    if key not in _RECOMPUTED:
+        raw, problems = json.loads(data), []
+        mine = _recompute(root, rel, raw)
+        _RECOMPUTED[key] = (raw if mine is None else _overlay(raw, mine, rel, problems), problems)
+    merged, RAW_PROBLEMS[rel] = _RECOMPUTED[key]
+    return merged
 
 
 def load(root: Path, source: str) -> object:
@@ -77,6 +107,197 @@ def seed_means(pairs: list[tuple[dict, dict]]) -> list[float]:
     """Per seed, the mean over the users every pair scores of (A - B) per-user AUC."""
     common = set.intersection(*(set(a) & set(b) for a, b in pairs))
     return [statistics.fmean(a[u] - b[u] for u in sorted(common)) for a, b in pairs]
+
+
+# --- summaries recomputed from the committed raw values -------------------------------------
+#
+# A comparison's JSON holds its raw values (per-user AUCs per run, per-device accuracies per
+# seed) and a summary its writer computed from them (means, stds, paired bootstrap and
+# seed-level intervals). The check recomputes each summary from the raw values with the same
+# functions (duet.report.stats), renders the recomputed values, and fails naming the key
+# wherever the stored summary differs. Summaries whose raw values are not committed (the
+# sensors folds' fold-level intervals, the digits differences by shift type, the own-model
+# example's differences, the window sweep, the one-seed compressed experiment) are read as
+# stored: RAW_MISSING says so for each.
+
+RAW_MISSING = {
+    "docs/results/sensors/folds.json": "per-fold device accuracies (fold-level intervals, the tables)",
+    "docs/results/digits/results.json": "each device's shift type (the differences by shift type)",
+    "docs/results/own_model/results.json": "per-device scores (the differences)",
+    "docs/results/window_sweep.json": "the sweep's reports",
+    "docs/results/compressed_device.json": "per-user AUCs",
+}
+TOLERANCE = 1e-9  # relative: the same arithmetic on the same values, up to summation order
+
+
+def _paired(diff) -> dict:
+    from duet.report.stats import paired_bootstrap, seed_interval
+
+    return {**paired_bootstrap(diff), "seed_level": seed_interval(diff)}
+
+
+def _recommendation_summary(raw: dict) -> dict:
+    """What a recommendation comparison's summary holds, from its runs: per method each test
+    metric's mean and std (ddof 1) over seeds and the paired uauc - base; per stored difference
+    the paired bootstrap (users and seeds, user ids in the writer's order) and the seed-level
+    interval; the share of the device-to-cloud gap where the report has a compressed device."""
+    import numpy as np
+
+    from duet.report.stats import difference_matrix
+
+    out = {}
+    for backbone, seeds in raw["runs"].items():
+        stored, summary = raw["summary"].get(backbone, {}), {}
+        for method, stats in stored.items():
+            if method in ("differences", "gap_closed"):
+                continue
+            entries = [s[method] for s in seeds.values() if method in s]
+            mine = {}
+            for metric, value in stats.items():
+                if metric in ("uauc_minus_base",):
+                    paired = [s[method]["test"]["uauc"] - s["base"]["test"]["uauc"] for s in seeds.values()
+                              if method in s and "base" in s]
+                    mine[metric] = _mean_std_np(np.array(paired))
+                elif isinstance(value, dict) and set(value) == {"mean", "std"} and all(metric in e["test"] for e in entries):
+                    mine[metric] = _mean_std_np(np.array([e["test"][metric] for e in entries], dtype=float))
+            summary[method] = mine
+        differences = {}
+        for name in stored.get("differences", {}):
+            a, b = name.split(" - ")
+            pairs = [(s[a]["user_auc"], s[b]["user_auc"]) for s in seeds.values() if a in s and b in s]
+            differences[name] = _paired(difference_matrix(pairs))
+        summary["differences"] = differences
+        if "gap_closed" in stored:
+            summary["gap_closed"] = _gap_closed(seeds)
+        out[backbone] = summary
+    return out
+
+
+def _mean_std_np(values) -> dict[str, float]:
+    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+
+
+def _gap_closed(seeds: dict) -> dict:
+    """The share of the device-to-cloud gap each device row closes (duet.tasks.recommendation's
+    gap_closed: per seed, mean of seeds, pooled)."""
+    import numpy as np
+
+    complete = {n: s for n, s in seeds.items() if all(m in s for m in ("base", "device", "device-duet", "device-global"))}
+    gap = {n: s["base"]["test"]["uauc"] - s["device"]["test"]["uauc"] for n, s in complete.items()}
+    out: dict = {"gap": {"per_seed": gap, "mean": float(np.mean(list(gap.values())))}}
+    for row, (a, b) in {"device-duet": ("device-duet", "device"), "device-global": ("device-global", "device"),
+                        "generation": ("device-duet", "device-global")}.items():
+        diff = {n: s[a]["test"]["uauc"] - s[b]["test"]["uauc"] for n, s in complete.items()}
+        per_seed = {n: diff[n] / gap[n] if gap[n] else None for n in complete}
+        shares = [v for v in per_seed.values() if v is not None]
+        out[row] = {"per_seed": per_seed, "mean": float(np.mean(shares)) if shares else None,
+                    "pooled": float(np.mean(list(diff.values())) / out["gap"]["mean"]) if out["gap"]["mean"] else None}
+    return out
+
+
+def _digits_summary(raw: dict) -> dict:
+    """The image comparison's seen/unseen differences from each seed's per-device test accuracy.
+    A device scored on validation too is a seen one (an unseen device has one period only)."""
+    from duet.report.stats import difference_matrix
+
+    seeds = raw["seeds"]
+    differences = {}
+    for name in raw["summary"]["differences"]:
+        a, rest = name.split(" - ")
+        b, group = rest.split(" (")
+        group = group.rstrip(")")
+        if group not in ("seen", "unseen"):
+            continue  # by shift type: the devices' shifts are not in the file
+        matched = []
+        for s in seeds.values():
+            seen = set(s["valid_device_accuracy"][a])
+            keep = (lambda d, seen=seen: d in seen) if group == "seen" else (lambda d, seen=seen: d not in seen)
+            matched.append(({d: v for d, v in s["device_accuracy"][a].items() if keep(d)},
+                            {d: v for d, v in s["device_accuracy"][b].items() if keep(d)}))
+        differences[name] = _paired(difference_matrix(matched))
+    return {"differences": differences}
+
+
+def _sensors_summary(raw: dict) -> dict:
+    """The sensors folds' paired intervals from each unseen test user's accuracy (users in the
+    order the aggregate pooled them)."""
+    import numpy as np
+
+    from duet.report.stats import paired_bootstrap
+
+    out = {}
+    for name in raw["differences"]:
+        a, b = name.split(" - ")
+        users = list(raw["per_user"][a])
+        out[name] = {"paired": paired_bootstrap(np.array([[raw["per_user"][a][u] - raw["per_user"][b][u]
+                                                            for u in users]]))}
+    return {"differences": out}
+
+
+def _own_model_summary(raw: dict) -> dict:
+    import numpy as np
+
+    return {"methods": {m: _mean_std_np(np.array(v["per_seed"], dtype=float)) for m, v in raw["methods"].items()}}
+
+
+def _film_vs_head_summary(raw: dict, root: Path) -> dict:
+    """FiLM against the head alone: the paired per-user AUCs of one method in two reports, over
+    the seeds both have (experiments/paired_reports.py, user ids as integers)."""
+    from duet.report.stats import difference_matrix
+
+    reports = {side: _load(root, f"docs/results/{Path(raw[side]['report']).name}/results.json") for side in "ab"}
+    users = {side: {seed: {int(u): auc for u, auc in run[raw["method"]]["user_auc"].items()}
+                    for seed, run in reports[side]["runs"][raw["backbone"]].items() if raw["method"] in run}
+             for side in "ab"}
+    seeds = sorted(set(users["a"]) & set(users["b"]))
+    diff = difference_matrix([(users["a"][s], users["b"][s]) for s in seeds])
+    both = _paired(diff)
+    return {"a - b": {"seeds": seeds, "boot": {k: v for k, v in both.items() if k != "seed_level"},
+                      "seed_level": both["seed_level"],
+                      "per_seed": {s: float(row.mean()) for s, row in zip(seeds, diff, strict=True)}}}
+
+
+def _recompute(root: Path, rel: str, raw: object) -> dict | None:
+    """The recomputed summary of a committed JSON, as a dict to lay over it, or None when the
+    file holds no raw values to recompute from."""
+    if not isinstance(raw, dict):
+        return None
+    if "runs" in raw and "summary" in raw and any(
+            "user_auc" in m for seeds in raw["runs"].values() for s in seeds.values() for m in s.values()
+            if isinstance(m, dict)):
+        return {"summary": _recommendation_summary(raw)}
+    if rel == DIGITS:
+        return {"summary": _digits_summary(raw)}
+    if rel == SENSORS:
+        return _sensors_summary(raw)
+    if rel == OWN_MODEL:
+        return _own_model_summary(raw)
+    if rel == FILM_VS_HEAD:
+        return _film_vs_head_summary(raw, root)
+    return None
+
+
+def _overlay(stored: object, mine: object, path: str, problems: list[str]) -> object:
+    """`stored` with every value of `mine` laid over it; a number that differs beyond TOLERANCE
+    (or a flag that differs) is a problem naming its key path."""
+    if isinstance(mine, dict):
+        base = dict(stored) if isinstance(stored, dict) else {}
+        for key, value in mine.items():
+            base[key] = _overlay(base.get(key), value, f"{path}/{key}", problems)
+        return base
+    if isinstance(mine, list):
+        return mine
+    if stored is None or mine is None or isinstance(stored, str):
+        if stored != mine and stored is not None:
+            problems.append(f"{path}: stored {stored!r}, recomputed {mine!r}")
+        return mine
+    if isinstance(mine, bool) or isinstance(stored, bool):
+        if bool(stored) != bool(mine):
+            problems.append(f"{path}: stored {stored!r}, recomputed {mine!r}")
+        return mine
+    if not math.isclose(float(stored), float(mine), rel_tol=TOLERANCE, abs_tol=1e-12):
+        problems.append(f"{path}: stored {stored!r}, the raw values give {mine!r}")
+    return mine
 
 
 # --- formatting ------------------------------------------------------------------------------
@@ -210,6 +431,7 @@ DERIVED: dict[str, Callable[[Path], object]] = {
     "default": lambda root: recommendation(root, "docs/results/results.json"),
     "shift": lambda root: recommendation(root, "docs/results/shift-sasrec/results.json")["sasrec"],
     "policy": lambda root: request_policy(root, "docs/results/request_policy.json"),
+    "shift_gap": lambda root: shift_shares(root),
 }
 
 
@@ -443,9 +665,12 @@ def swa_table(root: Path) -> str:
                   "direction changes (of 8 possible)"], rows, ["---", "---", "---:", "---:", "---:"])
 
 
+OWN_MODEL = "docs/results/own_model/results.json"
+
+
 def own_model_table(root: Path) -> str:
     """examples/own_model.py's comparison: test metric per method and both intervals of each difference."""
-    data = _load(root, "docs/results/own_model/results.json")
+    data = _load(root, OWN_MODEL)
     rows = [[name, f"{m['mean']:.4f} ± {m['std']:.4f}", "", ""] for name, m in data["methods"].items()]
     for name, d in data["differences"].items():
         p, s = d["paired"], d["seed_level"]
@@ -584,6 +809,270 @@ def defaults_sweep(root: Path) -> str:
     return table(["lr", "fresh negatives per event", "best epoch", "epochs run", "valid uauc", "train s"], rows)
 
 
+SHIFT = "docs/results/shift-sasrec/results.json"
+SHIFT_MANIFEST = "docs/results/shift-sasrec/dataset_manifest.json"  # `duet prepare --source synthetic-shift`'s manifest
+
+
+def shift_table(root: Path) -> str:
+    """The synthetic-drift comparison against the dataset's known optimum: test uauc (mean ± std
+    over seeds), the paired difference to base, and its share of the base-to-oracle and
+    base-to-observer gaps (the interval divided by the gap; the oracle and observer from the
+    dataset's manifest, which `duet prepare` rewrites identically in seconds)."""
+    d, manifest = recommendation(root, SHIFT)["sasrec"], _load(root, SHIFT_MANIFEST)
+    base = d["uauc"]["base"]["mean"]
+    oracle, observer = manifest["oracle_uauc"] - base, manifest["observer_uauc"] - base
+
+    def share(x: float, gap: float) -> str:
+        return f"{x / gap:.0%}"
+
+    rows = [["oracle (true click model)", f"{manifest['oracle_uauc']:.4f}", "", "100%", ""],
+            ["Bayes observer of the clicks", f"{manifest['observer_uauc']:.4f}", "", share(observer, oracle), "100%"],
+            ["popularity", f"{d['uauc']['pop']['mean']:.4f}", "", "", ""],
+            ["base (global SASRec)", _ms(d["uauc"]["base"]), "", "0%", "0%"]]
+    for method, label in (("finetune", "fine-tune (10 steps per device)"), ("duet-noswa", "DUET w/o SWA"),
+                          ("duet", "DUET (PPG+SWA)")):
+        diff = d["differences"].get(f"{method} - base")
+        mean = d["uauc"][method]["mean"] - base
+        if diff is None:
+            rows.append([label, _ms(d["uauc"][method]), signed(mean), share(mean, oracle), share(mean, observer)])
+            continue
+        boot = diff["boot"]
+        flag = excludes_zero(boot)
+        rows.append([label, _ms(d["uauc"][method]), bold_if(signed(boot["mean"]), flag) + " " + interval(boot),
+                     bold_if(share(boot["mean"], oracle), flag) + f" [{share(boot['lo'], oracle)}, {share(boot['hi'], oracle)}]",
+                     share(boot["mean"], observer)])
+    return table(["", f"test uauc ({d['seeds']} seeds)", "− base, paired [95%]",
+                  f"share of the base-to-oracle gap ({oracle:.4f})", f"share of the base-to-observer gap ({observer:.4f})"],
+                 rows)
+
+
+def shift_shares(root: Path) -> dict:
+    """Each method's share of the synthetic drift's base-to-oracle gap: the paired difference to
+    base (mean and bootstrap bounds) divided by the gap (what shift_table prints)."""
+    d, manifest = recommendation(root, SHIFT)["sasrec"], _load(root, SHIFT_MANIFEST)
+    gap = manifest["oracle_uauc"] - d["uauc"]["base"]["mean"]
+    return {name.split(" - ")[0]: {k: diff["boot"][k] / gap for k in ("mean", "lo", "hi")}
+            for name, diff in d["differences"].items() if name.endswith(" - base")}
+
+
+def shift_diagnosis(root: Path) -> str:
+    """Test uauc by clicks since the user's last profile switch (seed 0's runs)."""
+    raw = _load(root, "docs/results/shift_diagnosis.json")
+    bins = list(raw["share_of_test_events"])
+    rows = [["share of test events", *(f"{raw['share_of_test_events'][b]:.0%}" for b in bins)]]
+    for key, label in (("oracle", "oracle"), ("observer", "Bayes observer"), ("base", "base"),
+                       ("duet/frozen-rankfull-dropout0.3", "DUET"), ("finetune", "fine-tune"), ("pop", "popularity")):
+        rows.append([label, *(f"{raw['uauc'][key][b]:.4f}" for b in bins)])
+    return table(["clicks since the switch", *bins], rows)
+
+
+def cold_table(root: Path, rel: str = "docs/results/cutoff-sasrec/results.json") -> str:
+    """Test uauc by the number of items the device had seen before the event."""
+    summary = _load(root, rel)["summary"]["sasrec"]
+    bins = list(summary["base"]["by_seen"])
+    head = [f"{b} ({summary['base']['by_seen'][b]['events']:,} events)" for b in bins]
+    rows = [[label, f"{summary[m]['uauc']['mean']:.4f}", *(f"{summary[m]['by_seen'][b]['uauc']:.4f}" for b in bins)]
+            for m, label in (("pop", "popularity"), ("base", "base"), ("duet-noswa", "DUET w/o SWA"),
+                             ("duet", "DUET (PPG+SWA)")) if m in summary]
+    return table(["", "all", *head], rows)
+
+
+def reference_diagnosis(root: Path) -> str:
+    """The reference-protocol diagnosis (SASRec, seed 0; test read for every variant)."""
+    raw = _load(root, "docs/results/reference_diagnosis.json")
+    what = {"old-defaults": "the defaults before the study: lr 1e-3, patience 3",
+            "lr3e-3-patience10": "lr 3e-3, patience 10",
+            "negatives4": "lr 3e-3, patience 10, 4 fresh negatives per event every epoch",
+            "defaults": "today's defaults: 4 fresh negatives, lr 3e-3, patience 5",
+            "refit": "lr3e-3-patience10's epochs, retrained on train + valid (valid then means nothing)"}
+    rows = [[name, what.get(name, ""), str(r["seed0"]["best_epoch"]), f"{r['seed0']['valid_uauc']:.4f}",
+             f"{r['seed0']['test_uauc']:.4f}", f"{r['seed0']['seconds']:.0f}"] for name, r in raw.items()]
+    return table(["variant", "what", "best epoch", "valid uauc", "test uauc", "train s"], rows)
+
+
+POLICY_RUNS = (("compressed device (W 50)", "docs/results/request_policy.json", "docs/results/request_policy_recent5.json"),
+               ("synthetic-shift SASRec, seed 1 (W 10)", "docs/results/request_policy_shift_sasrec.json",
+                "docs/results/request_policy_shift_sasrec_recent5.json"))
+
+
+def request_policy_table(root: Path) -> str:
+    """Per run: asking always, and each policy's setting chosen on validation (the fewest requests
+    within the tolerance of always on valid), read on test."""
+    rows = []
+    for label, whole, recent in POLICY_RUNS:
+        a, b = _load(root, whole), _load(root, recent)
+        always = next(r for r in a["test"] if r["policy"] == "always")
+        rows.append([label, "always", "100%", f"{always['uauc']:.4f}", ""])
+        for name, sweep, kind in (("every", a, "every"), ("drift, whole window", a, "drift"),
+                                  ("drift, newest 5 items", b, "drift")):
+            chosen = sweep["chosen"][kind]
+            rows.append(["", f"{name}: {chosen['setting']}", f"{chosen['test']['fraction']:.1%}",
+                         f"{chosen['test']['uauc']:.4f}", signed(chosen["test"]["uauc"] - always["uauc"])])
+        rows.append(["", "global head (never asks)", "", f"{a['global_head_test_uauc']:.4f}",
+                     signed(a["global_head_test_uauc"] - always["uauc"])])
+    return table(["run", "policy (setting chosen on valid)", "share of always's requests (test)", "test uauc",
+                  "− always"], rows)
+
+
+def policy_simulate(root: Path) -> str:
+    """The request policies through the real service and device runtimes (duet simulate)."""
+    raw = _load(root, "docs/results/request_policy_simulate.json")
+    rows = [[name, f"{r['requests']:,}", f"{r['request_fraction']:.0%}", f"{r['bytes_per_device']:,.0f}",
+             f"{r['metrics']['device']['uauc']:.4f}"] for name, r in raw.items()]
+    return table(["policy", "requests", "of always's", "bytes received per device", "device uauc"], rows)
+
+
+def _headline_rows(root: Path, prefix: str) -> list[list[str]]:
+    """One row per task: the global model, DUET, and DUET minus the global model with both intervals."""
+    ref, dig = reference(root), digits(root)
+    sensors = _load(root, SENSORS)
+    comp = _load(root, COMPRESSED5)["summary"]["sasrec"]
+    own = _load(root, OWN_MODEL)
+
+    def link(text: str, page: str) -> str:
+        return f"[{text}]({prefix}{page})"
+
+    def both(boot: dict, seed: dict | None, scale: float = 1.0, digits_: int = 4) -> str:
+        return _diff_cell({"boot": boot, "seeds": seed}, digits_, scale)
+
+    rows = [[link("recommendation, MovieLens-100K (the paper's table)", "recommendation.md"), "AUC", "", "",
+             "the 5-seed comparison is running: its row comes with its committed results"]]
+    for b in ("sasrec", "din"):
+        d = ref[b]
+        rows.append([link(f"recommendation, MovieLens-small, the published code's protocol, {NAMES[b]} "
+                          f"({d['seeds']} seeds)", "recommendation.md"), "uauc", _ms(d["uauc"]["base"]),
+                     _ms(d["uauc"]["duet"]), _diff_cell(d["differences"]["duet - base"])])
+    gap = comp["differences"]["device-duet - device"]
+    rows.append([link("recommendation, a compressed device model (synthetic drift, 5 seeds)", "recommendation.md"),
+                 "uauc", _ms(comp["device"]["uauc"]) + " (device model alone)", _ms(comp["device-duet"]["uauc"]),
+                 both(gap, gap["seed_level"])])
+    rows.append([link(f"images, unseen devices (digits fleet, {dig['seeds']} seeds)", "images.md"),
+                 "accuracy (points)", _ms(dig["metrics"]["global"]["accuracy_unseen"]),
+                 _ms(dig["metrics"]["duet"]["accuracy_unseen"]),
+                 both(dig["differences"]["duet - global (unseen)"], dig["seed_level"]["duet - global (unseen)"], 100, 2)])
+    s = sensors["differences"]["duet - global"]
+    rows.append([link(f"sensors, unseen users (UCI HAPT, {len(sensors['folds'])} folds)", "sensors.md"),
+                 "accuracy (points)", _ms(sensors["table"]["global"]["accuracy_unseen"]),
+                 _ms(sensors["table"]["duet"]["accuracy_unseen"]), both(s["paired"], s["seed_level"], 100, 2)])
+    o = own["differences"]["duet - base"]
+    rows.append([link(f"your own model: the example ({own['seeds']} seeds)", "own.md"), own["metric"],
+                 _ms(own["methods"]["base"]), _ms(own["methods"]["duet"]), both(o["paired"], o["seed_level"])])
+    return rows
+
+
+def headline(root: Path, prefix: str = "") -> str:
+    return table(["task (its results page)", "metric", "global model", "DUET (PPG+SWA)",
+                  "DUET − global [95% paired]; seeds [t]"], _headline_rows(root, prefix))
+
+
+SERVE = "benchmarks/results/serve.json"
+
+
+def serve_http(root: Path) -> str:
+    """`POST /v1/parameters` (fp16 answers) per service mode and concurrency (benchmarks/serve.py)."""
+    rows = []
+    for r in _load(root, SERVE)["http"]:
+        mode = (f"micro-batching (max_batch {r['max_batch']})" if r["batching"] == "batching"
+                else f"no batching (max_batch {r['max_batch']})")
+        rows.append([mode, str(r["concurrency"]), f"{r['throughput_per_s']:,.0f}", f"{r['p50_ms']:.2f}",
+                     f"{r['p99_ms']:.2f}", f"{r['mean_batch']:.1f}", f"{r['server_cpu_us_per_answer']:.0f} us",
+                     f"{r['other_cpu_cores']:.1f}"])
+    return table(["service", "concurrency", "answers/s", "p50 ms", "p99 ms", "mean batch", "server CPU per answer",
+                  "other jobs' cores"], rows, ["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:"])
+
+
+def simulate_agreement(root: Path) -> str:
+    """The MovieLens replay through service and device runtimes, fp32 and fp16."""
+    runs = {d: _load(root, f"benchmarks/results/simulate_movielens_{d}.json") for d in ("fp32", "fp16")}
+
+    def cells(f) -> list[str]:
+        return [f(runs["fp32"]), f(runs["fp16"])]
+
+    rows = [["max abs device logit − offline logit", *cells(lambda r: f"{r['max_abs_logit_diff']:.1e}")],
+            ["uauc on the devices", *cells(lambda r: f"{r['metrics']['device']['uauc']:.6f}")],
+            ["uauc offline", *cells(lambda r: f"{r['metrics']['offline']['uauc']:.6f}")],
+            ["auc, device − offline", *cells(lambda r: f"{r['metrics']['diff']['auc']:+.1e}")],
+            ["parameters from the service", *cells(lambda r: f"{r['sources']['service']:,} of {r['events']:,}")],
+            ["answer size (bytes)", *cells(lambda r: f"{r['answer_bytes']:,}")],
+            ["replay rate (events/s)", *cells(lambda r: f"{r['events_per_second']:,.0f}")]]
+    return table(["", "fp32", "fp16"], rows, ["---", "---:", "---:"])
+
+
+def replicas_table(root: Path) -> str:
+    """Throughput at concurrency 64 with the rate limit in memory or shared through Redis."""
+    t = _load(root, "benchmarks/results/replicas.json")["throughput"]
+    base = t["mean_throughput_per_s"]["one_replica_memory"]
+    rows = [[label, f"{t['mean_throughput_per_s'][k]:,.0f}",
+             " / ".join(f"{r['throughput_per_s']:,.0f}" for r in t["rounds"][k]),
+             f"{t['mean_throughput_per_s'][k] / base:.2f}"]
+            for k, label in (("one_replica_memory", "one replica, 2 workers, memory"),
+                             ("one_replica_redis", "one replica, 2 workers, Redis"),
+                             ("two_replicas_memory", "two replicas of 2 workers, memory"),
+                             ("two_replicas_redis", "two replicas of 2 workers, Redis"))]
+    return table(["setup", "answers/s, mean", "rounds", "vs one replica without Redis"], rows,
+                 ["---", "---:", "---:", "---:"])
+
+
+def replicas_limit(root: Path) -> str:
+    """One token offered more than its limit across two replicas of two workers each."""
+    limit = _load(root, "benchmarks/results/replicas.json")["limit"]
+    rows = [[f"`{name}`", f"{r['sent']:,}", f"{r['answered']:,}", f"{r['accepted']:,}", f"{r['allowed_total']:,.0f}",
+             f"{r['most_accepted_in_one_second']:,}"] for name, r in limit.items()]
+    return table(["store", "sent", "answered", "accepted", "allowed", "most accepted in any second"], rows)
+
+
+def bulk_table(root: Path) -> str:
+    """duet generate, one thread: the forward alone (frozen against folded decoders) and end to end."""
+    raw = _load(root, "benchmarks/results/bulk_generate.json")
+    alone = raw["alone"]["devices_per_s"]
+    rows = [["generator forward alone, frozen decoders", f"{alone['frozen']:,.0f}", "", "", f"{raw['load_before']:.1f}"],
+            ["generator forward alone, folded decoders", f"{alone['folded']:,.0f}", "", "", f"{raw['load_before']:.1f}"]]
+    for r in raw["end_to_end"]:
+        rows.append([f"end to end, {r['dtype']}, to `{r['dir']}`", f"{r['devices_per_s']:,.0f}",
+                     f"{r['seconds']:.1f} ({r['generate_seconds']:.1f} generating)", f"{r['bytes'] / 1e6:,.0f} MB",
+                     f"{r['load_before']:.1f}"])
+    return table(["what", "devices/s", "seconds", "file", "load average before"], rows,
+                  ["---", "---:", "---:", "---:", "---:"])
+
+
+def scale_table(root: Path) -> str:
+    """benchmarks/scale.py at 1x, 10x and 100x MovieLens-small (one thread)."""
+    results = _load(root, "docs/results/scale.json")["results"]
+
+    def cell(r: dict, phase: str, f) -> str:
+        return f(r[phase]) if phase in r and r[phase] else "not run"
+
+    rows = [["raw interactions", *(f"{r['dataset']['interactions']:,}" for r in results)],
+            ["users / items (after 5-core)", *(f"{r['dataset']['users']:,} / {r['dataset']['items']:,}" for r in results)],
+            ["train records", *(f"{r['dataset']['train_records']:,}" for r in results)],
+            ["prepare: wall s / peak RSS MiB", *(cell(r, "prepare", lambda p: f"{p['seconds']:.1f} / {p['peak_rss_mib']:,.0f}")
+                                                 for r in results)],
+            ["one SASRec epoch: s / records/s / peak RSS MiB",
+             *(cell(r, "train", lambda p: f"{p['epoch_seconds']:.0f} / {p['records_per_s']:,.0f} / {p['peak_rss_mib']:,.0f}")
+               for r in results)],
+            ["evaluate (test split): wall s / peak RSS MiB",
+             *(cell(r, "evaluate", lambda p: f"{p['seconds']:.1f} / {p['peak_rss_mib']:,.0f}") for r in results)],
+            ["bulk generation (fp32 to disk): wall s / devices/s / peak RSS MiB",
+             *(cell(r, "generate", lambda p: f"{p['seconds']:.1f} / {p['devices_per_s']:,.0f} / {p['peak_rss_mib']:,.0f}")
+               for r in results)],
+            ["load average before prepare", *(cell(r, "prepare", lambda p: f"{p['load_before']:.1f}") for r in results)]]
+    return table(["", *(f"{r['scale']:g}x" for r in results)], rows, ["---"] + ["---:"] * len(results))
+
+
+def train_speed_table(root: Path, rel: str = "benchmarks/results/train_speed_default.json") -> str:
+    """benchmarks/train_speed.py: records per CPU-second of one thread, the tree before and after (best
+    of the rounds), wall-clock records/s in brackets."""
+    raw = _load(root, rel)
+    rows = []
+    for name, b in raw["backbones"].items():
+        rounds = b.get("rounds", {})
+        old = max((r["train_records_per_cpu_s"] for r in rounds.get("old", [])), default=None)
+        rows.append([f"{name} train", f"{old:,.0f}" if old else "",
+                     f"{b['train_records_per_cpu_s']:,.0f} ({b['train_records_per_s']:,.0f})",
+                     f"{b['train_records_per_cpu_s'] / old:.2f}" if old else ""])
+    return table(["variant", "before", "after", "after / before"], rows, ["---", "---:", "---:", "---:"])
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {
     "sensors-table": sensors_table, "sensors-differences": sensors_differences,
     "sensors-activity": sensors_activity, "sensors-window": sensors_window, "sensors-costs": sensors_costs,
@@ -596,13 +1085,91 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "compressed5-cost": compressed5_cost, "window-sweep": window_sweep,
     "compressed-film-table": lambda root: compressed5_table(root, COMPRESSED_FILM, "generated head + FiLM in both blocks"),
     "compressed-film-cost": lambda root: compressed5_cost(root, COMPRESSED_FILM), "film-vs-head": film_vs_head,
+    "shift-table": shift_table, "shift-diagnosis": shift_diagnosis, "cold-table": cold_table,
+    "reference-diagnosis": reference_diagnosis, "request-policy": request_policy_table,
+    "policy-simulate": policy_simulate, "headline": headline,
+    "headline-readme": lambda root: headline(root, "docs/results/"),
+    "serve-http": serve_http, "simulate-agreement": simulate_agreement, "replicas-table": replicas_table,
+    "replicas-limit": replicas_limit, "bulk-table": bulk_table, "scale-table": scale_table,
+    "train-speed-default": train_speed_table,
+    "train-speed-reference": lambda root: train_speed_table(root, "benchmarks/results/train_speed_reference.json"),
+    "train-speed-reference-sampled": lambda root: train_speed_table(root, "benchmarks/results/train_speed_reference_sampled.json"),
 }
+
+
+# --- figures outside a marker ----------------------------------------------------------------
+#
+# Every decimal number (0.91, 1,234.5, 2.0x, 3.8e-06) and every percentage (27%, 27 %) in a
+# page must sit inside a block or an inline figure, so that it comes from a committed file.
+# Not figures, and so not checked:
+# * code: inline code spans and fenced blocks whose language is a command or source language
+#   (FENCE_LANGS): settings typed by the reader (`--ratios 0.8,0.1,0.1`, `lr=3e-3`). A fence of
+#   any other kind (none, text, console, json) shows output and is checked like prose, so a
+#   measured result never hides in an output sample: it goes in prose or a table under a marker;
+# * HTML comments (markers included) and link targets;
+# * dotted versions of three parts or more (2.13.0, 127.0.0.1);
+# * ALLOWED: the short, reviewed list below, each entry with why it is not a measured figure.
+
+NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)"
+FIGURE = re.compile(rf"(?<![\w.,]){NUMBER}(?:\.\d+)?(?:e[-+]?\d+)?\s?%"  # 27%, 27 %, 0.5%
+                    rf"|(?<![\w.,]){NUMBER}\.\d+(?:e[-+]?\d+)?(?!\d|\.\d)"  # 0.91, 1,234.5, 2.0 of 2.0x
+                    r"|(?<![\w.,])\d+e[-+]?\d+(?!\d)")  # 1e-6
+FENCE = re.compile(r"^(?P<fence>```+|~~~+)(?P<lang>[^\n]*)\n.*?^(?P=fence)[ \t]*$", re.M | re.S)
+FENCE_LANGS = {"bash", "sh", "shell", "python", "toml", "yaml", "ini"}
+CODE_SPAN = re.compile(r"(?P<ticks>`+)(?!`)(?:(?!\n\n).)+?(?<!`)(?P=ticks)(?!`)", re.S)  # may wrap, not span a paragraph
+COMMENT = re.compile(r"<!--.*?-->", re.S)
+LINK_TARGET = re.compile(r"\]\([^)\s]*(?:\s+\"[^\"]*\")?\)|<?https?://[^\s>)]+>?")
+ALLOWED = [
+    (re.compile(r"(?:Python|FastAPI|uvicorn|onnxruntime|torch|numpy|pandas|recbole|redis-server|typer) \d+\.\d+"),
+     "a package's version"),
+    (re.compile(r"95 ?%(?=\s+(?:paired|bootstrap|t-interval|interval|confidence|quantile|level))"),
+     "the level of every interval (duet.report.stats.LEVEL), not a result"),
+    (re.compile(r"CC BY 4\.0"), "a licence's name"),
+    (re.compile(r"pandas-0\.14"), "the pandas version that wrote the HAPT file"),
+    (re.compile(r"HTTP/1\.1"), "a protocol's name"),
+]
+
+
+def _blank(match: re.Match) -> str:
+    """The matched text as spaces, newlines kept: what is masked keeps every line number."""
+    return re.sub(r"[^\n]", " ", match[0])
+
+
+def _fence(match: re.Match) -> str:
+    """A command or source fence blanked whole; any other fence (output) keeps its body, checked as
+    prose, with only its delimiter lines blanked (so that they pair with no inline backtick)."""
+    if match["lang"].strip().split(" ")[0] in FENCE_LANGS:
+        return _blank(match)
+    first, *body, last = match[0].split("\n")
+    return "\n".join([" " * len(first), *body, " " * len(last)])
+
+
+def unmarked(text: str) -> list[tuple[int, str, str]]:
+    """(line, figure, the line's text) for every figure outside a marker, code, comment or link."""
+    masked = BLOCK.sub(_blank, text)
+    masked = INLINE.sub(_blank, masked)
+    masked = COMMENT.sub(_blank, masked)
+    masked = FENCE.sub(_fence, masked)
+    masked = CODE_SPAN.sub(_blank, masked)
+    masked = LINK_TARGET.sub(_blank, masked)
+    for pattern, _why in ALLOWED:
+        masked = pattern.sub(_blank, masked)
+    lines = text.splitlines()
+    return [(_line(masked, m.start()), m[0], lines[_line(masked, m.start()) - 1].strip())
+            for m in FIGURE.finditer(masked)]
 
 
 # --- checking and writing --------------------------------------------------------------------
 
+def is_report(path: Path) -> bool:
+    """A report a tool wrote beside the JSON it wrote (results.md by results.json, folds.md by
+    folds.json): data like its JSON, neither a page of the site (mkdocs.yml excludes it) nor checked."""
+    return path.with_suffix(".json").is_file()
+
+
 def documents(root: Path) -> list[Path]:
-    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    """README.md and every page of the site."""
+    return [root / "README.md", *sorted(p for p in (root / "docs").rglob("*.md") if not is_report(p))]
 
 
 def _line(text: str, offset: int) -> int:
@@ -654,6 +1221,8 @@ def process(root: Path, path: Path) -> tuple[str, list[str]]:
             return f"<!--f {m['spec']}-->{new}<!--/f-->"
         return m[0]
 
+    problems += [f"{name}:{line}: figure {figure!r} outside a marker: {context[:120]}"
+                 for line, figure, context in unmarked(text)]
     text = INLINE.sub(inline, text)  # inline values hold no newline: line numbers stay those of the file
     return BLOCK.sub(block, text), problems
 
@@ -683,18 +1252,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.root.resolve()
     _load.cache_clear()
+    RAW_PROBLEMS.clear()
     failures = []
     for path in documents(root):
         new, problems = process(root, path)
         failures += problems
         if not args.check and new != path.read_text():
             write_atomic(path, new)
+    for path in sorted((root / "docs" / "results").rglob("*.json")):  # every summary, quoted or not
+        try:
+            _load(root, str(path.relative_to(root)))
+        except Exception as exc:  # a file the recomputation cannot read is a failed check, named
+            failures.append(f"{path.relative_to(root)}: error: recomputing its summary: {type(exc).__name__}: {exc}")
+    failures += [f"{rel}: error: {p}" for rel, problems in sorted(RAW_PROBLEMS.items()) for p in problems]
     blocks, figures = count(root)
     for problem in failures:
         print(problem, file=sys.stderr)
     verb = "differ" if args.check else "rewritten"
     print(f"{blocks} blocks, {figures} inline figures; {len(failures)} {verb}")
-    errors = [p for p in failures if ": error: " in p]  # a figure that could not be rendered at all
+    # a figure that could not be rendered, an unmarked figure or a stored summary the raw values contradict
+    errors = [p for p in failures if ": error: " in p or "outside a marker" in p]
     return 1 if errors or (args.check and failures) else 0
 
 

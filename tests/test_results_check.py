@@ -1,5 +1,6 @@
-"""`make results-check`: the docs' figures are those the committed result files give, and a
-changed number in any of those files fails the check, naming the figure."""
+"""`make results-check`: the docs' figures are those the committed result files give; a changed
+number in any of those files, a figure outside a marker, or a stored summary that the committed
+raw values contradict fails the check, naming the figure."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def _copy_tree(tmp: Path) -> Path:
         (tmp / doc.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(doc, tmp / doc.relative_to(ROOT))
     for folder in ("docs/results", "benchmarks/results"):
-        shutil.copytree(ROOT / folder, tmp / folder, ignore=shutil.ignore_patterns("*.png"))
+        shutil.copytree(ROOT / folder, tmp / folder, ignore=shutil.ignore_patterns("*.png"), dirs_exist_ok=True)
     return tmp
 
 
@@ -50,8 +51,8 @@ def test_the_committed_docs_pass(capsys):
 
 
 @pytest.mark.parametrize(("rel", "keys", "figure"), [
-    # a bootstrap bound behind an inline figure (README's quick demo)
-    ("docs/results/quick/results.json", ["summary", "sasrec", "differences", "duet - base", "lo"],
+    # one user's AUC behind a recomputed bootstrap interval (the quick demo's, an inline figure)
+    ("docs/results/quick/results.json", ["runs", "sasrec", "seed0", "duet", "user_auc", "7"],
      "quick|differences/duet - base/boot"),
     # one seed's accuracy behind the digits table (a block: ddof-1 std recomputed from the seeds)
     ("docs/results/digits/results.json", ["seeds", "1", "metrics", "tent", "accuracy_unseen"], "block digits-table"),
@@ -60,8 +61,8 @@ def test_the_committed_docs_pass(capsys):
      "block reference-table"),
     # the transcribed published-code record
     ("docs/results/published_code_anchor.json", ["user_auc", "popularity"], "published_code_anchor.json"),
-    # a performance figure
-    ("benchmarks/results/bulk_generate.json", ["alone", "devices_per_s", "folded"], "bulk_generate.json"),
+    # a performance figure (a block on the performance page)
+    ("benchmarks/results/bulk_generate.json", ["alone", "devices_per_s", "folded"], "block bulk-table"),
 ])
 def test_a_changed_number_fails_naming_the_figure(tmp_path, capsys, rel, keys, figure):
     root = _copy_tree(tmp_path)
@@ -97,3 +98,89 @@ def test_formats():
     assert results.format_value({"mean": 0.9068, "std": 0.0172}, "ms.4f") == "0.9068 ± 0.0172"
     assert results.format_value(50901, ",d") == "50,901"
     assert results.mean_std([1.0, 2.0, 3.0])["std"] == 1.0  # ddof 1
+
+
+def _append(path: Path, text: str) -> None:
+    path.write_text(path.read_text() + text)
+
+
+def test_a_new_unmarked_figure_fails_naming_file_line_and_text(tmp_path, capsys):
+    root = _copy_tree(tmp_path)
+    page = root / "docs" / "results" / "images.md"
+    _append(page, "\nDUET closes 27 % of the gap, at 0.91 accuracy and 1,234.5 devices/s (2.0x).\n")
+    line = page.read_text().count("\n")
+    capsys.readouterr()
+    assert results.main(["--check", "--root", str(root)]) == 1
+    err = capsys.readouterr().err
+    for figure in ("27 %", "0.91", "1,234.5", "2.0"):
+        assert f"docs/results/images.md:{line}: figure {figure!r} outside a marker" in err
+    assert "DUET closes 27 %" in err
+
+
+def test_a_changed_marked_figure_fails_closes_8_to_18_percent(tmp_path, capsys):
+    root = _copy_tree(tmp_path)
+    page = root / "docs" / "results" / "index.md"
+    text = page.read_text()
+    marked = "<!--f shift_gap|duet/mean|.0%-->8%<!--/f-->"
+    assert marked in text  # the synthetic-drift share, backed by the committed manifest and report
+    page.write_text(text.replace(marked, marked.replace("-->8%", "-->18%")))
+    capsys.readouterr()
+    assert results.main(["--check", "--root", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert "docs/results/index.md:" in err and "'18%' should be '8%'" in err
+    # and the same claim made outside a marker fails too
+    page.write_text(text + "\nDUET closes 18% of the gap.\n")
+    assert results.main(["--check", "--root", str(root)]) == 1
+    assert "figure '18%' outside a marker" in capsys.readouterr().err
+
+
+def test_a_tampered_stored_interval_fails_naming_its_key(tmp_path, capsys):
+    """The bootstrap interval is recomputed from the per-user AUCs: a stored bound that differs fails
+    even though no page quotes the stored number (the pages show the recomputed one)."""
+    root = _copy_tree(tmp_path)
+    rel = "docs/results/reference-sasrec/results.json"
+    _perturb(root / rel, ["summary", "sasrec", "differences", "duet - base", "lo"], 0.5)
+    capsys.readouterr()
+    assert results.main(["--check", "--root", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert f"{rel}: error: {rel}/summary/sasrec/differences/duet - base/lo: stored" in err
+    assert "the raw values give" in err
+    assert ".md:" not in err  # every page still shows what the raw values give
+
+
+def test_a_tampered_digits_interval_and_seed_level_interval_fail(tmp_path, capsys):
+    root = _copy_tree(tmp_path)
+    rel = "docs/results/digits/results.json"
+    _perturb(root / rel, ["summary", "differences", "duet - global (unseen)", "seed_level", "hi"], 1.2)
+    capsys.readouterr()
+    assert results.main(["--check", "--root", str(root)]) == 1
+    assert "differences/duet - global (unseen)/seed_level/hi: stored" in capsys.readouterr().err
+
+
+def test_allow_listed_versions_settings_and_code_pass(tmp_path, capsys):
+    root = _copy_tree(tmp_path)
+    _append(root / "README.md", "\nNeeds Python 3.12 and torch 2.13.0 (a version of three parts); every interval is a\n"
+            "95% paired bootstrap interval; `--ratios 0.8,0.1,0.1` and `lr=3e-3` are settings.\n\n"
+            "```bash\nduet prepare --cutoff-quantile 0.7\n```\n")
+    capsys.readouterr()
+    assert results.main(["--check", "--root", str(root)]) == 0, capsys.readouterr().err
+
+
+def test_an_output_sample_in_a_plain_fence_is_checked(tmp_path, capsys):
+    """A fence without a command language shows output: a measured figure there is a figure."""
+    root = _copy_tree(tmp_path)
+    _append(root / "README.md", "\n```\ntest uauc 0.8535\n```\n")
+    capsys.readouterr()
+    assert results.main(["--check", "--root", str(root)]) == 1
+    assert "figure '0.8535' outside a marker" in capsys.readouterr().err
+
+
+def test_the_checked_pages_are_the_sites_pages():
+    """scripts/results.py checks README.md and exactly the pages mkdocs builds (reports excluded)."""
+    from mkdocs.config import load_config
+    from mkdocs.structure.files import get_files
+
+    files = get_files(load_config(str(ROOT / "mkdocs.yml")))
+    built = {f"docs/{f.src_uri}" for f in files.documentation_pages()}
+    checked = {str(p.relative_to(ROOT)) for p in results.documents(ROOT)} - {"README.md"}
+    assert built == checked

@@ -7,7 +7,7 @@ bytes it would get from `POST /v1/parameters`) and appends each chunk's rows to
 the output. Nothing of the fleet's size is held: an `.npy` input is memory-mapped,
 a `.safetensors` one read by slices, a text one line by line, and each chunk's
 heads are written out, from a fixed ring of buffers, as the next one is generated
-(peak memory grows only by the input file's resident pages; docs/PERFORMANCE.md).
+(peak memory grows only by the input file's resident pages; docs/performance.md).
 
 What a window holds is the run's sample (`Task.sample`, a SampleSpec), so the formats
 depend on it. A run whose samples are tokens (integer ids, `low..high`):
@@ -57,7 +57,7 @@ from duet.generate import float_windows_hint
 from duet.spec import ParamSpec, SampleSpec
 
 HEADS_FORMAT = "duet-heads/1"
-# Rows per generator forward. Measured on one core (docs/PERFORMANCE.md): 1,024 beats 4,096
+# Rows per generator forward. Measured on one core (docs/performance.md): 1,024 beats 4,096
 # and 16,384 by 1.5-3x (the (E, numel) output stays in cache); torch's per-op cost is
 # already small against it.
 DEFAULT_CHUNK = 1024

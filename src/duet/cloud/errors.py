@@ -3,7 +3,7 @@
     {"error": {"code": "invalid_request", "message": "...", "field": "window[3]",
                "errors": [{"field": "window[3]", "message": "..."}, ...]}}
 
-`code` is machine-readable (the table in docs/RELIABILITY.md), `field` names the
+`code` is machine-readable (the table in docs/reliability.md), `field` names the
 offending request field (`window[3]`, `dtype`, `body` for an unreadable body) or
 is null, and `errors` lists every field error (422 can have several; the first
 is repeated in `field`/`message`).

@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     # 0 = natural batching: a forward takes every request that arrived meanwhile
     # (while the previous forward ran, or in the same event-loop turn) without
     # waiting for more. Measured against 2 ms on 2 cores: same throughput at
-    # concurrency 64, 3-4x the throughput at concurrency 1 (docs/PERFORMANCE.md).
+    # concurrency 64, 3-4x the throughput at concurrency 1 (docs/performance.md).
     max_wait_ms: float = Field(0.0, ge=0.0, le=1000.0,
                                description="extra time a request may wait for others to share its forward")
     # The generator's GRU takes a different kernel below 4 rows, which changes the
@@ -53,11 +53,11 @@ class Settings(BaseSettings):
     threads: int = Field(1, ge=1, description="torch intra-op threads per worker")
     device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$", description="where generation runs: cpu | cuda | auto")
     # inline: the forward runs on the event loop (measured faster at these sizes,
-    # see docs/PERFORMANCE.md); thread: in a one-thread executor.
+    # see docs/performance.md); thread: in a one-thread executor.
     executor: Literal["inline", "thread"] = "inline"
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "warning"
 
-    # ---- auth (docs/RELIABILITY.md). No tokens at all = auth off.
+    # ---- auth (docs/reliability.md). No tokens at all = auth off.
     tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="bearer tokens, comma-separated in DUET_TOKENS")
     tokens_file: Path | None = Field(None, description="file with one bearer token per line (# comments allowed)")
@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     limits_fail: Literal["open", "closed"] = Field(
         "open", description="when the limits store does not answer: open = admit, closed = 503")
 
-    # ---- signing (docs/RELIABILITY.md): the path travels to workers, never the key itself
+    # ---- signing (docs/reliability.md): the path travels to workers, never the key itself
     sign_key: Path | None = Field(None, description="Ed25519 private key file (duet keys generate): "
                                                     "every answer is signed in X-Duet-Signature")
 

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 def fast_dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Inverted dropout with its mask from `torch.rand_like(x) >= p`: the distribution of
     `F.dropout`, at about half its CPU cost (`bernoulli_` draws one Mersenne-Twister number per
-    element and was a third of a SASRec training step, docs/PERFORMANCE.md). Its random stream
+    element and was a third of a SASRec training step, docs/performance.md). Its random stream
     differs from `F.dropout`'s, so runs differ from those made before it, within noise."""
     if not training or p == 0.0:
         return x

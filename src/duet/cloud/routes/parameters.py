@@ -37,7 +37,7 @@ ANSWER_HEADERS = {
                                       "<base64 signature> [<base64 Merkle path>]`, one signature for the answers "
                                       "made together, over `duet-answer/1\\n<model version>\\n<spec hash>\\n"
                                       "<sha256 hex of this body>\\n<sha256 hex of the request body>` "
-                                      "(duet.signing.answers; docs/RELIABILITY.md)",
+                                      "(duet.signing.answers; docs/reliability.md)",
                        "schema": {"type": "string"}},
 }
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
