@@ -380,7 +380,13 @@ def digits(root: Path) -> dict:
     costs |= {f"duet_{k}": [s["costs"]["duet"][k] * 1e3 for s in seeds] for k in seeds[0]["costs"]["duet"]}
     window = {m: {w: statistics.fmean(s["window_curve"][m][w]["accuracy_unseen"] for s in seeds)
                   for w in seeds[0]["window_curve"][m]} for m in seeds[0]["window_curve"]}
+    against_global = {}  # not in the comparison's summary: paired from the same per-device accuracies
+    for method in ("bnstats", "armbn"):
+        diff = _digits_summary({"seeds": raw["seeds"],
+                                "summary": {"differences": {f"{method} - global (unseen)": None}}})["differences"]
+        against_global[method] = diff[f"{method} - global (unseen)"]
     return {"metrics": metrics, "differences": raw["summary"]["differences"], "seed_level": seed_level,
+            "against_global": against_global,
             "window_unseen": window,
             "tent_loss_points": (metrics["global"]["accuracy_unseen"]["mean"] - metrics["tent"]["accuracy_unseen"]["mean"]) * 100,
             "costs_ms": costs, "cost_mean_ms": {k: statistics.fmean(v) for k, v in costs.items()},
