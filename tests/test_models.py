@@ -252,3 +252,39 @@ def test_attention_training_path_is_sdpa_without_its_dropout(monkeypatch):
         if isinstance(module, layers.FastDropout):
             module.p = 0.0
     torch.testing.assert_close(model.encode(history), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_a_grouped_head_is_the_head_of_each_row():
+    """x (B, C, in) with one head per group b: row (b, c) gets what head(x[b, c]) gives alone."""
+    torch.manual_seed(2)
+    head = DynamicHead((6, 5, 2), "tanh")
+    params = {name: torch.randn(4, *shape) for name, shape in head.param_spec.entries}  # 4 heads
+    x = torch.randn(4, 3, 6)
+    grouped = head(x, params)  # (4, 3, 2)
+    for b in range(4):
+        one = {name: p[b] for name, p in params.items()}
+        torch.testing.assert_close(grouped[b], head(x[b], one))  # the shared-head path, F.linear
+        torch.testing.assert_close(head(x[b], {n: p[b].expand(3, *p.shape[1:]) for n, p in params.items()}),
+                                   grouped[b])  # the per-row path
+
+
+@pytest.mark.parametrize("counts", [(3, 3, 3, 3), (3, 1, 4, 2)])
+def test_din_scores_with_one_head_per_event_as_record_by_record(counts):
+    """DIN's head runs once per event on its C records when every event has C records (else per
+    record): either way each record is scored, and trained, as it would be alone."""
+    torch.manual_seed(3)
+    model = Recommender(40, 5, ModelConfig(backbone="din", embed_dim=8))
+    E = len(counts)
+    history = torch.randint(0, 40, (E, 5))
+    inverse = torch.tensor([e for e, n in enumerate(counts) for _ in range(n)])[torch.randperm(sum(counts))]
+    item = torch.randint(1, 40, (len(inverse),))
+    params = {name: (p.detach() + 0.1 * torch.randn(E, *p.shape)).requires_grad_(True)
+              for name, p in model.theta_g().items()}
+    logits = model(history, item, inverse, params)
+    alone = torch.stack([model(history[inverse[b]][None], item[b][None], None,
+                               {k: v[inverse[b]][None] for k, v in params.items()})[0] for b in range(len(item))])
+    torch.testing.assert_close(logits, alone)
+    grads = torch.autograd.grad(logits.square().sum(), list(params.values()))
+    expected = torch.autograd.grad(alone.square().sum(), list(params.values()))
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)

@@ -45,16 +45,22 @@ class DynamicHead(nn.Module):
         return len(self.widths) - 1
 
     def forward(self, x: Tensor, params: Params) -> Tensor:
-        """x: (B, in). params[name]: `shape` (shared) or `(B, *shape)` (one head per row)."""
+        """x: (B, in), or (B, C, in) for C rows that share row b's head. params[name]: `shape`
+        (shared) or `(B, *shape)` (one head per row, or per group of C rows)."""
+        grouped = x.dim() == 3
         for i in range(self.num_layers):
             weight, bias = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
             if weight.dim() == 2:
                 x = F.linear(x, weight, bias)
-            else:  # (B, out, in): row b of x through its own layer
-                x = torch.baddbmm(bias.unsqueeze(1), x.unsqueeze(1), weight.transpose(1, 2)).squeeze(1)
+            else:  # (B, out, in): row b (or group b) of x through its own layer
+                rows = x if grouped else x.unsqueeze(1)  # (B, C, in)
+                # W x rather than x W^T: the weight's gradient is then a contiguous (B, out, in), and
+                # its sum over B (theta_g's gradient in residual mode) runs several times faster
+                x = torch.baddbmm(bias.unsqueeze(-1), weight, rows.transpose(1, 2)).transpose(1, 2)  # (B, C, out)
+                x = x if grouped else x.squeeze(1)
             if i < self.num_layers - 1:
                 x = self.activation(x)
-        return x  # (B, out)
+        return x  # (B, out) or (B, C, out)
 
     def init_params(self, generator: torch.Generator | None = None) -> Params:
         """Global parameters with nn.Linear's default scale (uniform +-1/sqrt(fan_in))."""

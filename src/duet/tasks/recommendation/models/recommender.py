@@ -104,6 +104,17 @@ class Recommender(WithGlobalHead):
         if self.backbone.head_on == "event":
             user = self.head(self._static(params, history), params)  # (E, D)
             return (user[inverse] * target).sum(-1)
-        if next(iter(params.values())).dim() > len(self.param_spec.entries[0][1]):
-            params = {k: v[inverse] for k, v in params.items()}  # (B, *shape)
+        if next(iter(params.values())).dim() == len(self.param_spec.entries[0][1]):  # one head for all
+            return self.head(self._static(params, history[inverse], target), params).squeeze(-1)
+        E, B = history.shape[0], item.shape[0]
+        if self.films is None and E == 1:  # one event (the device graph, one request): its head, every record
+            return self.head(self._static(params, history[inverse], target).unsqueeze(0), params).reshape(B)
+        if self.films is None and B % E == 0 and bool((torch.bincount(inverse, minlength=E) == B // E).all()):
+            # C records per event (a training batch, a split's fixed candidates): the head runs once per
+            # event on its C records instead of copying the event's head to each record
+            order = torch.argsort(inverse, stable=True)  # (B,) records grouped by event, events in order
+            features = self._static(params, history[inverse[order]], target[order])  # (B, F)
+            logits = self.head(features.view(E, B // E, -1), params).reshape(B)
+            return torch.empty_like(logits).index_copy_(0, order, logits)
+        params = {k: v[inverse] for k, v in params.items()}  # (B, *shape)
         return self.head(self._static(params, history[inverse], target), params).squeeze(-1)
