@@ -66,10 +66,10 @@ def main() -> None:
     from duet.atomic import write_json
     from duet.checkpoint import load_config
     from duet.cloud.bulk import generate_bulk
-    from duet.task import load_task
+    from duet.task import task_of_run
 
     config = load_config(args.run)
-    windows = random_windows(load_task(config.builder).sample(config), config.window_len, args.devices)
+    windows = random_windows(task_of_run(config).sample(config), config.window_len, args.devices)
     results: dict = {"load_before": os.getloadavg()[0], "threads": 1,
                      "alone": generator_alone(args.run, windows[: args.alone_devices], 1024, args.rounds)}
     print("forward alone:", results["alone"], flush=True)

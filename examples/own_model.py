@@ -77,19 +77,20 @@ def make_fleet(seed: int = 0, devices: int = 60, per_device: int = 80) -> tuple[
     return tuple(np.concatenate(a) for a in (x, y, device, order))
 
 
-def device_round_trip(run: Path, bundle: Path, data: Path) -> float:
-    """Serve the DUET run, let one test device fetch its head over HTTP and classify locally;
-    returns the largest |device output - offline output| over its scored readings."""
+def device_round_trip(run: Path, bundle: Path, data: Path, device: int | None = None) -> float:
+    """Serve the DUET run, let one test device (default: the first) fetch its head over HTTP and
+    score locally; returns the largest |device output - offline output| over its scored samples."""
     from duet.checkpoint import load_run
     from duet.device import DeviceRuntime
     from duet.simulate import ServiceProcess
-    from duet.tasks.images.store import load_images
-    from duet.tasks.images.training import predict_images
+    from duet.tasks.fleet.batches import predict_samples
+    from duet.tasks.fleet.store import load_fleet
 
     config, model, _ = load_run(run)
-    test = load_images(data, ("test",))["test"]
-    rows = test.rows[test.device == test.device[0]]
-    offline = predict_images(model, test.select(test.device == test.device[0]), window_len=config.window_len)
+    test = load_fleet(data, ("test",))["test"]
+    mine = test.device == (test.device[0] if device is None else device)
+    rows = test.rows[mine]
+    offline = predict_samples(model, test.select(mine), window_len=config.window_len)
     path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
     worst = 0.0
     with ServiceProcess(run, env={"PYTHONPATH": path}) as service:

@@ -37,9 +37,9 @@ def run_setting(data: Path, out: Path, lr: float, negatives: int, seed: int, thr
     """Train one setting (or reuse it) and return its validation figures; never reads test."""
     run = out / "runs" / setting_name(lr, negatives) / f"seed{seed}"
     if not is_finished_run(run):
-        train_cfg = TrainConfig(method="base", seed=seed, threads=threads, lr=lr, sampled_negatives=negatives,
-                                epochs=50, patience=5)
-        train(run_config_for(data, train=train_cfg), run, resume=(run / "config.json").exists(), progress=False)
+        train_cfg = TrainConfig(method="base", seed=seed, threads=threads, lr=lr, epochs=50, patience=5)
+        config = run_config_for(data, train=train_cfg, options={"sampled_negatives": negatives})
+        train(config, run, resume=(run / "config.json").exists(), progress=False)
     history = json.loads((run / "history.json").read_text())
     best = max(history, key=lambda h: h["valid_uauc"])
     return {"lr": lr, "sampled_negatives": negatives, "best_epoch": best["epoch"], "epochs_run": len(history),

@@ -82,7 +82,9 @@ def run_variant(data: Path, out: Path, name: str, seed: int, threads: int | None
         train_over = {**train_over, "epochs": selected["best_epoch"] + 1}
         data = refit_data(data, out)
     if not is_finished_run(run):
-        config = run_config_for(data, model=ModelConfig(**model_over),
+        train_over = dict(train_over)
+        options = {"sampled_negatives": train_over.pop("sampled_negatives")}  # recommendation's own option
+        config = run_config_for(data, model=ModelConfig(**model_over), options=options,
                                 train=TrainConfig(method="base", seed=seed, threads=threads, **train_over))
         train(config, run, resume=(run / "config.json").exists(), progress=False)
     history = json.loads((run / "history.json").read_text())

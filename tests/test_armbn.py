@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from duet.checkpoint import load_run
 from duet.cli import app
 from duet.config import ModelConfig
+from duet.tasks.fleet.store import load_fleet
 from duet.tasks.images.armbn import GroupBatcher, evaluate_armbn, per_group_norm
 from duet.tasks.images.baselines import (
     adaptation_rows,
@@ -24,11 +25,10 @@ from duet.tasks.images.baselines import (
     bnstats_images,
     with_statistics,
 )
+from duet.tasks.images.evaluation import evaluate_images
 from duet.tasks.images.fleet import FleetConfig, prepare_fleet
 from duet.tasks.images.model import ImageClassifier
-from duet.tasks.images.store import load_images
 from duet.tasks.images.task import ImageTask
-from duet.tasks.images.training import evaluate_images
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = FleetConfig(seen_devices=12, unseen_valid_devices=4, unseen_test_devices=4, train_per_device=20,
@@ -68,7 +68,7 @@ def test_each_group_is_normalised_with_its_own_statistics_unlike_plain_batch_nor
 
 
 def test_groups_hold_one_devices_samples_with_the_windows_size(fleet_dir):
-    train = load_images(fleet_dir, ("train",))["train"]
+    train = load_fleet(fleet_dir, ("train",))["train"]
     batcher = GroupBatcher(train, batch_size=20, size=6)
     batches = list(batcher.shuffled(seed=0, epoch=0))
     assert len(batches) == batcher.num_batches() == -(-12 * 3 // 3)  # 3 groups of 6 per 20-sample device
@@ -86,7 +86,7 @@ def test_groups_hold_one_devices_samples_with_the_windows_size(fleet_dir):
 
 
 def test_window_statistics_come_from_the_prefixs_most_recent_samples(fleet_dir):
-    data = load_images(fleet_dir, ("valid",))
+    data = load_fleet(fleet_dir, ("valid",))
     split, base = data["valid"], _model().eval()
     device = int(split.device[0])
     rows = adaptation_rows(data, "valid", device)
@@ -110,14 +110,14 @@ def test_duet_train_method_armbn_selects_and_scores_with_each_devices_window(fle
     assert config.train.method == "armbn"
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 2 and history[0]["records_per_s"] > 0
-    data = load_images(fleet_dir, ("train", "valid"))
+    data = load_fleet(fleet_dir, ("train", "valid"))
     assert isinstance(ImageTask().batcher(data, config), GroupBatcher)  # trained in groups of one device
     # the epoch was selected with each device's window statistics (logloss: it tells them apart after 2 epochs)
     selected = json.loads((run / "metrics_valid.json").read_text())
     assert selected["logloss"] == pytest.approx(evaluate_armbn(model, data["valid"], SMALL.window_len)["logloss"])
     result = runner.invoke(app, ["evaluate", "--run", str(run), "--split", "test", "--json"])
     assert result.exit_code == 0, result.output
-    test = load_images(fleet_dir, ("test",))["test"]
+    test = load_fleet(fleet_dir, ("test",))["test"]
     expected = evaluate_armbn(model, test, SMALL.window_len)
     assert json.loads(result.output)["logloss"] == pytest.approx(expected["logloss"])
     assert expected["logloss"] != pytest.approx(evaluate_images(model, test)["logloss"])  # not the running statistics

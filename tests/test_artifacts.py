@@ -73,3 +73,29 @@ def test_damaged_dataset_file_is_refused(tiny_dir, tmp_path, damage):
         target.unlink()
     with pytest.raises(ArtifactError, match="train.safetensors"):
         load_dataset(data)
+
+
+def test_a_run_scores_another_recommendation_dataset_only_with_its_item_vocabulary(duet_run, tmp_path):
+    """Other events over the same catalogue are scored (an item id means the same item); a dataset whose
+    vocabulary maps ids to other items is refused in one line, as is one of other facts."""
+    import json
+
+    import numpy as np
+    from conftest import NUM_ITEMS, USERS, write_tiny_dataset
+
+    from duet.errors import ArtifactError
+    from duet.tasks.recommendation.data.store import load_dataset, write_dataset
+    from duet.training.evaluation import evaluate_run
+
+    other = write_tiny_dataset(tmp_path / "other", seed=5)
+    assert evaluate_run(duet_run, "test", data=other)["n_records"] > 0
+    splits = {name: load_dataset(other)[name] for name in ("train", "valid", "test")}
+    (tmp_path / "shuffled").mkdir()
+    write_dataset(tmp_path / "shuffled", splits, np.arange(NUM_ITEMS)[::-1] * 10, np.arange(USERS),
+                  {"kind": "synthetic-test"}, {})
+    with pytest.raises(ArtifactError, match="another item vocabulary than the run's"):
+        evaluate_run(duet_run, "test", data=tmp_path / "shuffled")
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "history_len": manifest["history_len"] + 1}))
+    with pytest.raises(ArtifactError, match="its history_len"):
+        evaluate_run(duet_run, "test", data=other)

@@ -182,7 +182,9 @@ COMMANDS = {
             "patience": (11, {"train.patience": 11}),
             "lr_schedule": ("plateau", {"train.lr_schedule": "plateau"}),
             "lr_decay": (0.25, {"train.lr_decay": 0.25}),
-            "sampled_negatives": (3, {"train.sampled_negatives": 3}),
+            "sampled_negatives": (3, {"options": {"sampled_negatives": 3}}),  # the recommendation task's own
+            "eval_batch_size": (512, {"train.eval_batch_size": 512}),
+            "chunk_size": (64, {"generator.chunk_size": 64}),
             "seed": (4, {"train.seed": 4}),
             "threads": (1, {"train.threads": 1}),
             "device": ("auto", {"train.device": "auto"}),

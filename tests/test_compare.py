@@ -13,7 +13,6 @@ from duet.tasks.recommendation.report.compare import (
     METHODS,
     CompareConfig,
     DuetVariant,
-    _select_variant,
     compare,
 )
 
@@ -90,14 +89,18 @@ def test_variant_names_round_trip_and_reject_typos():
         DuetVariant.parse("frozen-rank-4")
 
 
-def test_variant_selection_uses_validation_and_keeps_the_first_on_ties(tmp_path):
+def test_variant_selection_uses_validation_and_keeps_the_first_on_ties():
+    """The engine scores every variant on validation, tests the best only, and keeps the first of a tie."""
+    from duet.comparison.engine import Method, Outcome, Scores, run_seed
+
     variants = (DuetVariant(rank=1), DuetVariant(rank=2), DuetVariant(rank=3))
-    for variant, uauc in zip(variants, (0.70, 0.75, 0.75), strict=True):
-        (tmp_path / variant.name).mkdir()
-        (tmp_path / variant.name / "metrics_valid.json").write_text(json.dumps({"uauc": uauc, "auc": 1 - uauc}))
-    best, scores = _select_variant(tmp_path, variants)
-    assert best == tmp_path / variants[1].name
-    assert scores == {v.name: u for v, u in zip(variants, (0.70, 0.75, 0.75), strict=True)}
+    valid = dict(zip((v.name for v in variants), (0.70, 0.75, 0.75), strict=True))
+    tested = []
+    method = Method("duet", lambda _seed, v: tested.append(v) or Outcome(Scores({})), settings=variants,
+                    validate=lambda _seed, v: Scores({"uauc": valid[v.name]}), label=lambda v: v.name)
+    outcome = run_seed([method], 0, "uauc")["duet"]
+    assert outcome.setting == variants[1] and tested == [variants[1]]
+    assert {name: s.metrics["uauc"] for name, s in outcome.tried.items()} == valid
 
 
 def test_oscillation_on_worked_examples():
@@ -160,12 +163,18 @@ def test_fine_tuning_settings_are_chosen_on_validation(monkeypatch, tmp_path):
         return {"metrics": {"uauc": scored[(cfg.steps, cfg.lr)]}}
 
     monkeypatch.setattr(finetune_module, "finetune", fake)
-    cfg = compare_module.CompareConfig(data=str(tmp_path), finetune_grid=tuple(scored))
-    steps, lr, tried = compare_module._finetune_setting(cfg, tmp_path / "base", 0, progress=False)
-    assert (steps, lr) == (10, 1e-3) and tried == {"5@0.0001": 0.70, "10@0.001": 0.74, "30@0.001": 0.72}
+    from duet.comparison.engine import Seed, choose
+
+    def method(cfg):
+        timings = compare_module.Timings(tmp_path / "timing.json")
+        return compare_module._finetune_method(cfg, lambda _seed, name: tmp_path / name, None, None, timings, False)
+
+    grid = method(compare_module.CompareConfig(data=str(tmp_path), finetune_grid=tuple(scored)))
+    tried = {grid.label(s): grid.validate(Seed(0), s).metrics["uauc"] for s in grid.settings}
+    assert choose(tried) == "10@0.001" and tried == {"5@0.0001": 0.70, "10@0.001": 0.74, "30@0.001": 0.72}
     assert {c[0] for c in calls} == {"valid"} and {c[3] for c in calls} == {4}  # never test; negatives as base
-    none = compare_module.CompareConfig(data=str(tmp_path), finetune_grid=None, finetune_steps=7)
-    assert compare_module._finetune_setting(none, tmp_path / "base", 0, progress=False) == (7, 1e-3, {})
+    none = method(compare_module.CompareConfig(data=str(tmp_path), finetune_grid=None, finetune_steps=7))
+    assert none.validate is None and none.settings == ((7, 1e-3),)  # given by hand: nothing to choose
 
 
 def test_only_seeds_are_checked_against_the_comparison_seeds():

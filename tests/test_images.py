@@ -17,6 +17,7 @@ from duet.cli import app
 from duet.config import GeneratorConfig, ModelConfig
 from duet.duet_model import DuetModel
 from duet.errors import DuetError
+from duet.tasks.fleet.store import SPLIT_CODE, load_fleet
 from duet.tasks.images.baselines import (
     adaptation_rows,
     batch_norms,
@@ -27,7 +28,6 @@ from duet.tasks.images.baselines import (
 from duet.tasks.images.fleet import FleetConfig, build_digits_fleet, digits, prepare_fleet
 from duet.tasks.images.metrics import classification_metrics, macro_f1, per_group_accuracy
 from duet.tasks.images.model import ImageClassifier
-from duet.tasks.images.store import SPLIT_CODE, load_images
 
 SMALL = FleetConfig(seen_devices=24, unseen_valid_devices=6, unseen_test_devices=6, train_per_device=20,
                     valid_per_device=16, test_per_device=16, unseen_per_device=24, adapt=8, window_len=6)
@@ -55,7 +55,7 @@ def test_fleet_is_deterministic_for_a_seed_and_no_image_is_in_two_pools():
 
 
 def test_each_device_shift_is_applied_as_its_manifest_says(fleet_dir):
-    data = load_images(fleet_dir)
+    data = load_fleet(fleet_dir)
     images, _ = digits()
     checked = set()
     for device in data.device_info():
@@ -76,7 +76,7 @@ def test_each_device_shift_is_applied_as_its_manifest_says(fleet_dir):
 
 
 def test_unseen_devices_never_appear_in_training(fleet_dir):
-    data = load_images(fleet_dir, ("train", "valid"))
+    data = load_fleet(fleet_dir, ("train", "valid"))
     unseen = {d["id"] for d in data.device_info() if d["kind"] == "unseen"}
     assert len(unseen) == SMALL.unseen_valid_devices + SMALL.unseen_test_devices
     assert not unseen & set(data["train"].device.tolist())
@@ -86,7 +86,7 @@ def test_unseen_devices_never_appear_in_training(fleet_dir):
 
 
 def test_a_window_is_its_devices_most_recent_samples_up_to_itself(fleet_dir):
-    data = load_images(fleet_dir, ("valid",))
+    data = load_fleet(fleet_dir, ("valid",))
     rows = data["valid"].rows
     index, mask = data.window_rows(rows, 6)
     for row, idx, m in zip(rows, index, mask, strict=True):
@@ -98,7 +98,7 @@ def test_a_window_is_its_devices_most_recent_samples_up_to_itself(fleet_dir):
 
 
 def test_scored_samples_exclude_each_devices_adaptation_prefix(fleet_dir):
-    data = load_images(fleet_dir, ("valid", "test"))
+    data = load_fleet(fleet_dir, ("valid", "test"))
     for name in ("valid", "test"):
         assert not data.adapt[data[name].rows].any()
         per_device = np.bincount(data.device[(data.split == SPLIT_CODE[name]) & (data.adapt == 1)])
@@ -113,7 +113,7 @@ def _image_duet(encoder: str) -> DuetModel:
 
 @pytest.mark.parametrize("encoder", ["mean", "attnpool", "set"])
 def test_generated_head_depends_on_the_window_and_not_on_its_order(fleet_dir, encoder):
-    data = load_images(fleet_dir, ("train",))
+    data = load_fleet(fleet_dir, ("train",))
     model = _image_duet(encoder)
     by_type = {}
     for device in data.device_info():
@@ -150,7 +150,7 @@ def test_classification_metrics_match_scikit_learn():
 
 
 def test_tent_updates_batch_norm_and_fine_tuning_uses_labels_without_touching_the_global_model(fleet_dir):
-    data = load_images(fleet_dir, ("valid",))
+    data = load_fleet(fleet_dir, ("valid",))
     torch.manual_seed(0)
     base = ImageClassifier((1, 8, 8), 10, ModelConfig(backbone="cnn", embed_dim=16)).eval()
     before = {k: v.clone() for k, v in base.state_dict().items()}
@@ -168,7 +168,7 @@ def test_tent_updates_batch_norm_and_fine_tuning_uses_labels_without_touching_th
 def test_batch_norm_statistics_come_from_the_device_and_its_prior(fleet_dir):
     """Prior 0: each device's copy normalises with its own samples' statistics (a worked check against
     torch's batch statistics); a huge prior gives back the global model; no gradient, base untouched."""
-    data = load_images(fleet_dir, ("valid",))
+    data = load_fleet(fleet_dir, ("valid",))
     torch.manual_seed(0)
     base = ImageClassifier((1, 8, 8), 10, ModelConfig(backbone="cnn", embed_dim=16)).eval()
     for norm in batch_norms(base):  # training-time statistics far from any device's
@@ -209,7 +209,7 @@ def test_npz_source_keeps_a_users_own_devices_and_refuses_bad_files(tmp_path):
     np.savez(tmp_path / "own.npz", x=x, y=y, device=device)
     manifest = prepare_fleet(tmp_path / "own", "npz", FleetConfig(window_len=4, adapt=3), path=tmp_path / "own.npz")
     assert manifest["image_shape"] == [1, 6, 6] and manifest["num_classes"] == 3
-    data = load_images(tmp_path / "own")
+    data = load_fleet(tmp_path / "own")
     assert data.x.max() <= 1.0 and sorted(data.source.tolist()) == list(range(120))
     for name in ("train", "valid", "test"):
         split = data[name]
@@ -237,7 +237,7 @@ def test_commands_train_and_evaluate_an_image_fleet(fleet_dir, tmp_path):
     metrics = json.loads(result.output)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and {"accuracy_seen", "accuracy_unseen", "macro_f1"} <= set(metrics)
     per_device = json.loads((duet / "device_accuracy_test.json").read_text())
-    data = load_images(fleet_dir, ("test",))
+    data = load_fleet(fleet_dir, ("test",))
     assert set(map(int, per_device)) == set(np.unique(data["test"].device).tolist())
     result = runner.invoke(app, ["train", "--out", str(tmp_path / "x"), "--backbone", "sasrec", *common])
     assert result.exit_code == 2 and "not a static part of the images task" in result.output
@@ -338,7 +338,7 @@ def test_data_info_describes_an_image_fleet(fleet_dir):
 def test_film_makes_the_static_part_dynamic_and_the_generator_writes_it(fleet_dir):
     """With --film, each conv block's per-channel scale and shift join the dynamic parameters: the
     global model starts as without them (scale 1, shift 0), and per-sample values change the features."""
-    data = load_images(fleet_dir, ("train",))
+    data = load_fleet(fleet_dir, ("train",))
     torch.manual_seed(0)
     plain = ImageClassifier((1, 8, 8), 10, ModelConfig(backbone="cnn", embed_dim=16)).eval()
     torch.manual_seed(0)

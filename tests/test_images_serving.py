@@ -20,7 +20,7 @@ from duet.checkpoint import load_run
 from duet.device import GLOBAL, SERVICE, Bundle, DeviceRuntime, load_bundle
 from duet.export import model_version
 from duet.simulate import ServiceProcess, free_port, simulate
-from duet.tasks.images.store import load_images
+from duet.tasks.fleet.store import load_fleet
 
 SHAPE = (1, 8, 8)
 
@@ -35,7 +35,7 @@ def loaded(image_run: Path):
 def windows(loaded) -> list[np.ndarray]:
     """Real test windows of the fleet: one full (W images), one of a device's first sample (1 image)."""
     config, _ = loaded
-    data = load_images(config.data, ("test",))
+    data = load_fleet(config.data, ("test",))
     starts = np.flatnonzero(data.first_row == np.arange(len(data.first_row)))
     rows = np.array([data["test"].rows[-1], starts[-1]])
     index, mask = data.window_rows(rows, IMAGE_W)

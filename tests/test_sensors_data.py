@@ -16,7 +16,7 @@ from safetensors.numpy import load_file
 
 from duet.atomic import sha256_file
 from duet.errors import ArtifactError, DuetError
-from duet.tasks.images.store import SPLIT_CODE, load_images
+from duet.tasks.fleet.store import SPLIT_CODE, load_fleet
 from duet.tasks.sensors import hapt
 from duet.tasks.sensors.fleet import (
     adapt_flags,
@@ -411,7 +411,7 @@ def test_normalisation_uses_only_seen_train_segments_on_hand_made_users():
 # --- the prepared real dataset ------------------------------------------------------------------
 
 def test_prepared_hapt_has_the_image_fleet_layout(hapt_dir):
-    data = load_images(hapt_dir)
+    data = load_fleet(hapt_dir)
     m = data.manifest
     assert m["task"] == "sensors" and m["sample_shape"] == [6, 128] and m["image_shape"] == [6, 128]
     assert data.x.shape[1:] == (6, 128) and data.x.dtype == np.float32

@@ -24,6 +24,7 @@ from duet.errors import ArtifactError
 from duet.metrics import compute_metrics
 from duet.tasks.recommendation.data.store import PAD, load_dataset
 from duet.tasks.recommendation.evaluate import evaluate, predict
+from duet.tasks.recommendation.options import TrainOptions
 from duet.training.evaluation import evaluate_run
 from duet.training.loop import run_config_for, train
 
@@ -34,9 +35,10 @@ def _train(data: Path, out: Path, method: str = "base", backbone: str = "sasrec"
     gen = kw.pop("generator", GeneratorConfig(num_generators=2) if method == "duet" else None)
     # Few-epoch checks of the machinery: fixed negatives only (fresh sampled negatives,
     # the default, slow the first epochs on a 60-user set; checked on their own below).
-    kw.setdefault("sampled_negatives", 0)
+    options = {"sampled_negatives": kw.pop("sampled_negatives", 0)}  # the recommendation task's own option
     train_cfg = TrainConfig(method=method, epochs=epochs, lr=3e-3, threads=1, **kw)
-    config = run_config_for(data, model=ModelConfig(backbone=backbone, **SMALL), train=train_cfg, generator=gen)
+    config = run_config_for(data, model=ModelConfig(backbone=backbone, **SMALL), train=train_cfg, generator=gen,
+                            options=options)
     return train(config, out, progress=False)
 
 
@@ -51,7 +53,7 @@ def base_run(tiny_dir, tmp_path_factory) -> Path:
 def test_every_backbone_beats_popularity_on_valid(tiny_dir, tmp_path, backbone):
     pop = _train(tiny_dir, tmp_path / "pop", method="pop")
     model = _train(tiny_dir, tmp_path / backbone, backbone=backbone, epochs=6,
-                   sampled_negatives=TrainConfig().sampled_negatives)  # the defaults learn
+                   sampled_negatives=TrainOptions().sampled_negatives)  # the defaults learn
     assert model["valid"]["uauc"] > pop["valid"]["uauc"], (model["valid"], pop["valid"])
     _, trained, _ = load_run(tmp_path / backbone)
     assert torch.count_nonzero(trained.item_embedding.weight[PAD]) == 0  # padding stays zero through training

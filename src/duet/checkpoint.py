@@ -26,7 +26,7 @@ from duet.config import RunConfig
 from duet.duet_model import DuetModel
 from duet.errors import ArtifactError
 from duet.manifest import read_manifest, verify_all
-from duet.task import Task, builder_of, load_task
+from duet.task import Task, builder_of, task_of_run, task_options
 
 RUN_FORMAT = "duet-run/1"
 WEIGHTS = "model.safetensors"
@@ -35,7 +35,8 @@ WEIGHTS = "model.safetensors"
 def build_model(config: RunConfig, task: Task | None = None) -> nn.Module:
     """The task's device model for base runs, a DuetModel around it for DUET runs, and what the
     task fits without gradients for its own methods (e.g. popularity)."""
-    task = task or load_task(config.builder)
+    task = task or task_of_run(config)
+    task_options(task, config)  # options the task does not take are refused before anything is built
     device_model = task.build(config)  # for a task's own method (not base or duet), that method's model
     if config.train.method != "duet":
         return device_model

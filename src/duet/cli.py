@@ -8,6 +8,7 @@ So does a command whose extra is not installed (`duet serve` on a training-only 
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -74,53 +75,17 @@ def _setup_logging(verbose: bool = True) -> None:
                         handlers=[RichHandler(show_path=False, show_time=False)], force=True)
 
 
-@app.command()
-@user_errors
 def train(
     data: Annotated[Path, typer.Option(help="prepared dataset directory (duet prepare)")],
     out: Annotated[Path, typer.Option(help="run directory to create")],
-    backbone: Annotated[str | None, typer.Option(help="the static part, one of the dataset task's (default: its first)")] = None,
-    method: Annotated[str, typer.Option(help="base | duet | one of the dataset task's own (e.g. pop, armbn)")] = "base",
     resume: Annotated[bool, typer.Option(help="continue an interrupted run in --out")] = False,
-    epochs: Annotated[int | None, typer.Option(help="maximum epochs (default 50; DUET stage 2: 10)")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="records per mini-batch (default: the task's)")] = None,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default 3e-3; DUET stage 2: 1e-3)")] = None,
-    weight_decay: Annotated[float, typer.Option(help="Adam weight decay")] = 0.0,
-    clip_norm: Annotated[float, typer.Option(help="gradient-norm clipping")] = 5.0,
-    patience: Annotated[int | None, typer.Option(help="early-stopping patience (epochs) on valid uauc (default 5; DUET stage 2: 3)")] = None,
-    lr_schedule: Annotated[str, typer.Option(help="plateau (lr x --lr-decay after an epoch without valid gain) | constant")] = "constant",
-    lr_decay: Annotated[float, typer.Option(help="plateau schedule: lr factor after an epoch without gain")] = 0.5,
-    sampled_negatives: Annotated[int, typer.Option(help="extra uniform negatives per train event, new every epoch")] = 4,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None,
-    device: Annotated[str, typer.Option(help="cpu | cuda | auto (cuda where there is one)")] = "cpu",
-    embed_dim: Annotated[int, typer.Option(help="item embedding size")] = 32,
-    num_blocks: Annotated[int, typer.Option(help="SASRec blocks / GRU layers")] = 2,
-    device_history: Annotated[int | None, typer.Option(help="a compressed device model: the static part reads only the history's last N items (default: all L; the generator still reads the window W)")] = None,
-    num_heads: Annotated[int, typer.Option(help="SASRec attention heads")] = 1,
-    dropout: Annotated[float, typer.Option(help="dropout rate")] = 0.2,
-    head_hidden: Annotated[str | None, typer.Option(help="dynamic head hidden widths, e.g. 32 or 64,32")] = None,
-    activation: Annotated[str, typer.Option(help="head activation: tanh | relu")] = "tanh",
-    film: Annotated[bool, typer.Option(help="also generate a per-channel scale and shift inside the static part (FiLM): image and sensor CNN blocks, SASRec blocks, GRU4Rec and DIN history embeddings, an own task's film_layers")] = False,
-    encoder: Annotated[str | None, typer.Option(help="DUET window encoder: gru | attention (in order) | mean | attnpool | set (order-free; set: samples attend to each other); default: the task's")] = None,
-    gen_hidden: Annotated[int, typer.Option(help="DUET window-encoder width")] = 32,
-    layer_embed_dim: Annotated[int, typer.Option(help="DUET per-layer embedding size")] = 16,
-    decoder_hidden: Annotated[int, typer.Option(help="DUET decoder hidden width")] = 32,
-    rank: Annotated[int | None, typer.Option(help="DUET low-rank weights of this rank")] = None,
-    mode: Annotated[str, typer.Option(help="DUET generation: residual | paper")] = "residual",
-    gen_dropout: Annotated[float, typer.Option(help="DUET window-encoder dropout")] = 0.3,
-    num_generators: Annotated[int, typer.Option(help="SWA generators N_p (1 = no SWA)")] = 3,
-    temperature: Annotated[float, typer.Option(help="SWA softmax temperature")] = 1.0,
-    freeze_static: Annotated[bool, typer.Option(help="DUET: keep the static part = the global model")] = False,
-    init: Annotated[Path | None, typer.Option(help="DUET: take stage 1 from this base run")] = None,
-    from_scratch: Annotated[bool, typer.Option(help="DUET: no stage 1; static part and generator trained jointly from scratch (the published schedule)")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    **options: Any,
 ) -> None:
     """Train a base (global UMN), DUET or task-specific (e.g. pop) run; select on the task's validation metric."""
-    options = {k: v for k, v in locals().items() if k not in ("resume", "progress", "out")}
     from duet.cli_config import train_config
 
-    config = train_config(**options)
+    config = train_config(data, options)
     _setup_logging()
     from duet.training.loop import train as run_training
 
@@ -129,6 +94,20 @@ def train(
 
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 prints
         _print_metrics(f"{out} (best epoch {summary['best_epoch']}, valid)", summary["valid"])
+
+
+def _with_config_flags(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`command` with the flags of the config models and of the tasks' own options (duet.cli_config) in place
+    of its **options: one source of truth for every `duet train` flag, its type and its help."""
+    from duet.cli_config import train_parameters
+
+    signature = inspect.signature(command, eval_str=True)
+    fixed = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    command.__signature__ = signature.replace(parameters=[*fixed[:2], *train_parameters(), *fixed[2:]])
+    return command
+
+
+app.command()(user_errors(_with_config_flags(train)))
 
 
 @app.command()
@@ -189,34 +168,40 @@ def finetune(
                    f"per device (p50), peak +{summary['peak_bytes_per_device']['max'] / 2**20:.1f} MiB")
 
 
+# `duet compare` options that only some tasks' comparisons take (the others refuse them in one line).
+_REC = "Options of recommendation datasets"
+_SOME = "Options of recommendation, image and sensor datasets"
+
+
 @app.command()
 @user_errors
 def compare(
     data: Annotated[Path, typer.Option(help="prepared dataset directory")],
     out: Annotated[Path, typer.Option(help="report directory (results.md, results.json, plots, runs/)")],
-    backbones: Annotated[str | None, typer.Option(help="comma-separated static parts (default: the task's; quick: its first)")] = None,
+    backbones: Annotated[str | None, typer.Option(help="comma-separated static parts (default: the task's; quick: its first)", rich_help_panel=_REC)] = None,
     seeds: Annotated[int | None, typer.Option(help="number of seeds for mean +- std (default 3; quick: 1)")] = None,
     only_seeds: Annotated[str | None, typer.Option(
         help="run only these of the --seeds (comma-separated), e.g. to share one report between two "
-             "one-thread processes; a later run without it reuses their runs and reports every seed")] = None,
+             "one-thread processes; a later run without it reuses their runs and reports every seed",
+        rich_help_panel=_REC)] = None,
     quick: Annotated[bool, typer.Option(help="few epochs, for the README demo")] = False,
     epochs: Annotated[int | None, typer.Option(help="max epochs for every base run (default: duet train's, 50)")] = None,
     duet_epochs: Annotated[int | None, typer.Option(help="max epochs for DUET stage 2 (default: duet train's, 10)")] = None,
     variants: Annotated[str | None, typer.Option(
         help="comma-separated DUET stage-2 variants to try, the best on validation is reported "
              "(recommendation: default joint-rank4-dropout0.5,frozen-rankfull-dropout0.3; image and "
-             "sensor fleets: head,film,set)")] = None,
-    finetune_steps: Annotated[int | None, typer.Option(help="fine-tuning steps per device")] = None,
-    finetune_scope: Annotated[str | None, typer.Option(help="fine-tune all | head")] = None,
-    scratch: Annotated[bool | None, typer.Option(help="also train DUET jointly from scratch, the published schedule (default on; quick: off)")] = None,
-    full_ranking_positives: Annotated[int | None, typer.Option(help="test positives ranked against the whole catalogue (default 2000)")] = None,
+             "sensor fleets: head,film,set)", rich_help_panel=_SOME)] = None,
+    finetune_steps: Annotated[int | None, typer.Option(help="fine-tuning steps per device", rich_help_panel=_REC)] = None,
+    finetune_scope: Annotated[str | None, typer.Option(help="fine-tune all | head", rich_help_panel=_REC)] = None,
+    scratch: Annotated[bool | None, typer.Option(help="also train DUET jointly from scratch, the published schedule (default on; quick: off)", rich_help_panel=_REC)] = None,
+    full_ranking_positives: Annotated[int | None, typer.Option(help="test positives ranked against the whole catalogue (default 2000)", rich_help_panel=_REC)] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
-    embed_dim: Annotated[int | None, typer.Option(help="recommendation: item embedding size of every model (default: duet train's, 32)")] = None,
+    embed_dim: Annotated[int | None, typer.Option(help="item embedding size of every model (default: duet train's, 32)", rich_help_panel=_REC)] = None,
     device_model: Annotated[str | None, typer.Option(
-        help="recommendation: also a compressed device model, e.g. history=5,dim=16,blocks=1 (its static part "
+        help="also a compressed device model, e.g. history=5,dim=16,blocks=1 (its static part "
              "reads the history's last 5 items, embedding 16, 1 block; the generator reads the window W): rows "
              "device, device-duet, device-global beside the cloud model (base), with their size and latency on "
-             "the device runtime")] = None,
+             "the device runtime", rich_help_panel=_REC)] = None,
     overwrite: Annotated[bool, typer.Option(help="reuse an existing report directory")] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
@@ -606,9 +591,9 @@ def simulate(
 
         write_json(out, results)
     from duet.checkpoint import load_config
-    from duet.task import load_task
+    from duet.task import task_of_run
 
-    _print_simulation(results, load_task(load_config(run).builder).select_metric)
+    _print_simulation(results, task_of_run(load_config(run)).select_metric)
     if results["agree"] is False:
         why = f"; refreshes failed: {next(iter(results['failures']))}" if results.get("failures") else ""
         typer.echo(f"error: device logits differ from the offline evaluation by {results['max_abs_logit_diff']:.2e} "

@@ -39,7 +39,7 @@ from duet.errors import ArtifactError, DuetError
 from duet.freshness import release_fields
 from duet.signing import PublicKey, SigningKey, sign_manifest
 from duet.spec import GraphInput, ParamSpec, SampleSpec
-from duet.task import DeviceGraph, Task, load_task
+from duet.task import DeviceGraph, Task, task_of_run
 
 log = logging.getLogger("duet.export")
 
@@ -112,7 +112,11 @@ def example_params(spec: ParamSpec, theta_g: dict[str, Tensor], gen: torch.Gener
 
 
 def example_samples(sample: SampleSpec, count: int, gen: torch.Generator) -> Tensor:
-    """`count` random raw samples of this spec (valid ids for tokens, uniform floats otherwise)."""
+    """`count` random raw samples of this spec (valid ids for tokens, uniform floats otherwise; a spec
+    that describes its columns: values in each column's range, whole numbers for codes)."""
+    if sample.columns:
+        return torch.from_numpy(sample.examples(count, np.random.default_rng(int(torch.randint(
+            0, 2**31 - 1, (1,), generator=gen)))))
     if sample.dtype == "int64":
         low = 0 if sample.low is None else sample.low
         high = low + 1000 if sample.high is None else sample.high
@@ -250,6 +254,25 @@ def device_graph_of(task: Task, device: nn.Module, run: Path, task_name: str) ->
     return graph
 
 
+def check_valid_samples(graph: DeviceGraph, spec: ParamSpec, theta_g: dict[str, Tensor], device: nn.Module,
+                        sample: SampleSpec, where: str) -> None:
+    """Run the device graph and the features graph in torch on inputs its task declares valid; a model
+    that fails on one (an embedding row out of range, say) is a one-line DuetError, not a traceback
+    from inside the exporter."""
+    gen = torch.Generator().manual_seed(0)
+    try:
+        with torch.no_grad():
+            GraphWithHeadInputs(graph, spec).eval()(*graph.examples(4, gen), example_params(spec, theta_g))
+            FeaturesGraph(device).eval()(example_samples(sample, 4, gen))
+    except (IndexError, RuntimeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DuetError(f"{where}: the model fails on samples its task declares valid ({type(exc).__name__}: "
+                        f"{reason}); the task's sample ({sample.dtype}, shape {list(sample.shape)}) must "
+                        "describe every value the model takes (own tasks: OwnTask(sample=SampleSpec(..., "
+                        "columns=...)), e.g. Column.code(n) for a column that indexes an embedding of n rows)"
+                        ) from None
+
+
 def _save_extras(files: dict[str, dict[str, object]], tmp: Path) -> list[str]:
     from safetensors.numpy import save_file
 
@@ -277,12 +300,13 @@ def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = No
 
     run, out = Path(run), Path(out)
     config, model, _ = load_run(run)
-    task = load_task(config.builder)
+    task = task_of_run(config)
     device = device_model(model, config.train.method)
     graph = device_graph_of(task, device, run, config.task)
     sample, extras = task.sample(config), task.bundle_extras(config, device, data)
     spec, theta_g = device.param_spec, device.theta_g()
     release = release_fields(sequence, expires_in_days)  # rollback protection (duet.freshness); checked first
+    check_valid_samples(graph, spec, theta_g, device, sample, f"{run}: task {config.task!r}")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         export_graph(graph, spec, theta_g, tmp / MODEL_FILE)
         export_features(device, sample, tmp / FEATURES_FILE)
@@ -298,6 +322,7 @@ def export_bundle(run: str | Path, out: str | Path, data: str | Path | None = No
             "format": BUNDLE_FORMAT,
             "task": config.task,
             "builder": config.builder,
+            **({"builder_options": config.builder_options} if config.builder_options else {}),
             "model_version": model_version(run),
             **release,
             "run": str(run.resolve()),

@@ -60,13 +60,13 @@ def generate_for_window(run: str | Path, window: str, device: str = "cpu") -> tu
     from duet.accel import resolve_device
     from duet.checkpoint import load_run
     from duet.duet_model import DuetModel
-    from duet.task import load_task
+    from duet.task import task_of_run
 
     target = resolve_device(device)
     config, model, _ = load_run(run)
     if not isinstance(model, DuetModel):
         raise DuetError(f"{run}: a {config.train.method} run has no generator; train with --method duet")
-    rows, mask = last_rows(parse_window(window, load_task(config.builder).sample(config)), config.window_len)
+    rows, mask = last_rows(parse_window(window, task_of_run(config).sample(config)), config.window_len)
     with torch.inference_mode():
         params = model.to(target).generate(torch.from_numpy(rows[None]).to(target),
                                            torch.from_numpy(mask[None]).to(target))

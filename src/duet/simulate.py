@@ -211,7 +211,7 @@ def simulate(run: str | Path, data: str | Path | None = None, devices: int = 100
     from duet.checkpoint import load_run
     from duet.device import DeviceRuntime
     from duet.export import device_graph_of
-    from duet.task import load_task
+    from duet.task import task_of_run
 
     if dtype not in ("fp32", "fp16"):
         raise DuetError(f"--dtype must be fp32 or fp16, got {dtype!r}")
@@ -221,7 +221,7 @@ def simulate(run: str | Path, data: str | Path | None = None, devices: int = 100
     config, model, _ = load_run(run)
     if config.train.method != "duet":
         raise DuetError(f"{run}: simulate needs a DUET run (method duet), got {config.train.method!r}")
-    task = load_task(config.builder)
+    task = task_of_run(config)
     device_graph_of(task, model.device_model, run, config.task)  # one line for a task without a device side
     policy = policy or RequestPolicy()
     checked = dtype == "fp32" and policy.kind == "always"

@@ -94,23 +94,54 @@ DTYPES = ("int64", "float32")
 
 
 @dataclass(frozen=True)
+class Column:
+    """One value of a float sample: its valid range (inclusive; None: unbounded) and whether it holds
+    whole numbers only (a categorical code, e.g. the row of an embedding table)."""
+
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+
+    def to_json(self) -> dict:
+        return {"low": self.low, "high": self.high, "integer": self.integer}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Column:
+        return cls(data.get("low"), data.get("high"), bool(data.get("integer", False)))
+
+    @classmethod
+    def code(cls, count: int) -> Column:
+        """A categorical column of `count` codes 0..count-1."""
+        return cls(0, count - 1, True)
+
+
+@dataclass(frozen=True)
 class SampleSpec:
     """One raw sample of a device's window, as the service and the device see it.
 
     An integer sample of shape () is a token (an item id) and comes as `window`; any
     other sample comes as `samples`, one flattened row of floats each. `low`/`high`
-    bound integer values (inclusive). The request schema and the OpenAPI document are
-    built from this description.
+    bound integer values (inclusive). A float sample may describe each of its flattened
+    values (`columns`: range, whole numbers), e.g. a table row of numeric features and
+    categorical codes. The request schema, the OpenAPI document, the device's checks
+    and export's example inputs are built from this description.
     """
 
     dtype: str
     shape: tuple[int, ...] = ()
     low: int | None = None
     high: int | None = None
+    columns: tuple[Column, ...] = ()
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"sample dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.columns and (self.dtype != "float32" or len(self.columns) != self.width):
+            raise ValueError(f"columns describe the {self.width} values of a float32 sample of shape {self.shape}, "
+                             f"got {len(self.columns)} for a {self.dtype} sample")
+        for i, c in enumerate(self.columns):
+            if c.low is not None and c.high is not None and c.low > c.high:
+                raise ValueError(f"column {i}: low {c.low} is above high {c.high}")
 
     @property
     def is_token(self) -> bool:
@@ -127,11 +158,15 @@ class SampleSpec:
         return prod(self.shape)
 
     def to_json(self) -> dict:
-        return {"dtype": self.dtype, "shape": list(self.shape), "low": self.low, "high": self.high}
+        out = {"dtype": self.dtype, "shape": list(self.shape), "low": self.low, "high": self.high}
+        if self.columns:  # absent for samples that describe no columns: their manifests are unchanged
+            out["columns"] = [c.to_json() for c in self.columns]
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> SampleSpec:
-        return cls(str(data["dtype"]), tuple(int(d) for d in data["shape"]), data.get("low"), data.get("high"))
+        return cls(str(data["dtype"]), tuple(int(d) for d in data["shape"]), data.get("low"), data.get("high"),
+                   tuple(Column.from_json(c) for c in data.get("columns") or ()))
 
     def rows(self, values: object) -> np.ndarray:
         """Samples (n, *shape) in this dtype from any layout of whole samples; ValueError naming the bad one."""
@@ -149,7 +184,48 @@ class SampleSpec:
         elif not np.isfinite(x).all():
             row = int(np.nonzero(~np.isfinite(x.reshape(len(x), -1)).all(1))[0][0])
             raise ValueError(f"sample {row} is not finite")
+        elif self.columns:
+            self.check_columns(x.reshape(len(x), -1))
         return x
+
+    def check_columns(self, flat: np.ndarray) -> None:
+        """ValueError naming the first sample and column of `flat` (n, width) outside its column's range
+        or not a whole number where the column holds codes."""
+        low, high, integer = self._bounds()
+        bad = (flat < low) | (flat > high) | (integer & (flat != np.round(flat)))
+        if bad.any():
+            row, col = (int(i[0]) for i in np.nonzero(bad))
+            c = self.columns[col]
+            what = "a whole number " if c.integer else ""
+            raise ValueError(f"sample {row}, column {col}: {flat[row, col]:g} is not {what}in "
+                             f"{_bound(c.low, '-inf')}..{_bound(c.high, 'inf')}")
+
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        low = np.array([-np.inf if c.low is None else c.low for c in self.columns])
+        high = np.array([np.inf if c.high is None else c.high for c in self.columns])
+        return low, high, np.array([c.integer for c in self.columns])
+
+    def examples(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """`count` valid random samples (count, *shape) of this spec: token ids in their range, codes
+        of every categorical column, uniform floats in [0, 1) clipped into each column's range."""
+        if self.dtype == "int64":
+            low = 0 if self.low is None else self.low
+            high = low + 1000 if self.high is None else self.high
+            return rng.integers(low, high + 1, (count, *self.shape), dtype=np.int64)
+        x = rng.random((count, self.width))
+        if self.columns:
+            low, high, integer = self._bounds()
+            finite = np.isfinite(low) & np.isfinite(high)
+            span = np.where(finite, high - low, 1.0)
+            x = np.where(finite, low + x * span, np.clip(x, low, high))
+            codes = rng.integers(np.where(finite, low, 0).astype(np.int64),
+                                 np.where(finite, high, 0).astype(np.int64) + 1, (count, self.width))
+            x = np.where(integer, np.where(finite, codes, np.clip(np.round(x), low, high)), x)
+        return x.reshape(count, *self.shape).astype(np.float32)
+
+
+def _bound(value: float | None, infinite: str) -> str:
+    return infinite if value is None else f"{value:g}"
 
 
 @dataclass(frozen=True)

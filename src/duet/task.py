@@ -14,7 +14,10 @@ recorded name picks the code); a head's parameters are named tensors, as in hypn
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import json
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,13 +87,15 @@ class Task(Protocol):
 
     name: str  # recorded in every manifest
     builder: str  # `package.module:function` returning this task (recorded in every manifest)
-    select_metric: str  # the validation metric that selects the epoch (higher is better)
+    select_metric: str  # the validation metric that selects the epoch
+    higher_is_better: bool  # of select_metric (False: an error, e.g. a regression's mean absolute error)
     unit: str  # what paired intervals resample: "user", "device", ...
     backbones: tuple[str, ...]  # the static parts it offers; the first is the default
     methods: tuple[str, ...]  # base, duet and the task's own (fitted by `fit_without_gradients`)
     # Those of its own methods the shared loop trains (its batcher, loss and evaluate read the method).
     gradient_methods: tuple[str, ...]
     defaults: Mapping[str, Any]  # defaults of options left unset (e.g. encoder, batch_size)
+    options: Any  # a pydantic model of the task's own training options (RunConfig.options), or None
 
     # --- data
     def facts(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,6 +126,9 @@ class Task(Protocol):
                      suffix: str) -> dict[str, float]:
         """`duet evaluate`: score a split, write RUN/metrics_<split><suffix>.json and the per-unit scores."""
 
+    def unit_scores(self, run: Path, split: str, suffix: str) -> dict[str, float]:
+        """The per-unit scores `evaluate_run` wrote ({unit: select metric}, NaN where undefined)."""
+
     # --- command line
     sources: tuple[str, ...]  # `duet prepare --source` names it builds
 
@@ -150,19 +158,43 @@ class Task(Protocol):
         """`duet simulate`: the test streams of `devices` devices, with their offline logits."""
 
 
-def load_task(builder: str) -> Task:
-    """Import a task from its recorded builder `package.module:function` (never unpickled)."""
+def load_task(builder: str, options: Mapping[str, Any] | None = None) -> Task:
+    """Import a task from its recorded builder `package.module:function` and call it with the recorded
+    keyword `options` (never unpickled); a builder that cannot be imported is one line with a hint."""
     module_name, _, function = builder.partition(":")
     if not module_name or not function:
         raise ArtifactError(f"task builder {builder!r} is not `package.module:function`")
     try:
-        factory = getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError) as exc:
-        raise ArtifactError(f"task builder {builder!r} cannot be imported ({exc})") from None
-    task = factory()
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ArtifactError(f"task builder {builder!r} cannot be imported ({exc}); {_import_hint(module_name)}"
+                            ) from None
+    factory = getattr(module, function, None)
+    if not callable(factory):
+        close = difflib.get_close_matches(function, [n for n in dir(module) if not n.startswith("_")], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ArtifactError(f"task builder {builder!r}: module {module_name!r} ({getattr(module, '__file__', '?')}) "
+                            f"has no function {function!r}{hint}")
+    try:
+        task = factory(**dict(options or {}))
+    except TypeError as exc:
+        raise ArtifactError(f"task builder {builder!r} does not take the recorded options {dict(options or {})} "
+                            f"({exc})") from None
     if not isinstance(task, Task):
         raise ArtifactError(f"task builder {builder!r} did not return a duet Task")
     return task
+
+
+def _import_hint(module_name: str) -> str:
+    """Where the module of a builder must be for `duet` (another process, e.g. `duet serve`) to import it."""
+    main = sys.modules.get("__main__")
+    script = Path(getattr(main, "__file__", "") or "")
+    if script.suffix == ".py":
+        return (f"the builder's module must be importable in every process that reads the artifact: put its "
+                f"folder on PYTHONPATH, e.g. a builder in {script} is `{script.stem}:<function>` with "
+                f"PYTHONPATH={script.parent.resolve()}")
+    return (f"the builder's module {module_name!r} must be importable in every process that reads the "
+            "artifact: put its folder on PYTHONPATH or install its package")
 
 
 def builder_of(record: Mapping[str, Any], where: str | Path) -> str:
@@ -175,4 +207,45 @@ def builder_of(record: Mapping[str, Any], where: str | Path) -> str:
 
 
 def task_of(record: Mapping[str, Any], where: str | Path) -> Task:
-    return load_task(builder_of(record, where))
+    """The task a manifest or run config records (its builder, called with its recorded options)."""
+    return load_task(builder_of(record, where), record.get("builder_options"))
+
+
+def task_of_run(config: RunConfig) -> Task:
+    """The task of a run's config."""
+    return load_task(config.builder, config.builder_options)
+
+
+def check_dataset(config: RunConfig, manifest: Mapping[str, Any], data_hash: str, where: str | Path) -> None:
+    """A dataset a run may be scored or replayed on: its own (`data_hash` is the run's), or any other of
+    the same task (builder and builder options) with the same facts (shapes, classes: what the model is
+    built from), e.g. new devices written by the same code. Anything else is one line."""
+    if data_hash == config.data_hash:
+        return
+    builder, options = builder_of(manifest, where), dict(manifest.get("builder_options") or {})
+    if (builder, options) != (config.builder, config.builder_options):
+        raise ArtifactError(f"{where}: a dataset of task {manifest.get('task')!r} ({builder}"
+                            f"{f' {options}' if options else ''}), not of this run's ({config.builder}"
+                            f"{f' {config.builder_options}' if config.builder_options else ''})")
+    facts = json.loads(json.dumps(load_task(builder, options).facts(manifest)))
+    for key in sorted(set(facts) | set(config.facts)):
+        if facts.get(key) != config.facts.get(key):
+            raise ArtifactError(f"{where}: a dataset of the same task, but its {key} {facts.get(key)!r} is not the "
+                                f"run's {config.facts.get(key)!r}")
+
+
+def task_options(task: Task, config: RunConfig) -> Any:
+    """The run's own task options, validated by the task's `options` model (defaults for those not
+    given); options given to a task that takes none, or that its model refuses, are one line."""
+    if task.options is None:
+        if config.options:
+            raise ArtifactError(f"task {task.name!r} takes no options of its own, got {sorted(config.options)}")
+        return None
+    from pydantic import ValidationError
+
+    try:
+        return task.options.model_validate(config.options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = f"--{str(err['loc'][0]).replace('_', '-')}: " if err["loc"] else ""
+        raise ArtifactError(f"{where}{err['msg']} (an option of {task.name} datasets)") from None

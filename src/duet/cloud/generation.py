@@ -129,7 +129,7 @@ class GeneratorService:
     def __init__(self, run: str | Path, device: str = "cpu"):
         from duet.accel import resolve_device
         from duet.checkpoint import load_run, model_version
-        from duet.task import load_task
+        from duet.task import task_of_run
 
         self.run = Path(run)
         self.device = resolve_device(device)
@@ -138,7 +138,7 @@ class GeneratorService:
             raise ArtifactError(f"{self.run}: `duet serve` needs a DUET run (method duet), got {config.train.method!r}")
         self.config, self.model, self.task = config, FlatGenerator(model).to(self.device).eval(), config.task
         # The recorded builder is importable (load_run just built the model with it).
-        self.sample: SampleSpec = load_task(config.builder).sample(config)
+        self.sample: SampleSpec = task_of_run(config).sample(config)
         self.spec: ParamSpec = model.device_model.param_spec
         self.spec_hash = self.spec.hash  # a property that hashes JSON: not per request
         self.version = model_version(self.run)

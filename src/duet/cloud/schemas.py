@@ -12,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from duet.spec import SampleSpec
+from duet.spec import Column, SampleSpec
 
 FLOAT32_MAX = 3.4028234663852886e38
 INT64 = (-(2**63), 2**63 - 1)
@@ -67,8 +67,14 @@ class ParametersRequest(BaseModel):
         return next(name for name in INPUTS if getattr(self, name, None) is not None)
 
 
-def _bound(value: int | None, default: int) -> int:
+def _bound(value: float | None, default: float) -> float:
     return default if value is None else value
+
+
+def _column(column: Column) -> Any:
+    """One value of a float row described by its column: finite, in range, a whole number for a code."""
+    return Annotated[float, Field(allow_inf_nan=False, strict=True, ge=_bound(column.low, -FLOAT32_MAX),
+                                  le=_bound(column.high, FLOAT32_MAX), multiple_of=1 if column.integer else None)]
 
 
 def request_model(sample: SampleSpec, feature_dim: int, window_len: int, max_window: int) -> type[ParametersRequest]:
@@ -88,6 +94,12 @@ def request_model(sample: SampleSpec, feature_dim: int, window_len: int, max_win
         description = f"the window's samples: {what} (written as JSON integers: 1.0, true and \"1\" are " \
                       f"refused), {window}."
         example = [min(low + k, high) for k in (16, 4, 229)]
+    elif sample.columns:  # each value of a row with its own range, whole numbers for codes
+        item = tuple.__class_getitem__(tuple(_column(c) for c in sample.columns))
+        shape = "x".join(map(str, sample.shape))
+        what = f"rows of {sample.width} floats, one {shape} sample each, each value in its column's range"
+        description = f"the window's samples: {what} (GET /v1/models: sample.columns); {window}."
+        example = None
     else:
         item = Annotated[list[Finite], Field(min_length=sample.width, max_length=sample.width)]
         shape = "x".join(map(str, sample.shape))
@@ -127,6 +139,14 @@ class LayerInfo(BaseModel):
     shape: list[int]
 
 
+class ColumnInfo(BaseModel):
+    """One value of a float row: its range (inclusive; null: unbounded) and whether it is a code."""
+
+    low: float | None
+    high: float | None
+    integer: bool = Field(description="a whole number (a categorical code)")
+
+
 class SampleInfo(BaseModel):
     """One sample of a window (the run's SampleSpec): what `window` values or `samples` rows hold."""
 
@@ -135,6 +155,9 @@ class SampleInfo(BaseModel):
     shape: list[int] = Field(description="shape of one sample ([] for a token)")
     low: int | None = Field(description="smallest valid token value; null: unbounded (or float samples)")
     high: int | None = Field(description="largest valid token value; null: unbounded (or float samples)")
+    columns: list[ColumnInfo] | None = Field(None, exclude_if=lambda v: v is None,  # absent where not described
+                                             description="float samples that describe their values: one "
+                                                         "entry per value of a flattened row")
 
 
 class ModelInfo(BaseModel):

@@ -24,6 +24,10 @@ TASKS: dict[str, str] = {
     images.NAME: images.BUILDER,
     sensors.NAME: sensors.BUILDER,
 }
+# Task name -> its own `duet train` options (a pydantic model), for the tasks that have some; from the
+# task's package, so that the command line builds its flags without importing the task's code.
+TASK_OPTIONS = {package.NAME: package.TRAIN_OPTIONS for package in (recommendation, images, sensors)
+                if getattr(package, "TRAIN_OPTIONS", None) is not None}
 
 
 def task_named(name: str) -> Task:

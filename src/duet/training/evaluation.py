@@ -40,7 +40,7 @@ def evaluate_run(run: str | Path, split: str, data: str | Path | None = None,
                  head: str = "generated", device: str = "cpu") -> dict[str, float]:
     """Evaluate a finished run on `split` through its task, which writes RUN/metrics_<split>.json
     (metrics_<split>_global.json for the global head) and the per-unit scores behind paired intervals."""
-    from duet.task import load_task
+    from duet.task import task_of_run
 
     config, model = load_scorer(run, head, device)
-    return load_task(config.builder).evaluate_run(Path(run), config, model, split, data, head_suffix(head))
+    return task_of_run(config).evaluate_run(Path(run), config, model, split, data, head_suffix(head))

@@ -30,7 +30,7 @@ from duet.checkpoint import (
 from duet.config import GRADIENT_METHODS, RunConfig, TrainConfig
 from duet.errors import ArtifactError, DuetError
 from duet.spec import ParamSpec
-from duet.task import Task, load_task
+from duet.task import Task, load_task, task_of_run
 from duet.training.distributed import World, close_world, init_world
 
 log = logging.getLogger("duet.train")
@@ -43,9 +43,10 @@ def run_config_for(data: str | Path, task: Task | None = None, **sections: objec
 
     manifest = read_dataset_manifest(data)
     builder = builder_of(manifest, Path(data) / "manifest.json")
-    task = task or load_task(builder)
+    options = dict(manifest.get("builder_options") or {})
+    task = task or load_task(builder, options)
     return RunConfig(data=str(Path(data).resolve()), data_hash=sha256_file(Path(data) / "manifest.json"),
-                     task=task.name, builder=builder, facts=task.facts(manifest),
+                     task=task.name, builder=builder, builder_options=options, facts=task.facts(manifest),
                      window_len=manifest["window_len"], **sections)
 
 
@@ -72,7 +73,7 @@ def _train(config: RunConfig, out: Path, resume: bool, progress: bool, world: Wo
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     _prepare_out(config, out, resume, world)
-    task = load_task(config.builder)
+    task = task_of_run(config)
     data = task.load(config.data, ("train", "valid"))  # never the test split
     if data.hash != config.data_hash:
         raise ArtifactError(f"{config.data}: dataset changed since this run was configured (manifest hash differs)")
@@ -129,7 +130,7 @@ def trained_by_loop(config: RunConfig, task: Task) -> bool:
 
 def head_spec(config: RunConfig) -> ParamSpec:
     """The ParamSpec of a run's dynamic head, from its config alone (the task builds the device model)."""
-    task = load_task(config.builder)
+    task = task_of_run(config)
     if not trained_by_loop(config, task):
         return ParamSpec(())
     return task.build(config).param_spec
@@ -160,8 +161,9 @@ def _init_stage1(model: nn.Module, config: RunConfig, out: Path, resume: bool, p
 
 def fit(model: nn.Module, data: Any, config: RunConfig, out: Path, resume: bool, progress: bool,
         world: World, task: Task | None = None) -> tuple[dict, list[dict]]:
-    """Mini-batch Adam with gradient clipping; early stopping on the task's validation metric."""
-    task = task or load_task(config.builder)
+    """Mini-batch Adam with gradient clipping; early stopping on the task's validation metric (the
+    epoch where it is best: highest, or lowest for a task whose metric is an error)."""
+    task = task or task_of_run(config)
     select = task.select_metric
     tc = config.train
     params = [p for p in model.parameters() if p.requires_grad]
@@ -197,9 +199,10 @@ def fit(model: nn.Module, data: Any, config: RunConfig, out: Path, resume: bool,
         train_seconds = time.perf_counter() - started
         metrics = task.evaluate(model, data["valid"], config) if world.is_main else None
         metrics = world.broadcast(metrics)
-        improved = metrics[select] > state["best"]
+        score = metrics[select] if task.higher_is_better else -metrics[select]  # state["best"]: higher is better
+        improved = score > state["best"]
         if improved:
-            state.update(best=metrics[select], best_epoch=epoch, bad_epochs=0)
+            state.update(best=score, best_epoch=epoch, bad_epochs=0)
             if world.is_main:
                 save_tensors(out / WEIGHTS, model.state_dict())
         else:

@@ -23,10 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from duet.tasks.fleet.store import FleetSplit
 from duet.tasks.images.baselines import batch_norms, bnstats_images
-from duet.tasks.images.metrics import classification_metrics
-from duet.tasks.images.store import ImageSplit
-from duet.tasks.images.training import device_groups
+from duet.tasks.images.metrics import classification_metrics, device_groups
 from duet.training.distributed import rank_share
 
 METHOD = "armbn"
@@ -74,7 +73,7 @@ class GroupBatcher:
     afresh from (seed, epoch); a device's samples left over once its groups are full wait for
     another epoch's draw (every group has the size a window has at test time)."""
 
-    def __init__(self, split: ImageSplit, batch_size: int, size: int):
+    def __init__(self, split: FleetSplit, batch_size: int, size: int):
         self.split, self.size = split, size
         self.groups_per_batch = max(1, batch_size // size)
         device = split.device
@@ -120,11 +119,11 @@ def armbn_loss(model: nn.Module, batch: GroupBatch, device: torch.device) -> tup
     return F.cross_entropy(logits, batch.y), len(batch.y)
 
 
-def context_logits(model: nn.Module, split: ImageSplit, window_len: int, prior: int = 0) -> np.ndarray:
+def context_logits(model: nn.Module, split: FleetSplit, window_len: int, prior: int = 0) -> np.ndarray:
     """Logits of a split's scored samples, each device normalised with its window's statistics
     (the W most recent samples of its adaptation prefix; prior 0: those alone, as trained)."""
     return bnstats_images(model, split, prior, context=window_len, threads=torch.get_num_threads()).logits
 
 
-def evaluate_armbn(model: nn.Module, split: ImageSplit, window_len: int) -> dict[str, float]:
+def evaluate_armbn(model: nn.Module, split: FleetSplit, window_len: int) -> dict[str, float]:
     return classification_metrics(split.y, context_logits(model, split, window_len), device_groups(split))

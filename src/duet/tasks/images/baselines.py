@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from duet.memory import reset_peak_rss, rss_bytes
+from duet.tasks.fleet.batches import SampleBatcher, predict_samples
+from duet.tasks.fleet.store import SPLIT_CODE, FleetData, FleetSplit
 from duet.tasks.images.model import ImageClassifier
-from duet.tasks.images.store import SPLIT_CODE, ImageData, ImageSplit
-from duet.tasks.images.training import ImageBatcher, predict_images
 from duet.training.distributed import model_device
 
 
@@ -46,12 +46,12 @@ class Adapted:
     peak_bytes: np.ndarray  # (devices,) peak RSS growth per device (0 where not measurable)
 
 
-def adaptation_rows(data: ImageData, split: str, device: int) -> np.ndarray:
+def adaptation_rows(data: FleetData, split: str, device: int) -> np.ndarray:
     """Rows of a device's adaptation prefix in `split` (labels usable by fine-tuning only)."""
     return np.flatnonzero((data.device == device) & (data.split == SPLIT_CODE[split]) & (data.adapt == 1))
 
 
-def per_device(model: ImageClassifier, split: ImageSplit, adapt: Callable[[ImageClassifier, int], nn.Module],
+def per_device(model: ImageClassifier, split: FleetSplit, adapt: Callable[[ImageClassifier, int], nn.Module],
                threads: int = 1, label: str | None = None) -> Adapted:
     """Run `adapt(model, device)` for every device of the split and score its samples with the
     result; `label` shows a progress bar under that name."""
@@ -80,7 +80,7 @@ def per_device(model: ImageClassifier, split: ImageSplit, adapt: Callable[[Image
     return Adapted(logits, seconds, peaks)
 
 
-def finetune_images(model: ImageClassifier, split: ImageSplit, k: int, steps: int, lr: float,
+def finetune_images(model: ImageClassifier, split: FleetSplit, k: int, steps: int, lr: float,
                     scope: str = "all", progress: bool = False) -> Adapted:
     """Fine-tune a copy per device on its first `k` labelled adaptation samples."""
     data = split.data
@@ -109,7 +109,7 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]  # 1-D and 2-D
 
 
-def tent_images(model: ImageClassifier, split: ImageSplit, steps: int, lr: float, progress: bool = False) -> Adapted:
+def tent_images(model: ImageClassifier, split: FleetSplit, steps: int, lr: float, progress: bool = False) -> Adapted:
     """TENT per device on its unlabeled adaptation samples; returns the adapted copies' logits."""
     data = split.data
 
@@ -143,7 +143,7 @@ def tent_images(model: ImageClassifier, split: ImageSplit, steps: int, lr: float
     return per_device(model, split, adapt, label=f"TENT, {steps} steps, lr {lr:g} ({split.name})" if progress else None)
 
 
-def bnstats_images(model: ImageClassifier, split: ImageSplit, prior: int, context: int | None = None,
+def bnstats_images(model: ImageClassifier, split: FleetSplit, prior: int, context: int | None = None,
                    threads: int = 1, progress: bool = False) -> Adapted:
     """Batch-norm statistics from each device's unlabelled adaptation samples, mixed with the training
     statistics at prior strength `prior` (Schneider et al., 2020); no gradient, no label.
@@ -181,13 +181,13 @@ def with_statistics(base: nn.Module, x: Tensor, prior: int) -> nn.Module:
     return local
 
 
-def train_oracle(model: ImageClassifier, train: ImageSplit, valid: ImageSplit, window_len: int, seed: int,
+def train_oracle(model: ImageClassifier, train: FleetSplit, valid: FleetSplit, window_len: int, seed: int,
                  epochs: int = 20, patience: int = 3, lr: float = 1e-3, batch_size: int = 128) -> ImageClassifier:
     """The global model trained further on one shift type's samples (`train`, `valid` already
     restricted to it), the epoch selected on that type's validation accuracy."""
     local = copy.deepcopy(model)
     optimizer = torch.optim.Adam(local.parameters(), lr=lr)
-    batcher = ImageBatcher(train, batch_size, window_len)
+    batcher = SampleBatcher(train, batch_size, window_len)
     best, best_state, bad = _accuracy(local, valid), copy.deepcopy(local.state_dict()), 0
     for epoch in range(epochs):
         torch.manual_seed(seed * 1_000_003 + epoch)
@@ -209,5 +209,5 @@ def train_oracle(model: ImageClassifier, train: ImageSplit, valid: ImageSplit, w
     return local
 
 
-def _accuracy(model: nn.Module, split: ImageSplit) -> float:
-    return float((predict_images(model, split).argmax(1) == split.y).mean())
+def _accuracy(model: nn.Module, split: FleetSplit) -> float:
+    return float((predict_samples(model, split).argmax(1) == split.y).mean())

@@ -78,7 +78,7 @@ def describe(data: Path, plot: Path | None, top: int) -> None:  # noqa: ARG001
     from rich.table import Table
 
     from duet.manifest import read_manifest
-    from duet.tasks.images.store import FORMAT
+    from duet.tasks.fleet.store import FORMAT
 
     manifest = read_manifest(data, FORMAT, "duet image dataset")
     console = Console()

@@ -26,11 +26,23 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field, field_validator
+from torch import nn
 
 from duet.atomic import write_json
-from duet.checkpoint import is_finished_run, load_run
+from duet.checkpoint import load_run
+from duet.comparison.engine import (
+    Method,
+    Outcome,
+    Scores,
+    Seed,
+    difference,
+    mean_std,
+    run_or_reuse,
+    run_seed,
+)
 from duet.config import GeneratorConfig, ModelConfig, Strict, TrainConfig
-from duet.report.stats import difference_matrix, paired_bootstrap, seed_interval
+from duet.tasks.fleet.batches import predict_samples
+from duet.tasks.fleet.store import FleetData, FleetSplit, load_fleet
 from duet.tasks.images.baselines import (
     Adapted,
     bnstats_images,
@@ -38,9 +50,7 @@ from duet.tasks.images.baselines import (
     tent_images,
     train_oracle,
 )
-from duet.tasks.images.metrics import classification_metrics, per_group_accuracy
-from duet.tasks.images.store import ImageData, ImageSplit, load_images
-from duet.tasks.images.training import device_groups, predict_images
+from duet.tasks.images.metrics import classification_metrics, device_groups, per_group_accuracy
 
 log = logging.getLogger("duet.compare")
 
@@ -81,11 +91,8 @@ class ImageCompareConfig(Strict):
 
 def _run(cfg: ImageCompareConfig, out: Path, seed: int, method: str, num_generators: int = 3,
          init: Path | None = None, progress: bool = True, variant: str = "head") -> Path:
-    from duet.training.loop import run_config_for, train
+    from duet.training.loop import run_config_for
 
-    if is_finished_run(out):
-        log.info("reusing %s", out)
-        return out
     duet = method == "duet"
     epochs = cfg.duet_epochs if duet else cfg.epochs
     film, encoder = DUET_VARIANTS[variant]
@@ -95,30 +102,22 @@ def _run(cfg: ImageCompareConfig, out: Path, seed: int, method: str, num_generat
     generator = GeneratorConfig(encoder=encoder, num_generators=num_generators) if duet else None
     config = run_config_for(cfg.data, model=ModelConfig(backbone="cnn", film=film), train=train_cfg,
                             generator=generator)
-    log.info("training %s", out)
-    train(config, out, resume=(out / "config.json").exists(), progress=progress)
-    return out
+    return run_or_reuse(config, out, progress)
 
 
-def _score(logits: np.ndarray, split: ImageSplit) -> tuple[dict, dict]:
+def _score(logits: np.ndarray, split: FleetSplit, **keep: object) -> Scores:
+    """Classification metrics of a split's logits and each device's accuracy (the paired unit)."""
     metrics = classification_metrics(split.y, logits, device_groups(split))
-    return metrics, per_group_accuracy(split.y, logits.argmax(1), split.device)
+    return Scores(metrics, per_group_accuracy(split.y, logits.argmax(1), split.device), dict(keep))
 
 
-def _choose(valid: ImageSplit, grid: list[tuple[int, float]], adapt) -> tuple[tuple[int, float], tuple[dict, dict]]:
-    """The (steps, lr) of `grid` with the best validation accuracy, and its validation scores."""
-    logits = {setting: adapt(valid, *setting).logits for setting in grid}
-    best = max(logits, key=lambda setting: float((logits[setting].argmax(1) == valid.y).mean()))
-    return best, _score(logits[best], valid)
-
-
-def generation_seconds(run: Path, split: ImageSplit, window_len: int, batch: int = 256,
+def generation_seconds(run: Path, split: FleetSplit, window_len: int, batch: int = 256,
                        repeats: int = 20) -> dict[str, float]:
     """Cloud time per device to make its head, one thread, alone and amortised over a batch
     (medians over `repeats`): from the raw window (`single_s`, `batched_s`: the window's
     static features, then the generator) and from features the device sends (`features_*`:
     privacy mode; a device has those features already, it computed them to classify)."""
-    from duet.tasks.images.training import make_batch
+    from duet.tasks.fleet.batches import make_batch
 
     _, model, _ = load_run(run)
     previous = torch.get_num_threads()
@@ -159,95 +158,152 @@ def remeasure_generation(report: str | Path) -> None:
     write_report(results, data, report)
 
 
-def _finished(report: Path, split: str) -> tuple[dict, ImageData]:
+def _finished(report: Path, split: str) -> tuple[dict, FleetData]:
     """A finished report's results (without their summary, which write_report recomputes)
     and its dataset with the labels of `split`."""
     results = json.loads((report / "results.json").read_text())
     results.pop("summary", None)
     cfg = ImageCompareConfig.model_validate_json((report / "compare_config.json").read_text())
-    return results, load_images(cfg.data, (split,))
+    return results, load_fleet(cfg.data, (split,))
 
 
 def compare_images(cfg: ImageCompareConfig, report: str | Path, progress: bool = True) -> dict:
     """Train and score every method for every seed; write OUT/results.{json,md} and plots."""
     report = Path(report)
     report.mkdir(parents=True, exist_ok=True)
-    data = load_images(cfg.data, ("train", "valid", "test"))
-    valid, test = data["valid"], data["test"]
-    window_len = data.window_len
+    data = load_fleet(cfg.data, ("train", "valid", "test"))
     results = _resumable(report, cfg)
     write_json(report / "compare_config.json", json.loads(cfg.model_dump_json()))
+    methods = _methods(cfg, report, data, progress)
     rewritten = False
     for seed in range(cfg.seeds):
         if str(seed) in results["seeds"]:
             log.info("seed %d: reusing its finished results", seed)
             continue
-        runs = report / "runs" / f"seed{seed}"
-        base_run = _run(cfg, runs / "base", seed, "base", progress=progress)
-        variant, duet_run, variants = _choose_variant(cfg, runs, seed, valid, window_len, progress)
-        results["choices"].setdefault("duet", []).append(
-            {"variant": variant, "valid": {v: row["valid_accuracy"] for v, row in variants.items()}})
-        noswa_run = _run(cfg, variant_dir(runs, variant, "duet-noswa"), seed, "duet", 1,
-                         variant_dir(runs, variant, "base"), progress, variant)
-        armbn_run = _run(cfg, runs / "armbn", seed, "armbn", progress=progress)
-        _, base, _ = load_run(base_run)
-        scored: dict[str, tuple[dict, dict]] = {}
-        costs: dict[str, dict[str, float]] = {}
-        models = {"global": base}
-        for name, run in (("duet", duet_run), ("duet-noswa", noswa_run)):
-            models[name] = load_run(run)[1]
-        models["duet-static"] = models["duet"].device_model  # its own static part (trained on in stage 2), global head
-        scored.update({name: _score(predict_images(model, test), test) for name, model in models.items()})
-        validated = {name: _score(predict_images(model, valid), valid) for name, model in models.items()}
-        for k in cfg.ks:
-            grid = [(s, lr) for s in cfg.finetune_steps for lr in cfg.finetune_lrs]
-            log.info("seed %d: fine-tuning with %d labels, %d settings chosen on validation", seed, k, len(grid))
-            (steps, lr), validated[f"finetune-{k}"] = _choose(
-                valid, grid, lambda split, s, lr, k=k, b=base: finetune_images(b, split, k, s, lr, progress=progress))
-            results["choices"].setdefault(f"finetune-{k}", []).append(
-                {"steps": steps, "lr": lr, "valid": validated[f"finetune-{k}"][0]["accuracy"]})
-            adapted = finetune_images(base, test, k, steps, lr, progress=progress)
-            scored[f"finetune-{k}"] = _score(adapted.logits, test)
-            costs[f"finetune-{k}"] = _costs(adapted)
-        grid = [(s, lr) for s in cfg.tent_steps for lr in cfg.tent_lrs]
-        log.info("seed %d: TENT, %d settings chosen on validation", seed, len(grid))
-        (steps, lr), validated["tent"] = _choose(
-            valid, grid, lambda split, s, lr, b=base: tent_images(b, split, s, lr, progress=progress))
-        results["choices"].setdefault("tent", []).append(
-            {"steps": steps, "lr": lr, "valid": validated["tent"][0]["accuracy"]})
-        adapted = tent_images(base, test, steps, lr, progress=progress)
-        scored["tent"] = _score(adapted.logits, test)
-        costs["tent"] = _costs(adapted)
-        for name, model in (("bnstats", base), ("armbn", load_run(armbn_run)[1])):
-            log.info("seed %d: %s, each device's batch norms from its window, prior chosen on validation", seed, name)
-            (prior, _), validated[name] = _choose(
-                valid, [(p, 0.0) for p in cfg.bn_priors],
-                lambda split, p, _lr, m=model: bnstats_images(m, split, p, context=window_len, progress=progress))
-            results["choices"].setdefault(name, []).append({"prior": prior, "valid": validated[name][0]["accuracy"]})
-            adapted = bnstats_images(model, test, prior, context=window_len, progress=progress)
-            scored[name] = _score(adapted.logits, test)
-            costs[name] = _costs(adapted)
-        if cfg.oracle:
-            log.info("seed %d: an oracle per shift type", seed)
-            scored["oracle"] = _score(_oracle_logits(base, data, window_len, seed), test)
-        log.info("seed %d: generation cost and the accuracy-vs-W curve", seed)
-        costs["duet"] = generation_seconds(duet_run, test, window_len, repeats=cfg.cost_repeats)
-        curve = {}
-        for name, run in (("duet", duet_run), ("duet-noswa", noswa_run)):
-            _, model, _ = load_run(run)
-            curve[name] = {str(w): _score(predict_images(model, test, window_len=w), test)[0] for w in cfg.windows}
-        results["seeds"][str(seed)] = {
-            "metrics": {name: m for name, (m, _) in scored.items()},
-            "device_accuracy": {name: {str(d): a for d, a in acc.items()} for name, (_, acc) in scored.items()},
-            "costs": costs, "window_curve": curve, "variants": variants,
-            "valid_metrics": {name: m for name, (m, _) in validated.items()},
-            "valid_device_accuracy": {name: {str(d): a for d, a in acc.items()} for name, (_, acc) in validated.items()},
-        }
+        outcomes = run_seed(methods, seed, "accuracy")
+        for name, choice in _choices(outcomes).items():
+            results["choices"].setdefault(name, []).append(choice)
+        results["seeds"][str(seed)] = _seed_record(outcomes)
         write_report(results, data, report)
         rewritten = True
     if not rewritten:  # every seed reused (e.g. fewer --seeds than before): the report still matches them
         write_report(results, data, report)
     return results
+
+
+def _methods(cfg: ImageCompareConfig, report: Path, data: FleetData, progress: bool) -> list[Method]:
+    """The image comparison as the engine runs it: each method, its settings and how validation scores one."""
+    valid, test, window_len = data["valid"], data["test"], data.window_len
+
+    def runs(seed: Seed) -> Path:
+        return report / "runs" / f"seed{seed.seed}"
+
+    def base(seed: Seed) -> nn.Module:
+        return load_run(_run(cfg, runs(seed) / "base", seed.seed, "base", progress=progress))[1]
+
+    def scored_run(run: Path, split: FleetSplit, **keep: object) -> Scores:
+        return _score(predict_samples(load_run(run)[1], split), split, run=run, **keep)
+
+    def duet_variant(seed: Seed, variant: str) -> Path:
+        """A DUET variant's run (from its own base run), trained or reused."""
+        folder = runs(seed)
+        init = _run(cfg, variant_dir(folder, variant, "base"), seed.seed, "base", progress=progress, variant=variant)
+        return _run(cfg, variant_dir(folder, variant, "duet"), seed.seed, "duet", 3, init, progress, variant)
+
+    def validate_variant(seed: Seed, variant: str) -> Scores:
+        run = duet_variant(seed, variant)
+        model = load_run(run)[1]
+        scores = _score(predict_samples(model, valid), valid)
+        timing = generation_seconds(run, valid, window_len, repeats=cfg.cost_repeats)
+        scores.keep["row"] = {
+            "valid_accuracy": scores.metrics["accuracy"], "valid_accuracy_unseen": scores.metrics["accuracy_unseen"],
+            "payload_bytes": 4 * model.device_model.param_spec.numel,
+            "generation_single_s": timing["single_s"], "generation_batched_s": timing["batched_s"]}
+        return scores
+
+    def noswa(seed: Seed) -> Path:
+        variant = seed.outcomes["duet"].setting
+        return _run(cfg, variant_dir(runs(seed), variant, "duet-noswa"), seed.seed, "duet", 1,
+                    variant_dir(runs(seed), variant, "base"), progress, variant)
+
+    def curve(run: Path) -> dict[str, dict]:
+        model = load_run(run)[1]
+        return {str(w): _score(predict_samples(model, test, window_len=w), test).metrics for w in cfg.windows}
+
+    def duet_test(seed: Seed, variant: str) -> Outcome:
+        run = duet_variant(seed, variant)
+        log.info("seed %d: generation cost and the accuracy-vs-W curve", seed.seed)
+        return Outcome(scored_run(run, test, costs=generation_seconds(run, test, window_len, repeats=cfg.cost_repeats),
+                                  curve=curve(run)))
+
+    def static(seed: Seed, split: FleetSplit) -> Scores:
+        """DUET's own static part (trained on in stage 2) with the global head."""
+        model = load_run(seed.outcomes["duet"].test.keep["run"])[1].device_model
+        return _score(predict_samples(model, split), split)
+
+    def adapted(name: str, adapt, settings: list[tuple], model) -> Method:
+        """A per-device adaptation of `model(seed)` whose setting validation chooses."""
+        return Method(name, settings=settings, label=lambda s: repr(s),
+                      validate=lambda seed, s: _score(adapt(model(seed), valid, *s).logits, valid),
+                      test=lambda seed, s: _adapted_outcome(adapt(model(seed), test, *s), test))
+
+    def armbn(seed: Seed) -> nn.Module:
+        return load_run(_run(cfg, runs(seed) / "armbn", seed.seed, "armbn", progress=progress))[1]
+
+    grid = [(s, lr) for s in cfg.finetune_steps for lr in cfg.finetune_lrs]
+    methods = [
+        Method("global", lambda seed, _: Outcome(_score(predict_samples(base(seed), test), test)),
+               validate=lambda seed, _: _score(predict_samples(base(seed), valid), valid)),
+        Method("duet", duet_test, settings=cfg.duet_variants, validate=validate_variant),
+        Method("duet-noswa", lambda seed, _: Outcome(scored_run(noswa(seed), test, curve=curve(noswa(seed)))),
+               validate=lambda seed, _: scored_run(noswa(seed), valid)),
+        Method("duet-static", lambda seed, _: Outcome(static(seed, test)), validate=lambda seed, _: static(seed, valid)),
+        *(adapted(f"finetune-{k}", lambda m, split, s, lr, k=k: finetune_images(m, split, k, s, lr, progress=progress),
+                  grid, base) for k in cfg.ks),
+        adapted("tent", lambda m, split, s, lr: tent_images(m, split, s, lr, progress=progress),
+                [(s, lr) for s in cfg.tent_steps for lr in cfg.tent_lrs], base),
+        *(adapted(name, lambda m, split, p: bnstats_images(m, split, p, context=window_len, progress=progress),
+                  [(p,) for p in cfg.bn_priors], model) for name, model in (("bnstats", base), ("armbn", armbn))),
+    ]
+    if cfg.oracle:
+        methods.append(Method("oracle", lambda seed, _: Outcome(
+            _score(_oracle_logits(base(seed), data, window_len, seed.seed), test))))
+    return methods
+
+
+def _adapted_outcome(adapted: Adapted, split: FleetSplit) -> Outcome:
+    return Outcome(_score(adapted.logits, split, costs=_costs(adapted)))
+
+
+def _choices(outcomes: dict[str, Outcome]) -> dict[str, dict]:
+    """What validation chose in a seed, as results.json keeps it (`choices`)."""
+    out = {"duet": {"variant": outcomes["duet"].setting,
+                    "valid": {v: s.keep["row"]["valid_accuracy"] for v, s in outcomes["duet"].tried.items()}}}
+    for name, outcome in outcomes.items():
+        if name.startswith("finetune-") or name == "tent":
+            steps, lr = outcome.setting
+            out[name] = {"steps": steps, "lr": lr, "valid": outcome.valid.metrics["accuracy"]}
+        elif name in ("bnstats", "armbn"):
+            out[name] = {"prior": outcome.setting[0], "valid": outcome.valid.metrics["accuracy"]}
+    return out
+
+
+def _seed_record(outcomes: dict[str, Outcome]) -> dict:
+    """One seed's entry of results.json."""
+    def accuracy(scores: Scores) -> dict[str, float]:
+        return {str(d): a for d, a in scores.units.items()}
+
+    validated = {name: o.valid for name, o in outcomes.items() if o.valid is not None}
+    costs = {name: o.test.keep["costs"] for name, o in outcomes.items() if "costs" in o.test.keep and name != "duet"}
+    return {
+        "metrics": {name: o.test.metrics for name, o in outcomes.items()},
+        "device_accuracy": {name: accuracy(o.test) for name, o in outcomes.items()},
+        "costs": {**costs, "duet": outcomes["duet"].test.keep["costs"]},
+        "window_curve": {name: outcomes[name].test.keep["curve"] for name in ("duet", "duet-noswa")},
+        "variants": {v: s.keep["row"] for v, s in outcomes["duet"].tried.items()},
+        "valid_metrics": {name: v.metrics for name, v in validated.items()},
+        "valid_device_accuracy": {name: accuracy(v) for name, v in validated.items()},
+    }
 
 
 def variant_dir(runs: Path, variant: str, kind: str) -> Path:
@@ -256,28 +312,6 @@ def variant_dir(runs: Path, variant: str, kind: str) -> Path:
     if variant == "head" or (kind == "base" and not DUET_VARIANTS[variant][0]):
         return runs / kind
     return runs / f"{kind}-{variant}"
-
-
-def _choose_variant(cfg: ImageCompareConfig, runs: Path, seed: int, valid: ImageSplit, window_len: int,
-                    progress: bool) -> tuple[str, Path, dict[str, dict]]:
-    """Train every DUET variant of `cfg` for `seed` (each from its base run, reused where
-    finished); the one with the best validation accuracy,
-    its run, and per variant its validation accuracy (all, unseen), payload (the dynamic
-    parameters a device receives, float32) and generation time per device."""
-    trained, rows = {}, {}
-    for variant in cfg.duet_variants:
-        base = _run(cfg, variant_dir(runs, variant, "base"), seed, "base", progress=progress, variant=variant)
-        trained[variant] = _run(cfg, variant_dir(runs, variant, "duet"), seed, "duet", 3, base, progress, variant)
-        _, model, _ = load_run(trained[variant])
-        metrics, _ = _score(predict_images(model, valid), valid)
-        timing = generation_seconds(trained[variant], valid, window_len, repeats=cfg.cost_repeats)
-        rows[variant] = {"valid_accuracy": metrics["accuracy"], "valid_accuracy_unseen": metrics["accuracy_unseen"],
-                         "payload_bytes": 4 * model.device_model.param_spec.numel,
-                         "generation_single_s": timing["single_s"], "generation_batched_s": timing["batched_s"]}
-    best = max(cfg.duet_variants, key=lambda v: rows[v]["valid_accuracy"])
-    log.info("seed %d: DUET variant %s chosen on validation (%s)", seed, best,
-             ", ".join(f"{v} {r['valid_accuracy']:.4f}" for v, r in rows.items()))
-    return best, trained[best], rows
 
 
 def _resumable(report: Path, cfg: ImageCompareConfig) -> dict:
@@ -312,7 +346,7 @@ def _oracle_logits(base, data, window_len: int, seed: int) -> np.ndarray:
         masks = {name: np.isin(data[name].device, list(of_kind)) for name in ("train", "valid", "test")}
         oracle = train_oracle(base, data["train"].select(masks["train"]), data["valid"].select(masks["valid"]),
                               window_len, seed)
-        logits[masks["test"]] = predict_images(oracle, test.select(masks["test"]))
+        logits[masks["test"]] = predict_samples(oracle, test.select(masks["test"]))
     return logits
 
 
@@ -356,7 +390,7 @@ def summarize(results: dict, devices: list[dict]) -> dict:
     seeds = results["seeds"]
     methods = ordered(set.intersection(*(set(s["metrics"]) for s in seeds.values())))
     keys = sorted({k for s in seeds.values() for m in s["metrics"].values() for k in m if k != "records"})
-    table = {m: {k: _mean_std([s["metrics"][m].get(k, np.nan) for s in seeds.values()]) for k in keys}
+    table = {m: {k: mean_std([s["metrics"][m].get(k, np.nan) for s in seeds.values()]) for k in keys}
              for m in methods}
     kind = {str(d["id"]): d["kind"] for d in devices}
     differences = _differences(seeds, "device_accuracy", methods, kind)
@@ -368,13 +402,14 @@ def summarize(results: dict, devices: list[dict]) -> dict:
         if not mine:
             continue
         for m in methods:
-            by_shift.setdefault(m, {})[t] = _mean_std(
+            by_shift.setdefault(m, {})[t] = mean_std(
                 [np.mean([s["device_accuracy"][m][d] for d in mine]) for s in seeds.values()])
         matched = [({d: s["device_accuracy"]["duet"][d] for d in mine},
                     {d: s["device_accuracy"]["global"][d] for d in mine}) for s in seeds.values()]
         if "duet" in methods and "global" in methods:
-            differences[f"duet - global (unseen, {t})"] = paired_bootstrap(difference_matrix(matched))
-    costs = {m: _mean_std([s["costs"][m].get("median_s", s["costs"][m].get("single_s")) for s in seeds.values()])
+            paired = difference(matched)  # by shift type: the paired interval only (few devices per seed)
+            differences[f"duet - global (unseen, {t})"] = {k: v for k, v in paired.items() if k != "seed_level"}
+    costs = {m: mean_std([s["costs"][m].get("median_s", s["costs"][m].get("single_s")) for s in seeds.values()])
              for m in next(iter(seeds.values()))["costs"]}
     valid_table = _valid_table(seeds)
     valid_differences = (_differences(seeds, "valid_device_accuracy", list(valid_table), kind)
@@ -392,7 +427,7 @@ def _variant_table(seeds: dict) -> dict:
     chosen = [max(s["variants"], key=lambda v, s=s: s["variants"][v]["valid_accuracy"]) for s in seeds.values()]
     names = list(next(iter(seeds.values()))["variants"])
     return {v: {"chosen": chosen.count(v),
-                **{k: _mean_std([s["variants"][v][k] for s in seeds.values()])
+                **{k: mean_std([s["variants"][v][k] for s in seeds.values()])
                    for k in next(iter(seeds.values()))["variants"][v]}} for v in names}
 
 
@@ -404,8 +439,7 @@ def _differences(seeds: dict, key: str, methods: list[str], kind: dict[str, str]
         for a, b in pairs(methods):
             matched = [({d: v for d, v in s[key][a].items() if kind[d] == group},
                         {d: v for d, v in s[key][b].items() if kind[d] == group}) for s in seeds.values()]
-            diff = difference_matrix(matched)
-            out[f"{a} - {b} ({group})"] = {**paired_bootstrap(diff), "seed_level": seed_interval(diff)}
+            out[f"{a} - {b} ({group})"] = difference(matched)
     return out
 
 
@@ -416,16 +450,8 @@ def _valid_table(seeds: dict) -> dict:
         return {}
     methods = ordered(set.intersection(*(set(s["valid_metrics"]) for s in seeds.values())))
     keys = sorted({k for s in seeds.values() for m in s["valid_metrics"].values() for k in m if k != "records"})
-    return {m: {k: _mean_std([s["valid_metrics"][m].get(k, np.nan) for s in seeds.values()]) for k in keys}
+    return {m: {k: mean_std([s["valid_metrics"][m].get(k, np.nan) for s in seeds.values()]) for k in keys}
             for m in methods}
-
-
-def _mean_std(values: list[float]) -> dict[str, float]:
-    """Mean and sample std (ddof 1; 0 for one seed) over seeds."""
-    arr = np.asarray(values, dtype=float)
-    finite = arr[~np.isnan(arr)]
-    return {"mean": float(np.nanmean(arr)) if len(finite) else float("nan"),
-            "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0}
 
 
 def write_report(results: dict, data, report: Path) -> None:
@@ -477,6 +503,7 @@ def write_report(results: dict, data, report: Path) -> None:
         seed_text = f"[{level['lo']:+.4f}, {level['hi']:+.4f}]" if level.get("lo") is not None else "(one seed)"
         lines.append(f"| {name} | {'**' + text + '**' if both else text} | "
                      f"[{d['lo']:+.4f}, {d['hi']:+.4f}] | {seed_text} |")
+    lines += excluded_lines(summary["differences"], "device")
     lines += ["", "## Adaptation cost per device (one thread; medians per device, mean over seeds)", "",
               "| method | where | seconds per device |", "|---|---|---|"]
     for m, c in summary["costs"].items():
@@ -508,6 +535,12 @@ def write_report(results: dict, data, report: Path) -> None:
     with atomic_path(report / "results.md") as tmp:
         tmp.write_text("\n".join(lines))
     _plots(results, summary, report)
+
+
+def excluded_lines(differences: dict, unit: str) -> list[str]:
+    """A line per difference that left units out of its intervals (their metric undefined in a seed)."""
+    return [f"{name}: {d['excluded']} {unit}s left out (their metric is undefined in some seed)"
+            for name, d in differences.items() if d.get("excluded")]
 
 
 def _valid_lines(table: dict) -> list[str]:

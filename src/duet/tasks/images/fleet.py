@@ -19,8 +19,8 @@ from pydantic import Field
 
 from duet.config import Strict
 from duet.errors import DuetError
+from duet.tasks.fleet.store import SPLIT_CODE
 from duet.tasks.images.shifts import SHIFT_TYPES, apply_shift, draw_shift
-from duet.tasks.images.store import SPLIT_CODE
 
 
 class FleetConfig(Strict):
@@ -173,7 +173,8 @@ def prepare_fleet(out: str | Path, source: str, cfg: FleetConfig, path: str | Pa
                   overwrite: bool = False) -> dict:
     """Build the image dataset directory `out` (atomically) and return its manifest."""
     from duet.atomic import atomic_dir
-    from duet.tasks.images.store import write_image_dataset
+    from duet.tasks.fleet.store import write_fleet_dataset
+    from duet.tasks.images import BUILDER, NAME
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -188,4 +189,4 @@ def prepare_fleet(out: str | Path, source: str, cfg: FleetConfig, path: str | Pa
         raise DuetError(f"unknown image source {source!r}; expected digits-fleet or npz")
     labels = {name: y[samples["split"] == code] for name, code in SPLIT_CODE.items()}
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        return write_image_dataset(tmp, samples, labels, facts)
+        return write_fleet_dataset(tmp, samples, labels, facts, task=(NAME, BUILDER))

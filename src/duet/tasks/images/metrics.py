@@ -1,4 +1,4 @@
-"""Classification metrics (checked against scikit-learn in the tests)."""
+"""Classification metrics of a fleet (checked against scikit-learn in the tests)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,16 @@ def classification_metrics(y: np.ndarray, logits: np.ndarray, groups: dict[str, 
             out[f"accuracy_{name}"] = accuracy(y[mask], pred[mask])
             out[f"macro_f1_{name}"] = macro_f1(y[mask], pred[mask])
     return out
+
+
+def device_groups(split) -> dict[str, np.ndarray]:
+    """Boolean masks over a fleet split's records: seen / unseen devices, each shift type and, where
+    the fleet names its classes, each class on unseen devices."""
+    devices = split.data.device_info()
+    kind = np.array([devices[d]["kind"] for d in split.device])
+    shift = np.array([devices[d]["shift"]["type"] for d in split.device])
+    groups = {"seen": kind == "seen", "unseen": kind == "unseen"}
+    groups.update({t: shift == t for t in sorted(set(shift.tolist()))})
+    for i, name in enumerate(split.data.manifest.get("class_names", [])):  # per class, where the fleet names them
+        groups[f"unseen_{name}"] = (kind == "unseen") & (split.y == i)
+    return groups

@@ -7,14 +7,13 @@ head, on the device with generated parameters, and inside the DUET model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
 from duet.config import ModelConfig
 from duet.models.film import film_at
 from duet.models.head import Params, WithGlobalHead
+from duet.tasks.fleet.batches import sample_window_features
 
 
 def image_head_widths(cfg: ModelConfig, num_classes: int) -> tuple[int, ...]:
@@ -38,21 +37,6 @@ def conv_blocks(conv: nn.Sequential, x: Tensor, films: list[tuple[Tensor, Tensor
             x = film_at(x, *films[block], axis=1)
             block += 1
     return x
-
-
-def sample_window_features(features: Callable[[Tensor], Tensor], dim: int, window: Tensor,
-                           mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Window samples (E, W, *shape) -> their static features (E, W, D) and mask (E, W).
-
-    Padded positions are not run through the network (they are masked anyway); with no mask
-    every position is a sample (no boolean indexing: the device's features graph exports)."""
-    E, W = window.shape[:2]
-    if mask is None:
-        return features(window.flatten(0, 1)).reshape(E, W, dim), torch.ones(E, W, dtype=torch.bool,
-                                                                               device=window.device)
-    out = torch.zeros(E, W, dim, device=window.device)
-    out[mask] = features(window[mask])
-    return out, mask
 
 
 class SmallCNN(nn.Module):

@@ -3,32 +3,25 @@ window, cross-entropy, accuracy selected on validation, devices as the unit of i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
 from duet.config import Strict
 from duet.errors import ArtifactError, DuetError
-from duet.spec import GraphInput, SampleSpec
-from duet.task import DeviceGraph, DeviceStep, Extras, Simulation
+from duet.spec import SampleSpec
+from duet.tasks.fleet.batches import SampleBatch, SampleBatcher
+from duet.tasks.fleet.store import FleetData, FleetSplit
+from duet.tasks.fleet.task import FleetTask
 from duet.tasks.images import BUILDER, NAME, commands
 from duet.tasks.images.armbn import METHOD as ARMBN
 from duet.tasks.images.armbn import GroupBatch, GroupBatcher, armbn_loss, evaluate_armbn
-from duet.tasks.images.metrics import classification_metrics
-from duet.tasks.images.store import ImageData, ImageSplit, load_images
-from duet.tasks.images.training import (
-    ImageBatch,
-    ImageBatcher,
-    device_groups,
-    evaluate_images,
-    logits_of,
-)
+from duet.tasks.images.metrics import classification_metrics, device_groups, per_group_accuracy
 
 
 class Facts(Strict):
@@ -38,39 +31,28 @@ class Facts(Strict):
     image_shape: tuple[int, int, int] = Field(description="(channels, height, width)")
 
 
-class ImageGraph(nn.Module):
-    """What an image device runs: N images, one head given as inputs -> logits (N, classes)."""
+class ImageTask(FleetTask):
+    """A fleet of image classifiers: a CNN static part, cross-entropy, accuracy per device; ARM-BN
+    beside base and DUET; the image comparison (fine-tuning, TENT, batch-norm statistics, ARM-BN, an
+    oracle per shift type and DUET's variants)."""
 
-    def __init__(self, classifier: nn.Module):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
-        head = {n: p[0] for n, p in params.items()}  # one head shared by the N images
-        return self.classifier(x, head)
-
-
-class ImageTask:
     name = NAME
     builder = BUILDER
     select_metric = "accuracy"
-    unit = "device"
     backbones = ("cnn",)
     methods = ("base", "duet", "armbn")
     gradient_methods = ("armbn",)  # ARM-BN: trained by the shared loop with per-device batch statistics
-    # A window is a set of samples (an order-free encoder); the training set is small (smaller batches).
-    defaults: Mapping[str, Any] = {"encoder": "mean", "batch_size": 128}
 
     def facts(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         return Facts(num_classes=manifest["num_classes"], image_shape=manifest["image_shape"]).model_dump()
 
-    def load(self, path: str | Path, splits: tuple[str, ...]) -> ImageData:
-        return load_images(path, splits)
+    def shape_of(self, config) -> tuple[int, ...]:
+        return tuple(Facts.model_validate(config.facts).image_shape)
 
-    def batcher(self, data: ImageData, config) -> ImageBatcher | GroupBatcher:
+    def batcher(self, data: FleetData, config) -> SampleBatcher | GroupBatcher:
         if config.train.method == ARMBN:  # groups of W samples of one device
             return GroupBatcher(data["train"], config.train.batch_size, config.window_len)
-        return ImageBatcher(data["train"], config.train.batch_size, config.window_len)
+        return super().batcher(data, config)
 
     def build(self, config) -> nn.Module:
         from duet.tasks.images.model import ImageClassifier
@@ -85,21 +67,25 @@ class ImageTask:
             raise ArtifactError("--device-history: image samples have no click history to shorten")
         return ImageClassifier(facts.image_shape, facts.num_classes, config.model)
 
-    def fit_without_gradients(self, config, data: ImageData) -> nn.Module:  # noqa: ARG002
+    def fit_without_gradients(self, config, data: FleetData) -> nn.Module:  # noqa: ARG002
         raise DuetError(f"--method {config.train.method}: image methods are {', '.join(self.methods)}, all "
                         "trained by gradient")
 
-    def loss(self, model: nn.Module, batch: ImageBatch | GroupBatch, data: ImageData, config,  # noqa: ARG002
+    def loss(self, model: nn.Module, batch: SampleBatch | GroupBatch, data: FleetData, config,
              device: torch.device) -> tuple[Tensor, int]:
         if isinstance(batch, GroupBatch):
             return armbn_loss(model, batch, device)
-        batch = batch.to(device)
-        return F.cross_entropy(logits_of(model, batch), batch.y), len(batch.y)
+        return super().loss(model, batch, data, config, device)
 
-    def evaluate(self, model: nn.Module, split: ImageSplit, config) -> dict[str, float]:
+    def scores(self, split: FleetSplit, outputs: np.ndarray) -> tuple[dict[str, float], dict[int, float]]:
+        """Accuracy, macro-F1 and log loss overall and per device kind, shift type and class; accuracy per device."""
+        return (classification_metrics(split.y, outputs, device_groups(split)),
+                per_group_accuracy(split.y, outputs.argmax(1), split.device))
+
+    def evaluate(self, model: nn.Module, split: FleetSplit, config) -> dict[str, float]:
         if config.train.method == ARMBN:  # each device normalised with its own window's statistics
             return evaluate_armbn(model, split, config.window_len)
-        return evaluate_images(model, split, config.train.eval_batch_size, config.window_len)
+        return super().evaluate(model, split, config)
 
     def evaluate_run(self, run: Path, config, model: nn.Module, split: str, data: str | Path | None,
                      suffix: str) -> dict[str, float]:
@@ -124,53 +110,9 @@ class ImageTask:
         commands.describe(data, plot, top)
 
     # --- device side
-    def sample(self, config) -> SampleSpec:
-        return SampleSpec("float32", tuple(Facts.model_validate(config.facts).image_shape))
+    def graph_sample(self, model: nn.Module) -> SampleSpec:
+        return SampleSpec("float32", tuple(model.image_shape))
 
-    def device_graph(self, model: nn.Module) -> DeviceGraph:
-        def examples(count: int, gen: torch.Generator) -> tuple[Tensor]:
-            return (torch.rand(count, *model.image_shape, generator=gen),)
-
-        return DeviceGraph(ImageGraph(model), inputs=(GraphInput("x", "float32", (None, *model.image_shape)),),
-                           outputs=("logits",), examples=examples)
-
-    def bundle_extras(self, config, model: nn.Module, data: str | Path | None) -> Extras:  # noqa: ARG002
-        return Extras()
-
-    def simulation(self, config, model: nn.Module, data: str | Path | None, devices: int) -> Simulation:
-        return fleet_simulation(config, model, data, devices,
-                                lambda split, logits: classification_metrics(split.y, logits, device_groups(split)))
-
-
-def fleet_simulation(config, model: nn.Module, data: str | Path | None, devices: int,
-                     metrics: Callable[[ImageSplit, np.ndarray], dict[str, float]]) -> Simulation:
-    """The first `devices` test devices of a sample fleet: observe each sample of the stream (from
-    the W - 1 before the first scored one), and for each scored sample refresh, then score it."""
-    from duet.tasks.images.training import predict_images
-
-    dataset = load_images(data or config.data, ("test",))
-    if dataset.hash != config.data_hash:
-        raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
-    test = dataset["test"]
-    subset = test.select(np.isin(test.device, np.unique(test.device)[:devices]))
-    offline = predict_images(model, subset, config.train.eval_batch_size, config.window_len)
-    scored_of: dict[int, dict[int, int]] = {}  # device -> {sample row: its index in subset}
-    for index, (row, device) in enumerate(zip(subset.rows.tolist(), subset.device.tolist(), strict=True)):
-        scored_of.setdefault(device, {})[row] = index
-    streams: dict[str, list[DeviceStep]] = {}
-    for device, scored in sorted(scored_of.items()):
-        rows = sorted(scored)
-        start = max(int(dataset.first_row[rows[0]]), rows[0] - config.window_len + 1)
-        steps, observed = [], []
-        for row in range(start, rows[-1] + 1):
-            observed.append(dataset.x[row])
-            if row in scored:
-                steps.append(DeviceStep(observed=observed, window=None, inputs={"x": dataset.x[row][None]},
-                                        records=np.array([scored[row]])))
-                observed = []
-        streams[f"device-{device}"] = steps
-    return Simulation(offline=offline, streams=streams, events=len(subset),
-                      metrics=lambda logits: metrics(subset, logits))
 
 def task() -> ImageTask:
     return ImageTask()

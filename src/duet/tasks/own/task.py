@@ -1,11 +1,15 @@
 """A task built from a user's own modules: any static `nn.Module` (samples -> features), any head
 `nn.Module` (features -> outputs; its parameters are what the cloud generates), a loss and a metric.
 
-The user writes a builder function that returns an `OwnTask`; its dotted path
-(`package.module:function`) is recorded in the dataset, the run and the bundle, so that
-`duet train`, `duet serve`, `duet export` and `duet simulate` rebuild the modules by importing
-it: nothing is ever pickled. Samples of any shape, integer class labels, devices and their
-order are laid out like the image fleet (each device's W most recent samples are its window).
+The user writes a builder function that returns an `OwnTask` (it may take keyword options, e.g. a
+vocabulary size: `write_dataset(..., builder_options=...)` records them); its dotted path
+(`package.module:function`) and options are recorded in the dataset, the run and the bundle, so
+that `duet train`, `duet serve`, `duet export` and `duet simulate` rebuild the modules by
+importing it: nothing is ever pickled. Samples of any shape, integer class labels or float
+targets (regression), devices and their order are laid out as a sample fleet (each device's W most
+recent samples are its window; `duet.tasks.fleet`). The task may describe its sample's values
+(`columns`: each value's range, and which are categorical codes): the data, the service's request
+schema, the device and export's checks all hold samples to it.
 """
 
 from __future__ import annotations
@@ -22,11 +26,10 @@ from torch import Tensor, nn
 from duet.errors import ArtifactError, DuetError
 from duet.models.film import LayerFilm
 from duet.models.head import ModuleHead, Params, WithGlobalHead
-from duet.spec import GraphInput, SampleSpec
-from duet.task import DeviceGraph, Extras, Simulation
-from duet.tasks.images.model import sample_window_features
-from duet.tasks.images.store import ImageData, ImageSplit, load_images
-from duet.tasks.images.training import ImageBatch, ImageBatcher, logits_of, predict_images
+from duet.spec import Column, SampleSpec
+from duet.tasks.fleet.batches import sample_window_features
+from duet.tasks.fleet.store import FleetSplit
+from duet.tasks.fleet.task import FleetTask
 
 
 class OwnDeviceModel(WithGlobalHead):
@@ -37,19 +40,30 @@ class OwnDeviceModel(WithGlobalHead):
     """
 
     def __init__(self, static: nn.Module, head: nn.Module, sample_shape: tuple[int, ...],
-                 film_layers: tuple[str, ...] = ()):
+                 film_layers: tuple[str, ...] = (), sample: SampleSpec | None = None):
         super().__init__()
         self.backbone, self.sample_shape = static, tuple(sample_shape)
+        self.sample = sample or SampleSpec("float32", self.sample_shape)
         with torch.no_grad():
             was = static.training
             static.eval()
-            self._feature_dim = int(static(torch.zeros(2, *self.sample_shape)).shape[-1])
+            self._feature_dim = int(static(self._probe()).shape[-1])
             static.train(was)
         self._set_head(ModuleHead(head))
         self.films = None
         if film_layers:
-            self.films = LayerFilm(static, film_layers, lambda: static(torch.zeros(2, *self.sample_shape)))
+            self.films = LayerFilm(static, film_layers, lambda: static(self._probe()))
             self._add_films(self.films)
+
+    def _probe(self) -> Tensor:
+        """Two samples to find the static module's shapes with: zeros, moved into each column's range
+        where the task describes its columns (a code column may not take 0)."""
+        zeros = np.zeros((2, self.sample.width), dtype=np.float32)
+        if self.sample.columns:
+            low, high = (np.array([np.nan if b is None else b for b in bounds], dtype=np.float32)
+                         for bounds in zip(*((c.low, c.high) for c in self.sample.columns), strict=True))
+            zeros = np.clip(zeros, np.nan_to_num(low, nan=-np.inf), np.nan_to_num(high, nan=np.inf))
+        return torch.from_numpy(np.ascontiguousarray(zeros.reshape(2, *self.sample_shape)))
 
     @property
     def feature_dim(self) -> int:
@@ -72,19 +86,17 @@ class OwnDeviceModel(WithGlobalHead):
         return self.head(self.features(x, params), {n: params[n] for n in self.head.param_spec.names})
 
 
-class _Graph(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
-        return self.model(x, {n: p[0] for n, p in params.items()})  # one head shared by the N samples
-
-
 @dataclass
-class OwnTask:
-    """A user's task. `static()` and `head()` build fresh modules; `loss(outputs, labels)` is a
-    scalar tensor; `metric(labels, outputs)` (numpy) is higher-is-better and selects epochs."""
+class OwnTask(FleetTask):
+    """A user's task. `static()` and `head()` build fresh modules; `loss_fn(outputs, labels)` is a
+    scalar tensor; `metric(labels, outputs)` (numpy) selects epochs and settings: higher is better,
+    or lower with `higher_is_better=False` (an error such as a mean absolute error). Labels are
+    integer classes, or float targets for a regression (the loss and metric say what they mean).
+
+    `columns` describes each value of a (flattened) sample: its range and whether it is a
+    categorical code (`Column.code(n)`: 0..n-1, e.g. the row of an embedding table); samples outside
+    them are refused by `write_dataset`, the service (422) and the device, and `duet export` checks
+    the model on samples inside them. `sample_shape`, where given, is checked against the data."""
 
     name: str
     builder: str
@@ -93,6 +105,7 @@ class OwnTask:
     loss_fn: Callable[[Tensor, Tensor], Tensor]
     metric: Callable[[np.ndarray, np.ndarray], float]
     metric_name: str = "metric"
+    higher_is_better: bool = True
     unit: str = "device"
     backbones: tuple[str, ...] = ("own",)
     methods: tuple[str, ...] = ("base", "duet")
@@ -100,23 +113,36 @@ class OwnTask:
     film_layers: tuple[str, ...] = ()  # layers of the static module FiLM-ed with --film (named_modules() names)
     defaults: Mapping[str, Any] = field(default_factory=lambda: {"encoder": "mean", "batch_size": 128})
     sources: tuple[str, ...] = ()
+    sample_shape: tuple[int, ...] | None = None  # one sample's shape, checked against the data where given
+    columns: tuple[Column, ...] = ()
+    outputs: tuple[str, ...] = ("outputs",)
+
+    def __post_init__(self) -> None:
+        self.columns = tuple(self.columns)
+        if self.columns and self.sample_shape is not None and len(self.columns) != int(np.prod(self.sample_shape)):
+            raise DuetError(f"task {self.name!r}: {len(self.columns)} columns for samples of shape {self.sample_shape}")
 
     @property
     def select_metric(self) -> str:
         return self.metric_name
+
+    def spec(self, shape: tuple[int, ...]) -> SampleSpec:
+        """The sample this task declares, for samples of `shape`: one line where they do not fit."""
+        if self.sample_shape is not None and tuple(self.sample_shape) != tuple(shape):
+            raise DuetError(f"task {self.name!r} declares samples of shape {tuple(self.sample_shape)}, the data "
+                            f"has {tuple(shape)}")
+        try:
+            return SampleSpec("float32", tuple(shape), columns=self.columns)
+        except ValueError as exc:
+            raise DuetError(f"task {self.name!r}: {exc}") from None
 
     # --- data
     def facts(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         shape = manifest.get("sample_shape")
         if not isinstance(shape, list) or not all(isinstance(d, int) and d > 0 for d in shape):
             raise ArtifactError(f"dataset of task {self.name!r}: sample_shape {shape!r} is not a list of sizes")
-        return {"sample_shape": shape}
-
-    def load(self, path: str | Path, splits: tuple[str, ...]) -> ImageData:
-        return load_images(path, splits)
-
-    def batcher(self, data: ImageData, config) -> ImageBatcher:
-        return ImageBatcher(data["train"], config.train.batch_size, config.window_len)
+        target = manifest.get("target", "class")
+        return {"sample_shape": shape, **({"target": target} if target != "class" else {})}
 
     # --- model
     def build(self, config) -> nn.Module:
@@ -130,74 +156,30 @@ class OwnTask:
                                 "shorten its input there")
         try:
             return OwnDeviceModel(self.static(), self.head(), tuple(config.facts["sample_shape"]),
-                                  self.film_layers if config.model.film else ())
+                                  self.film_layers if config.model.film else (), self.spec(config.facts["sample_shape"]))
         except ValueError as exc:
             raise ArtifactError(f"task {self.name!r}: {exc}") from None
 
-    def fit_without_gradients(self, config, data: ImageData) -> nn.Module:  # noqa: ARG002
-        raise DuetError(f"--method {config.train.method}: {self.name} methods are base and duet")
+    def loss_of(self, outputs: Tensor, y: Tensor) -> Tensor:
+        return self.loss_fn(outputs, y)
 
-    def loss(self, model: nn.Module, batch: ImageBatch, data: ImageData, config,  # noqa: ARG002
-             device: torch.device) -> tuple[Tensor, int]:
-        batch = batch.to(device)
-        return self.loss_fn(logits_of(model, batch), batch.y), len(batch.y)
-
-    def scores(self, split: ImageSplit, outputs: np.ndarray) -> tuple[dict[str, float], dict[int, float]]:
-        """The metric overall and per device (the unit paired intervals resample)."""
+    def scores(self, split: FleetSplit, outputs: np.ndarray) -> tuple[dict[str, float], dict[int, float]]:
+        """The metric overall and per device (the unit paired intervals resample; NaN where the metric
+        is undefined for a device, e.g. an AUC over one class)."""
         per_device = {int(d): float(self.metric(split.y[split.device == d], outputs[split.device == d]))
                       for d in np.unique(split.device)}
         return {self.metric_name: float(self.metric(split.y, outputs)), "records": float(len(split))}, per_device
 
-    def evaluate(self, model: nn.Module, split: ImageSplit, config) -> dict[str, float]:
-        return self.scores(split, predict_images(model, split, config.train.eval_batch_size, config.window_len))[0]
-
-    def evaluate_run(self, run: Path, config, model: nn.Module, split: str, data: str | Path | None,
-                     suffix: str) -> dict[str, float]:
-        from duet.atomic import write_json
-
-        dataset = load_images(data or config.data, (split,))
-        if dataset.hash != config.data_hash:
-            raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
-        records = dataset[split]
-        metrics, per_device = self.scores(records, predict_images(model, records, config.train.eval_batch_size,
-                                                                  config.window_len))
-        write_json(Path(run) / f"metrics_{split}{suffix}.json", metrics)
-        write_json(Path(run) / f"device_{self.metric_name}_{split}{suffix}.json",
-                   {str(d): round(v, 6) for d, v in per_device.items()})
-        return metrics
-
     # --- device
     def sample(self, config) -> SampleSpec:
-        return SampleSpec("float32", tuple(config.facts["sample_shape"]))
+        return self.spec(tuple(config.facts["sample_shape"]))
 
-    def device_graph(self, model: nn.Module) -> DeviceGraph:
-        def examples(count: int, gen: torch.Generator) -> tuple[Tensor]:
-            return (torch.randn(count, *model.sample_shape, generator=gen),)
-
-        return DeviceGraph(_Graph(model), inputs=(GraphInput("x", "float32", (None, *model.sample_shape)),),
-                           outputs=("outputs",), examples=examples)
-
-    def bundle_extras(self, config, model: nn.Module, data: str | Path | None) -> Extras:  # noqa: ARG002
-        return Extras()
-
-    def simulation(self, config, model: nn.Module, data: str | Path | None, devices: int) -> Simulation:
-        from duet.tasks.images.task import fleet_simulation
-
-        return fleet_simulation(config, model, data, devices, lambda split, outputs: self.scores(split, outputs)[0])
+    def graph_sample(self, model: nn.Module) -> SampleSpec:
+        return model.sample
 
     # --- command line: datasets come from arrays (duet.tasks.own.write_dataset), not `duet prepare`
     def prepare(self, source: str, out: Path, options: dict[str, Any], overwrite: bool) -> None:  # noqa: ARG002
         raise DuetError(f"task {self.name!r} is prepared from arrays with duet.tasks.own.write_dataset")
-
-    def compare(self, data: Path, out: Path, options: dict[str, Any], progress: bool) -> Path:
-        from duet.tasks.own.workflow import compare_with_global
-
-        refused = sorted(k for k in options if k not in ("seeds", "epochs", "duet_epochs", "threads", "quick"))
-        if refused:
-            raise DuetError(f"{data}: options {', '.join('--' + k.replace('_', '-') for k in refused)} do not apply")
-        return compare_with_global(data, out, seeds=options.get("seeds") or 1, epochs=options.get("epochs"),
-                                   duet_epochs=options.get("duet_epochs"), threads=options.get("threads"),
-                                   progress=progress)["report"]
 
     def describe(self, data: Path, plot: Path | None, top: int) -> None:  # noqa: ARG002
         from rich.console import Console
@@ -207,6 +189,6 @@ class OwnTask:
         manifest = read_any_manifest(data, "duet dataset", ("counts",))
         console = Console()
         console.print(f"[bold]{data}[/bold]  task {self.name}, samples {tuple(manifest['sample_shape'])}, "
-                      f"W={manifest['window_len']}")
+                      f"{manifest.get('target', 'class')} labels, W={manifest['window_len']}")
         for name, c in manifest["counts"].items():
             console.print(f"  {name}: {c['samples']:,} samples on {c['devices']:,} devices")

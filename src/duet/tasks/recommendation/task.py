@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from duet.config import Strict
 from duet.errors import ArtifactError, DuetError
 from duet.spec import GraphInput, SampleSpec
-from duet.task import DeviceGraph, DeviceStep, Extras, Simulation
-from duet.tasks.recommendation import BUILDER, NAME, commands
+from duet.task import DeviceGraph, DeviceStep, Extras, Simulation, check_dataset, task_options
+from duet.tasks.base import BaseTask
+from duet.tasks.recommendation import BUILDER, NAME, TRAIN_OPTIONS, commands
 from duet.tasks.recommendation.batches import Batch, EventBatcher, with_sampled_negatives
 from duet.tasks.recommendation.data import SOURCES
 from duet.tasks.recommendation.data.store import PAD, Dataset, Split, load_dataset, load_vocab
@@ -52,7 +53,10 @@ class RecommendationGraph(nn.Module):
         return self.recommender(history, items, inverse, params)
 
 
-class RecommendationTask:
+class RecommendationTask(BaseTask):
+    """Click-through records grouped by event: SASRec, GRU4Rec or DIN static parts, binary
+    cross-entropy, uauc selected on validation, users as the unit of intervals."""
+
     name = NAME
     builder = BUILDER
     select_metric = "uauc"
@@ -61,6 +65,7 @@ class RecommendationTask:
     methods = ("pop", "base", "duet")
     gradient_methods = ()  # pop is fitted without gradients
     defaults: Mapping[str, Any] = {"encoder": "gru", "batch_size": 1024}
+    options = TRAIN_OPTIONS  # its own `duet train` options (sampled negatives), in its runs' `options`
 
     def facts(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         return Facts(num_items=manifest["num_items"], history_len=manifest["history_len"]).model_dump()
@@ -96,8 +101,9 @@ class RecommendationTask:
         return Popularity.fit(data.num_items, data["train"].item, data["train"].label)
 
     def loss(self, model: nn.Module, batch: Batch, data: Dataset, config, device: torch.device) -> tuple[Tensor, int]:
-        if config.train.sampled_negatives:  # drawn on the CPU: the random stream does not depend on the device
-            batch = with_sampled_negatives(batch, config.train.sampled_negatives, data.num_items)
+        negatives = task_options(self, config).sampled_negatives
+        if negatives:  # drawn on the CPU: the random stream does not depend on the device
+            batch = with_sampled_negatives(batch, negatives, data.num_items)
         batch = batch.to(device)
         return F.binary_cross_entropy_with_logits(score_batch(model, batch), batch.label), len(batch.item)
 
@@ -115,6 +121,14 @@ class RecommendationTask:
         write_json(Path(run) / f"metrics_{split}{suffix}.json", metrics)
         write_scores(Path(run), split, "global" if suffix else "generated", records, logits)
         return metrics
+
+    def unit_scores(self, run: Path, split: str, suffix: str) -> dict[str, float]:
+        """Each user's AUC over its test records (users with both labels only)."""
+        import json
+
+        from duet.tasks.recommendation.evaluate import user_auc_file
+
+        return json.loads(user_auc_file(run, split, "global" if suffix else "generated").read_text())
 
     # --- command line (`duet prepare`, `duet compare`, `duet data info`)
     sources = SOURCES
@@ -162,11 +176,11 @@ class RecommendationTask:
                            outputs=("logits",), examples=examples)
 
     def bundle_extras(self, config, model: nn.Module, data: str | Path | None) -> Extras:  # noqa: ARG002
+        from duet.manifest import read_any_manifest
         from duet.tasks.recommendation.data.store import manifest_hash
 
         data = Path(data or config.data)
-        if manifest_hash(data) != config.data_hash:
-            raise ArtifactError(f"{data}: not the dataset this run was trained on (manifest hash differs)")
+        _same_items(config, data, read_any_manifest(data, "duet dataset", ("task",)), manifest_hash(data))
         item_raw = load_vocab(data)["item_raw"]
         # Only items: the user vocabulary has no business on a device.
         return Extras(files={"vocab.safetensors": {"item_raw": np.ascontiguousarray(item_raw, dtype=np.int64)}})
@@ -197,10 +211,25 @@ class RecommendationTask:
 
 
 def _dataset(config, data: str | Path | None, split: str) -> Dataset:
+    """The run's own dataset, or `data`: another recommendation dataset with the same facts and the
+    same item vocabulary (an item id must mean the same item), e.g. other users of the same catalogue."""
     dataset = load_dataset(data or config.data, splits=(split,))
-    if dataset.hash != config.data_hash:
-        raise ArtifactError(f"{dataset.path}: not the dataset this run was trained on (manifest hash differs)")
+    _same_items(config, dataset.path, dataset.manifest, dataset.hash)
     return dataset
+
+
+def _same_items(config, path: Path, manifest: Mapping[str, Any], data_hash: str) -> None:
+    check_dataset(config, manifest, data_hash, path)
+    if data_hash == config.data_hash:
+        return
+    try:
+        theirs, ours = (load_vocab(p)["item_raw"] for p in (path, config.data))
+    except (ArtifactError, OSError) as exc:
+        raise ArtifactError(f"{path}: another dataset than the run's, whose item vocabulary cannot be compared "
+                            f"with the run's own ({exc})") from None
+    if not np.array_equal(theirs, ours):
+        raise ArtifactError(f"{path}: a recommendation dataset with another item vocabulary than the run's (its item "
+                            "ids would name other items)")
 
 
 def task() -> RecommendationTask:

@@ -27,7 +27,7 @@ Protocol (defaults in brackets):
   users' train segments (no other segment is looked at), applied to all and
   recorded in the manifest.
 
-The output is a `duet-images/1` directory (see `duet.tasks.images.store`), task
+The output is a `duet-images/1` directory (see `duet.tasks.fleet.store`), task
 "sensors", `x` (N, 6, segment_len) float32; the same seed gives the same bytes.
 """
 
@@ -261,7 +261,7 @@ def prepare_hapt(out_dir: str | Path, seed: int = 0, segment_len: int = 128, ove
                  path: str | Path | None = None, overwrite: bool = False) -> dict:
     """Build the sensor dataset directory `out_dir` (atomically) from HAPT.pkl.gz and return its manifest."""
     from duet.atomic import atomic_dir, sha256_file
-    from duet.tasks.images.store import write_image_dataset
+    from duet.tasks.fleet.store import write_fleet_dataset
 
     out = Path(out_dir)
     if out.exists() and not overwrite:
@@ -274,4 +274,4 @@ def prepare_hapt(out_dir: str | Path, seed: int = 0, segment_len: int = 128, ove
     with atomic_dir(out, overwrite=overwrite) as tmp:
         from duet.tasks.sensors import BUILDER, NAME
 
-        return write_image_dataset(tmp, samples, labels, facts, task=(NAME, BUILDER))
+        return write_fleet_dataset(tmp, samples, labels, facts, task=(NAME, BUILDER))

@@ -1,6 +1,8 @@
 """Activity recognition on phone sensors as a task: one device per user (UCI HAPT), segments of
-six channels, a 1-D CNN static part. Batching, evaluation, the device side and the comparison
-are the image fleet's (a window is the device's W most recent unlabelled segments)."""
+six channels, a 1-D CNN static part. The data, batching, evaluation and device side are the fleet
+kit's (a window is the device's W most recent unlabelled segments); as a CNN classifier with batch
+norms it takes the image task's classification, ARM-BN and comparison (fine-tuning, TENT,
+batch-norm statistics)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from torch import nn
 
 from duet.config import Strict
 from duet.errors import ArtifactError, option_error, refuse_given
-from duet.spec import SampleSpec
 from duet.tasks.images.task import ImageTask
 from duet.tasks.sensors import BUILDER, NAME
 
@@ -50,8 +51,8 @@ class SensorTask(ImageTask):
             raise ArtifactError("--device-history: sensor samples have no click history to shorten")
         return SensorClassifier(facts.sample_shape, facts.num_classes, config.model)
 
-    def sample(self, config) -> SampleSpec:
-        return SampleSpec("float32", tuple(Facts.model_validate(config.facts).sample_shape))
+    def shape_of(self, config) -> tuple[int, ...]:
+        return tuple(Facts.model_validate(config.facts).sample_shape)
 
     def prepare(self, source: str, out: Path, options: dict[str, Any], overwrite: bool) -> None:
         from pydantic import ValidationError

@@ -23,15 +23,25 @@ from pydantic import Field
 
 from duet.atomic import write_json
 from duet.checkpoint import is_finished_run, load_run
+from duet.comparison.engine import (
+    Method,
+    Outcome,
+    Scores,
+    Seed,
+    difference,
+    mean_std,
+    run_or_reuse,
+    run_seed,
+)
 from duet.config import GeneratorConfig, ModelConfig, Strict, TrainConfig
 from duet.errors import DuetError
-from duet.report.stats import difference_matrix, paired_bootstrap, seed_interval
 from duet.tasks.recommendation.evaluate import scores_file, user_auc_file
 from duet.tasks.recommendation.full_ranking import full_ranking, interacted_items
 from duet.tasks.recommendation.models.backbones import BACKBONES
 from duet.tasks.recommendation.report.cold import by_seen, items_seen
 from duet.tasks.recommendation.report.compressed import CompressedDevice, device_cost, gap_closed
 from duet.tasks.recommendation.report.methods import (
+    DEVICE_METHODS,
     FULL_RANKED,
     GLOBAL_HEAD,
     METHODS,
@@ -155,9 +165,9 @@ class Timings:
 def _train(cfg: CompareConfig, out: Path, backbone: str, seed: int, method: str, progress: bool,
            init: Path | None = None, num_generators: int = 1, variant: DuetVariant | None = None,
            model: ModelConfig | None = None, timings: Timings | None = None) -> None:
-    from duet.training.loop import run_config_for, train
+    from duet.training.loop import run_config_for
 
-    if is_finished_run(out):
+    if is_finished_run(out):  # reused: its timing stays the one recorded when it ran
         log.info("reusing %s", out)
         return
     duet = method == "duet"
@@ -174,9 +184,8 @@ def _train(cfg: CompareConfig, out: Path, backbone: str, seed: int, method: str,
     cloud = ModelConfig(backbone=backbone, **({"embed_dim": cfg.embed_dim} if cfg.embed_dim else {}))
     config = run_config_for(cfg.data, model=model or cloud, train=train_cfg,
                             generator=generator)
-    log.info("training %s", out)
     with timings.step(str(out.relative_to(timings.path.parent)), done=False) if timings else nullcontext():
-        train(config, out, resume=(out / "config.json").exists(), progress=progress)
+        run_or_reuse(config, out, progress)
 
 
 def generation_cost(run: Path, windows: np.ndarray, batch: int = 1024, repeats: int = 50) -> dict[str, float]:
@@ -252,108 +261,146 @@ def _saved_config(saved: Path) -> CompareConfig | None:
 def _run_all(cfg: CompareConfig, report: Path, backbone: str, seed: int, data, seen: list[set[int]],
              seen_count: np.ndarray, progress: bool) -> dict:
     """Train/fine-tune/evaluate every method for one (backbone, seed); test metrics per method."""
-    from duet.tasks.recommendation.finetune import FinetuneConfig, finetune
-
-    runs = {m: _run_dir(report, backbone, seed, m) for m in METHODS if m != "duet-global"}
-    timings = Timings(runs["base"].parent / "timing.json")
-    if not cfg.scratch:
-        del runs["duet-scratch"]
-    _train(cfg, runs["pop"], backbone, seed, "pop", progress, timings=timings)
-    _train(cfg, runs["base"], backbone, seed, "base", progress, timings=timings)
-    if cfg.scratch:
-        _train(cfg, runs["duet-scratch"], backbone, seed, "duet", progress, num_generators=cfg.num_generators,
-               timings=timings)
-    chosen: dict[str, tuple[Path, dict[str, float]]] = {}
-    for method, num_generators in (("duet-noswa", 1), ("duet", cfg.num_generators)):
-        for variant in cfg.duet_variants:
-            _train(cfg, runs[method] / variant.name, backbone, seed, "duet", progress, init=runs["base"],
-                   num_generators=num_generators, variant=variant, timings=timings)
-        chosen[method] = _select_variant(runs[method], cfg.duet_variants)
-        runs[method] = chosen[method][0]
-    runs["duet-global"] = runs["duet"]
-    ft_file = runs["finetune"] / "finetune.json"
-    if not ft_file.exists():
-        with timings.step("finetune-choice", done=False):
-            steps, lr, tried = _finetune_setting(cfg, runs["base"], seed, progress)
-        with timings.step("finetune", done=False):
-            finetune(FinetuneConfig(base_run=str(runs["base"]), data=cfg.data, split="test", steps=steps, lr=lr,
-                                    scope=cfg.finetune_scope, sampled_negatives=cfg.finetune_negatives, seed=seed),
-                     runs["finetune"], progress=progress)
-        if tried:
-            write_json(runs["finetune"] / "finetune_choice.json", {"steps": steps, "lr": lr, "valid_uauc": tried})
-    if cfg.device_model is not None:
-        device_runs, chosen["device-duet"] = _train_device(cfg, report, backbone, seed, progress)
-        runs.update(device_runs)
-    entry: dict = {}
-    for method, run in runs.items():
-        head = "global" if method in GLOBAL_HEAD else "generated"
-        if method == "finetune":
-            summary = json.loads(ft_file.read_text())
-            entry[method] = {"test": summary["metrics"]}
-            if (runs["finetune"] / "finetune_choice.json").exists():  # the (steps, lr) validation chose
-                entry[method]["choice"] = json.loads((runs["finetune"] / "finetune_choice.json").read_text())
-            if summary["devices"]:  # new devices (the cutoff split) have no labels to fine-tune on
-                entry[method].update(adapt_ms_per_device=summary["seconds_per_device"]["p50"] * 1e3,
-                                     peak_bytes_per_device=summary["peak_bytes_per_device"]["max"])
-        else:
-            entry[method] = {"test": evaluate_run(run, "test", head=head)}
-            _, model = load_scorer(run, head)
-            entry[method]["test"].update(full_ranking(model, data["test"], seen, data.num_items,
-                                                      max_positives=cfg.full_ranking_positives, seed=seed))
-        entry[method]["user_auc"] = json.loads(user_auc_file(run, "test", head).read_text())
-        if scores_file(run, "test", head).exists():  # a fine-tuning run from before scores were saved has none
-            entry[method]["by_seen"] = by_seen(data["test"], seen_count, scores_file(run, "test", head))
-        if method in ("duet", "duet-noswa", "device-duet"):
-            entry[method]["variant"] = run.name
-            entry[method]["valid_uauc_per_variant"] = chosen[method][1]
-            cost = generation_cost(run, data["test"].window)
-            entry[method]["history"] = json.loads((run / "history.json").read_text())
-            entry[method]["adapt_ms_per_device"] = cost["batched_ms"]
-            entry[method]["adapt_ms_single_device"] = cost["single_ms"]
+    timings = Timings(_run_dir(report, backbone, seed, "base").parent / "timing.json")
+    methods = _methods(cfg, report, backbone, data, seen, seen_count, timings, progress)
+    outcomes = run_seed(methods, seed, "uauc")
+    order = [m for m in (*METHODS, *DEVICE_METHODS) if m in outcomes]  # results.json's order of methods
+    entry: dict = {m: outcomes[m].test.keep["entry"] for m in sorted(order, key=_ENTRY_ORDER.index)}
     if cfg.device_model is not None:  # what the device rows cost on a device, the cloud model for contrast
         for method in ("device", "device-duet", "base"):
-            entry[method]["device_cost"] = device_cost(runs[method], data["test"])
+            entry[method]["device_cost"] = device_cost(outcomes[method].test.keep["run"], data["test"])
     if timings.seconds:
         entry["wall_s"] = timings.seconds  # each step's wall time, when it ran (`Timings`)
     return entry
 
 
-def _train_device(cfg: CompareConfig, report: Path, backbone: str, seed: int,
-                  progress: bool) -> tuple[dict[str, Path], tuple[Path, dict[str, float]]]:
-    """The compressed device model (trained as base is) and DUET stage 2 from it (every variant,
-    SWA as `duet`, the best on validation); the runs of the device rows and the chosen variant."""
-    model = cfg.device_model.model(backbone)
-    device = _run_dir(report, backbone, seed, "device")
-    _train(cfg, device, backbone, seed, "base", progress, model=model)
-    folder = _run_dir(report, backbone, seed, "device-duet")
-    for variant in cfg.duet_variants:
-        _train(cfg, folder / variant.name, backbone, seed, "duet", progress, init=device,
-               num_generators=cfg.num_generators, variant=variant, model=model)
-    chosen = _select_variant(folder, cfg.duet_variants)
-    return {"device": device, "device-duet": chosen[0], "device-global": chosen[0]}, chosen
+# The order of a (backbone, seed)'s methods in results.json (as earlier reports have them).
+_ENTRY_ORDER = ("pop", "base", "finetune", "duet-noswa", "duet", "duet-scratch", "duet-global", *DEVICE_METHODS)
 
 
-def _finetune_setting(cfg: CompareConfig, base: Path, seed: int, progress: bool) -> tuple[int, float, dict]:
-    """Fine-tuning's (steps, lr): the grid's best validation uauc, or the configured one without a grid."""
+def _methods(cfg: CompareConfig, report: Path, backbone: str, data, seen: list[set[int]], seen_count: np.ndarray,
+             timings: Timings, progress: bool) -> list[Method]:
+    """The recommendation comparison as the engine runs it, for one backbone: each method in the order
+    it is trained, the DUET variants and fine-tuning's (steps, lr) chosen on validation uauc."""
+    def run_dir(seed: Seed, method: str) -> Path:
+        return _run_dir(report, backbone, seed.seed, method)
+
+    def scored(seed: Seed, method: str, run: Path, **extra: object) -> Outcome:
+        """A finished run scored on test as `method` (its global head for the rows that read it)."""
+        head = "global" if method in GLOBAL_HEAD else "generated"
+        entry = {"test": evaluate_run(run, "test", head=head)}
+        _, model = load_scorer(run, head)
+        entry["test"].update(full_ranking(model, data["test"], seen, data.num_items,
+                                          max_positives=cfg.full_ranking_positives, seed=seed.seed))
+        entry.update(_user_entry(data, seen_count, run, head))
+        entry.update(extra)
+        return Outcome(Scores(entry["test"], entry["user_auc"], {"entry": entry, "run": run}))
+
+    def trained(method: str, kind: str, **train: object) -> Method:
+        """A method that is one run, trained (or reused) as `kind` (pop, base, duet from scratch)."""
+        def test(seed: Seed, _setting: object) -> Outcome:
+            run = run_dir(seed, method)
+            _train(cfg, run, backbone, seed.seed, kind, progress, timings=timings, **train)
+            return scored(seed, method, run)
+
+        return Method(method, test)
+
+    def with_variants(method: str, init: str, num_generators: int, model: ModelConfig | None = None) -> Method:
+        """DUET stage 2 from the `init` run under every variant; validation uauc chooses."""
+        def variant_run(seed: Seed, variant: DuetVariant) -> Path:
+            run = run_dir(seed, method) / variant.name
+            _train(cfg, run, backbone, seed.seed, "duet", progress, init=run_dir(seed, init),
+                   num_generators=num_generators, variant=variant, model=model, timings=timings)
+            return run
+
+        def validate(seed: Seed, variant: DuetVariant) -> Scores:
+            run = variant_run(seed, variant)
+            return Scores({"uauc": json.loads((run / "metrics_valid.json").read_text())["uauc"]})
+
+        def test(seed: Seed, variant: DuetVariant) -> Outcome:
+            run = variant_run(seed, variant)
+            tried = {name: s.metrics["uauc"] for name, s in seed.tried.items()}
+            cost = generation_cost(run, data["test"].window)
+            return scored(seed, method, run, variant=run.name, valid_uauc_per_variant=tried,
+                          history=json.loads((run / "history.json").read_text()),
+                          adapt_ms_per_device=cost["batched_ms"], adapt_ms_single_device=cost["single_ms"])
+
+        return Method(method, test, settings=cfg.duet_variants, validate=validate, label=lambda v: v.name)
+
+    def global_head(method: str, of: str) -> Method:
+        return Method(method, lambda seed, _: scored(seed, method, seed.outcomes[of].test.keep["run"]))
+
+    methods = [trained("pop", "pop"), trained("base", "base")]
+    if cfg.scratch:
+        methods.append(trained("duet-scratch", "duet", num_generators=cfg.num_generators))
+    methods += [with_variants("duet-noswa", "base", 1), with_variants("duet", "base", cfg.num_generators),
+                _finetune_method(cfg, run_dir, data, seen_count, timings, progress)]
+    if cfg.device_model is not None:
+        device = cfg.device_model.model(backbone)
+        methods += [trained("device", "base", model=device),
+                    with_variants("device-duet", "device", cfg.num_generators, device)]
+    methods.append(global_head("duet-global", "duet"))
+    if cfg.device_model is not None:
+        methods.append(global_head("device-global", "device-duet"))
+    return methods
+
+
+def _user_entry(data, seen_count: np.ndarray, run: Path, head: str) -> dict:
+    """A scored run's per-user AUCs and, where its per-record scores were kept, uauc by items seen."""
+    entry = {"user_auc": json.loads(user_auc_file(run, "test", head).read_text())}
+    if scores_file(run, "test", head).exists():  # a fine-tuning run from before scores were saved has none
+        entry["by_seen"] = by_seen(data["test"], seen_count, scores_file(run, "test", head))
+    return entry
+
+
+def _finetune_method(cfg: CompareConfig, run_dir, data, seen_count: np.ndarray, timings: Timings,
+                     progress: bool) -> Method:
+    """Per-device fine-tuning of the base run: with a grid, its (steps, lr) chosen on validation uauc
+    (fine-tuned on train, scored on valid), then fine-tuned on train + valid and scored on test. A
+    finished fine-tuning (its finetune.json) is reused as it is."""
     from duet.tasks.recommendation.finetune import FinetuneConfig, finetune
 
-    if not cfg.finetune_grid:
-        return cfg.finetune_steps, cfg.finetune_lr, {}
-    tried = {}
-    for steps, lr in cfg.finetune_grid:
-        summary = finetune(FinetuneConfig(base_run=str(base), data=cfg.data, split="valid", steps=steps, lr=lr,
-                                          scope=cfg.finetune_scope, sampled_negatives=cfg.finetune_negatives,
-                                          seed=seed), None, progress=progress)
-        tried[f"{steps}@{lr:g}"] = summary["metrics"]["uauc"]
-    best = max(cfg.finetune_grid, key=lambda s: tried[f"{s[0]}@{s[1]:g}"])
-    return best[0], best[1], tried
+    grid = tuple(cfg.finetune_grid or ((cfg.finetune_steps, cfg.finetune_lr),))
+    choosing: dict[int, float] = {}  # seed -> seconds the validation of the grid took
 
+    def options(seed: Seed, split: str, setting: tuple[int, float]) -> FinetuneConfig:
+        return FinetuneConfig(base_run=str(run_dir(seed, "base")), data=cfg.data, split=split, steps=setting[0],
+                              lr=setting[1], scope=cfg.finetune_scope, sampled_negatives=cfg.finetune_negatives,
+                              seed=seed.seed)
 
-def _select_variant(folder: Path, variants: tuple[DuetVariant, ...]) -> tuple[Path, dict[str, float]]:
-    """The variant run with the best validation uauc (ties: the first listed), and every variant's score."""
-    scores = {v.name: json.loads((folder / v.name / "metrics_valid.json").read_text())["uauc"] for v in variants}
-    best = max(scores, key=lambda name: (scores[name], -list(scores).index(name)))
-    return folder / best, scores
+    def validate(seed: Seed, setting: tuple[int, float]) -> Scores:
+        started = time.perf_counter()
+        summary = finetune(options(seed, "valid", setting), None, progress=progress)
+        choosing[seed.seed] = choosing.get(seed.seed, 0.0) + time.perf_counter() - started
+        return Scores({"uauc": summary["metrics"]["uauc"]})
+
+    def test(seed: Seed, setting: tuple[int, float]) -> Outcome:
+        folder = run_dir(seed, "finetune")
+        timings.seconds["finetune-choice"] = choosing.pop(seed.seed, 0.0)
+        with timings.step("finetune", done=False):
+            finetune(options(seed, "test", setting), folder, progress=progress)
+        if cfg.finetune_grid:
+            write_json(folder / "finetune_choice.json", {"steps": setting[0], "lr": setting[1],
+                                                         "valid_uauc": {n: s.metrics["uauc"] for n, s in seed.tried.items()}})
+        return finished(seed)
+
+    def finished(seed: Seed) -> Outcome | None:
+        folder = run_dir(seed, "finetune")
+        ft_file = folder / "finetune.json"
+        if not ft_file.exists():
+            return None
+        summary = json.loads(ft_file.read_text())
+        entry: dict = {"test": summary["metrics"]}
+        if (folder / "finetune_choice.json").exists():  # the (steps, lr) validation chose
+            entry["choice"] = json.loads((folder / "finetune_choice.json").read_text())
+        if summary["devices"]:  # new devices (the cutoff split) have no labels to fine-tune on
+            entry.update(adapt_ms_per_device=summary["seconds_per_device"]["p50"] * 1e3,
+                         peak_bytes_per_device=summary["peak_bytes_per_device"]["max"])
+        entry.update(_user_entry(data, seen_count, folder, "generated"))
+        return Outcome(Scores(entry["test"], entry["user_auc"], {"entry": entry, "run": folder}))
+
+    return Method("finetune", test, settings=grid, label=lambda s: f"{s[0]}@{s[1]:g}",
+                  validate=validate if cfg.finetune_grid else None, reuse=finished)
 
 
 def write_report(results: dict, report: Path) -> None:
@@ -377,13 +424,13 @@ def summarize(results: dict) -> dict:
             stats = {}
             for metric in REPORTED + FULL_RANKED:
                 if all(metric in e["test"] for e in entries):
-                    stats[metric] = _mean_std(np.array([e["test"][metric] for e in entries], dtype=float))
+                    stats[metric] = mean_std(np.array([e["test"][metric] for e in entries], dtype=float))
             # Paired over seeds: each seed's method and base share the dataset draw and
             # the base run, so the seed-to-seed spread of the base cancels out.
             paired = [seed[method]["test"]["uauc"] - seed["base"]["test"]["uauc"]
                       for seed in seeds.values() if method in seed and "base" in seed]
             if method != "base" and paired:
-                stats["uauc_minus_base"] = _mean_std(np.array(paired))
+                stats["uauc_minus_base"] = mean_std(np.array(paired))
             bins = [e["by_seen"] for e in entries if "by_seen" in e]
             if bins:  # mean uauc over the seeds that have the bin; events of one seed (the same split)
                 stats["by_seen"] = {label: {"uauc": float(np.mean([b[label]["uauc"] for b in bins if label in b])),
@@ -392,26 +439,19 @@ def summarize(results: dict) -> dict:
                                     for label in dict.fromkeys(k for b in bins for k in b)}
             for key in ("adapt_ms_per_device", "adapt_ms_single_device"):
                 if key in entries[0]:
-                    stats[key] = _mean_std(np.array([e[key] for e in entries], dtype=float))
+                    stats[key] = mean_std(np.array([e[key] for e in entries], dtype=float))
             costs = [e["device_cost"] for e in entries if "device_cost" in e]
             if costs:
-                stats["device_cost"] = {k: _mean_std(np.array([c[k] for c in costs], dtype=float)) for k in costs[0]}
+                stats["device_cost"] = {k: mean_std(np.array([c[k] for c in costs], dtype=float)) for k in costs[0]}
             out.setdefault(backbone, {})[method] = stats
         differences = {}
         for a, b in DIFFERENCES + DEVICE_DIFFERENCES:
             pairs = [(seed[a]["user_auc"], seed[b]["user_auc"]) for seed in seeds.values()
                      if a in seed and b in seed and "user_auc" in seed[a] and "user_auc" in seed[b]]
-            if pairs:
-                diff = difference_matrix(pairs)
-                # seed_level: a t-interval over seed means, the spread of training itself (None with one seed)
-                differences[f"{a} - {b}"] = {**paired_bootstrap(diff), "seed_level": seed_interval(diff)}
+            if pairs:  # seed_level: a t-interval over seed means, the spread of training itself (None with one seed)
+                differences[f"{a} - {b}"] = difference(pairs)
         out.setdefault(backbone, {})["differences"] = differences
         gap = gap_closed(seeds)
         if gap:
             out[backbone]["gap_closed"] = gap
     return out
-
-
-def _mean_std(values: np.ndarray) -> dict[str, float]:
-    """Mean and sample std (ddof 1; 0 for a single value)."""
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}

@@ -78,7 +78,9 @@ def _difference_lines(differences: dict) -> list[str]:
             " (excludes 0)" if seed["significant"] else "")
         lines.append(f"| {label} | {mean} | [{d['lo']:+.4f}, {d['hi']:+.4f}] | "
                      f"{'yes' if d['significant'] else 'no'} | {seed_cell} | {d['seeds']} x {d['users']} |")
-    return lines
+    left_out = [f"{name}: {d['excluded']} users left out (their AUC is undefined in some seed)"
+                for name, d in differences.items() if d.get("excluded")]
+    return [*lines, *([""] + left_out if left_out else [])]
 
 
 def _device_lines(methods: dict, cfg: dict) -> list[str]:

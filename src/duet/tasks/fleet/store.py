@@ -1,16 +1,19 @@
-"""The on-disk image-fleet dataset, written by `duet prepare --source digits-fleet|npz`.
+"""The on-disk sample fleet: devices, each a stream of samples of one shape. Written by
+`duet prepare` for the image and sensor fleets and by `duet.tasks.own.write_dataset` for a
+user's own arrays; read by every task built on the fleet kit (`duet.tasks.fleet`).
 
 A dataset directory holds:
 
 * `samples.safetensors`: every sample of every device, sorted by (device, time):
-  `x` (N, C, H, W) float32 as the device sees it (its shift applied), `device` (N,),
+  `x` (N, *sample shape) float32 as the device sees it (an image fleet: its shift applied), `device` (N,),
   `position` (N,) the sample's place in its device's stream, `split` (N,) 0 train,
   1 valid, 2 test, `adapt` (N,) 1 for a valid/test sample in its device's
   adaptation prefix (its labels may be used by per-device fine-tuning; no method
-  is scored on it), `source` (N,) the index of the raw image it was made from.
+  is scored on it), `source` (N,) the index of the raw sample it was made from.
   No labels: they live per split, so training never loads the test labels.
-* `labels_train.safetensors`, `labels_valid...`, `labels_test...`: `y` (N_split,).
-* `manifest.json`: task, classes, image shape, window length W, every device's
+* `labels_train.safetensors`, `labels_valid...`, `labels_test...`: `y` (N_split,), int64 class
+  labels or float32 targets (regression).
+* `manifest.json`: task, classes or sample shape, window length W, every device's
   kind (seen: its earlier samples are training data; unseen: never in training)
   and shift, counts, and the sha256 of every file.
 
@@ -30,14 +33,14 @@ from duet.atomic import sha256_file, write_json
 from duet.errors import ArtifactError
 from duet.manifest import read_manifest, verify_file
 
-FORMAT = "duet-images/1"
+FORMAT = "duet-images/1"  # the layout's name since the image fleet introduced it
 SPLITS = ("train", "valid", "test")
 SPLIT_CODE = {name: i for i, name in enumerate(SPLITS)}
 SAMPLE_KEYS = ("x", "device", "position", "split", "adapt", "source")
 
 
-def is_image_dataset(path: str | Path) -> bool:
-    """Whether `path` holds an image dataset (its manifest says so)."""
+def is_fleet_dataset(path: str | Path) -> bool:
+    """Whether `path` holds a sample-fleet dataset (its manifest says so)."""
     import json
 
     file = Path(path) / "manifest.json"
@@ -48,13 +51,13 @@ def is_image_dataset(path: str | Path) -> bool:
 
 
 @dataclass
-class ImageSplit:
+class FleetSplit:
     """The scored records of one split (rows into the shared sample arrays) and their labels."""
 
     name: str
     rows: np.ndarray  # (N,) int64 rows of the samples scored in this split
-    y: np.ndarray  # (N,) int64 labels of those rows
-    data: ImageData = field(repr=False)
+    y: np.ndarray  # (N,) labels of those rows: int64 classes or float32 targets
+    data: FleetData = field(repr=False)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -63,25 +66,25 @@ class ImageSplit:
     def device(self) -> np.ndarray:
         return self.data.device[self.rows]
 
-    def select(self, mask: np.ndarray) -> ImageSplit:
+    def select(self, mask: np.ndarray) -> FleetSplit:
         """The records where `mask` holds (some devices, a shift type), same split and data."""
-        return ImageSplit(self.name, self.rows[mask], self.y[mask], self.data)
+        return FleetSplit(self.name, self.rows[mask], self.y[mask], self.data)
 
 
 @dataclass
-class ImageData:
-    """A loaded image fleet: every sample (for windows) and the labels of the loaded splits."""
+class FleetData:
+    """A loaded sample fleet: every sample (for windows) and the labels of the loaded splits."""
 
     path: Path
     manifest: dict
-    x: np.ndarray  # (N, C, H, W) float32
+    x: np.ndarray  # (N, *sample shape) float32
     device: np.ndarray  # (N,) int64
     position: np.ndarray
     split: np.ndarray
     adapt: np.ndarray
     source: np.ndarray
     labels: dict[str, np.ndarray]  # split -> y of every sample of that split (row order)
-    splits: dict[str, ImageSplit] = field(default_factory=dict)
+    splits: dict[str, FleetSplit] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         starts = np.flatnonzero(np.r_[True, self.device[1:] != self.device[:-1]])
@@ -89,7 +92,7 @@ class ImageData:
         for name, y in self.labels.items():
             rows = np.flatnonzero(self.split == SPLIT_CODE[name])
             scored = self.adapt[rows] == 0
-            self.splits[name] = ImageSplit(name, rows[scored], y[scored].astype(np.int64), self)
+            self.splits[name] = FleetSplit(name, rows[scored], _labels(y[scored]), self)
 
     @property
     def hash(self) -> str:
@@ -103,14 +106,14 @@ class ImageData:
     def num_classes(self) -> int:
         return int(self.manifest["num_classes"])
 
-    def __getitem__(self, split: str) -> ImageSplit:
+    def __getitem__(self, split: str) -> FleetSplit:
         if split not in self.splits:
             raise KeyError(f"split {split!r} was not loaded (loaded: {sorted(self.splits)})")
         return self.splits[split]
 
     def split_labels(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(rows, y) of every sample of a loaded split, the adaptation prefix included."""
-        return np.flatnonzero(self.split == SPLIT_CODE[split]), self.labels[split].astype(np.int64)
+        return np.flatnonzero(self.split == SPLIT_CODE[split]), _labels(self.labels[split])
 
     def window_rows(self, rows: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """(E, W) sample rows of each row's window, oldest first, left-aligned, and its mask.
@@ -127,19 +130,21 @@ class ImageData:
         return self.manifest["devices"]
 
 
-def write_image_dataset(out: Path, samples: dict[str, np.ndarray], labels: dict[str, np.ndarray],
-                        manifest: dict, task: tuple[str, str] | None = None) -> dict:
-    """Write the files of an image dataset into `out` (a fresh temporary directory).
+def _labels(y: np.ndarray) -> np.ndarray:
+    """Class labels as int64, regression targets (floats) as float32."""
+    return y.astype(np.float32 if np.issubdtype(y.dtype, np.floating) else np.int64)
 
-    `task`: (name, builder) of a task that shares this layout (default: the image task)."""
-    from duet.tasks.images import BUILDER, NAME
 
-    task_name, builder = task or (NAME, BUILDER)
+def write_fleet_dataset(out: Path, samples: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                        manifest: dict, task: tuple[str, str]) -> dict:
+    """Write the files of a fleet dataset of `task` (name, builder) into `out` (a fresh temporary
+    directory). Labels are int64 classes, or float32 targets where they are floats (regression)."""
+    task_name, builder = task
     save_file({k: np.ascontiguousarray(samples[k]) for k in SAMPLE_KEYS}, str(out / "samples.safetensors"))
     files = {"samples.safetensors": sha256_file(out / "samples.safetensors")}
     for name in SPLITS:
         file = out / f"labels_{name}.safetensors"
-        save_file({"y": np.ascontiguousarray(labels[name], dtype=np.int64)}, str(file))
+        save_file({"y": _labels(np.ascontiguousarray(labels[name]))}, str(file))
         files[file.name] = sha256_file(file)
     counts = {name: {"samples": int((samples["split"] == SPLIT_CODE[name]).sum()),
                      "scored": int(((samples["split"] == SPLIT_CODE[name]) & (samples["adapt"] == 0)).sum()),
@@ -150,10 +155,10 @@ def write_image_dataset(out: Path, samples: dict[str, np.ndarray], labels: dict[
     return manifest
 
 
-def load_images(path: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageData:
-    """Load and verify an image dataset with the labels of `splits` only (training: train, valid)."""
+def load_fleet(path: str | Path, splits: tuple[str, ...] = SPLITS) -> FleetData:
+    """Load and verify a fleet dataset with the labels of `splits` only (training: train, valid)."""
     path = Path(path)
-    manifest = read_manifest(path, FORMAT, "duet image dataset")
+    manifest = read_manifest(path, FORMAT, "duet fleet dataset")
 
     def read(name: str) -> dict[str, np.ndarray]:
         file = verify_file(path, name, manifest)
@@ -164,6 +169,6 @@ def load_images(path: str | Path, splits: tuple[str, ...] = SPLITS) -> ImageData
 
     samples = read("samples.safetensors")
     labels = {name: read(f"labels_{name}.safetensors")["y"] for name in splits}
-    return ImageData(path=path, manifest=manifest, x=samples["x"], device=samples["device"].astype(np.int64),
+    return FleetData(path=path, manifest=manifest, x=samples["x"], device=samples["device"].astype(np.int64),
                      position=samples["position"], split=samples["split"], adapt=samples["adapt"],
                      source=samples["source"], labels=labels)
