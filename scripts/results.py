@@ -240,6 +240,26 @@ def _own_model_summary(raw: dict) -> dict:
     return {"methods": {m: _mean_std_np(np.array(v["per_seed"], dtype=float)) for m, v in raw["methods"].items()}}
 
 
+def _generic_summary(raw: dict) -> dict:
+    """The generic comparison's (duet.comparison.generic, e.g. examples/flights.py) methods and
+    differences from its per-unit scores (`units`; null: undefined, left out and counted)."""
+    import numpy as np
+
+    from duet.comparison.engine import difference
+
+    def units(method: str) -> list[dict]:
+        return [{u: math.nan if v is None else v for u, v in seed.items()} for seed in raw["units"][method]]
+
+    out: dict = {"methods": {m: _mean_std_np(np.array(v["per_seed"], dtype=float)) for m, v in raw["methods"].items()},
+                 "differences": {}}
+    for name in raw["differences"]:
+        a, b = name.split(" - ")
+        d = difference(list(zip(units(a), units(b), strict=True)))
+        seed_level, excluded = d.pop("seed_level"), d.pop("excluded", 0)
+        out["differences"][name] = {"paired": d, "seed_level": seed_level, **({"excluded": excluded} if excluded else {})}
+    return out
+
+
 def _film_vs_head_summary(raw: dict, root: Path) -> dict:
     """FiLM against the head alone: the paired per-user AUCs of one method in two reports, over
     the seeds both have (experiments/paired_reports.py, user ids as integers)."""
@@ -272,6 +292,8 @@ def _recompute(root: Path, rel: str, raw: object) -> dict | None:
         return _sensors_summary(raw)
     if rel == OWN_MODEL:
         return _own_model_summary(raw)
+    if "units" in raw and "methods" in raw and "differences" in raw:
+        return _generic_summary(raw)
     if rel == FILM_VS_HEAD:
         return _film_vs_head_summary(raw, root)
     return None
@@ -674,16 +696,23 @@ def swa_table(root: Path) -> str:
 OWN_MODEL = "docs/results/own_model/results.json"
 
 
-def own_model_table(root: Path) -> str:
-    """examples/own_model.py's comparison: test metric per method and both intervals of each difference."""
-    data = _load(root, OWN_MODEL)
-    rows = [[name, f"{m['mean']:.4f} ± {m['std']:.4f}", "", ""] for name, m in data["methods"].items()]
+def own_model_table(root: Path, rel: str = OWN_MODEL, digits: int = 4) -> str:
+    """A generic comparison (examples/own_model.py, examples/flights.py): test metric per method and both
+    intervals of each difference; how many devices a difference left out (metric undefined), if any."""
+    data = _load(root, rel)
+    rows = [[name, f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}", "", ""] for name, m in data["methods"].items()]
     for name, d in data["differences"].items():
         p, s = d["paired"], d["seed_level"]
-        text = bold_if(signed(p["mean"]), excludes_zero(p, s if s["lo"] is not None else None))
-        rows.append([name.replace(" - ", " − "), text, interval(p), interval(s) if s["lo"] is not None else "(one seed)"])
-    return table([f"{data['metric']} ({data['seeds']} seeds, {p['users']} devices)", "mean ± std (ddof 1)",
+        text = bold_if(signed(p["mean"], digits), excludes_zero(p, s if s["lo"] is not None else None))
+        left = f" ({d['excluded']} devices left out: metric undefined)" if d.get("excluded") else ""
+        rows.append([name.replace(" - ", " − ") + left, text, interval(p, digits),
+                     interval(s, digits) if s["lo"] is not None else "(one seed)"])
+    lower = "" if data.get("higher_is_better", True) else ", lower is better"
+    return table([f"{data['metric']} ({data['seeds']} seeds, {p['users']} devices{lower})", "mean ± std (ddof 1)",
                   "paired interval (devices, seeds)", "seed-level t-interval"], rows)
+
+
+FLIGHTS = "docs/results/flights/results.json"
 
 
 SENSORS = "docs/results/sensors/folds.json"
@@ -1083,6 +1112,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "sensors-table": sensors_table, "sensors-differences": sensors_differences,
     "sensors-activity": sensors_activity, "sensors-window": sensors_window, "sensors-costs": sensors_costs,
     "own-model": own_model_table,
+    "flights": lambda root: own_model_table(root, FLIGHTS, digits=2),
     "digits-table": digits_table, "digits-differences": digits_differences, "digits-window": digits_window,
     "digits-costs": digits_costs, "reference-readme": reference_readme, "reference-table": reference_table,
     "default-table": default_table, "default-adaptation": default_adaptation, "compressed-table": compressed_table,

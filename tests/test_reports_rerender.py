@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RECOMMENDATION = ("quick", "compressed-w50", "compressed-film", "reference-sasrec")
-GENERIC = ("own_model",)
+GENERIC = ("own_model", "flights")
 
 
 @pytest.mark.parametrize("name", RECOMMENDATION)
