@@ -252,6 +252,7 @@ COMMANDS = {
             "full_ranking_positives": (123, {"full_ranking_positives": 123}),
             "threads": (1, {"threads": 1}),
             "embed_dim": (16, {"embed_dim": 16}),
+            "finetune_choice_devices": (7, {"finetune_choice_devices": 7}),
             "device_model": ("history=5,dim=16", {"device_model": _device_model()}),
             "overwrite": (True, {}),  # only lets an existing report be extended (checked below)
             "progress": (False, {"progress": False}),

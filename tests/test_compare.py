@@ -175,6 +175,13 @@ def test_fine_tuning_settings_are_chosen_on_validation(monkeypatch, tmp_path):
     assert {c[0] for c in calls} == {"valid"} and {c[3] for c in calls} == {4}  # never test; negatives as base
     none = method(compare_module.CompareConfig(data=str(tmp_path), finetune_grid=None, finetune_steps=7))
     assert none.validate is None and none.settings == ((7, 1e-3),)  # given by hand: nothing to choose
+    devices = []
+    monkeypatch.setattr(finetune_module, "finetune", lambda cfg, *_, **__: devices.append(cfg.max_devices)
+                        or {"metrics": {"uauc": scored[(cfg.steps, cfg.lr)]}})
+    few = method(compare_module.CompareConfig(data=str(tmp_path), finetune_grid=tuple(scored),
+                                              finetune_choice_devices=300))
+    few.validate(Seed(0), (10, 1e-3))
+    assert devices == [300]  # the grid scored on the first 300 validation devices (the test pass: every one)
 
 
 def test_only_seeds_are_checked_against_the_comparison_seeds():

@@ -197,6 +197,7 @@ def compare(
     full_ranking_positives: Annotated[int | None, typer.Option(help="test positives ranked against the whole catalogue (default 2000)", rich_help_panel=_REC)] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads")] = None,
     embed_dim: Annotated[int | None, typer.Option(help="item embedding size of every model (default: duet train's, 32)", rich_help_panel=_REC)] = None,
+    finetune_choice_devices: Annotated[int | None, typer.Option(help="score fine-tuning's (steps, lr) grid on the first N validation devices (default: all)", rich_help_panel=_REC)] = None,
     device_model: Annotated[str | None, typer.Option(
         help="also a compressed device model, e.g. history=5,dim=16,blocks=1 (its static part "
              "reads the history's last 5 items, embedding 16, 1 block; the generator reads the window W): rows "

@@ -83,7 +83,8 @@ def _print_counts(console: Any, title: str, manifest: dict) -> None:
 
 
 COMPARE_OPTIONS = ("backbones", "seeds", "only_seeds", "quick", "epochs", "duet_epochs", "variants", "finetune_steps",
-                   "finetune_scope", "scratch", "full_ranking_positives", "threads", "embed_dim", "device_model")
+                   "finetune_scope", "scratch", "full_ranking_positives", "threads", "embed_dim", "finetune_choice_devices",
+                   "device_model")
 
 
 def parse_seeds(text: str | None, seeds: int) -> tuple[int, ...] | None:
@@ -117,7 +118,7 @@ def compare(data: Path, out: Path, options: dict[str, Any], progress: bool) -> P
               "duet_variants": tuple(DuetVariant.parse(v) for v in variants.split(",")) if variants else None,
               "device_model": CompressedDevice.parse(device) if device is not None else None,
               **{k: options.get(k) for k in ("finetune_steps", "finetune_scope", "scratch", "full_ranking_positives",
-                                              "threads", "embed_dim")}}
+                                              "threads", "embed_dim", "finetune_choice_devices")}}
     if options.get("finetune_steps") is not None:  # steps given: no validation grid over them
         chosen["finetune_grid"] = ()
     cfg = CompareConfig.model_validate({**base.model_dump(), **{k: v for k, v in chosen.items() if v is not None}})

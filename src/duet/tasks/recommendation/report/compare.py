@@ -115,6 +115,9 @@ class CompareConfig(Strict):
     # Equal care with DUET: with a grid, fine-tuning's (steps, lr) are chosen on the validation split
     # (fine-tuned on train, scored on valid) before the test run; None uses finetune_steps/lr as given.
     finetune_grid: tuple[tuple[int, float], ...] | None = ((5, 1e-4), (10, 1e-3), (30, 1e-3), (10, 1e-2))
+    # The grid is scored on the first N validation devices (by id), not all: fine-tuning every device
+    # once per grid setting is most of a comparison's time on 943 users. None: every device.
+    finetune_choice_devices: int | None = Field(None, ge=1)
     finetune_negatives: int = Field(4, ge=0, description="fine-tuning's extra sampled negatives per event, as base")
     finetune_scope: str = "all"
     scratch: bool = Field(True, description="also train DUET jointly from scratch (the published schedule)")
@@ -366,6 +369,7 @@ def _finetune_method(cfg: CompareConfig, run_dir, data, seen_count: np.ndarray, 
     def options(seed: Seed, split: str, setting: tuple[int, float]) -> FinetuneConfig:
         return FinetuneConfig(base_run=str(run_dir(seed, "base")), data=cfg.data, split=split, steps=setting[0],
                               lr=setting[1], scope=cfg.finetune_scope, sampled_negatives=cfg.finetune_negatives,
+                              max_devices=cfg.finetune_choice_devices if split == "valid" else None,
                               seed=seed.seed)
 
     def validate(seed: Seed, setting: tuple[int, float]) -> Scores:
