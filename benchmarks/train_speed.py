@@ -11,8 +11,9 @@ Measures, on a prepared dataset, in one process per (source tree, variant):
   the published DUET code feeds it (every record carries its own click sequence
   and gets its own encoder pass). The ratio sasrec / sasrec-per-record is the
   speed-up of sharing one encoder pass per event.
-* `sasrec-duet`: DUET stage 2 on SASRec (generator + static part trained jointly,
-  the generated head per event): its speed against `sasrec` is the cost of generation.
+* `sasrec-duet`, `gru4rec-duet`, `din-duet`: DUET stage 2 on that backbone (generator + static
+  part trained jointly, the generated head per event): its speed against the backbone alone is
+  the cost of generation.
 
 On a shared machine the wall-clock rates swing with the other jobs; with `--threads 1`
 the rates per CPU-second of the process (`*_per_cpu_s`) are the steadier measure of the
@@ -36,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("sasrec", "sasrec-per-record", "sasrec-duet", "gru4rec", "din")
+VARIANTS = ("sasrec", "sasrec-per-record", "sasrec-duet", "gru4rec", "gru4rec-duet", "din", "din-duet")
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -64,7 +65,8 @@ def measure(args: argparse.Namespace, variant: str) -> dict:
     if args.sampled_negatives:
         timed = [with_sampled_negatives(b, args.sampled_negatives, data.num_items) for b in timed]
     backbone = variant.split("-")[0]
-    model: torch.nn.Module = Recommender(data.num_items, data.history_len, ModelConfig(backbone=backbone, embed_dim=32))
+    model: torch.nn.Module = Recommender(data.num_items, data.history_len,
+                                         ModelConfig(backbone=backbone, embed_dim=args.embed_dim))
     if variant.endswith("-duet"):
         model = DuetModel(model, data.window_len, GeneratorConfig())
     if variant.endswith("-per-record"):  # the published pipeline's shape: one history row per record
@@ -106,7 +108,7 @@ def in_subprocess(args: argparse.Namespace, variant: str, src: Path) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [sys.executable, __file__, "--data", str(args.data), "--batches", str(args.batches),
                    "--batch-size", str(args.batch_size), "--sampled-negatives", str(args.sampled_negatives),
-                   "--variants", variant, "--single-out", out.name]
+                   "--embed-dim", str(args.embed_dim), "--variants", variant, "--single-out", out.name]
         if args.threads:
             command += ["--threads", str(args.threads)]
         subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(src)})
@@ -126,6 +128,7 @@ def main() -> None:
     parser.add_argument("--sampled-negatives", type=int, default=0,
                         help="extra uniform negatives per event, as `duet train` adds (default 0: the file's records)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--embed-dim", type=int, default=32, help="item embedding size of every variant")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--baseline-src", type=Path, default=None, help="also time the duet package in this folder")
     parser.add_argument("--rounds", type=int, default=1, help="with --baseline-src: old/new alternations per variant")
@@ -145,7 +148,7 @@ def main() -> None:
     results: dict = {"machine": {"cpus": os.cpu_count(), "threads": args.threads or torch.get_num_threads(),
                                  "python": platform.python_version(), "torch": torch.__version__},
                      "data": str(args.data), "batch_size": args.batch_size,
-                     "sampled_negatives": args.sampled_negatives, "backbones": {}}
+                     "sampled_negatives": args.sampled_negatives, "embed_dim": args.embed_dim, "backbones": {}}
     sides = {"new": SRC} if args.baseline_src is None else {"old": args.baseline_src.resolve(), "new": SRC}
     for variant in variants:
         runs: dict[str, list[dict]] = {side: [] for side in sides}
@@ -165,7 +168,9 @@ def main() -> None:
         print(f"{variant:18s} {line}", flush=True)
     found = results["backbones"]
     ratios = {"sasrec_vs_per_record": ("sasrec", "sasrec-per-record", "SASRec / per-record pipeline"),
-              "duet_vs_base": ("sasrec-duet", "sasrec", "DUET stage 2 / base training speed")}
+              "duet_vs_base": ("sasrec-duet", "sasrec", "DUET stage 2 / base training speed"),
+              "gru4rec_duet_vs_base": ("gru4rec-duet", "gru4rec", "GRU4Rec: DUET stage 2 / base training speed"),
+              "din_duet_vs_base": ("din-duet", "din", "DIN: DUET stage 2 / base training speed")}
     for side in [s for s in ("old", "new") if s in sides]:
         for key, (top, bottom, words) in ratios.items():
             if {top, bottom} <= set(found):
