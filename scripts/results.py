@@ -452,6 +452,106 @@ def reference(root: Path) -> dict:
     return {b: recommendation(root, rel)[b] for b, rel in REFERENCE.items()}
 
 
+ML100K = "docs/results/ml-100k/results.json"
+ML100K_PUBLISHED = "docs/results/ml-100k/published.json"
+ML100K_CELLS = (("base", "base"), ("finetune", "fine-tune"), ("duet", "DUET"))
+
+
+def _cell_minutes(wall: dict[str, float], method: str) -> float:
+    """One seed's wall time to produce a method's figure, in minutes: the base run, plus fine-tuning's
+    choice on validation and its test pass, or DUET's stage-2 runs (every variant tried, SWA on)."""
+    seconds = wall["base"]
+    if method == "finetune":
+        seconds += wall["finetune-choice"] + wall["finetune"]
+    elif method == "duet":
+        seconds += sum(v for k, v in wall.items() if k.startswith("duet/"))
+    return seconds / 60
+
+
+def ml100k(root: Path) -> dict:
+    """The MovieLens-100K comparison per backbone: overall AUC (the paper's metric) and the other test
+    metrics as mean ± std (ddof 1) over seeds, the uauc differences with their paired bootstrap and a
+    seed-level t-interval, the AUC differences with a seed-level t-interval, wall minutes per cell."""
+    raw = _load(root, ML100K)
+    out = {}
+    for backbone, seeds in raw["runs"].items():
+        runs = list(seeds.values())
+        metrics = {m: {k: mean_std([r[m]["test"][k] for r in runs]) for k in runs[0][m]["test"]
+                       if isinstance(runs[0][m]["test"][k], float)}
+                   for m in runs[0] if isinstance(runs[0][m], dict) and "test" in runs[0][m]}
+        diffs = {}
+        for name, boot in raw["summary"][backbone]["differences"].items():
+            a, b = name.split(" - ")
+            if a not in metrics or b not in metrics:
+                continue
+            diffs[name] = {"boot": boot,
+                           "seeds": t_interval(seed_means([(r[a]["user_auc"], r[b]["user_auc"]) for r in runs])),
+                           "auc": t_interval([r[a]["test"]["auc"] - r[b]["test"]["auc"] for r in runs]),
+                           "auc_mean": statistics.fmean(r[a]["test"]["auc"] - r[b]["test"]["auc"] for r in runs)}
+        minutes = {m: mean_std([_cell_minutes(r["wall_s"], m) for r in runs]) for m, _ in ML100K_CELLS}
+        out[backbone] = {"metrics": metrics, "differences": diffs, "minutes": minutes, "seeds": len(runs),
+                         "seed_minutes": sum(sum(r["wall_s"].values()) for r in runs) / 60}
+    return out
+
+
+def ml100k_table(root: Path) -> str:
+    """The paper's MovieLens-100K table, cell by cell: the paper's AUC, the reproduction's, duet's."""
+    d, pub = ml100k(root), _load(root, ML100K_PUBLISHED)
+    rows = []
+    for backbone in ("din", "sasrec", "gru4rec"):
+        if backbone not in d:
+            continue
+        for method, label in ML100K_CELLS:
+            paper, repro = pub["paper"][backbone].get(method), pub["reproduction"][backbone].get(method)
+            auc = d[backbone]["metrics"][method]["auc"]
+            marks = ", ".join(f"{'at or above' if auc['mean'] >= ref else 'below'} the {who}" for ref, who in
+                              ((paper, "paper"), (repro, "reproduction")) if ref is not None)
+            rows.append([NAMES[backbone], label, f"{paper:.4f}" if paper is not None else "–",
+                         f"{repro:.4f}" if repro is not None else "–", format_value(auc, "ms.4f"), marks,
+                         format_value(d[backbone]["minutes"][method], "ms.1f")])
+    seeds = next(iter(d.values()))["seeds"]
+    return table(["backbone", "", "paper", "reproduction", f"duet ({seeds} seeds, mean ± std)", "duet is",
+                  "minutes per seed (one thread)"], rows, ["---", "---", "---:", "---:", "---:", "---", "---:"])
+
+
+def ml100k_metrics(root: Path) -> str:
+    """Every method's test metrics on MovieLens-100K (sampled: the positive among its 99 negatives;
+    full: against the whole catalogue), mean ± std over seeds."""
+    labels = (("pop", "popularity"), ("base", "base (global model)"), ("finetune", "fine-tune (chosen on valid)"),
+              ("duet-global", "DUET's static part, global head"), ("duet-noswa", "DUET without SWA"),
+              ("duet", "**DUET (PPG+SWA)**"))
+    keys = ("auc", "uauc", "ndcg@10", "hit@10", "full_ndcg@10", "full_recall@10")
+    rows = []
+    for backbone, b in ml100k(root).items():
+        rows += [[NAMES[backbone], label] + [format_value(b["metrics"][m][k], "ms.4f") if k in b["metrics"][m] else "–"
+                                             for k in keys]
+                 for m, label in labels if m in b["metrics"]]
+    return table(["backbone", "method", "AUC", "uAUC", "NDCG@10 (sampled)", "HR@10 (sampled)", "NDCG@10 (full)",
+                  "recall@10 (full)"], rows, ["---", "---"] + ["---:"] * len(keys))
+
+
+ML100K_DIFFERENCE_LABELS = {"duet - base": "DUET − base",
+                            "duet - duet-global": "DUET − its static part with the global head (generation's share)",
+                            "duet-global - base": "DUET's static part with the global head − base",
+                            "duet - finetune": "DUET − fine-tune", "finetune - base": "fine-tune − base"}
+
+
+def ml100k_differences(root: Path) -> str:
+    """DUET against base and against its own static part with the global head (generation's own share):
+    uauc with the paired bootstrap (users, seeds) and the seed-level interval; AUC with the seed-level one."""
+    rows = []
+    for backbone, b in ml100k(root).items():
+        for name in ML100K_DIFFERENCE_LABELS:
+            if name not in b["differences"]:
+                continue
+            d = b["differences"][name]
+            auc = d["auc"]
+            rows.append([NAMES[backbone], ML100K_DIFFERENCE_LABELS[name], _diff_cell(d),
+                         bold_if(f"{signed(d['auc_mean'])} {interval(auc)}", excludes_zero(auc))])
+    return table(["backbone", "difference", "uAUC: mean [paired bootstrap]; seeds [t-interval]",
+                  "AUC: mean [t-interval over seeds]"], rows)
+
+
 DERIVED: dict[str, Callable[[Path], object]] = {
     "digits": digits,
     "reference": reference,
@@ -459,6 +559,7 @@ DERIVED: dict[str, Callable[[Path], object]] = {
     "default": lambda root: recommendation(root, "docs/results/results.json"),
     "shift": lambda root: recommendation(root, "docs/results/shift-sasrec/results.json")["sasrec"],
     "policy": lambda root: request_policy(root, "docs/results/request_policy.json"),
+    "ml100k": ml100k,
     "shift_gap": lambda root: shift_shares(root),
 }
 
@@ -970,8 +1071,11 @@ def _headline_rows(root: Path, prefix: str) -> list[list[str]]:
     def both(boot: dict, seed: dict | None, scale: float = 1.0, digits_: int = 4) -> str:
         return _diff_cell({"boot": boot, "seeds": seed}, digits_, scale)
 
-    rows = [[link("recommendation, MovieLens-100K (the paper's table)", "recommendation.md"), "AUC", "", "",
-             "the 5-seed comparison is running: its row comes with its committed results"]]
+    din = ml100k(root)["din"]
+    rows = [[link(f"recommendation, MovieLens-100K, DIN (the paper's table, {din['seeds']} seeds)",
+                  "recommendation.md#movielens-100k-the-papers-table"), "uauc",
+             _ms(din["metrics"]["base"]["uauc"]), _ms(din["metrics"]["duet"]["uauc"]),
+             _diff_cell(din["differences"]["duet - base"])]]
     for b in ("sasrec", "din"):
         d = ref[b]
         rows.append([link(f"recommendation, MovieLens-small, the published code's protocol, {NAMES[b]} "
@@ -1130,6 +1234,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "train-speed-default": train_speed_table,
     "train-speed-reference": lambda root: train_speed_table(root, "benchmarks/results/train_speed_reference.json"),
     "train-speed-reference-sampled": lambda root: train_speed_table(root, "benchmarks/results/train_speed_reference_sampled.json"),
+    "ml100k-table": ml100k_table, "ml100k-metrics": ml100k_metrics, "ml100k-differences": ml100k_differences,
 }
 
 
