@@ -1234,6 +1234,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {
     "train-speed-default": train_speed_table,
     "train-speed-reference": lambda root: train_speed_table(root, "benchmarks/results/train_speed_reference.json"),
     "train-speed-reference-sampled": lambda root: train_speed_table(root, "benchmarks/results/train_speed_reference_sampled.json"),
+    "train-speed-ml100k": lambda root: train_speed_table(root, "benchmarks/results/train_speed_ml100k.json"),
     "ml100k-table": ml100k_table, "ml100k-metrics": ml100k_metrics, "ml100k-differences": ml100k_differences,
 }
 
