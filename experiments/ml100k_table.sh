@@ -3,7 +3,7 @@
 # Prepares the data from the pinned recbole wheel (--protocol loo, the reproduction's layout), then
 # runs the comparison as two one-thread processes sharing the seeds (one per core), then once more
 # without --only-seeds to write the report of every seed from the finished runs. Writes
-# OUT/run_time.json (wall time and load averages) and copies the report's results.json beside it.
+# OUT/run_time.json (wall time and load averages) and OUT/table.png (experiments/ml100k_plot.py).
 #
 #   bash experiments/ml100k_table.sh [OUT (default reports/ml-100k)]
 set -euo pipefail
@@ -30,4 +30,5 @@ cat > "$out/run_time.json" <<EOF
  "load_average_before": "$load_before", "load_average_after_training": "$load_after",
  "cores": $(nproc), "date": "$(date -u +%Y-%m-%d)"}
 EOF
-echo "wrote $out/results.md and $out/run_time.json in $((ended - started)) s"
+"$repo/.venv/bin/python" "$repo/experiments/ml100k_plot.py" --results "$out/results.json" --out "$out/table.png"
+echo "wrote $out/results.md, $out/table.png and $out/run_time.json in $((ended - started)) s"

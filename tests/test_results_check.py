@@ -61,6 +61,10 @@ def test_the_committed_docs_pass(capsys):
      "block reference-table"),
     # the transcribed published-code record
     ("docs/results/published_code_anchor.json", ["user_auc", "popularity"], "published_code_anchor.json"),
+    # one seed's overall AUC behind the MovieLens-100K table (mean ± std over seeds recomputed)
+    ("docs/results/ml-100k/results.json", ["runs", "din", "seed3", "base", "test", "auc"], "block ml100k-table"),
+    # a published figure the table sets beside duet's
+    ("docs/results/ml-100k/published.json", ["reproduction", "sasrec", "duet"], "block ml100k-table"),
     # a performance figure (a block on the performance page)
     ("benchmarks/results/bulk_generate.json", ["alone", "devices_per_s", "folded"], "block bulk-table"),
 ])
@@ -184,3 +188,41 @@ def test_the_checked_pages_are_the_sites_pages():
     built = {f"docs/{f.src_uri}" for f in files.documentation_pages()}
     checked = {str(p.relative_to(ROOT)) for p in results.documents(ROOT)} - {"README.md"}
     assert built == checked
+
+
+def test_the_ml100k_table_says_where_duet_is_below_a_published_figure(tmp_path):
+    """The table's verdict column is computed, not written: a published figure above duet's mean
+    turns its cell into 'below'; each cell's minutes add the base run to the method's own steps."""
+    root = _copy_tree(tmp_path)
+    published = root / "docs/results/ml-100k/published.json"
+    data = json.loads(published.read_text())
+    data["paper"]["gru4rec"]["duet"] = 0.99
+    published.write_text(json.dumps(data))
+    rendered = results.ml100k_table(root)
+    row = next(line for line in rendered.splitlines() if line.startswith("| GRU4Rec | DUET |"))
+    assert "below the paper, at or above the reproduction" in row
+    assert "| DIN | DUET |" in rendered and "below" not in rendered.replace(row, "")
+    wall = {"base": 60.0, "finetune-choice": 30.0, "finetune": 30.0, "duet/a": 60.0, "duet-noswa/a": 600.0}
+    assert results._cell_minutes(wall, "base") == 1.0
+    assert results._cell_minutes(wall, "finetune") == 2.0
+    assert results._cell_minutes(wall, "duet") == 2.0  # stage 2 with SWA only, not the no-SWA ablation
+
+
+def test_the_ml100k_plot_draws_the_committed_cells(tmp_path, capsys):
+    """experiments/ml100k_plot.py reads the same committed files as the table: the same cells and
+    means, a PNG written whole, and one line (no traceback) when the results are missing."""
+    spec = importlib.util.spec_from_file_location("ml100k_plot", ROOT / "experiments" / "ml100k_plot.py")
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    out = tmp_path / "table.png"
+    plot.main(["--out", str(out), "--results", str(ROOT / "docs/results/ml-100k/results.json"),
+               "--published", str(ROOT / "docs/results/ml-100k/published.json")])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp.png"))
+    raw = json.loads((ROOT / "docs/results/ml-100k/results.json").read_text())
+    rows = {row["label"]: row for row in plot.cells(raw, json.loads((ROOT / "docs/results/ml-100k/published.json").read_text()))}
+    table = results.ml100k(ROOT)
+    assert rows["DIN DUET"]["mean"] == pytest.approx(table["din"]["metrics"]["duet"]["auc"]["mean"])
+    assert rows["SASRec fine-tune"]["paper"] is None and rows["GRU4Rec base"]["reproduction"] == 0.9060
+    with pytest.raises(SystemExit):
+        plot.main(["--results", str(tmp_path / "missing.json"), "--out", str(out)])
+    assert "missing.json: no such file" in capsys.readouterr().err
